@@ -1,0 +1,42 @@
+"""Shapes of real models' heads, the only source of benchmark shapes (no numbers buried in code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    """An ``lm_head``: hidden size H and vocabulary V."""
+
+    model: str
+    hidden: int
+    vocab: int
+
+
+HEADS = {
+    "smollm2-135m": HeadShape("SmolLM2-135M", 576, 49152),
+    "qwen2.5-0.5b": HeadShape("Qwen2.5-0.5B", 896, 151936),
+    "qwen3-8b": HeadShape("Qwen3-8B", 4096, 151936),
+    "llama3-8b": HeadShape("Llama-3-8B", 4096, 128256),
+    "gemma3-270m": HeadShape("Gemma-3-270M", 640, 262144),
+}
+
+
+@dataclass(frozen=True)
+class DistillCase:
+    """A distillation benchmark case: tokens N, a head, a dtype and where it is meant to run."""
+
+    name: str
+    tokens: int
+    head: str
+    dtype: str
+    device: str
+
+
+DISTILL_CASES = {
+    "small": DistillCase("small", 512, "smollm2-135m", "float32", "cpu"),
+    "cpu": DistillCase("cpu", 2048, "smollm2-135m", "float32", "cpu"),
+    "h100": DistillCase("h100", 8192, "llama3-8b", "bfloat16", "cuda"),
+    "gemma": DistillCase("gemma", 8192, "gemma3-270m", "bfloat16", "cuda"),
+}

@@ -1,0 +1,12 @@
+"""Public tensor ops (``torch.library`` custom ops in the ``sleepcore::`` namespace).
+
+Each op checks its arguments (raising ``TypeError``/``ValueError`` that name the argument),
+dispatches by device (CPU: the ``_C`` kernels; CUDA: Triton) and passes
+``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``.
+"""
+
+from sleepcore.ops.fused_linear_jsd import fused_linear_jsd
+from sleepcore.ops.fused_linear_topk_jsd import fused_linear_topk_jsd
+from sleepcore.ops.generalized_jsd import generalized_jsd
+
+__all__ = ["generalized_jsd", "fused_linear_jsd", "fused_linear_topk_jsd"]
