@@ -15,15 +15,17 @@ Derivation (one row; z = logits / T, p = softmax(z_student), q = softmax(z_teach
   (in mode 2 the two d log m / d log p contributions cancel: beta q + (1 - beta) p = m).
 * Full vocabulary: log p_j = z_j - lse(z), so dL/dz_j = a_j - p_j * sum_i a_i.
 * Top-k: bins are the k ids and a rest bin.  log p_i = z_i - lse(z);
-  log p_rest = lse_rest(z) - lse(z) with lse_rest the log-sum-exp over the ids NOT in the row's
-  top-k, floored at log(1e-30); q_rest = max(0, 1 - sum_i q_i), also floored.  With pi = softmax(z)
+  log p_rest = lse_rest(z) - lse(z) with lse_rest the log-sum-exp over the columns that are NOT
+  among the row's ids, floored at log(1e-30); q_rest = max(0, 1 - sum_i q_i), also floored.  With pi = softmax(z)
   and sigma_j = exp(z_j - lse_rest):
     dL/dz_j = [j in ids] a_j + [j not in ids] a_rest sigma_j - pi_j (sum_i a_i + a_rest),
   and a_rest := 0 when the student floor is active (no gradient through a clamped bin).
   For j not in ids, a_rest sigma_j - pi_j S = sigma_j (a_rest - exp(lse_rest - lse) S): one exp.
 * The raw-logit gradient written to ``grad`` is row_scale / T * dL/dz.
 
-Kernel design (one program per row, int64 row offsets, BLOCK_V-wide tiles looped along V):
+Kernel design (one program per row, int64 row offsets, BLOCK_V = min(4096, next_pow2(V)) tiles
+looped along V, 8 warps; fp32 accumulation; tile loads and stores are 128-bit vectors when V and
+the row strides are multiples of 16, which Triton's argument specialisation detects):
 
 * ``jsd_rows``: pass 1 folds both rows into online (max, sum-exp) pairs -> lse_s, lse_t;
   pass 2 accumulates the loss and sum_a in BLOCK_V-lane fp32 vectors (one reduction at the end);
@@ -34,8 +36,10 @@ Kernel design (one program per row, int64 row offsets, BLOCK_V-wide tiles looped
   membership of column j as bit j%32 of word j//32 (a broadcast, L1-resident load), so lse_rest is
   an exact online log-sum-exp over the non-member columns (no subtraction of sum-exps, hence no
   cancellation when the rest is tiny or empty).  lse(z) = logaddexp(lse_rest, lse over the ids),
-  both sums of positive terms.  The grad tile pass stores only non-member columns; a last pass over
-  the ids (whose logits are therefore still intact when grad aliases student) stores theirs.
+  both sums of positive terms.  Membership is applied with ``where`` after bounds-masked loads and
+  stores, so tile accesses stay 128-bit vectorised: the grad tile pass stores every column, writing
+  the student's own value back into member columns (their logits survive when grad is student);
+  after a CTA barrier a last pass over the ids reads those logits and stores the ids' gradients.
 * Ids are not range-checked (that needs a host sync): an id outside [0, V) is masked out of every
   load, store and sum, i.e. its bin is dropped, and the row's result is meaningless but memory
   safe.  Duplicate ids are outside the contract (the loss counts them twice).
@@ -216,8 +220,8 @@ def _topk_lse(s_ptr, ids_ptr, bits_ptr, V, K, inv_t, BLOCK_V: tl.constexpr, BLOC
     s = 0.0
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        rest = (cols < V) & ~_is_member(bits_ptr, cols, cols < V)
-        m, s = _lse_step(m, s, _load_z(s_ptr, cols, rest, inv_t))
+        z = _load_z(s_ptr, cols, cols < V, inv_t)
+        m, s = _lse_step(m, s, tl.where(_is_member(bits_ptr, cols, cols < V), -float("inf"), z))
     lse_rest = m + tl.log(s)
     m = -float("inf")
     s = 0.0
@@ -249,14 +253,16 @@ def _topk_loss(s_ptr, ids_ptr, lq_ptr, V, K, lse, inv_t, beta, log_1mb, log_b,
 @triton.jit
 def _topk_grad(s_ptr, ids_ptr, lq_ptr, bits_ptr, g_ptr, V, K, lse_rest, lse, inv_t, a_rest, sum_a,
                coef, beta, log_1mb, log_b, MODE: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Pass 3: non-member columns tile by tile, then the id columns (still unwritten)."""
+    """Pass 3: every column tile by tile, member columns getting the student's own value back
+    (so the logits at the ids survive when grad is student), then the id columns."""
     rest_shift = tl.where(lse_rest == -float("inf"), 0.0, lse_rest)
     rest_coef = coef * (a_rest - tl.exp(lse_rest - lse) * sum_a)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        rest = (cols < V) & ~_is_member(bits_ptr, cols, cols < V)
-        g = rest_coef * tl.exp(_load_z(s_ptr, cols, rest, inv_t) - rest_shift)
-        tl.store(g_ptr + cols, g.to(g_ptr.dtype.element_ty), mask=rest)
+        x = tl.load(s_ptr + cols, mask=cols < V, other=0.0).to(tl.float32)
+        g = tl.where(_is_member(bits_ptr, cols, cols < V), x, rest_coef * tl.exp(x * inv_t - rest_shift))
+        tl.store(g_ptr + cols, g.to(g_ptr.dtype.element_ty), mask=cols < V)
+    tl.debug_barrier()  # the id loop rewrites member columns that other threads of the program stored
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         cols, valid = _load_ids(ids_ptr, offs, V, K)

@@ -67,13 +67,23 @@ inline Sums row_sums(int64_t len, Body&& body) {
   return total;
 }
 
-// lse of z = scale * x over [0, len), and (kMasked) over the entries whose skip byte is 0.
+// lse of z = scale * x over [0, len) as max + log(sum of exp(z - max)), the sum also taken
+// (kMasked) over only the entries whose skip byte is 0. Keeping max apart lets callers form
+// log p = (z - max) - log(sum) as torch does, without rounding lse (~|z| ulps) into every entry.
+// scale x - max for 8 entries (one rounding).
+template <class T>
+inline f32x8 shifted(const T* x, int64_t n, float scale, float max) {
+  return vm::fma(vm::load(x, n), vm::splat(scale), vm::splat(-max));
+}
+
 struct Lse {
-  double all, rest;
+  float max;
+  double log_all, log_rest;
 };
 template <bool kMasked, class T>
 Lse row_lse(const T* x, const uint8_t* skip, int64_t len, float scale) {
-  double m = -HUGE_VAL, all = 0, rest = 0;  // sums of exp(z - m)
+  float m = -vm::kInf;
+  double all = 0, rest = 0;  // sums of exp(z - m)
   for (int64_t b = 0; b < len; b += kBlock) {
     const int64_t n = std::min(kBlock, len - b);
     f32x8 bm = vm::splat(-vm::kInf);
@@ -81,16 +91,23 @@ Lse row_lse(const T* x, const uint8_t* skip, int64_t len, float scale) {
     const float shift = vm::hmax(bm) * scale;
     if (shift == -vm::kInf) continue;
     const Sums s = row_sums(n, [&](int64_t j, int64_t left, f32x8& acc_all, f32x8& acc_rest) {
-      const f32x8 e = vm::exp(vm::load(x + b + j, left) * scale - shift);
+      const f32x8 e = vm::exp(shifted(x + b + j, left, scale, shift));
       acc_all += e;
       if constexpr (kMasked) acc_rest += vm::load_flags(skip + b + j, left) ? f32x8{} : e;
     });
-    const double new_m = std::max(m, double(shift));
-    all = all * std::exp(m - new_m) + s.first * std::exp(shift - new_m);
-    rest = rest * std::exp(m - new_m) + s.second * std::exp(shift - new_m);
+    const float new_m = std::max(m, shift);
+    const double old_w = std::exp(double(m) - new_m), new_w = std::exp(double(shift) - new_m);
+    all = all * old_w + s.first * new_w;
+    rest = rest * old_w + s.second * new_w;
     m = new_m;
   }
-  return {m + std::log(all), m + std::log(rest)};
+  return {m, std::log(all), std::log(rest)};
+}
+
+// log-probs of 8 entries: (scale x - max) - log_sum.
+template <class T>
+inline f32x8 log_softmax(const T* x, int64_t n, float scale, float max, float log_sum) {
+  return shifted(x, n, scale, max) - log_sum;
 }
 
 // The loss term, a = dL/d(log p) and p of each lane, given log p and log q.
@@ -123,7 +140,7 @@ void fill_zero(T* g, int64_t len) {
 // Dense rows --------------------------------------------------------------------------------------
 
 struct DenseRow {
-  float inv_t, lse_s, lse_t, beta;
+  float inv_t, max_s, log_sum_s, max_t, log_sum_t, beta;
 };
 
 // Returns (sum of loss terms, S = sum of a); with kWrite also g = gscale (a - p s).
@@ -131,8 +148,8 @@ template <Mode M, bool kWrite, class T>
 Sums dense_sweep(const T* s, const T* t, T* g, int64_t len, const DenseRow& row, float s_sum,
                  float gscale) {
   return row_sums(len, [&](int64_t j, int64_t n, f32x8& loss, f32x8& a_sum) {
-    const f32x8 lp = vm::load(s + j, n) * row.inv_t - row.lse_s;
-    const f32x8 lq = vm::load(t + j, n) * row.inv_t - row.lse_t;
+    const f32x8 lp = log_softmax(s + j, n, row.inv_t, row.max_s, row.log_sum_s);
+    const f32x8 lq = log_softmax(t + j, n, row.inv_t, row.max_t, row.log_sum_t);
     const Terms e = terms<M>(lp, lq, row.beta);
     loss += e.loss;
     a_sum += e.a;
@@ -146,8 +163,8 @@ float dense_row(const T* s, const T* t, T* g, int64_t len, float inv_t, float be
     if (g) fill_zero(g, len);
     return 0;
   }
-  const DenseRow row{inv_t, float(row_lse<false>(s, nullptr, len, inv_t).all),
-                     float(row_lse<false>(t, nullptr, len, inv_t).all), beta};
+  const Lse ls = row_lse<false>(s, nullptr, len, inv_t), lt = row_lse<false>(t, nullptr, len, inv_t);
+  const DenseRow row{inv_t, ls.max, float(ls.log_all), lt.max, float(lt.log_all), beta};
   const float gscale = scale * inv_t;
   if (g && M == Mode::kForwardKl) return dense_sweep<M, true>(s, t, g, len, row, -1.f, gscale).first;
   const Sums sums = dense_sweep<M, false>(s, t, g, len, row, 0.f, 0.f);
@@ -188,22 +205,22 @@ struct TopkRow {
 
 // Fills the k + 1 bins' log-probs; returns lse(z) and whether the student's rest bin is clamped.
 template <class T>
-std::pair<float, bool> topk_bins(const T* s, int64_t vocab, const TopkRow& row, TopkScratch& w) {
+std::pair<Lse, bool> topk_bins(const T* s, int64_t vocab, const TopkRow& row, TopkScratch& w) {
   for (int64_t i = 0; i < row.k; ++i) w.skip[row.ids[i]] = 1;
   const Lse lse = row_lse<true>(s, w.skip.data(), vocab, row.inv_t);
   for (int64_t i = 0; i < row.k; ++i) w.skip[row.ids[i]] = 0;
   for (int64_t i = 0; i < row.k; ++i) {
-    w.lp[i] = vm::load(s + row.ids[i], 1)[0] * row.inv_t - float(lse.all);
+    w.lp[i] = log_softmax(s + row.ids[i], 1, row.inv_t, lse.max, float(lse.log_all))[0];
     w.lq[i] = row.teacher_logp[i];
   }
-  const double student_rest = lse.rest - lse.all;  // -inf when every id is a bin
+  const double student_rest = lse.log_rest - lse.log_all;  // -inf when every id is a bin
   const bool clamped = !(student_rest >= kRestLogFloor);
   w.lp[row.k] = float(clamped ? kRestLogFloor : student_rest);
   const double teacher_mass = row_sums(row.k, [&](int64_t j, int64_t n, f32x8& acc, f32x8&) {
     acc += vm::exp(vm::load(row.teacher_logp + j, n));
   }).first;
   w.lq[row.k] = float(std::max(std::log(std::max(1 - teacher_mass, 0.0)), kRestLogFloor));
-  return {float(lse.all), clamped};
+  return {lse, clamped};
 }
 
 template <Mode M, class T>
@@ -225,8 +242,10 @@ float topk_row(const T* s, T* g, int64_t vocab, const TopkRow& row, TopkScratch&
   for (int64_t i = 0; i < row.k; ++i) a_sum += w.a[i];
   const float s_sum = float(a_sum), gscale = row.scale * row.inv_t;
   const float rest_w = ((clamped ? 0.f : w.a[row.k] / w.p[row.k]) - s_sum) * gscale;
+  const float log_sum = float(lse.log_all);
   for (int64_t j = 0; j < vocab; j += kLanes) {
-    vm::store(g + j, vm::exp(vm::load(s + j, vocab - j) * row.inv_t - lse) * rest_w, vocab - j);
+    const f32x8 pi = vm::exp(log_softmax(s + j, vocab - j, row.inv_t, lse.max, log_sum));
+    vm::store(g + j, pi * rest_w, vocab - j);
   }
   for (int64_t i = 0; i < row.k; ++i) {
     vm::store(g + row.ids[i], vm::splat((w.a[i] - w.p[i] * s_sum) * gscale), 1);

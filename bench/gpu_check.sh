@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The one script to run on a GPU machine: bench/gpu_check.sh OUTDIR
+#   1. builds and installs sleepcore (no network: uses the machine's scikit-build-core, pybind11,
+#      CMake and ninja; wheels under .whl/, e.g. liger-kernel, are installed first when present);
+#   2. runs the CUDA tests (pytest -m cuda) and the Triton kernel tests on the GPU;
+#   3. runs the distillation benchmarks at the anchors' shapes (Llama-3-8B head, Gemma-3 head);
+# and writes build_info.json, logs and results.csv into OUTDIR. Budget: well under 10 minutes.
+set -uo pipefail
+out="${1:?usage: bench/gpu_check.sh OUTDIR}"
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+status=0
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/sleepcore-site .whl/*.whl \
+    && export PYTHONPATH="/tmp/sleepcore-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+start=$(date +%s)
+python3 -m pip install -v --no-build-isolation --no-deps . >"$out/build.log" 2>&1 || { echo "build failed"; tail -30 "$out/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+(cd /tmp && python3 -c "import json, sleepcore; print(json.dumps(sleepcore.build_info(), indent=2))") | tee "$out/build_info.json"
+
+timeout 240 python3 -m pytest -m cuda tests -q -p no:cacheprovider 2>&1 | tee "$out/tests_cuda.log" | tail -15
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+timeout 120 python3 -m pytest tests/test_triton_jsd.py -q -p no:cacheprovider 2>&1 | tee -a "$out/tests_cuda.log" | tail -5
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+for case in h100 gemma; do
+  timeout 150 python3 bench/bench_distill.py --case "$case" --warmup 2 --reps 10 --csv "$out/results.csv" 2>&1 \
+    | tee "$out/bench_$case.log" | tail -8
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+done
+echo "gpu_check finished in $(( $(date +%s) - start )) s, status $status"
+exit $status
