@@ -1,4 +1,4 @@
-// Per-row generalized JSD on the CPU: one OpenMP thread per row, 8-wide vector loops.
+// Per-row generalized JSD on the CPU: OpenMP over rows, one row per thread, 8-wide vector loops.
 //
 // Maths, per row, with z = logits / T, log p = z_s - lse(z_s), log q = z_t - lse(z_t):
 //   beta == 0:  L = sum_j q_j (log q_j - log p_j)                     KL(teacher || student)
@@ -12,20 +12,24 @@
 // and since d log p_i / d z_j = [i == j] - p_j,  dL/dz_j = a_j - p_j S  with S = sum_i a_i
 // (S = -1 for beta == 0, so dL/dz = p - q). The raw-logit gradient is row_scale / T * dL/dz.
 //
-// Passes per row: (1) lse of both sides, per 2048-element block a max pass then a sum-of-exp pass
-// that hits L1; (2) loss and S; (3) the gradient, recomputing a_j and p_j element by element, so
-// grad may alias student. For beta == 0, S is known and (2) and (3) are one pass.
+// Dense passes per row: (1) per side, a max pass, then u_j = exp(z_j - max) into a per-thread
+// scratch row and its sum: the row's only exps; (2) loss and S from z (for log p, log q) and u
+// (p = u / sum): one log per entry for 0 < beta < 1, none otherwise; with a gradient, beta == 0
+// writes it here, otherwise a_j goes over the teacher's u; (3) g = a - p S from the scratch.
+// grad may alias student: (2) reads student entry j before writing grad entry j, (3) reads scratch.
 //
 // Top-k: the bins are the k teacher ids plus a rest bin R (every other id). Student:
-// log P_i = z_i - lse(z), log P_R = lse_{j in R}(z_j) - lse(z), with the rest sum taken over R
-// directly (no 1 - sum cancellation). Teacher: log Q_i as given, Q_R = max(0, 1 - sum_i Q_i).
-// Rest log-probs are clamped below at kRestLogFloor. With a_b, S = sum_b a_b over the bins (a_R
-// left out of S and of the chain rule when the student's clamp is active):
-//   dL/dz_i = a_i - pi_i S  (ids),    dL/dz_j = a_R exp(z_j - lse_R) - pi_j S = pi_j (a_R / P_R - S)
-// for j in R, where pi = softmax(z) and P_R = exp(lse_R - lse) when unclamped. So one exp pass
+// log P_i = z_i - lse(z), log P_R = lse_{j in R}(z_j) - lse(z), the rest sum taken over R itself
+// (per-thread byte flags mark the ids; no 1 - sum cancellation). Teacher: log Q_i as given,
+// Q_R = max(0, 1 - sum_i Q_i) (in double). Rest log-probs are clamped below at kRestLogFloor.
+// With a_b over the bins and S = sum_b a_b (a_R left out of S and of the chain rule when the
+// student's clamp is active):
+//   dL/dz_i = a_i - pi_i S  (ids),  dL/dz_j = a_R exp(z_j - lse_R) - pi_j S = pi_j (a_R / P_R - S)
+// for j in R, where pi = softmax(z) and P_R = exp(lse_R - lse) when unclamped. So one pass over u
 // writes pi_j (a_R / P_R - S) everywhere, then the k ids are overwritten.
 //
-// Sums: fp32 lanes within a 2048-element block, double across blocks and for row totals.
+// Accuracy: log p is formed as (z - max) - log(sum), not z - lse (which would round lse, up to
+// |z| ulps, into every entry); sums are fp32 lanes within 2048-entry blocks, double across.
 #include "divergence_rows.h"
 
 #include <algorithm>
@@ -44,7 +48,8 @@ namespace {
 using vm::f32x8;
 using vm::kLanes;
 
-constexpr int64_t kBlock = 2048;
+constexpr int64_t kBlock = 2048;  // elements per fp32 partial sum
+constexpr float kNegInf = -vm::kInf;
 
 enum class Mode { kForwardKl, kReverseKl, kMixture };  // beta == 0, beta == 1, otherwise
 
@@ -67,68 +72,58 @@ inline Sums row_sums(int64_t len, Body&& body) {
   return total;
 }
 
-// lse of z = scale * x over [0, len) as max + log(sum of exp(z - max)), the sum also taken
-// (kMasked) over only the entries whose skip byte is 0. Keeping max apart lets callers form
-// log p = (z - max) - log(sum) as torch does, without rounding lse (~|z| ulps) into every entry.
-// scale x - max for 8 entries (one rounding).
+// scale x - max of 8 entries, in one rounding.
 template <class T>
 inline f32x8 shifted(const T* x, int64_t n, float scale, float max) {
-  return vm::fma(vm::load(x, n), vm::splat(scale), vm::splat(-max));
+  return vm::fma(vm::load(x, n, kNegInf), vm::splat(scale), vm::splat(-max));
 }
 
-struct Lse {
-  float max;
-  double log_all, log_rest;
+// Softmax of z = scale x over [0, len). Stores u_j = exp(z_j - max) and returns what turns u and
+// z into p_j = u_j inv_sum and log p_j = (z_j - max) - log_sum (max kept apart so that lse is not
+// rounded into every entry). kMasked: also log_rest = log(share of the entries whose skip byte is
+// 0), -inf when there are none.
+struct Softmax {
+  float max, log_sum, inv_sum;
+  double log_rest;
 };
 template <bool kMasked, class T>
-Lse row_lse(const T* x, const uint8_t* skip, int64_t len, float scale) {
-  float m = -vm::kInf;
-  double all = 0, rest = 0;  // sums of exp(z - m)
-  for (int64_t b = 0; b < len; b += kBlock) {
-    const int64_t n = std::min(kBlock, len - b);
-    f32x8 bm = vm::splat(-vm::kInf);
-    for (int64_t j = 0; j < n; j += kLanes) bm = vm::max(bm, vm::load(x + b + j, n - j));
-    const float shift = vm::hmax(bm) * scale;
-    if (shift == -vm::kInf) continue;
-    const Sums s = row_sums(n, [&](int64_t j, int64_t left, f32x8& acc_all, f32x8& acc_rest) {
-      const f32x8 e = vm::exp(shifted(x + b + j, left, scale, shift));
-      acc_all += e;
-      if constexpr (kMasked) acc_rest += vm::load_flags(skip + b + j, left) ? f32x8{} : e;
-    });
-    const float new_m = std::max(m, shift);
-    const double old_w = std::exp(double(m) - new_m), new_w = std::exp(double(shift) - new_m);
-    all = all * old_w + s.first * new_w;
-    rest = rest * old_w + s.second * new_w;
-    m = new_m;
-  }
-  return {m, std::log(all), std::log(rest)};
+Softmax row_softmax(const T* x, const uint8_t* skip, float* u, int64_t len, float scale) {
+  f32x8 mv = vm::splat(kNegInf);
+  for (int64_t j = 0; j < len; j += kLanes) mv = vm::max(mv, vm::load(x + j, len - j, kNegInf));
+  const float m = vm::hmax(mv) * scale;
+  const Sums sums = row_sums(len, [&](int64_t j, int64_t n, f32x8& all, f32x8& rest) {
+    const f32x8 e = vm::exp(shifted(x + j, n, scale, m));
+    vm::store(u + j, e, n);
+    all += e;
+    if constexpr (kMasked) rest += vm::load_flags(skip + j, n) ? f32x8{} : e;
+  });
+  return {m, float(std::log(sums.first)), float(1 / sums.first),
+          std::log(sums.second) - std::log(sums.first)};
 }
 
-// log-probs of 8 entries: (scale x - max) - log_sum.
 template <class T>
-inline f32x8 log_softmax(const T* x, int64_t n, float scale, float max, float log_sum) {
-  return shifted(x, n, scale, max) - log_sum;
+inline f32x8 log_softmax(const T* x, int64_t n, float scale, const Softmax& sm) {
+  return shifted(x, n, scale, sm.max) - sm.log_sum;
 }
 
-// The loss term, a = dL/d(log p) and p of each lane, given log p and log q.
+// The loss term and a = dL/d(log p) of each lane, given log p, log q, p and q. Terms weighted by
+// a probability that is exactly 0 are 0 (xlogy); a NaN weight stays NaN.
 struct Terms {
-  f32x8 loss, a, p;
+  f32x8 loss, a;
 };
 template <Mode M>
-inline Terms terms(f32x8 lp, f32x8 lq, float beta) {
+inline Terms terms(f32x8 lp, f32x8 lq, f32x8 p, f32x8 q, float beta) {
   const f32x8 zero = {};
-  const f32x8 p = vm::exp(lp);
   if constexpr (M == Mode::kForwardKl) {
-    const f32x8 q = vm::exp(lq);
-    return {q > 0.f ? q * (lq - lp) : zero, -q, p};
+    return {q == 0.f ? zero : q * (lq - lp), -q};
   } else if constexpr (M == Mode::kReverseKl) {
-    const f32x8 kl = p > 0.f ? p * (lp - lq) : zero;
-    return {kl, kl + p, p};
+    const f32x8 kl = p == 0.f ? zero : p * (lp - lq);
+    return {kl, kl + p};
   } else {
-    const f32x8 q = vm::exp(lq);
-    const f32x8 lm = vm::log(vm::max(vm::fma(vm::splat(beta), q, (1.f - beta) * p), vm::splat(FLT_MIN)));
-    const f32x8 a = (1.f - beta) * (p > 0.f ? p * (lp - lm) : zero);
-    return {vm::fma(vm::splat(beta), q > 0.f ? q * (lq - lm) : zero, a), a, p};
+    const f32x8 m = vm::fma(vm::splat(beta), q, (1.f - beta) * p);
+    const f32x8 lm = vm::log(vm::max(vm::splat(FLT_MIN), m));  // m == 0: both terms are 0
+    const f32x8 a = (1.f - beta) * (p == 0.f ? zero : p * (lp - lm));
+    return {vm::fma(vm::splat(beta), q == 0.f ? zero : q * (lq - lm), a), a};
   }
 }
 
@@ -140,35 +135,43 @@ void fill_zero(T* g, int64_t len) {
 // Dense rows --------------------------------------------------------------------------------------
 
 struct DenseRow {
-  float inv_t, max_s, log_sum_s, max_t, log_sum_t, beta;
+  float inv_t, beta, gscale;  // gscale = row_scale / T
+  Softmax s, t;
 };
 
-// Returns (sum of loss terms, S = sum of a); with kWrite also g = gscale (a - p s).
-template <Mode M, bool kWrite, class T>
-Sums dense_sweep(const T* s, const T* t, T* g, int64_t len, const DenseRow& row, float s_sum,
-                 float gscale) {
+// Loss pass: returns (sum of loss terms, S = sum of a). With kGrad it also stores the gradient
+// gscale (p - q) for beta == 0 (S = -1), and otherwise a, over the teacher's u.
+template <Mode M, bool kGrad, class T>
+Sums dense_loss(const T* s, const T* t, const float* us, float* ut_a, T* g, int64_t len,
+                const DenseRow& row) {
   return row_sums(len, [&](int64_t j, int64_t n, f32x8& loss, f32x8& a_sum) {
-    const f32x8 lp = log_softmax(s + j, n, row.inv_t, row.max_s, row.log_sum_s);
-    const f32x8 lq = log_softmax(t + j, n, row.inv_t, row.max_t, row.log_sum_t);
-    const Terms e = terms<M>(lp, lq, row.beta);
+    const f32x8 lp = log_softmax(s + j, n, row.inv_t, row.s);
+    const f32x8 lq = log_softmax(t + j, n, row.inv_t, row.t);
+    const f32x8 p = vm::load(us + j, n, 0.f) * row.s.inv_sum;
+    const f32x8 q = vm::load(ut_a + j, n, 0.f) * row.t.inv_sum;
+    const Terms e = terms<M>(lp, lq, p, q, row.beta);
     loss += e.loss;
     a_sum += e.a;
-    if constexpr (kWrite) vm::store(g + j, (e.a - e.p * s_sum) * gscale, n);
+    if constexpr (kGrad && M == Mode::kForwardKl) vm::store(g + j, (p - q) * row.gscale, n);
+    if constexpr (kGrad && M != Mode::kForwardKl) vm::store(ut_a + j, e.a, n);
   });
 }
 
+// Loss of one row; us and ut are vocab-sized scratch. g may alias s: each pass reads entry j of
+// s before it writes entry j of g.
 template <Mode M, class T>
-float dense_row(const T* s, const T* t, T* g, int64_t len, float inv_t, float beta, float scale) {
-  if (scale == 0) {
-    if (g) fill_zero(g, len);
-    return 0;
+float dense_row(const T* s, const T* t, T* g, int64_t len, DenseRow row, float* us, float* ut) {
+  row.s = row_softmax<false>(s, nullptr, us, len, row.inv_t);
+  row.t = row_softmax<false>(t, nullptr, ut, len, row.inv_t);
+  if (!g) return float(dense_loss<M, false>(s, t, us, ut, g, len, row).first);
+  const Sums sums = dense_loss<M, true>(s, t, us, ut, g, len, row);
+  if constexpr (M != Mode::kForwardKl) {  // g = gscale (a - p S)
+    const f32x8 p_scale = vm::splat(-float(row.s.inv_sum * sums.second));
+    for (int64_t j = 0; j < len; j += kLanes) {
+      const f32x8 a = vm::load(ut + j, len - j, 0.f), u = vm::load(us + j, len - j, 0.f);
+      vm::store(g + j, vm::fma(u, p_scale, a) * row.gscale, len - j);
+    }
   }
-  const Lse ls = row_lse<false>(s, nullptr, len, inv_t), lt = row_lse<false>(t, nullptr, len, inv_t);
-  const DenseRow row{inv_t, ls.max, float(ls.log_all), lt.max, float(lt.log_all), beta};
-  const float gscale = scale * inv_t;
-  if (g && M == Mode::kForwardKl) return dense_sweep<M, true>(s, t, g, len, row, -1.f, gscale).first;
-  const Sums sums = dense_sweep<M, false>(s, t, g, len, row, 0.f, 0.f);
-  if (g) dense_sweep<M, true>(s, t, g, len, row, float(sums.second), gscale);
   return float(sums.first);
 }
 
@@ -176,23 +179,34 @@ template <class T, Mode M>
 void jsd_impl(const T* student, int64_t s_stride, const T* teacher, int64_t t_stride, T* grad,
               int64_t g_stride, int64_t rows, int64_t vocab, const float* row_scale, float* loss,
               float beta, float inv_t, int num_threads) {
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-  for (int64_t r = 0; r < rows; ++r) {
-    loss[r] = dense_row<M>(student + r * s_stride, teacher + r * t_stride,
-                           grad ? grad + r * g_stride : nullptr, vocab, inv_t, beta, row_scale[r]);
+#pragma omp parallel num_threads(num_threads)
+  {
+    std::vector<float> scratch(2 * vocab);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      T* g = grad ? grad + r * g_stride : nullptr;
+      if (row_scale[r] == 0) {
+        if (g) fill_zero(g, vocab);
+        loss[r] = 0;
+        continue;
+      }
+      const DenseRow row{inv_t, beta, row_scale[r] * inv_t, {}, {}};
+      loss[r] = dense_row<M>(student + r * s_stride, teacher + r * t_stride, g, vocab, row,
+                             scratch.data(), scratch.data() + vocab);
+    }
   }
 }
 
 // Top-k rows --------------------------------------------------------------------------------------
 
-// Per-thread scratch: skip flags over the vocab (all 0 between rows) and four (k + 1)-float bin
-// arrays: student log-probs, teacher log-probs, a, p.
+// Per-thread scratch: skip flags over the vocab (all 0 between rows), u of the student and four
+// (k + 1)-float bin arrays: log p, log q, p, a.
 struct TopkScratch {
   std::vector<uint8_t> skip;
-  std::vector<float> bins;
-  float *lp, *lq, *a, *p;
-  TopkScratch(int64_t vocab, int64_t k) : skip(vocab), bins(4 * (k + 1)) {
-    lp = bins.data(), lq = lp + k + 1, a = lq + k + 1, p = a + k + 1;
+  std::vector<float> u, bins;
+  float *lp, *lq, *p, *a;
+  TopkScratch(int64_t vocab, int64_t k) : skip(vocab), u(vocab), bins(4 * (k + 1)) {
+    lp = bins.data(), lq = lp + k + 1, p = lq + k + 1, a = p + k + 1;
   }
 };
 
@@ -200,55 +214,53 @@ struct TopkRow {
   const int64_t* ids;
   const float* teacher_logp;
   int64_t k;
-  float inv_t, beta, scale;
+  float inv_t, beta, gscale;
 };
 
-// Fills the k + 1 bins' log-probs; returns lse(z) and whether the student's rest bin is clamped.
+// Fills the bins' log p, log q and p (the rest bin last) and u; returns the student's softmax.
 template <class T>
-std::pair<Lse, bool> topk_bins(const T* s, int64_t vocab, const TopkRow& row, TopkScratch& w) {
+Softmax topk_bins(const T* s, int64_t vocab, const TopkRow& row, TopkScratch& w) {
   for (int64_t i = 0; i < row.k; ++i) w.skip[row.ids[i]] = 1;
-  const Lse lse = row_lse<true>(s, w.skip.data(), vocab, row.inv_t);
+  const Softmax sm = row_softmax<true>(s, w.skip.data(), w.u.data(), vocab, row.inv_t);
   for (int64_t i = 0; i < row.k; ++i) w.skip[row.ids[i]] = 0;
   for (int64_t i = 0; i < row.k; ++i) {
-    w.lp[i] = log_softmax(s + row.ids[i], 1, row.inv_t, lse.max, float(lse.log_all))[0];
+    w.lp[i] = log_softmax(s + row.ids[i], 1, row.inv_t, sm)[0];
+    w.p[i] = w.u[row.ids[i]] * sm.inv_sum;
     w.lq[i] = row.teacher_logp[i];
   }
-  const double student_rest = lse.log_rest - lse.log_all;  // -inf when every id is a bin
-  const bool clamped = !(student_rest >= kRestLogFloor);
-  w.lp[row.k] = float(clamped ? kRestLogFloor : student_rest);
-  const double teacher_mass = row_sums(row.k, [&](int64_t j, int64_t n, f32x8& acc, f32x8&) {
-    acc += vm::exp(vm::load(row.teacher_logp + j, n));
+  const double lp_rest = std::max(sm.log_rest, kRestLogFloor);
+  w.lp[row.k] = float(lp_rest);
+  w.p[row.k] = float(std::exp(lp_rest));
+  const double q_top = row_sums(row.k, [&](int64_t j, int64_t n, f32x8& acc, f32x8&) {
+    acc += vm::exp(vm::load(row.teacher_logp + j, n, kNegInf));
   }).first;
-  w.lq[row.k] = float(std::max(std::log(std::max(1 - teacher_mass, 0.0)), kRestLogFloor));
-  return {lse, clamped};
+  w.lq[row.k] = float(std::max(std::log(std::max(1 - q_top, 0.0)), kRestLogFloor));
+  return sm;
 }
 
 template <Mode M, class T>
 float topk_row(const T* s, T* g, int64_t vocab, const TopkRow& row, TopkScratch& w) {
-  if (row.scale == 0) {
-    if (g) fill_zero(g, vocab);
-    return 0;
-  }
-  const auto [lse, clamped] = topk_bins(s, vocab, row, w);
-  const int64_t nb = row.k + 1;
-  const double loss = row_sums(nb, [&](int64_t j, int64_t n, f32x8& acc, f32x8&) {
-    const Terms e = terms<M>(vm::load(w.lp + j, n), vm::load(w.lq + j, n), row.beta);
+  const Softmax sm = topk_bins(s, vocab, row, w);
+  const int64_t k = row.k;
+  const double loss = row_sums(k + 1, [&](int64_t j, int64_t n, f32x8& acc, f32x8&) {
+    const f32x8 lq = vm::load(w.lq + j, n, kNegInf);
+    const Terms e = terms<M>(vm::load(w.lp + j, n, kNegInf), lq, vm::load(w.p + j, n, 0.f),
+                             vm::exp(lq), row.beta);
     acc += e.loss;
     vm::store(w.a + j, e.a, n);
-    vm::store(w.p + j, e.p, n);
   }).first;
   if (!g) return float(loss);
-  double a_sum = clamped ? 0.0 : w.a[row.k];
-  for (int64_t i = 0; i < row.k; ++i) a_sum += w.a[i];
-  const float s_sum = float(a_sum), gscale = row.scale * row.inv_t;
-  const float rest_w = ((clamped ? 0.f : w.a[row.k] / w.p[row.k]) - s_sum) * gscale;
-  const float log_sum = float(lse.log_all);
+  const bool clamped = !(sm.log_rest >= kRestLogFloor);  // then a_R is out of S and the chain rule
+  double a_sum = clamped ? 0.0 : w.a[k];
+  for (int64_t i = 0; i < k; ++i) a_sum += w.a[i];
+  // Off the ids, g_j = gscale pi_j (a_R / P_R - S) with pi_j = u_j inv_sum.
+  const double rest_g = (clamped ? 0.0 : double(w.a[k]) / w.p[k]) - a_sum;
+  const f32x8 rest_w = vm::splat(float(rest_g * sm.inv_sum * row.gscale));
   for (int64_t j = 0; j < vocab; j += kLanes) {
-    const f32x8 pi = vm::exp(log_softmax(s + j, vocab - j, row.inv_t, lse.max, log_sum));
-    vm::store(g + j, pi * rest_w, vocab - j);
+    vm::store(g + j, vm::load(w.u.data() + j, vocab - j, 0.f) * rest_w, vocab - j);
   }
-  for (int64_t i = 0; i < row.k; ++i) {
-    vm::store(g + row.ids[i], vm::splat((w.a[i] - w.p[i] * s_sum) * gscale), 1);
+  for (int64_t i = 0; i < k; ++i) {
+    vm::store(g + row.ids[i], vm::splat(float((w.a[i] - w.p[i] * a_sum) * row.gscale)), 1);
   }
   return float(loss);
 }
@@ -263,26 +275,33 @@ void topk_impl(const T* student, int64_t s_stride, const int64_t* ids, int64_t i
     TopkScratch scratch(vocab, k);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < rows; ++r) {
+      T* g = grad ? grad + r * g_stride : nullptr;
+      if (row_scale[r] == 0) {
+        if (g) fill_zero(g, vocab);
+        loss[r] = 0;
+        continue;
+      }
       const TopkRow row{ids + r * ids_stride, teacher_logp + r * logp_stride, k, inv_t, beta,
-                        row_scale[r]};
-      loss[r] = topk_row<M>(student + r * s_stride, grad ? grad + r * g_stride : nullptr, vocab,
-                            row, scratch);
+                        row_scale[r] * inv_t};
+      loss[r] = topk_row<M>(student + r * s_stride, g, vocab, row, scratch);
     }
   }
 }
 
+// Throws on the first out-of-range id (lowest row), before anything is written.
 void check_ids(const int64_t* ids, int64_t stride, int64_t rows, int64_t k, int64_t vocab,
                int num_threads) {
   auto bad = [&](int64_t id) { return id < 0 || id >= vocab; };
-  int64_t first_bad_row = rows;
-#pragma omp parallel for num_threads(num_threads) reduction(min : first_bad_row)
+  int64_t bad_row = rows;
+#pragma omp parallel for num_threads(num_threads) reduction(min : bad_row)
   for (int64_t r = 0; r < rows; ++r) {
-    if (std::any_of(ids + r * stride, ids + r * stride + k, bad)) first_bad_row = std::min(first_bad_row, r);
+    if (std::any_of(ids + r * stride, ids + r * stride + k, bad)) bad_row = std::min(bad_row, r);
   }
-  if (first_bad_row == rows) return;
-  const int64_t* row = ids + first_bad_row * stride;
-  throw std::invalid_argument("teacher_topk_ids: id " + std::to_string(*std::find_if(row, row + k, bad)) +
-                              " out of range [0, " + std::to_string(vocab) + ")");
+  if (bad_row == rows) return;
+  const int64_t* row = ids + bad_row * stride;
+  const int64_t id = *std::find_if(row, row + k, bad);
+  throw std::invalid_argument("teacher_topk_ids: id " + std::to_string(id) + " out of range [0, " +
+                              std::to_string(vocab) + ")");
 }
 
 // Calls fn(T*, integral_constant<Mode>) with T the storage type of dtype.

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__FMA__) || defined(__F16C__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -29,8 +29,22 @@ constexpr float kLn2Hi = 0.693359375f;       // ln 2 = kLn2Hi + kLn2Lo, kLn2Hi h
 constexpr float kLn2Lo = -2.12194440e-4f;
 
 inline f32x8 splat(float v) { return f32x8{} + v; }
-inline f32x8 max(f32x8 a, f32x8 b) { return a > b ? a : b; }
-inline f32x8 min(f32x8 a, f32x8 b) { return a < b ? a : b; }
+
+// a > b ? a : b and a < b ? a : b: b when either is NaN (the semantics of vmaxps / vminps).
+inline f32x8 max(f32x8 a, f32x8 b) {
+#ifdef __AVX__
+  return (f32x8)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+  return a > b ? a : b;
+#endif
+}
+inline f32x8 min(f32x8 a, f32x8 b) {
+#ifdef __AVX__
+  return (f32x8)_mm256_min_ps((__m256)a, (__m256)b);
+#else
+  return a < b ? a : b;
+#endif
+}
 
 inline f32x8 fma(f32x8 a, f32x8 b, f32x8 c) {
 #ifdef __FMA__
@@ -40,41 +54,44 @@ inline f32x8 fma(f32x8 a, f32x8 b, f32x8 c) {
 #endif
 }
 
-template <int N>
-inline f32x8 horner(f32x8 x, const float (&c)[N]) {  // c[0] x^(N-1) + ... + c[N-1]
-  f32x8 y = splat(c[0]);
-  for (int i = 1; i < N; ++i) y = fma(y, x, splat(c[i]));
-  return y;
+// c0 + c1 x + c2 x^2 + c3 x^3 (Estrin: short dependency chains keep the out-of-order window full).
+inline f32x8 poly3(f32x8 x, f32x8 x2, float c0, float c1, float c2, float c3) {
+  return fma(fma(splat(c3), x, splat(c2)), x2, fma(splat(c1), x, splat(c0)));
 }
 
-// e^x to ~1 ulp (Cephes expf polynomial), subnormal results included; -inf -> 0, NaN -> NaN.
+// e^x for x <= 71 (larger x saturate to e^71), < 1 ulp on [-104, 71] including subnormal results;
+// x < -104 (and -inf) -> 0, NaN -> NaN. Callers pass log-probs, so x <= 0 up to rounding.
+// x = n ln2 + r with |r| <= ln2/2; e^r = 1 + r + r^2 P(r), P a degree-4 minimax fit (rel. error
+// 3e-9); 2^n = 2^(n+24) 2^-24, the first factor normal down to n = -150 so that subnormal results
+// are rounded once.
 inline f32x8 exp(f32x8 x) {
-  constexpr float kShift = 0x1.8p23f;  // x / ln2 + kShift rounds to an integer in the low bits
-  static constexpr float kPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
-                                    4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
-  x = min(max(x, splat(-150.f)), splat(89.f));  // e^-150 rounds to 0, e^89 to inf
+  constexpr float kShift = 0x1.8p23f + 151;  // x/ln2 + kShift holds n + 151 in its low bits
+  x = min(splat(71.f), max(splat(-104.f), x));
   const f32x8 t = fma(x, splat(1.44269504f), splat(kShift));
   const f32x8 n = t - kShift;
-  const f32x8 r = fma(n, splat(-kLn2Lo), fma(n, splat(-kLn2Hi), x));  // |r| <= ln2 / 2
-  const f32x8 y = fma(horner(r, kPoly), r * r, r) + 1.f;
-  // y 2^n, with 2^n split into two normal factors so that subnormal results round once.
-  const i32x8 ni = (i32x8)t - (i32x8)splat(kShift);
-  const i32x8 n1 = ni >> 1;
-  return y * (f32x8)((n1 + 127) << 23) * (f32x8)((ni - n1 + 127) << 23);
+  const f32x8 r = fma(n, splat(-kLn2Lo), fma(n, splat(-kLn2Hi), x));
+  const f32x8 r2 = r * r;
+  const f32x8 p = fma(poly3(r, r2, 1.666652113e-1f, 4.166838899e-2f, 8.368710987e-3f,
+                            1.381460461e-3f), r, splat(4.999999404e-1f));
+  const f32x8 y = fma(p, r2, r) + 1.f;
+  return y * (f32x8)((i32x8)t << 23) * 0x1p-24f;
 }
 
-// ln x to ~1 ulp (Cephes logf polynomial) for positive normal x; callers clamp to FLT_MIN.
+// ln x to < 1 ulp for finite positive normal x (callers clamp to FLT_MIN); NaN -> NaN.
+// x = m 2^e with m in [sqrt(1/2), sqrt(2)), f = m - 1, ln(1 + f) = f - f^2/2 + f^3 Q(f) with Q a
+// degree-7 minimax fit (rel. error 6e-9).
 inline f32x8 log(f32x8 x) {
-  static constexpr float kPoly[] = {7.0376836292e-2f,  -1.1514610310e-1f, 1.1676998740e-1f,
-                                    -1.2420140846e-1f, 1.4249322787e-1f,  -1.6668057665e-1f,
-                                    2.0000714765e-1f,  -2.4999993993e-1f, 3.3333331174e-1f};
   const i32x8 bits = (i32x8)x;
-  const i32x8 e = (bits - 0x3f3504f3) >> 23;  // x = m 2^e, m in [sqrt(1/2), sqrt(2))
+  const i32x8 e = (bits - 0x3f3504f3) >> 23;
   const f32x8 f = (f32x8)(bits - (e << 23)) - 1.f;
   const f32x8 fe = __builtin_convertvector(e, f32x8);
   const f32x8 f2 = f * f;
-  const f32x8 y = fma(f * f2, horner(f, kPoly), fma(fe, splat(kLn2Lo), f2 * -0.5f));
-  return fma(fe, splat(kLn2Hi), f + y);
+  const f32x8 q = fma(poly3(f, f2, 1.420177370e-1f, -1.316023767e-1f, 1.276148707e-1f,
+                            -7.634237409e-2f), f2 * f2,
+                      poly3(f, f2, 3.333333135e-1f, -2.500082254e-1f, 2.000122666e-1f,
+                            -1.662335396e-1f));
+  const f32x8 y = fma(f * f2, q, fma(fe, splat(kLn2Lo), f2 * -0.5f));
+  return fma(fe, splat(kLn2Hi), f + y) + (x - x);  // x - x: 0, or NaN for NaN (and inf)
 }
 
 inline double hsum(f32x8 v) {
@@ -132,14 +149,15 @@ inline void store(_Float16* p, f32x8 v) {  // round to nearest even
 #endif
 }
 
-// The first n elements (all 8 when n >= 8); missing lanes read as -inf, a zero-probability logit.
+// The first n elements (all 8 when n >= 8); missing lanes read as fill (-inf for logits and
+// log-probs, 0 for probabilities, so that they add nothing).
 template <class T>
-inline f32x8 load(const T* p, int64_t n) {
+inline f32x8 load(const T* p, int64_t n, float fill) {
   if (n >= kLanes) return load(p);
   T buf[kLanes] = {};
   std::memcpy(buf, p, n * sizeof(T));
   const i32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-  return lane < static_cast<int32_t>(n) ? load(buf) : splat(-kInf);
+  return lane < static_cast<int32_t>(n) ? load(buf) : splat(fill);
 }
 
 template <class T>
