@@ -18,9 +18,9 @@
 
 #include <cstdint>
 
-namespace sleepcore::cpu {
+#include "cpu/dtype.h"
 
-enum class DType : int { Float32 = 0, BFloat16 = 1, Float16 = 2 };
+namespace sleepcore::cpu {
 
 void jsd_rows(const void* student, int64_t student_stride, const void* teacher,
               int64_t teacher_stride, void* grad, int64_t grad_stride, DType dtype, int64_t rows,

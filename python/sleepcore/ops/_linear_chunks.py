@@ -15,7 +15,7 @@ import torch
 
 # Per logits buffer: keep CPU chunks cache- and RSS-friendly, GPU chunks large enough that the
 # GEMMs stay compute-bound (>= 1k rows at LLM widths).
-_CPU_BUFFER_BYTES = 64 << 20
+_CPU_BUFFER_BYTES = 96 << 20
 _GPU_BUFFER_BYTES = 1 << 30
 _GPU_MAX_ROWS = 4096
 
