@@ -69,7 +69,7 @@ BAD_LINEAR = [
     ("student_weight", lambda sh, sw, th, tw: dict(student_weight=sw[:, :5])),
     ("share V", lambda sh, sw, th, tw: dict(teacher_weight=tw[:30])),
     ("same number of tokens", lambda sh, sw, th, tw: dict(teacher_hidden=th[:5])),
-    ("dtypes must match", lambda sh, sw, th, tw: dict(student_weight=sw.detach().double().float().half())),
+    ("share one dtype", lambda sh, sw, th, tw: dict(student_weight=sw.detach().double().float().half())),
     ("one device", lambda sh, sw, th, tw: dict(teacher_weight=tw.to("meta"))),
     ("beta", lambda sh, sw, th, tw: dict(beta=1.5)),
     ("beta", lambda sh, sw, th, tw: dict(beta=-0.1)),
@@ -109,7 +109,7 @@ def test_topk_rejects_bad_teacher(match, teacher):
 
 @pytest.mark.parametrize("match,student,teacher", [
     ("same shape", torch.zeros(3, 10), torch.zeros(3, 11)),
-    ("dtypes must match", torch.zeros(3, 10), torch.zeros(3, 10, dtype=torch.bfloat16)),
+    ("share one dtype", torch.zeros(3, 10), torch.zeros(3, 10, dtype=torch.bfloat16)),
     ("student_logits", torch.zeros(3, 10, dtype=torch.long), torch.zeros(3, 10, dtype=torch.long)),
 ])
 def test_generalized_jsd_rejects_bad_input(match, student, teacher):

@@ -25,24 +25,23 @@ def tensor(name: str, value, *, ndims: tuple[int, ...], dtypes=FLOAT_DTYPES) -> 
     return value
 
 
+def _shared(kind: str, attribute: str, error, tensors: dict):
+    present = {name: t for name, t in tensors.items() if t is not None}
+    values = {getattr(t, attribute) for t in present.values()}
+    if len(values) > 1:
+        listing = ", ".join(f"{name} {getattr(t, attribute)}" for name, t in present.items())
+        raise error(f"all tensors must share one {kind}, got {listing}")
+    return values.pop()
+
+
 def same_device(**tensors: torch.Tensor | None) -> torch.device:
     """All given tensors (``None`` skipped) live on one device; returns it."""
-    present = {name: t for name, t in tensors.items() if t is not None}
-    devices = {t.device for t in present.values()}
-    if len(devices) > 1:
-        listing = ", ".join(f"{name} on {t.device}" for name, t in present.items())
-        raise ValueError(f"all tensors must be on one device, got {listing}")
-    return devices.pop()
+    return _shared("device", "device", ValueError, tensors)
 
 
 def same_dtype(**tensors: torch.Tensor | None) -> torch.dtype:
     """All given tensors (``None`` skipped) share one dtype; returns it."""
-    present = {name: t for name, t in tensors.items() if t is not None}
-    dtypes = {t.dtype for t in present.values()}
-    if len(dtypes) > 1:
-        listing = ", ".join(f"{name} is {t.dtype}" for name, t in present.items())
-        raise TypeError(f"dtypes must match: {listing}")
-    return dtypes.pop()
+    return _shared("dtype", "dtype", TypeError, tensors)
 
 
 def beta(value) -> float:
@@ -81,6 +80,12 @@ def num_items(value) -> None:
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0:
         return
     raise ValueError(f"num_items_in_batch must be None, a positive number or a 1-element tensor, got {value!r}")
+
+
+def loss_options(beta_value, temperature_value, reduction_value, backend_value, num_items_in_batch):
+    """Check the options every divergence op shares; returns ``(beta, temperature, reduction, backend)``."""
+    num_items(num_items_in_batch)
+    return beta(beta_value), temperature(temperature_value), reduction(reduction_value), backend(backend_value)
 
 
 def labels(value, leading_shape: torch.Size, device: torch.device) -> torch.Tensor | None:

@@ -31,6 +31,13 @@ def default_chunk_size(rows: int, vocab: int, dtype: torch.dtype, device: torch.
     return max(1, min(rows, chunk))
 
 
+def grad_flags(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[bool, bool, bool]:
+    """Which of hidden, weight and bias need a gradient from this call (autograd on and requires_grad)."""
+    wanted = torch.is_grad_enabled()
+    return (wanted and hidden.requires_grad, wanted and weight.requires_grad,
+            wanted and bias is not None and bias.requires_grad)
+
+
 def _accumulate_outer(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
     """``accumulator (fp32) += left @ right`` for fp32 or 16-bit operands."""
     if left.dtype == torch.float32:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from sleepcore.ops import _checks
-from sleepcore.ops._linear_chunks import default_chunk_size, linear_divergence
+from sleepcore.ops._linear_chunks import default_chunk_size, grad_flags, linear_divergence
 from sleepcore.ops._reduction import keep_mask, row_scale as reduction_row_scale
 from sleepcore.ops._row_weighted import RowWeightedSpec, register_row_weighted
 from sleepcore.ops.divergence_rows import jsd_rows
@@ -130,9 +130,8 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
                                  student_bias=student_bias, teacher_bias=teacher_bias)
     leading = student_hidden.shape[:-1]
     labels = _checks.labels(labels, leading, device)
-    beta, temperature = _checks.beta(beta), _checks.temperature(temperature)
-    reduction, backend = _checks.reduction(reduction), _checks.backend(backend)
-    _checks.num_items(num_items_in_batch)
+    beta, temperature, reduction, backend = _checks.loss_options(beta, temperature, reduction, backend,
+                                                                 num_items_in_batch)
     rows, vocab = s_hidden.shape[0], s_weight.shape[0]
     chunk = _checks.chunk_size(chunk_size) or default_chunk_size(rows, vocab, s_hidden.dtype, device)
     mask = keep_mask(labels, rows, ignore_index, device)
@@ -141,7 +140,4 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
               None if teacher_bias is None else teacher_bias.detach(), beta, temperature, chunk, backend)
     if reduction == "none":
         return torch.ops.sleepcore.fused_linear_jsd_rows(*inputs).reshape(leading)
-    wants = torch.is_grad_enabled()
-    flags = (wants and s_hidden.requires_grad, wants and s_weight.requires_grad,
-             wants and student_bias is not None and student_bias.requires_grad)
-    return torch.ops.sleepcore.fused_linear_jsd(*inputs, *flags)[0]
+    return torch.ops.sleepcore.fused_linear_jsd(*inputs, *grad_flags(s_hidden, s_weight, student_bias))[0]

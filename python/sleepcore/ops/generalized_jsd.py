@@ -67,9 +67,8 @@ def generalized_jsd(student_logits, teacher_logits, labels=None, *, beta=0.5, te
     device = _checks.same_device(student_logits=student_logits, teacher_logits=teacher_logits)
     leading, vocab = student_logits.shape[:-1], student_logits.shape[-1]
     labels = _checks.labels(labels, leading, device)
-    beta, temperature = _checks.beta(beta), _checks.temperature(temperature)
-    reduction, backend = _checks.reduction(reduction), _checks.backend(backend)
-    _checks.num_items(num_items_in_batch)
+    beta, temperature, reduction, backend = _checks.loss_options(beta, temperature, reduction, backend,
+                                                                 num_items_in_batch)
     student = student_logits.reshape(-1, vocab).contiguous()
     teacher = teacher_logits.detach().reshape(-1, vocab).contiguous()
     mask = keep_mask(labels, student.shape[0], ignore_index, device)
