@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cpu/divergence_rows.h"
+#include "cpu/logprob_rows.h"
 #ifdef SLEEPCORE_WITH_CUDA
 #include "cuda/device_info.h"
 #endif
@@ -84,4 +85,37 @@ PYBIND11_MODULE(_C, m) {
       py::arg("vocab"), py::arg("k"), py::arg("row_scale"), py::arg("loss"), py::arg("beta"),
       py::arg("temperature"), py::arg("num_threads"),
       "Per-row JSD against a top-k teacher over k + 1 bins; see csrc/cpu/divergence_rows.h.");
+
+  m.def(
+      "logprob_rows",
+      [](std::uintptr_t logits, int64_t logits_stride, int dtype, int64_t rows, int64_t vocab, std::uintptr_t token_ids,
+         double temperature, std::uintptr_t logp, std::uintptr_t entropy, std::uintptr_t lse, int num_threads) {
+        py::gil_scoped_release release;
+        sleepcore::cpu::logprob_rows(as_ptr<const void>(logits), logits_stride, as_dtype(dtype), rows, vocab,
+                                     as_ptr<const int64_t>(token_ids), temperature, as_ptr<float>(logp),
+                                     as_ptr<float>(entropy), as_ptr<float>(lse), num_threads);
+      },
+      py::arg("logits"), py::arg("logits_stride"), py::arg("dtype"), py::arg("rows"), py::arg("vocab"),
+      py::arg("token_ids"), py::arg("temperature"), py::arg("logp"), py::arg("entropy"), py::arg("lse"),
+      py::arg("num_threads"),
+      "Per-row token log-prob, entropy (when entropy != 0) and logsumexp of logits / T; see "
+      "csrc/cpu/logprob_rows.h.");
+
+  m.def(
+      "logprob_grad_rows",
+      [](std::uintptr_t logits, int64_t logits_stride, std::uintptr_t grad, int64_t grad_stride, int dtype,
+         int64_t rows, int64_t vocab, std::uintptr_t token_ids, double temperature, std::uintptr_t lse,
+         std::uintptr_t entropy, std::uintptr_t grad_logp, std::uintptr_t grad_entropy, int num_threads) {
+        py::gil_scoped_release release;
+        sleepcore::cpu::logprob_grad_rows(as_ptr<const void>(logits), logits_stride, as_ptr<void>(grad), grad_stride,
+                                          as_dtype(dtype), rows, vocab, as_ptr<const int64_t>(token_ids), temperature,
+                                          as_ptr<const float>(lse), as_ptr<const float>(entropy),
+                                          as_ptr<const float>(grad_logp), as_ptr<const float>(grad_entropy),
+                                          num_threads);
+      },
+      py::arg("logits"), py::arg("logits_stride"), py::arg("grad"), py::arg("grad_stride"), py::arg("dtype"),
+      py::arg("rows"), py::arg("vocab"), py::arg("token_ids"), py::arg("temperature"), py::arg("lse"),
+      py::arg("entropy"), py::arg("grad_logp"), py::arg("grad_entropy"), py::arg("num_threads"),
+      "Gradient w.r.t. the raw logits of sum_r grad_logp[r] logp[r] + grad_entropy[r] entropy[r] (grad_entropy "
+      "may be 0); see csrc/cpu/logprob_rows.h.");
 }

@@ -64,9 +64,9 @@ inline f32x8 poly3(f32x8 x, f32x8 x2, float c0, float c1, float c2, float c3) {
 // x = n ln2 + r with |r| <= ln2/2; e^r = 1 + r + r^2 P(r), P a degree-4 minimax fit (rel. error
 // 3e-9); 2^n = 2^(n+24) 2^-24, the first factor normal down to n = -150 so that subnormal results
 // are rounded once.
-inline f32x8 exp(f32x8 x) {
+// exp_clamped: the same for x already in [-104, 71] (no clamping).
+inline f32x8 exp_clamped(f32x8 x) {
   constexpr float kShift = 0x1.8p23f + 151;  // x/ln2 + kShift holds n + 151 in its low bits
-  x = min(splat(71.f), max(splat(-104.f), x));
   const f32x8 t = fma(x, splat(1.44269504f), splat(kShift));
   const f32x8 n = t - kShift;
   const f32x8 r = fma(n, splat(-kLn2Lo), fma(n, splat(-kLn2Hi), x));
@@ -76,6 +76,7 @@ inline f32x8 exp(f32x8 x) {
   const f32x8 y = fma(p, r2, r) + 1.f;
   return y * (f32x8)((i32x8)t << 23) * 0x1p-24f;
 }
+inline f32x8 exp(f32x8 x) { return exp_clamped(min(splat(71.f), max(splat(-104.f), x))); }
 
 // ln x to < 1 ulp for finite positive normal x (callers clamp to FLT_MIN); NaN -> NaN.
 // x = m 2^e with m in [sqrt(1/2), sqrt(2)), f = m - 1, ln(1 + f) = f - f^2/2 + f^3 Q(f) with Q a
@@ -115,9 +116,14 @@ inline f32x8 load(const float* p) {
 }
 
 inline f32x8 load(const BFloat16* p) {
+#ifdef __AVX2__
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return (f32x8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+#else
   u16x8 h;
   std::memcpy(&h, p, sizeof h);
   return (f32x8)(__builtin_convertvector(h, u32x8) << 16);
+#endif
 }
 
 inline f32x8 load(const _Float16* p) {

@@ -1,4 +1,4 @@
-"""``sleepcore`` command line: ``sleepcore info`` and ``sleepcore bench distill [options]``.
+"""``sleepcore`` command line: ``sleepcore info`` and ``sleepcore bench distill|policy [options]``.
 
 (``sleepcore demo``, ``run`` and ``eval`` arrive with the sleep cycle; see the README's status.)
 """
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print build_info() as JSON")
     bench = commands.add_parser("bench", help="run a benchmark (extra options go to it; see --help there)")
-    bench.add_argument("name", choices=["distill"])
+    bench.add_argument("name", choices=["distill", "policy"])
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
         from sleepcore import build_info
@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if rest and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from sleepcore.benchmarks import distill
+    from sleepcore.benchmarks import distill, policy
 
-    distill.main(rest)
+    {"distill": distill, "policy": policy}[args.name].main(rest)
     return 0
 
 

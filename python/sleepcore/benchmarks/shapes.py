@@ -19,6 +19,7 @@ HEADS = {
     "qwen2.5-0.5b": HeadShape("Qwen2.5-0.5B", 896, 151936),
     "qwen3-8b": HeadShape("Qwen3-8B", 4096, 151936),
     "llama3-8b": HeadShape("Llama-3-8B", 4096, 128256),
+    "llama3-8b-131k": HeadShape("Llama-3-8B, vocab padded to 131072 (Liger's CuTe benchmark)", 4096, 131072),
     "gemma3-270m": HeadShape("Gemma-3-270M", 640, 262144),
 }
 
@@ -39,4 +40,27 @@ DISTILL_CASES = {
     "cpu": DistillCase("cpu", 2048, "smollm2-135m", "float32", "cpu"),
     "h100": DistillCase("h100", 8192, "llama3-8b", "bfloat16", "cuda"),
     "gemma": DistillCase("gemma", 8192, "gemma3-270m", "bfloat16", "cuda"),
+}
+
+
+@dataclass(frozen=True)
+class PolicyCase:
+    """A policy-loss benchmark case: ``sequences x seq_len`` tokens through a head."""
+
+    name: str
+    sequences: int
+    seq_len: int
+    head: str
+    dtype: str
+    device: str
+
+    @property
+    def tokens(self) -> int:
+        return self.sequences * self.seq_len
+
+
+POLICY_CASES = {
+    "small": PolicyCase("small", 4, 128, "smollm2-135m", "float32", "cpu"),
+    "cpu": PolicyCase("cpu", 8, 256, "smollm2-135m", "float32", "cpu"),
+    "h100": PolicyCase("h100", 8, 1024, "llama3-8b-131k", "bfloat16", "cuda"),
 }

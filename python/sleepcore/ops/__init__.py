@@ -6,7 +6,11 @@ dispatches by device (CPU: the ``_C`` kernels; CUDA: Triton) and passes
 """
 
 from sleepcore.ops.fused_linear_jsd import fused_linear_jsd
+from sleepcore.ops.fused_linear_logprobs import fused_linear_logprobs
 from sleepcore.ops.fused_linear_topk_jsd import fused_linear_topk_jsd
 from sleepcore.ops.generalized_jsd import generalized_jsd
+from sleepcore.ops.policy_loss import group_advantages, policy_loss
+from sleepcore.ops import fused_linear_policy_loss as _fused_linear_policy_loss  # registers the op  # noqa: F401
 
-__all__ = ["generalized_jsd", "fused_linear_jsd", "fused_linear_topk_jsd"]
+__all__ = ["generalized_jsd", "fused_linear_jsd", "fused_linear_topk_jsd", "fused_linear_logprobs", "policy_loss",
+           "group_advantages"]

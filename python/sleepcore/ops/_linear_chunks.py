@@ -1,4 +1,4 @@
-"""The row-chunk loop shared by the fused linear losses.
+"""The row-chunk loop shared by the fused linear ops.
 
 For each chunk of ``C`` rows: ``logits = hidden[chunk] @ weight.T (+ bias)`` into one reused
 ``[C, V]`` buffer, a per-row kernel turns the buffer into the per-row loss and, in place, the
@@ -38,6 +38,15 @@ def grad_flags(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             wanted and bias is not None and bias.requires_grad)
 
 
+def _chunk_logits(chunk_hidden, weight, buffer, min_gemm_rows):
+    rows = chunk_hidden.shape[0]
+    if rows >= min_gemm_rows:
+        return torch.mm(chunk_hidden, weight.t(), out=buffer[:rows])
+    padded = chunk_hidden.new_zeros(min_gemm_rows, chunk_hidden.shape[1])
+    padded[:rows] = chunk_hidden
+    return buffer[:rows].copy_(torch.mm(padded, weight.t())[:rows])
+
+
 def _accumulate_outer(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
     """``accumulator (fp32) += left @ right`` for fp32 or 16-bit operands."""
     if left.dtype == torch.float32:
@@ -48,34 +57,35 @@ def _accumulate_outer(accumulator: torch.Tensor, left: torch.Tensor, right: torc
         accumulator.add_(torch.mm(left, right))
 
 
-def linear_divergence(
+def linear_chunks(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    row_scale: torch.Tensor,
-    rows_kernel: Callable[[torch.Tensor, slice, torch.Tensor, torch.Tensor | None], None],
+    rows_kernel: Callable[[torch.Tensor, slice, torch.Tensor | None], None],
     *,
     chunk_size: int,
-    grad_hidden: bool,
-    grad_weight: bool,
-    grad_bias: bool,
+    grad_hidden: bool = False,
+    grad_weight: bool = False,
+    grad_bias: bool = False,
+    min_gemm_rows: int = 0,
 ):
-    """Run ``rows_kernel(logits, rows, loss, grad)`` over row chunks of ``hidden @ weight.T + bias``.
+    """Run ``rows_kernel(logits, rows, grad)`` over row chunks of ``hidden @ weight.T + bias``.
 
     Args:
         hidden: ``[N, H]`` contiguous; weight: ``[V, H]``; bias: ``[V]`` or None.
-        row_scale: float32 ``[N]``; the weighted loss is ``sum(row_scale * row_loss)``.
-        rows_kernel: fills ``loss`` (float32 ``[C]``) for the chunk's rows and, when ``grad`` is
-            not None, writes the row-scaled logit gradient into it (it is the logits buffer).
+        rows_kernel: reads the chunk's logits (``[C, V]``, rows ``rows`` of the batch) and, when
+            ``grad`` is not None, writes d(loss)/d(logits) into it (``grad`` is the logits buffer).
         chunk_size: rows per chunk; grad_*: which gradients to compute.
+        min_gemm_rows: compute the logits of a smaller chunk on zero-padded rows. BLAS GEMMs
+            take other code paths (other rounding) for very few rows, so padding keeps each
+            row's logits independent of how many rows share its chunk (batch invariance).
 
     Returns:
-        ``(loss, row_loss, grad_hidden, grad_weight, grad_bias)``: a float32 scalar, float32
-        ``[N]``, then gradients in the inputs' dtypes, each an empty tensor when not requested.
+        ``(grad_hidden, grad_weight, grad_bias)`` in the inputs' dtypes, each an empty tensor
+        when not requested.
     """
     rows, vocab = hidden.shape[0], weight.shape[0]
     compute_grad = grad_hidden or grad_weight or grad_bias
-    row_loss = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
     empty = hidden.new_empty(0)
     hidden_grad = torch.empty_like(hidden) if grad_hidden else empty
     weight_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grad_weight else empty
@@ -84,17 +94,32 @@ def linear_divergence(
     for start in range(0, rows, chunk_size):
         stop = min(rows, start + chunk_size)
         chunk_hidden = hidden[start:stop]
-        logits = torch.mm(chunk_hidden, weight.t(), out=buffer[: stop - start])
+        logits = _chunk_logits(chunk_hidden, weight, buffer, min_gemm_rows)
         if bias is not None:
             logits += bias
-        rows_kernel(logits, slice(start, stop), row_loss[start:stop], logits if compute_grad else None)
+        rows_kernel(logits, slice(start, stop), logits if compute_grad else None)
         if grad_hidden:
             torch.mm(logits, weight, out=hidden_grad[start:stop])
         if grad_weight:
             _accumulate_outer(weight_grad, logits.t(), chunk_hidden)
         if grad_bias:
             bias_grad += logits.sum(0, dtype=torch.float32)
-    loss = torch.dot(row_loss, row_scale)
     weight_grad = weight_grad.to(weight.dtype) if grad_weight else empty
     bias_grad = bias_grad.to(bias.dtype) if grad_bias else empty
-    return loss, row_loss, hidden_grad, weight_grad, bias_grad
+    return hidden_grad, weight_grad, bias_grad
+
+
+def linear_divergence(hidden, weight, bias, row_scale, rows_kernel, **chunk_options):
+    """A row-weighted divergence over :func:`linear_chunks`.
+
+    ``rows_kernel(logits, rows, loss, grad)`` also fills ``loss`` (float32 ``[C]``, the chunk's
+    per-row losses) and writes the row-scaled logit gradient when ``grad`` is given.
+
+    Returns:
+        ``(loss, row_loss, grad_hidden, grad_weight, grad_bias)``: ``loss = sum(row_scale * row_loss)``
+        (float32 scalar), float32 ``[N]``, then the gradients of :func:`linear_chunks`.
+    """
+    row_loss = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    grads = linear_chunks(hidden, weight, bias, lambda logits, rows, grad: rows_kernel(logits, rows, row_loss[rows], grad),
+                          **chunk_options)
+    return (torch.dot(row_loss, row_scale), row_loss, *grads)

@@ -28,7 +28,7 @@ def use_triton(device: torch.device, backend: str) -> bool:
     return True
 
 
-def _row_stride(tensor: torch.Tensor) -> int:
+def row_stride(tensor: torch.Tensor) -> int:
     if tensor.stride(-1) != 1:
         raise ValueError("divergence row kernels need a unit stride along the vocab dimension")
     return tensor.stride(0)
@@ -42,8 +42,8 @@ def jsd_rows(student, teacher, row_scale, loss, grad, *, beta: float, temperatur
         triton_jsd.jsd_rows(student, teacher, row_scale, loss, grad, beta=beta, temperature=temperature)
         return
     rows, vocab = student.shape
-    _C.jsd_rows(address(student), _row_stride(student), address(teacher), _row_stride(teacher), address(grad),
-                0 if grad is None else _row_stride(grad), dtype_code(student), rows, vocab, address(row_scale),
+    _C.jsd_rows(address(student), row_stride(student), address(teacher), row_stride(teacher), address(grad),
+                0 if grad is None else row_stride(grad), dtype_code(student), rows, vocab, address(row_scale),
                 address(loss), beta, temperature, cpu_threads())
 
 
@@ -57,7 +57,7 @@ def topk_jsd_rows(student, teacher_ids, teacher_logprobs, row_scale, loss, grad,
                                  temperature=temperature)
         return
     rows, vocab = student.shape
-    _C.topk_jsd_rows(address(student), _row_stride(student), address(teacher_ids), _row_stride(teacher_ids),
-                     address(teacher_logprobs), _row_stride(teacher_logprobs), address(grad),
-                     0 if grad is None else _row_stride(grad), dtype_code(student), rows, vocab,
+    _C.topk_jsd_rows(address(student), row_stride(student), address(teacher_ids), row_stride(teacher_ids),
+                     address(teacher_logprobs), row_stride(teacher_logprobs), address(grad),
+                     0 if grad is None else row_stride(grad), dtype_code(student), rows, vocab,
                      teacher_ids.shape[1], address(row_scale), address(loss), beta, temperature, cpu_threads())

@@ -2,6 +2,7 @@
 
 from sleepcore.reference.distill import fused_linear_jsd, fused_linear_topk_jsd, generalized_jsd
 from sleepcore.reference.logprobs import fused_linear_logprobs, logprobs_from_logits
+from sleepcore.reference.policy import group_advantages, policy_loss
 
 __all__ = ["generalized_jsd", "fused_linear_jsd", "fused_linear_topk_jsd", "fused_linear_logprobs",
-           "logprobs_from_logits"]
+           "logprobs_from_logits", "policy_loss", "group_advantages"]

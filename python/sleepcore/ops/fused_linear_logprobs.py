@@ -1,0 +1,141 @@
+"""``fused_linear_logprobs``: per-token log-probs and entropies straight from hidden states.
+
+With ``z = (hidden @ weight.T + bias) / T``, ``p = softmax(z)`` and ``y`` the token id:
+
+* ``logp = z_y - logsumexp(z)`` and ``entropy = logsumexp(z) - sum_j p_j z_j``;
+* ``d logp / d z_j = [j == y] - p_j`` and ``d entropy / d z_j = -p_j (log p_j + entropy)``.
+
+Forward runs row chunks (one logits GEMM each) through the row kernel and keeps only three floats
+per row (logp, entropy, log-sum-exp). Backward recomputes each chunk's logits, writes the logit
+gradient in place, and runs the two gradient GEMMs: ``N x V`` is never materialised. The rollout
+sampler uses this same function, so rollout and trainer log-probs agree by construction; chunks
+below ``MIN_GEMM_ROWS`` rows are zero-padded so a row's result does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from sleepcore.ops import _checks
+from sleepcore.ops._linear_chunks import default_chunk_size, grad_flags, linear_chunks
+from sleepcore.ops.fused_linear_jsd import prepare_linear_inputs
+from sleepcore.ops.logprob_rows import logprob_grad_rows, logprob_rows
+
+MIN_GEMM_ROWS = 32
+
+
+@torch.library.custom_op("sleepcore::fused_linear_logprobs", mutates_args=())
+def _fused_linear_logprobs(hidden: Tensor, weight: Tensor, token_ids: Tensor, bias: Optional[Tensor],
+                           temperature: float, chunk_size: int, backend: str,
+                           with_entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
+    rows = hidden.shape[0]
+    logp = hidden.new_empty(rows, dtype=torch.float32)
+    lse = hidden.new_empty(rows, dtype=torch.float32)
+    entropy = hidden.new_empty(rows if with_entropy else 0, dtype=torch.float32)
+
+    def rows_kernel(logits, chunk, _grad):
+        logprob_rows(logits, token_ids[chunk], logp[chunk], entropy[chunk] if with_entropy else None, lse[chunk],
+                     temperature=temperature, backend=backend)
+
+    with torch.no_grad():
+        linear_chunks(hidden, weight, bias, rows_kernel, chunk_size=chunk_size, min_gemm_rows=MIN_GEMM_ROWS)
+    return logp, entropy, lse
+
+
+@_fused_linear_logprobs.register_fake
+def _(hidden, weight, token_ids, bias, temperature, chunk_size, backend, with_entropy):
+    rows = hidden.shape[0]
+    make = lambda n: hidden.new_empty(n, dtype=torch.float32)  # noqa: E731
+    return make(rows), make(rows if with_entropy else 0), make(rows)
+
+
+@torch.library.custom_op("sleepcore::fused_linear_logprobs_backward", mutates_args=())
+def _fused_linear_logprobs_backward(
+    grad_logp: Tensor, grad_entropy: Optional[Tensor], hidden: Tensor, weight: Tensor, token_ids: Tensor,
+    bias: Optional[Tensor], lse: Tensor, entropy: Optional[Tensor], temperature: float, chunk_size: int,
+    backend: str, grad_hidden: bool, grad_weight: bool, grad_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    def rows_kernel(logits, chunk, grad):
+        logprob_grad_rows(logits, token_ids[chunk], lse[chunk], None if entropy is None else entropy[chunk],
+                          grad_logp[chunk], None if grad_entropy is None else grad_entropy[chunk], grad,
+                          temperature=temperature, backend=backend)
+
+    with torch.no_grad():
+        return linear_chunks(hidden, weight, bias, rows_kernel, chunk_size=chunk_size, grad_hidden=grad_hidden,
+                             grad_weight=grad_weight, grad_bias=grad_bias, min_gemm_rows=MIN_GEMM_ROWS)
+
+
+@_fused_linear_logprobs_backward.register_fake
+def _(grad_logp, grad_entropy, hidden, weight, token_ids, bias, lse, entropy, temperature, chunk_size, backend,
+      grad_hidden, grad_weight, grad_bias):
+    empty = hidden.new_empty(0)
+    return (hidden.new_empty(hidden.shape) if grad_hidden else empty,
+            weight.new_empty(weight.shape) if grad_weight else empty,
+            bias.new_empty(bias.shape) if grad_bias else empty)
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, token_ids, bias, temperature, chunk_size, backend, with_entropy = inputs
+    _, entropy, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.options = (temperature, chunk_size, backend, with_entropy, bias is not None)
+    ctx.save_for_backward(hidden, weight, token_ids, bias, lse, entropy)
+
+
+def _backward(ctx, grad_logp, grad_entropy, _grad_lse):
+    hidden, weight, token_ids, bias, lse, entropy = ctx.saved_tensors
+    temperature, chunk_size, backend, with_entropy, has_bias = ctx.options
+    if not with_entropy:
+        grad_entropy = entropy = None
+    flags = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[3])
+    grads = torch.ops.sleepcore.fused_linear_logprobs_backward(
+        grad_logp.float().contiguous(), None if grad_entropy is None else grad_entropy.float().contiguous(), hidden,
+        weight, token_ids, bias, lse, entropy, temperature, chunk_size, backend, *flags)
+    grad_hidden, grad_weight, grad_bias = (g if wanted else None for g, wanted in zip(grads, flags))
+    return grad_hidden, grad_weight, None, grad_bias, None, None, None, None
+
+
+_fused_linear_logprobs.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_linear_logprobs(hidden, weight, token_ids, *, temperature=1.0, bias=None, ignore_index=-100,
+                          return_entropy=True, chunk_size=None, backend="auto"):
+    """Per-token ``log_softmax(hidden @ weight.T / T)[token]`` and entropy, without ``N x V``.
+
+    Args:
+        hidden: ``[N, H]`` or ``[B, T, H]``, fp32/bf16/fp16. weight: ``[V, H]``; bias: optional ``[V]``.
+        token_ids: int64/int32 ``[N]`` or ``[B, T]``; ``ignore_index`` marks ignored positions.
+        temperature: > 0, divides the logits.
+        return_entropy: also return the entropy of ``softmax(logits / T)`` (differentiable).
+        chunk_size: rows per chunk (default from V, the dtype and the device); results do not
+            depend on it, nor on the other rows in the call.
+        backend: ``"auto"`` (CPU: ``_C``; CUDA: Triton), ``"cpu"`` or ``"triton"``.
+
+    Returns:
+        ``(logp, entropy)``: float32 tensors of ``token_ids``' shape, 0 at ignored positions;
+        ``entropy`` is None when ``return_entropy=False``. Both are differentiable w.r.t.
+        hidden, weight and bias. ``logp <= 0`` and ``entropy >= 0``.
+
+    Raises:
+        TypeError / ValueError naming the argument; on CPU, ``ValueError`` for an id outside
+        ``[0, V)`` (on CUDA such a row reads nothing out of bounds, but its result is meaningless).
+    """
+    flat_hidden, weight = prepare_linear_inputs(hidden, weight, bias, hidden_name="hidden", weight_name="weight",
+                                                bias_name="bias")
+    _checks.tensor("token_ids", token_ids, ndims=(1, 2), dtypes=(torch.int64, torch.int32))
+    if token_ids.shape != hidden.shape[:-1]:
+        raise ValueError(f"token_ids must have shape {tuple(hidden.shape[:-1])} (one per hidden row), "
+                         f"got {tuple(token_ids.shape)}")
+    device = _checks.same_device(hidden=hidden, weight=weight, bias=bias, token_ids=token_ids)
+    temperature, backend = _checks.temperature(temperature), _checks.backend(backend)
+    rows, vocab = flat_hidden.shape[0], weight.shape[0]
+    chunk = _checks.chunk_size(chunk_size) or default_chunk_size(rows, vocab, flat_hidden.dtype, device)
+    flat_ids = token_ids.reshape(-1).to(torch.int64)
+    flat_ids = torch.where(flat_ids == ignore_index, torch.full_like(flat_ids, -1), flat_ids).contiguous()
+    logp, entropy, _ = torch.ops.sleepcore.fused_linear_logprobs(flat_hidden, weight, flat_ids, bias, temperature,
+                                                                 chunk, backend, bool(return_entropy))
+    shape = token_ids.shape
+    return logp.reshape(shape), entropy.reshape(shape) if return_entropy else None
