@@ -4,10 +4,10 @@
 // Forward, per row, with z = x / T, m = max_j z_j, d_j = z_j - m, u_j = exp(d_j), s = sum_j u_j:
 //   lse = m + log s,   log p_id = d_id - log s,
 //   H = -sum_j p_j log p_j = -sum_j (u_j / s)(d_j - log s) = log s - (sum_j u_j d_j) / s.
-// Both terms of H are >= 0 (d_j <= 0, s >= 1); only the rounding of m (d_max can be a hair above 0)
-// can push it below 0, hence the clamp. Two passes: a max pass, then one exp per entry feeding s and
-// sum u d (fp32 lanes within 2048-entry blocks, double across). log p is formed as d - log s, not
-// z - lse, so that lse's rounding (up to |lse| ulps) does not enter it.
+// Both terms of H are >= 0 (d_j <= 0, s >= 1); only the rounding of m (d_max can be a hair above
+// 0) can push it below 0, hence the clamp. Two passes: a max pass, then one exp per entry feeding s
+// and sum u d (fp32 lanes within 2048-entry blocks, double across). log p is formed as d - log s,
+// not z - lse, so that lse's rounding (up to |lse| ulps) does not enter it.
 //
 // Gradient of sum_r g1 log p_id + g2 H: d log p_id / dz_j = [j == id] - p_j, dH / dz_j =
 // -p_j (log p_j + H), and one more 1/T for the raw logits:
@@ -95,7 +95,8 @@ void forward_impl(const T* logits, int64_t stride, int64_t rows, int64_t vocab, 
                   float scale, float* logp, float* entropy, float* lse, int num_threads) {
 #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
   for (int64_t r = 0; r < rows; ++r) {
-    const RowOut out = ids[r] < 0 ? RowOut{} : forward_row(logits + r * stride, vocab, ids[r], scale);
+    const int64_t id = ids[r];
+    const RowOut out = id < 0 ? RowOut{} : forward_row(logits + r * stride, vocab, id, scale);
     logp[r] = out.logp;
     lse[r] = out.lse;
     if (entropy) entropy[r] = out.entropy;
@@ -145,9 +146,9 @@ void dispatch(DType dtype, Fn&& fn) {
 
 }  // namespace
 
-void logprob_rows(const void* logits, int64_t logits_stride, DType dtype, int64_t rows, int64_t vocab,
-                  const int64_t* token_ids, double temperature, float* logp, float* entropy, float* lse,
-                  int num_threads) {
+void logprob_rows(const void* logits, int64_t logits_stride, DType dtype, int64_t rows,
+                  int64_t vocab, const int64_t* token_ids, double temperature, float* logp,
+                  float* entropy, float* lse, int num_threads) {
   check_ids(token_ids, rows, vocab);
   dispatch(dtype, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
@@ -156,15 +157,19 @@ void logprob_rows(const void* logits, int64_t logits_stride, DType dtype, int64_
   });
 }
 
-void logprob_grad_rows(const void* logits, int64_t logits_stride, void* grad, int64_t grad_stride, DType dtype,
-                       int64_t rows, int64_t vocab, const int64_t* token_ids, double temperature, const float* lse,
-                       const float* entropy, const float* grad_logp, const float* grad_entropy, int num_threads) {
+void logprob_grad_rows(const void* logits, int64_t logits_stride, void* grad, int64_t grad_stride,
+                       DType dtype, int64_t rows, int64_t vocab, const int64_t* token_ids,
+                       double temperature, const float* lse, const float* entropy,
+                       const float* grad_logp, const float* grad_entropy, int num_threads) {
   check_ids(token_ids, rows, vocab);
-  if (grad_entropy && !entropy) throw std::invalid_argument("logprob_grad_rows: grad_entropy needs entropy");
+  if (grad_entropy && !entropy) {
+    throw std::invalid_argument("logprob_grad_rows: grad_entropy needs the forward's entropy");
+  }
   dispatch(dtype, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    grad_impl(static_cast<const T*>(logits), logits_stride, static_cast<T*>(grad), grad_stride, rows, vocab,
-              token_ids, temperature, lse, entropy, grad_logp, grad_entropy, std::max(num_threads, 1));
+    grad_impl(static_cast<const T*>(logits), logits_stride, static_cast<T*>(grad), grad_stride,
+              rows, vocab, token_ids, temperature, lse, entropy, grad_logp, grad_entropy,
+              std::max(num_threads, 1));
   });
 }
 

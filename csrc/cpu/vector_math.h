@@ -63,8 +63,7 @@ inline f32x8 poly3(f32x8 x, f32x8 x2, float c0, float c1, float c2, float c3) {
 // x < -104 (and -inf) -> 0, NaN -> NaN. Callers pass log-probs, so x <= 0 up to rounding.
 // x = n ln2 + r with |r| <= ln2/2; e^r = 1 + r + r^2 P(r), P a degree-4 minimax fit (rel. error
 // 3e-9); 2^n = 2^(n+24) 2^-24, the first factor normal down to n = -150 so that subnormal results
-// are rounded once.
-// exp_clamped: the same for x already in [-104, 71] (no clamping).
+// are rounded once. exp_clamped is the same for x already in [-104, 71] (or NaN): no clamping.
 inline f32x8 exp_clamped(f32x8 x) {
   constexpr float kShift = 0x1.8p23f + 151;  // x/ln2 + kShift holds n + 151 in its low bits
   const f32x8 t = fma(x, splat(1.44269504f), splat(kShift));
@@ -139,11 +138,23 @@ inline f32x8 load(const _Float16* p) {
 inline void store(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
 
 inline void store(BFloat16* p, f32x8 v) {  // round to nearest even, NaN stays a (quiet) NaN
+#ifdef __AVX2__
+  const __m256i b = (__m256i)v, hi = _mm256_srli_epi32(b, 16);
+  const __m256i bias = _mm256_add_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(1)),
+                                        _mm256_set1_epi32(0x7fff));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(b, bias), 16);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  const __m256i h = _mm256_blendv_epi8(rounded, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);  // lanes 0, 2
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+#else
   const u32x8 b = (u32x8)v;
   const u32x8 rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
   const u16x8 h = __builtin_convertvector(
       (b & 0x7fffffffu) > 0x7f800000u ? (b >> 16) | 0x40u : rounded, u16x8);
   std::memcpy(p, &h, sizeof h);
+#endif
 }
 
 inline void store(_Float16* p, f32x8 v) {  // round to nearest even
