@@ -3,7 +3,8 @@
 #   1. builds and installs sleepcore (no network: uses the machine's scikit-build-core, pybind11,
 #      CMake and ninja; wheels under .whl/, e.g. liger-kernel, are installed first when present);
 #   2. runs the CUDA tests (pytest -m cuda) and the Triton kernel tests on the GPU;
-#   3. runs the distillation benchmarks at the anchors' shapes (Llama-3-8B head, Gemma-3 head);
+#   3. runs the distillation benchmarks at the anchors' shapes (Llama-3-8B head, Gemma-3 head) and
+#      the GRPO policy-loss benchmark at N=8192, H=4096, V=131072;
 # and writes build_info.json, logs and results.csv into OUTDIR. Budget: well under 10 minutes.
 set -uo pipefail
 out="${1:?usage: bench/gpu_check.sh OUTDIR}"
@@ -27,9 +28,9 @@ timeout 240 python3 -m pytest -m cuda tests -q -p no:cacheprovider 2>&1 | tee "$
 timeout 120 python3 -m pytest tests/test_triton_jsd.py -q -p no:cacheprovider 2>&1 | tee -a "$out/tests_cuda.log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-for case in h100 gemma; do
-  timeout 150 python3 bench/bench_distill.py --case "$case" --warmup 2 --reps 10 --csv "$out/results.csv" 2>&1 \
-    | tee "$out/bench_$case.log" | tail -8
+for bench in distill:h100 distill:gemma policy:h100; do
+  timeout 150 python3 "bench/bench_${bench%%:*}.py" --case "${bench##*:}" --warmup 2 --reps 10 --csv "$out/results.csv" \
+    2>&1 | tee "$out/bench_${bench%%:*}_${bench##*:}.log" | tail -8
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
 echo "gpu_check finished in $(( $(date +%s) - start )) s, status $status"

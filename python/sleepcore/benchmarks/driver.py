@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from sleepcore.benchmarks import harness
+from sleepcore.benchmarks.shapes import HEADS
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Benchmark:
 
     Attributes:
         name: short name (CSV ``bench`` column). module: importable module that runs the worker.
-        cases: case name -> object with ``tokens``, ``dtype``, ``device``.
+        cases: case name -> object with ``tokens``, ``head`` (a key of ``HEADS``), ``dtype``, ``device``.
         providers: provider names in display order.
         build_inputs: ``case -> tuple`` of seeded inputs; element 1 is the weight whose grad norm is shown.
         loss_function: ``(provider, options) -> f(*inputs) -> loss`` (a scalar, or ``(loss, metrics)``).
@@ -123,7 +124,9 @@ def main(bench: Benchmark, argv: list[str] | None, add_options: Callable | None 
     print_table(bench.describe(case), results)
     csv_path = args.csv or (Path("bench/results") / f"{harness.device_name()}.csv"
                             if Path("bench/results").is_dir() else None)
-    rows = [{"bench": bench.name, "case": args.case, "tokens": case.tokens, "dtype": case.dtype, **r} for r in results]
+    head = HEADS[case.head]
+    rows = [{"bench": bench.name, "case": args.case, "tokens": case.tokens, "hidden": head.hidden, "vocab": head.vocab,
+             "dtype": case.dtype, **r} for r in results]
     if csv_path and rows:
         harness.append_csv(csv_path, rows)
         print(f"appended {len(rows)} rows to {csv_path}")
