@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 
 from sleepcore.kernels import jsd as triton_jsd  # noqa: E402
 from sleepcore.reference.distill import jsd_from_logprobs, topk_bins  # noqa: E402
+from _strided import padding_untouched, strided  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROWS = 6
@@ -49,18 +50,6 @@ def _full_bins(teacher, temperature):
     return lambda z: (torch.log_softmax(z / temperature, -1), teacher_logp)
 
 
-def _strided(x):
-    """``x`` as a row-strided slice of a wider, NaN-padded buffer."""
-    wide = torch.full((x.shape[0], x.shape[1] + 13), float("nan"), dtype=x.dtype, device=x.device)
-    wide[:, 5:5 + x.shape[1]] = x
-    return wide[:, 5:5 + x.shape[1]]
-
-
-def _padding_untouched(view):
-    wide = view._base
-    return bool(wide[:, :5].isnan().all() and wide[:, 5 + view.shape[1]:].isnan().all())
-
-
 def _run(fn, student, *args, grad, beta, temperature):
     """Call a launcher on device copies; ``grad``: "out" (new tensor), None, or "inplace"."""
     student = student.to(DEVICE)
@@ -94,13 +83,13 @@ def test_jsd_rows_forward_only_and_in_place_on_strided_rows(grad_mode):
     beta, temperature = 0.5, 1.0
     student, teacher, scale = _inputs(1271, torch.float32, seed=1)
     ref_loss, ref_grad = _reference(student, scale, beta, temperature, _full_bins(teacher, temperature))
-    strided = _strided(student.to(DEVICE))
-    loss, grad = _run(triton_jsd.jsd_rows, strided, _strided(teacher.to(DEVICE)), scale, grad=grad_mode,
+    rows_view = strided(student.to(DEVICE))
+    loss, grad = _run(triton_jsd.jsd_rows, rows_view, strided(teacher.to(DEVICE)), scale, grad=grad_mode,
                       beta=beta, temperature=temperature)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-4)
     if grad_mode == "inplace":
         torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
-        assert _padding_untouched(strided), "wrote outside the rows"
+        assert padding_untouched(rows_view), "wrote outside the rows"
 
 
 def _topk_inputs(vocab, k, dtype, seed=0):
@@ -148,7 +137,7 @@ def test_topk_jsd_rows_forward_only_and_in_place_on_strided_rows(grad_mode):
     student, ids, logprobs, scale = _topk_inputs(97, 7, torch.float32, seed=2)
     ref_loss, ref_grad = _reference(student, scale, beta, temperature,
                                     lambda z: topk_bins(z, ids, logprobs, temperature))
-    loss, grad = _run(triton_jsd.topk_jsd_rows, _strided(student), ids, logprobs, scale, grad=grad_mode,
+    loss, grad = _run(triton_jsd.topk_jsd_rows, strided(student), ids, logprobs, scale, grad=grad_mode,
                       beta=beta, temperature=temperature)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-4)
     if grad_mode == "inplace":
@@ -160,12 +149,12 @@ def test_topk_out_of_range_ids_stay_in_bounds():
     ref_loss, ref_grad = _reference(student, scale, 0.5, 1.0, lambda z: topk_bins(z, ids, logprobs, 1.0))
     bad_ids = ids.clone()
     bad_ids[0, 0], bad_ids[0, 1] = -1, 97  # row 0 breaks the contract; the other rows must not notice
-    strided = _strided(student.to(DEVICE))
-    loss, grad = _run(triton_jsd.topk_jsd_rows, strided, bad_ids, logprobs, scale, grad="inplace",
+    rows_view = strided(student.to(DEVICE))
+    loss, grad = _run(triton_jsd.topk_jsd_rows, rows_view, bad_ids, logprobs, scale, grad="inplace",
                       beta=0.5, temperature=1.0)
     torch.testing.assert_close(loss[1:], ref_loss[1:], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grad[1:], ref_grad[1:], atol=1e-5, rtol=1e-4)
-    assert _padding_untouched(strided), "wrote outside the rows"
+    assert padding_untouched(rows_view), "wrote outside the rows"
 
 
 @pytest.mark.parametrize("k,block_k", [(None, 4), (7, 4), (1271, 256)])

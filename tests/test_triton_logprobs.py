@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 
 from sleepcore.kernels import logprobs as triton_logprobs  # noqa: E402
 from sleepcore.reference.logprobs import logprobs_from_logits  # noqa: E402
+from _strided import padding_untouched, strided  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROWS = 6
@@ -56,23 +57,11 @@ def _reference(logits, ids, temperature, g1, g2):
     return logp.detach(), entropy.detach(), lse, x.grad
 
 
-def _strided(x):
-    """``x`` as a row-strided slice of a wider, NaN-padded buffer."""
-    wide = torch.full((x.shape[0], x.shape[1] + 13), float("nan"), dtype=x.dtype, device=x.device)
-    wide[:, 5:5 + x.shape[1]] = x
-    return wide[:, 5:5 + x.shape[1]]
-
-
-def _padding_untouched(view):
-    wide = view._base
-    return bool(wide[:, :5].isnan().all() and wide[:, 5 + view.shape[1]:].isnan().all())
-
-
 def _run(logits, ids, temperature, g1, g2, *, entropy=True, grad="out", grad_entropy=True):
     """Forward then backward launchers on device tensors; ``grad``: "out" (new tensor) or "inplace".
 
     Outputs start as NaN so that an unwritten value shows.  Returns CPU (logp, entropy, lse, grad).
-    ``logits`` is copied unless it is a view (a ``_strided`` buffer, whose padding the caller checks).
+    ``logits`` is copied unless it is a view (a ``strided`` buffer, whose padding the caller checks).
     """
     logits = logits.to(DEVICE) if logits._base is not None else logits.to(DEVICE, copy=True)
     ids, g1, g2 = ids.to(DEVICE), g1.to(DEVICE), g2.to(DEVICE)
@@ -126,12 +115,12 @@ def test_grad_in_place_on_strided_rows(dtype):
     temperature = 2.0
     logits, ids, g1, g2 = _inputs(1271, dtype, 5.0, seed=2)
     ref_logp, ref_ent, _, ref_grad = _reference(logits, ids, temperature, g1, g2)
-    strided = _strided(logits.to(DEVICE))
-    logp, ent, _, grad = _run(strided, ids, temperature, g1, g2, grad="inplace")
+    rows_view = strided(logits.to(DEVICE))
+    logp, ent, _, grad = _run(rows_view, ids, temperature, g1, g2, grad="inplace")
     torch.testing.assert_close(logp, ref_logp, **FP32)
     torch.testing.assert_close(ent, ref_ent, **FP32)
     torch.testing.assert_close(grad, ref_grad.to(dtype).float(), **_grad_tols(dtype))
-    assert _padding_untouched(strided), "wrote outside the rows"
+    assert padding_untouched(rows_view), "wrote outside the rows"
 
 
 def test_token_at_neg_inf_logit():
@@ -155,14 +144,14 @@ def test_out_of_range_id_stays_in_bounds():
     ref_logp, ref_ent, ref_lse, ref_grad = _reference(logits, ids, temperature, g1, g2)
     bad = ids.clone()
     bad[0] = 97
-    strided = _strided(logits.to(DEVICE))
-    logp, ent, lse, grad = _run(strided, bad, temperature, g1, g2, grad="inplace")
+    rows_view = strided(logits.to(DEVICE))
+    logp, ent, lse, grad = _run(rows_view, bad, temperature, g1, g2, grad="inplace")
     assert logp[0].isnan() and grad[0].isfinite().all()
     torch.testing.assert_close(ent, ref_ent, **FP32)
     torch.testing.assert_close(lse, ref_lse, **FP32)
     torch.testing.assert_close(logp[1:], ref_logp[1:], **FP32)
     torch.testing.assert_close(grad[1:], ref_grad[1:], **FP32)
-    assert _padding_untouched(strided), "wrote outside the rows"
+    assert padding_untouched(rows_view), "wrote outside the rows"
 
 
 def _multi_tile_inputs(vocab=1271):

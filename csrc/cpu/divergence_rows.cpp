@@ -307,17 +307,11 @@ void check_ids(const int64_t* ids, int64_t stride, int64_t rows, int64_t k, int6
 // Calls fn(T*, integral_constant<Mode>) with T the storage type of dtype.
 template <class Fn>
 void dispatch(DType dtype, double beta, Fn&& fn) {
-  auto by_mode = [&](auto* type) {
+  vm::dispatch_dtype(dtype, [&](auto* type) {
     if (beta == 0) return fn(type, std::integral_constant<Mode, Mode::kForwardKl>{});
     if (beta == 1) return fn(type, std::integral_constant<Mode, Mode::kReverseKl>{});
     fn(type, std::integral_constant<Mode, Mode::kMixture>{});
-  };
-  switch (dtype) {
-    case DType::Float32: return by_mode(static_cast<float*>(nullptr));
-    case DType::BFloat16: return by_mode(static_cast<vm::BFloat16*>(nullptr));
-    case DType::Float16: return by_mode(static_cast<_Float16*>(nullptr));
-  }
-  throw std::invalid_argument("divergence_rows: unsupported dtype");
+  });
 }
 
 }  // namespace

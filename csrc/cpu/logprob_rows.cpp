@@ -133,24 +133,13 @@ void check_ids(const int64_t* ids, int64_t rows, int64_t vocab) {
                               std::to_string(vocab) + ")");
 }
 
-// Calls fn(T*) with T the storage type of dtype.
-template <class Fn>
-void dispatch(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::Float32: return fn(static_cast<float*>(nullptr));
-    case DType::BFloat16: return fn(static_cast<vm::BFloat16*>(nullptr));
-    case DType::Float16: return fn(static_cast<_Float16*>(nullptr));
-  }
-  throw std::invalid_argument("logprob_rows: unsupported dtype");
-}
-
 }  // namespace
 
 void logprob_rows(const void* logits, int64_t logits_stride, DType dtype, int64_t rows,
                   int64_t vocab, const int64_t* token_ids, double temperature, float* logp,
                   float* entropy, float* lse, int num_threads) {
   check_ids(token_ids, rows, vocab);
-  dispatch(dtype, [&](auto* type) {
+  vm::dispatch_dtype(dtype, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     forward_impl(static_cast<const T*>(logits), logits_stride, rows, vocab, token_ids,
                  float(1 / temperature), logp, entropy, lse, std::max(num_threads, 1));
@@ -165,7 +154,7 @@ void logprob_grad_rows(const void* logits, int64_t logits_stride, void* grad, in
   if (grad_entropy && !entropy) {
     throw std::invalid_argument("logprob_grad_rows: grad_entropy needs the forward's entropy");
   }
-  dispatch(dtype, [&](auto* type) {
+  vm::dispatch_dtype(dtype, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     grad_impl(static_cast<const T*>(logits), logits_stride, static_cast<T*>(grad), grad_stride,
               rows, vocab, token_ids, temperature, lse, entropy, grad_logp, grad_entropy,

@@ -6,10 +6,13 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
+
+#include "cpu/dtype.h"
 
 namespace sleepcore::cpu::vm {
 
@@ -191,6 +194,17 @@ inline i32x8 load_flags(const uint8_t* p, int64_t n) {
   u8x8 b = {};
   std::memcpy(&b, p, n < kLanes ? n : kLanes);
   return __builtin_convertvector(b, i32x8) != 0;
+}
+
+// Calls fn(T*) with T the storage type of dtype (a null pointer, for type deduction only).
+template <class Fn>
+void dispatch_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::Float32: return fn(static_cast<float*>(nullptr));
+    case DType::BFloat16: return fn(static_cast<BFloat16*>(nullptr));
+    case DType::Float16: return fn(static_cast<_Float16*>(nullptr));
+  }
+  throw std::invalid_argument("sleepcore: unsupported dtype code");
 }
 
 }  // namespace sleepcore::cpu::vm
