@@ -139,3 +139,16 @@ def test_module_front_end(seed):
                     inputs["teacher_weight"], inputs["labels"])
     assert_close_fp32(actual, expected)
     assert "beta=0.2" in repr(module)
+
+
+def test_non_contiguous_inputs_work(seed):
+    inputs = make_inputs(21, 16, 12, 203)
+    strided_inputs = dict(inputs)
+    strided_inputs["student_hidden"] = inputs["student_hidden"].detach().t().contiguous().t().requires_grad_()
+    strided_inputs["teacher_weight"] = inputs["teacher_weight"].t().contiguous().t()
+    assert not strided_inputs["student_hidden"].is_contiguous() and not strided_inputs["teacher_weight"].is_contiguous()
+    expected, expected_grads, grad_output = run(reference.fused_linear_jsd, inputs)
+    actual, grads, _ = run(ops.fused_linear_jsd, strided_inputs, grad_output)
+    assert_close_fp32(actual, expected, "loss")
+    for got, want in zip(grads, expected_grads):
+        assert_close_fp32(got, want, "grad")
