@@ -46,9 +46,8 @@ namespace sleepcore::cpu {
 namespace {
 
 using vm::f32x8;
+using vm::kBlock;
 using vm::kLanes;
-
-constexpr int64_t kBlock = 2048;  // elements per fp32 partial sum
 constexpr float kNegInf = -vm::kInf;
 
 enum class Mode { kForwardKl, kReverseKl, kMixture };  // beta == 0, beta == 1, otherwise

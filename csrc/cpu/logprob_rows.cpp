@@ -31,9 +31,8 @@ namespace sleepcore::cpu {
 namespace {
 
 using vm::f32x8;
+using vm::kBlock;
 using vm::kLanes;
-
-constexpr int64_t kBlock = 2048;  // elements per fp32 partial sum
 constexpr float kNegInf = -vm::kInf;
 
 // scale x - shift of n entries (missing lanes: -inf), in one rounding.

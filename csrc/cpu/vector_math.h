@@ -17,6 +17,7 @@
 namespace sleepcore::cpu::vm {
 
 constexpr int64_t kLanes = 8;
+constexpr int64_t kBlock = 2048;  // elements per fp32 partial sum in the row kernels' reductions
 using f32x8 = float __attribute__((vector_size(32)));
 using i32x8 = int32_t __attribute__((vector_size(32)));
 using u32x8 = uint32_t __attribute__((vector_size(32)));

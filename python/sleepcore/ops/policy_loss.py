@@ -200,7 +200,8 @@ def policy_loss(logp, old_logp, advantages, mask, *, loss_type="grpo", ref_logp=
     Args:
         logp: float ``[B, T]`` current log-probs (differentiable); old_logp: the behaviour policy's.
         advantages: ``[B]`` (per sequence) or ``[B, T]``.
-        mask: bool or 0/1 ``[B, T]``: the tokens that count.
+        mask: bool or 0/1 ``[B, T]``: the tokens that count (a numeric mask is validated with one
+            host read; a bool mask needs none).
         loss_type: "grpo", "dapo", "dr_grpo", "gspo" or "cispo".
         ref_logp, kl_coef, kl_estimator: KL penalty ``kl_coef * k`` with k1/k2/k3 to a reference.
         rollout_logp, tis_cap: truncated importance sampling against the rollout policy.
@@ -235,8 +236,8 @@ def _float(value):
 
 
 def _check_mask(mask):
-    """A bool mask; a numeric mask must hold only 0 and 1 (checked on device, raising lazily is not
-    possible without a sync, so numeric masks are checked here with one host read)."""
+    """The mask as bool. A numeric mask must hold only 0 and 1: checking that costs one host read
+    (skipped under ``torch.compile``), so pass a bool mask on hot paths."""
     if mask.dtype == torch.bool:
         return mask
     if not torch.compiler.is_compiling() and bool(((mask != 0) & (mask != 1)).any()):
