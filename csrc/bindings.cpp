@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "bindings.h"
 #include "cpu/divergence_rows.h"
 #include "cpu/logprob_rows.h"
 #ifdef SLEEPCORE_WITH_CUDA
@@ -118,4 +119,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("entropy"), py::arg("grad_logp"), py::arg("grad_entropy"), py::arg("num_threads"),
       "Gradient w.r.t. the raw logits of sum_r grad_logp[r] logp[r] + grad_entropy[r] entropy[r] (grad_entropy "
       "may be 0); see csrc/cpu/logprob_rows.h.");
+
+  sleepcore::bind_block_manager(m);
+  sleepcore::bind_sampling(m);
+  sleepcore::bind_paged_attention(m);
 }
