@@ -11,7 +11,9 @@ from sleepcore.ops.fused_linear_topk_jsd import fused_linear_topk_jsd
 from sleepcore.ops.generalized_jsd import generalized_jsd
 from sleepcore.ops.paged_attention import copy_blocks, paged_attention, write_kv
 from sleepcore.ops.policy_loss import group_advantages, policy_loss
+from sleepcore.ops.sampling import sample_tokens
 from sleepcore.ops import fused_linear_policy_loss as _fused_linear_policy_loss  # registers the op  # noqa: F401
 
 __all__ = ["generalized_jsd", "fused_linear_jsd", "fused_linear_topk_jsd", "fused_linear_logprobs", "policy_loss",
-           "group_advantages", "write_kv", "copy_blocks", "paged_attention"]
+           "group_advantages", "write_kv", "copy_blocks", "paged_attention",
+           "sample_tokens"]
