@@ -14,19 +14,10 @@
 #endif
 
 namespace py = pybind11;
-using sleepcore::cpu::DType;
+using sleepcore::as_dtype;
+using sleepcore::as_ptr;
 
 namespace {
-
-template <typename T>
-T* as_ptr(std::uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-DType as_dtype(int code) {
-  if (code < 0 || code > 2) throw py::value_error("dtype code must be 0 (fp32), 1 (bf16) or 2 (fp16)");
-  return static_cast<DType>(code);
-}
 
 py::dict build_info() {
   py::dict info;

@@ -10,16 +10,6 @@ namespace py = pybind11;
 namespace sleepcore {
 namespace {
 
-template <typename T>
-T* as_ptr(std::uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-cpu::DType as_dtype(int code) {
-  if (code < 0 || code > 2) throw py::value_error("dtype code must be 0 (fp32), 1 (bf16) or 2 (fp16)");
-  return static_cast<cpu::DType>(code);
-}
-
 cpu::CacheShape as_cache(int64_t num_blocks, int64_t block_size, int64_t heads_kv, int64_t head_dim) {
   if (num_blocks < 0 || block_size < 1 || heads_kv < 1 || head_dim < 1) {
     throw py::value_error("cache shape must have num_blocks >= 0 and positive block_size, heads_kv, head_dim");

@@ -9,15 +9,6 @@
 namespace py = pybind11;
 
 namespace sleepcore {
-namespace {
-
-template <typename T>
-T* as_ptr(std::uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-}  // namespace
-
 void bind_sampling(pybind11::module_& m) {
   m.def(
       "sample_rows",
@@ -30,7 +21,7 @@ void bind_sampling(pybind11::module_& m) {
                                          as_ptr<const float>(top_p),       as_ptr<const float>(min_p),
                                          as_ptr<const int64_t>(seeds),     as_ptr<const int64_t>(steps)};
         py::gil_scoped_release release;
-        return cpu::sample_rows(as_ptr<const void>(logits), logits_stride, static_cast<cpu::DType>(dtype), rows,
+        return cpu::sample_rows(as_ptr<const void>(logits), logits_stride, as_dtype(dtype), rows,
                                 vocab, params, as_ptr<int64_t>(token_ids), as_ptr<float>(truncated_logp),
                                 num_threads);
       },
