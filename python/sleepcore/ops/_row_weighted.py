@@ -59,14 +59,14 @@ def _fake_rows(spec: RowWeightedSpec):
     return fake
 
 
-def _main_autograd(spec: RowWeightedSpec, input_count: int):
+def _main_autograd(spec: RowWeightedSpec):
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(*output[1:])
         ctx.save_for_backward(output[1], *output[2:])
 
     def backward(ctx, grad_loss, *_unused):
         row_loss, *grads = ctx.saved_tensors
-        result = [None] * input_count
+        result = [None] * len(ctx.needs_input_grad)
         for position, grad in zip(spec.grad_inputs, grads):
             if ctx.needs_input_grad[position]:
                 result[position] = grad * grad_loss
@@ -77,7 +77,7 @@ def _main_autograd(spec: RowWeightedSpec, input_count: int):
     return setup_context, backward
 
 
-def _rows_autograd(spec: RowWeightedSpec, main_op, input_count: int):
+def _rows_autograd(spec: RowWeightedSpec, main_op):
     def setup_context(ctx, inputs, output):
         ctx.tensor_positions = [i for i, value in enumerate(inputs) if isinstance(value, torch.Tensor)]
         ctx.constants = [None if isinstance(value, torch.Tensor) else value for value in inputs]
@@ -90,7 +90,7 @@ def _rows_autograd(spec: RowWeightedSpec, main_op, input_count: int):
         inputs[spec.row_scale_input] = grad_rows.to(torch.float32) * inputs[spec.row_scale_input]
         flags = [bool(ctx.needs_input_grad[p]) for p in spec.grad_inputs]
         _, _, *grads = main_op(*inputs, *flags)
-        result = [None] * input_count
+        result = [None] * len(ctx.needs_input_grad)
         for position, grad, wanted in zip(spec.grad_inputs, grads, flags):
             if wanted:
                 result[position] = grad
@@ -99,14 +99,11 @@ def _rows_autograd(spec: RowWeightedSpec, main_op, input_count: int):
     return setup_context, backward
 
 
-def register_row_weighted(main_op, rows_op, spec: RowWeightedSpec, input_count: int) -> None:
-    """Register fake impls and autograd for a (main, rows) op pair; see the module docstring.
-
-    ``input_count`` is the number of inputs of ``rows`` (``main`` has one flag more per grad input).
-    """
+def register_row_weighted(main_op, rows_op, spec: RowWeightedSpec) -> None:
+    """Register fake impls and autograd for a (main, rows) op pair; see the module docstring."""
     main_op.register_fake(_fake_main(spec))
     rows_op.register_fake(_fake_rows(spec))
-    setup, backward = _main_autograd(spec, input_count + len(spec.grad_inputs))
+    setup, backward = _main_autograd(spec)
     main_op.register_autograd(backward, setup_context=setup)
-    setup, backward = _rows_autograd(spec, main_op, input_count)
+    setup, backward = _rows_autograd(spec, main_op)
     rows_op.register_autograd(backward, setup_context=setup)

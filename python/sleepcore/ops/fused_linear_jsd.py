@@ -66,7 +66,7 @@ def _fused_linear_jsd_rows(
 
 
 register_row_weighted(_fused_linear_jsd, _fused_linear_jsd_rows,
-                      RowWeightedSpec(grad_inputs=(0, 1, 5), row_scale_input=4), input_count=11)
+                      RowWeightedSpec(grad_inputs=(0, 1, 5), row_scale_input=4))
 
 
 def prepare_linear_inputs(hidden, weight, bias, *, hidden_name: str, weight_name: str, bias_name: str):

@@ -82,7 +82,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, *_unused):
     grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-    result = [None] * 24
+    result = [None] * len(ctx.needs_input_grad)
     for position, grad in ((0, grad_hidden), (1, grad_weight), (2, grad_bias)):
         if ctx.needs_input_grad[position]:
             result[position] = grad * grad_loss

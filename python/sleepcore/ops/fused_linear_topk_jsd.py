@@ -59,7 +59,7 @@ def _fused_linear_topk_jsd_rows(
 
 
 register_row_weighted(_fused_linear_topk_jsd, _fused_linear_topk_jsd_rows,
-                      RowWeightedSpec(grad_inputs=(0, 1, 5), row_scale_input=4), input_count=10)
+                      RowWeightedSpec(grad_inputs=(0, 1, 5), row_scale_input=4))
 
 
 def _prepare_teacher(teacher_topk_ids, teacher_topk_logprobs, leading, vocab):

@@ -39,7 +39,7 @@ def _generalized_jsd_rows(student_logits: Tensor, teacher_logits: Tensor, row_sc
 
 
 register_row_weighted(_generalized_jsd, _generalized_jsd_rows,
-                      RowWeightedSpec(grad_inputs=(0,), row_scale_input=2), input_count=6)
+                      RowWeightedSpec(grad_inputs=(0,), row_scale_input=2))
 
 
 def generalized_jsd(student_logits, teacher_logits, labels=None, *, beta=0.5, temperature=1.0, ignore_index=-100,
