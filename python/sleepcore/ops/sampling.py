@@ -78,7 +78,8 @@ def _sample_tokens(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Te
     if host[4] >= 0:
         raise ValueError(f"logits row {int(host[4])} holds NaN or +inf (or no finite entry)")
     temperatures = [t if t > 0 else 1.0 for t in host[5:].tolist()]  # greedy rows: the log-prob at T = 1
-    return token_ids, _row_logprobs(logits, token_ids, temperatures, backend), truncated
+    # a renormalised log-prob can round a few ulps above 0 when the allowed set is one token
+    return token_ids, _row_logprobs(logits, token_ids, temperatures, backend), truncated.clamp_(max=0.0)
 
 
 @_sample_tokens.register_fake
