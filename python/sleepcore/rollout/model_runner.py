@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from sleepcore.rollout.flash_decode import flash_decode, flash_decode_available
 from sleepcore.rollout.kv_cache import PagedKVCache
 from sleepcore.rollout.scheduler import ScheduledChunk
 
@@ -31,7 +32,8 @@ class ForwardBatch:
     """The packed tokens of one step. ``input_ids``, ``positions``, ``slot_mapping``: ``[total]``
     int64; ``block_tables`` ``[B, max_blocks]`` int32; ``context_lens`` ``[B]`` and
     ``query_start`` ``[B + 1]`` int64; ``sample_rows``: ``[S]`` int64 indices of the packed rows
-    whose logits are sampled (the last token of each chunk that ends a prefill or decodes)."""
+    whose logits are sampled (the last token of each chunk that ends a prefill or decodes).
+    ``flash_decode``: attention goes through flash-attn (see :mod:`flash_decode`)."""
 
     input_ids: Tensor
     positions: Tensor
@@ -41,6 +43,7 @@ class ForwardBatch:
     query_start: Tensor
     sample_rows: Tensor
     kv_cache: PagedKVCache
+    flash_decode: bool = False  # every sequence decodes one token and flash-attn can read the cache
 
 
 def _paged_attention_forward(module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling=None,
@@ -57,10 +60,14 @@ def _paged_attention_forward(module, query: Tensor, key: Tensor, value: Tensor, 
     q = query[0].transpose(0, 1).contiguous()
     if scaling is None:
         scaling = q.shape[-1] ** -0.5
-    softcap = softcap or getattr(module, "attn_logit_softcapping", None) or 0.0
+    softcap = float(softcap or getattr(module, "attn_logit_softcapping", None) or 0.0)
+    if batch.flash_decode:
+        out = flash_decode(q, k_cache, v_cache, batch.block_tables, batch.context_lens, scale=float(scaling),
+                           sliding_window=int(sliding_window or 0), softcap=softcap)
+        return out.unsqueeze(0), None
     out = torch.ops.sleepcore.paged_attention(q, k_cache, v_cache, batch.block_tables, batch.context_lens,
                                               batch.query_start, float(scaling), int(sliding_window or 0),
-                                              float(softcap), "auto")
+                                              softcap, "auto")
     return out.unsqueeze(0), None
 
 
@@ -89,6 +96,7 @@ class ModelRunner:
         self.block_size = block_size
         self.device = next(model.parameters()).device
         self.final_logit_softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.flash_decode = flash_decode_available(self.device, block_size, kv_cache[0][0].dtype)
 
     def build_batch(self, chunks: list[ScheduledChunk], block_tables: list[list[int]]) -> ForwardBatch:
         input_ids, positions, slots, lens, starts, sample_rows = [], [], [], [], [0], []
@@ -109,7 +117,8 @@ class ModelRunner:
 
         return ForwardBatch(as_tensor(input_ids), as_tensor(positions), as_tensor(slots),
                             as_tensor(tables, torch.int32), as_tensor(lens), as_tensor(starts),
-                            as_tensor(sample_rows), self.kv_cache)
+                            as_tensor(sample_rows), self.kv_cache,
+                            self.flash_decode and len(input_ids) == len(chunks))
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Applies copy-on-write copies in order: all at once when no block is written twice or
