@@ -3,9 +3,11 @@
 #   1. builds and installs sleepcore (no network: uses the machine's scikit-build-core, pybind11,
 #      CMake and ninja; wheels under .whl/, e.g. liger-kernel, are installed first when present);
 #   2. runs the CUDA tests (pytest -m cuda) and every Triton kernel test file on the GPU;
-#   3. runs the distillation benchmarks at the anchors' shapes (Llama-3-8B head, Gemma-3 head) and
-#      the GRPO policy-loss benchmark at N=8192, H=4096, V=131072;
-# and writes build_info.json, logs and results.csv into OUTDIR. Budget: well under 10 minutes.
+#   3. runs the distillation benchmarks at the anchors' shapes (Llama-3-8B head, Gemma-3 head),
+#      the GRPO policy-loss benchmark at N=8192, H=4096, V=131072, and the rollout engine's decode
+#      throughput and KV read bandwidth at batch 64 and 256 (SmolLM2-135M architecture, bf16);
+# and writes build_info.json, logs and results.csv into OUTDIR. Budget: under 10 minutes even if
+# every step hits its timeout (build ~1 min + 120 + 90 + 5 x 60 s).
 set -uo pipefail
 out="${1:?usage: bench/gpu_check.sh OUTDIR}"
 mkdir -p "$out"
@@ -23,15 +25,17 @@ python3 -m pip install -v --no-build-isolation --no-deps . >"$out/build.log" 2>&
 echo "build: $(( $(date +%s) - start )) s"
 (cd /tmp && python3 -c "import json, sleepcore; print(json.dumps(sleepcore.build_info(), indent=2))") | tee "$out/build_info.json"
 
-timeout 150 python3 -m pytest -m cuda tests -q -p no:cacheprovider 2>&1 | tee "$out/tests_cuda.log" | tail -15
+timeout 120 python3 -m pytest -m cuda tests -q -p no:cacheprovider 2>&1 | tee "$out/tests_cuda.log" | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # The Triton kernel tests run on the GPU here (no interpreter): every Triton kernel family.
-timeout 120 python3 -m pytest tests/test_triton_jsd.py tests/test_triton_logprobs.py tests/test_triton_backend.py \
+timeout 90 python3 -m pytest tests/test_triton_jsd.py tests/test_triton_logprobs.py tests/test_triton_backend.py \
   tests/test_sampling.py tests/test_paged_attention.py -q -p no:cacheprovider 2>&1 | tee -a "$out/tests_cuda.log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-for bench in distill:h100 distill:gemma policy:h100; do
-  timeout 100 python3 "bench/bench_${bench%%:*}.py" --case "${bench##*:}" --warmup 2 --reps 5 --csv "$out/results.csv" \
+for bench in distill:h100 distill:gemma policy:h100 rollout:gpu-decode-64 rollout:gpu-decode-256; do
+  extra=(--warmup 2 --reps 5)
+  [ "${bench%%:*}" = rollout ] && extra=()
+  timeout 60 python3 "bench/bench_${bench%%:*}.py" --case "${bench##*:}" "${extra[@]}" --csv "$out/results.csv" \
     2>&1 | tee "$out/bench_${bench%%:*}_${bench##*:}.log" | tail -8
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
