@@ -9,12 +9,18 @@
 // least one position (the query's own position is always in its window), so m' is finite and
 // l >= 1.
 //
-// Work items are (query token, kv head) pairs, OpenMP-dynamic: the G = heads_q / heads_kv query
+// Work items are (kv head, query token) pairs, OpenMP-dynamic: the G = heads_q / heads_kv query
 // heads sharing a kv head are processed together, so each K and V row is loaded (and converted
 // to fp32) once for all G heads. The D-dim dot products and the V accumulation are 8-wide fp32
 // vector loops (vm helpers; D need not be a multiple of 8): logits for kUnroll positions at a
 // time (kUnroll G independent fma chains), the group size a compile-time constant for the common
-// GQA groups (1, 2, 3, 4, 8) so the logit accumulators stay in registers. A token's output depends only on
+// GQA groups (1, 2, 3, 4, 8) so the logit accumulators stay in registers.
+//
+// Shared prefixes (cascade): decoding sequences whose block tables start with the same full
+// blocks (the n forked samples of a prompt) first run those blocks together, tile by tile for
+// all members while the tile is in L1, and save their (m, l, acc); each token then resumes from
+// its saved state. Tiles restart at every block boundary, so a token goes through exactly the
+// same tiles in the same order either way: its output is bitwise the same, and depends only on
 // its own query, its sequence's cache and the options, never on the batch composition.
 #include "paged_attention.h"
 
@@ -46,7 +52,7 @@ inline float sum8(f32x8 v) {
   return b[0] + b[1];
 }
 
-struct Work {  // one (query token, kv head) item
+struct Work {  // one (kv head, query token) item
   int64_t seq, token, position, kv_head;
 };
 
@@ -55,89 +61,153 @@ struct Options {
   float scale, softcap;
 };
 
-// Per-thread scratch: G query vectors and accumulators (chunks f32x8 each), logits of a tile.
-struct Scratch {
-  std::vector<f32x8> q, acc, dot;
-  std::vector<float> s, m, l;
-  Scratch(int64_t group, int64_t chunks)
-      : q(group * chunks), acc(group * chunks), dot(kUnroll * group), s(group * kTile), m(group), l(group) {}
+// Online-softmax state of the G query heads of one (token, kv head): the scaled query vectors,
+// the accumulators (chunks f32x8 each), the running max m and sum l.
+struct HeadState {
+  f32x8 *q, *acc;
+  float *m, *l;
 };
 
+// Per-thread scratch: states for up to `members` (token, kv head) items, the logits of a tile.
+struct Scratch {
+  int64_t group, chunks;
+  std::vector<f32x8> q, acc, dot;
+  std::vector<float> s, m, l;
+  Scratch(int64_t group_, int64_t chunks_, int64_t members)
+      : group(group_), chunks(chunks_), q(members * group_ * chunks_), acc(members * group_ * chunks_),
+        dot(kUnroll * group_), s(group_ * kTile), m(members * group_), l(members * group_) {}
+  HeadState state(int64_t member) {
+    return {&q[member * group * chunks], &acc[member * group * chunks], &m[member * group], &l[member * group]};
+  }
+};
+
+template <class T>
+void start_state(const T* q, const Work& w, const Options& o, int64_t head_dim, HeadState st) {
+  const int64_t D = head_dim, C = o.chunks;
+  for (int64_t g = 0; g < o.group; ++g) {
+    const T* qg = q + (w.token * o.heads_q + w.kv_head * o.group + g) * D;
+    for (int64_t i = 0; i < C; ++i) {
+      st.q[g * C + i] = vm::load(qg + i * kLanes, D - i * kLanes, 0.f) * o.scale;
+      st.acc[g * C + i] = f32x8{};
+    }
+    st.m[g] = -vm::kInf;
+    st.l[g] = 0.f;
+  }
+}
+
+// One online-softmax step over n <= kTile consecutive positions whose K/V rows start at k, v.
 // kGroup > 0: the group size as a compile-time constant (loops over heads unroll, the logits'
 // accumulators stay in registers); 0: o.group at run time.
 template <int kGroup, class T>
-void attend(const T* q, const T* k_cache, const T* v_cache, T* out, const CacheShape& c, const int32_t* table,
-            const Work& w, const Options& o, Scratch& sc) {
-  const int64_t D = c.head_dim, G = kGroup > 0 ? kGroup : o.group, C = o.chunks;
+void attend_tile(const T* k, const T* v, int64_t n, int64_t row, int64_t head_dim, const Options& o, HeadState st,
+                 Scratch& sc) {
+  const int64_t D = head_dim, G = kGroup > 0 ? kGroup : o.group, C = o.chunks;
   f32x8 local_dot[kUnroll * (kGroup > 0 ? kGroup : 1)];
   f32x8* dot = kGroup > 0 ? local_dot : sc.dot.data();
-  const int64_t row = c.heads_kv * D;  // elements per slot
-  for (int64_t g = 0; g < G; ++g) {
-    const T* qg = q + (w.token * o.heads_q + w.kv_head * G + g) * D;
+  for (int64_t j = 0; j < n; j += kUnroll) {  // logits of kUnroll positions: kUnroll G independent fma chains
+    int64_t js[kUnroll];
+    for (int64_t u = 0; u < kUnroll; ++u) js[u] = std::min(j + u, n - 1);  // tail: repeat the last position
+    for (int64_t g = 0; g < kUnroll * G; ++g) dot[g] = f32x8{};
     for (int64_t i = 0; i < C; ++i) {
-      sc.q[g * C + i] = vm::load(qg + i * kLanes, D - i * kLanes, 0.f) * o.scale;
-      sc.acc[g * C + i] = f32x8{};
+      f32x8 kv[kUnroll];
+      for (int64_t u = 0; u < kUnroll; ++u) kv[u] = vm::load(k + js[u] * row + i * kLanes, D - i * kLanes, 0.f);
+      for (int64_t g = 0; g < G; ++g) {
+        const f32x8 qg = st.q[g * C + i];
+        for (int64_t u = 0; u < kUnroll; ++u) dot[kUnroll * g + u] = vm::fma(qg, kv[u], dot[kUnroll * g + u]);
+      }
     }
-    sc.m[g] = -vm::kInf;
-    sc.l[g] = 0.f;
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t u = 0; u < kUnroll; ++u) {
+        float s = sum8(dot[kUnroll * g + u]);
+        if (o.softcap > 0) s = o.softcap * std::tanh(s / o.softcap);
+        sc.s[g * kTile + js[u]] = s;
+      }
+    }
   }
-  const int64_t hi = w.position + 1;
-  int64_t p = o.window > 0 ? std::max<int64_t>(0, w.position - o.window + 1) : 0;
+  for (int64_t g = 0; g < G; ++g) {  // online softmax step: s -> e^(s - m'), rescale acc
+    float* s = &sc.s[g * kTile];
+    const float m_new = std::max(st.m[g], *std::max_element(s, s + n));
+    const float a = std::exp(st.m[g] - m_new);
+    f32x8 sum = f32x8{};
+    for (int64_t j = 0; j < n; j += kLanes) {
+      const f32x8 e = vm::exp(vm::load(s + j, n - j, -vm::kInf) - m_new);
+      vm::store(s + j, e, n - j);
+      sum += e;
+    }
+    st.l[g] = st.l[g] * a + sum8(sum);
+    st.m[g] = m_new;
+    for (int64_t i = 0; i < C; ++i) st.acc[g * C + i] *= a;
+  }
+  for (int64_t j = 0; j < n; ++j) {  // acc += e_j v_j
+    for (int64_t i = 0; i < C; ++i) {
+      const f32x8 vv = vm::load(v + j * row + i * kLanes, D - i * kLanes, 0.f);
+      for (int64_t g = 0; g < G; ++g) st.acc[g * C + i] = vm::fma(vm::splat(sc.s[g * kTile + j]), vv, st.acc[g * C + i]);
+    }
+  }
+}
+
+// Calls step(k, v, n) for the tiles of positions [p, hi) of a sequence: at most kTile positions,
+// never crossing a cache block, so the tiling of a range that starts on a block boundary is the
+// same as the tiling of the whole sequence.
+template <class T, class Step>
+void for_each_tile(const T* k_cache, const T* v_cache, const CacheShape& c, const int32_t* table, int64_t kv_head,
+                   int64_t p, int64_t hi, Step&& step) {
+  const int64_t row = c.heads_kv * c.head_dim;  // elements per slot
   while (p < hi) {
     const int64_t block = table[p / c.block_size], offset = p % c.block_size;
     const int64_t n = std::min({kTile, hi - p, c.block_size - offset});
-    const int64_t base = (block * c.block_size + offset) * row + w.kv_head * D;
-    const T* k = k_cache + base;
-    const T* v = v_cache + base;
-    for (int64_t j = 0; j < n; j += kUnroll) {  // logits of kUnroll positions: kUnroll G independent fma chains
-      int64_t js[kUnroll];
-      for (int64_t u = 0; u < kUnroll; ++u) js[u] = std::min(j + u, n - 1);  // tail: repeat the last position
-      for (int64_t g = 0; g < kUnroll * G; ++g) dot[g] = f32x8{};
-      for (int64_t i = 0; i < C; ++i) {
-        f32x8 kv[kUnroll];
-        for (int64_t u = 0; u < kUnroll; ++u) kv[u] = vm::load(k + js[u] * row + i * kLanes, D - i * kLanes, 0.f);
-        for (int64_t g = 0; g < G; ++g) {
-          const f32x8 qg = sc.q[g * C + i];
-          for (int64_t u = 0; u < kUnroll; ++u) dot[kUnroll * g + u] = vm::fma(qg, kv[u], dot[kUnroll * g + u]);
-        }
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        for (int64_t u = 0; u < kUnroll; ++u) {
-          float s = sum8(dot[kUnroll * g + u]);
-          if (o.softcap > 0) s = o.softcap * std::tanh(s / o.softcap);
-          sc.s[g * kTile + js[u]] = s;
-        }
-      }
-    }
-    for (int64_t g = 0; g < G; ++g) {  // online softmax step: s -> e^(s - m'), rescale acc
-      float* s = &sc.s[g * kTile];
-      const float m_new = std::max(sc.m[g], *std::max_element(s, s + n));
-      const float a = std::exp(sc.m[g] - m_new);
-      f32x8 sum = f32x8{};
-      for (int64_t j = 0; j < n; j += kLanes) {
-        const f32x8 e = vm::exp(vm::load(s + j, n - j, -vm::kInf) - m_new);
-        vm::store(s + j, e, n - j);
-        sum += e;
-      }
-      sc.l[g] = sc.l[g] * a + sum8(sum);
-      sc.m[g] = m_new;
-      for (int64_t i = 0; i < C; ++i) sc.acc[g * C + i] *= a;
-    }
-    for (int64_t j = 0; j < n; ++j) {  // acc += e_j v_j
-      for (int64_t i = 0; i < C; ++i) {
-        const f32x8 vv = vm::load(v + j * row + i * kLanes, D - i * kLanes, 0.f);
-        for (int64_t g = 0; g < G; ++g) {
-          sc.acc[g * C + i] = vm::fma(vm::splat(sc.s[g * kTile + j]), vv, sc.acc[g * C + i]);
-        }
-      }
-    }
+    const int64_t base = (block * c.block_size + offset) * row + kv_head * c.head_dim;
+    step(k_cache + base, v_cache + base, n);
     p += n;
   }
-  for (int64_t g = 0; g < G; ++g) {
-    T* og = out + (w.token * o.heads_q + w.kv_head * G + g) * D;
-    const f32x8 inv = vm::splat(1.f / sc.l[g]);
-    for (int64_t i = 0; i < C; ++i) vm::store(og + i * kLanes, sc.acc[g * C + i] * inv, D - i * kLanes);
+}
+
+template <class T>
+void finish_state(T* out, const Work& w, const Options& o, int64_t head_dim, HeadState st) {
+  for (int64_t g = 0; g < o.group; ++g) {
+    T* og = out + (w.token * o.heads_q + w.kv_head * o.group + g) * head_dim;
+    const f32x8 inv = vm::splat(1.f / st.l[g]);
+    for (int64_t i = 0; i < o.chunks; ++i) vm::store(og + i * kLanes, st.acc[g * o.chunks + i] * inv, head_dim - i * kLanes);
   }
+}
+
+// Decoding sequences whose block tables start with the same `prefix_blocks` blocks (forked
+// samples of one prompt): the shared prefix is attended once per tile for all of them, with
+// each tile's K/V still in L1 for every member after the first.
+struct PrefixGroup {
+  std::vector<int64_t> seqs;
+  int64_t prefix_blocks;
+};
+
+std::vector<PrefixGroup> prefix_groups(const CacheShape& c, const int32_t* tables, int64_t max_blocks,
+                                       const int64_t* context_lens, const int64_t* query_start, int64_t num_seqs,
+                                       int64_t window) {
+  std::vector<PrefixGroup> groups;
+  if (window > 0) return groups;
+  std::vector<int64_t> order;
+  for (int64_t b = 0; b < num_seqs; ++b) {
+    if (query_start[b + 1] - query_start[b] == 1 && context_lens[b] >= c.block_size) order.push_back(b);
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return tables[a * max_blocks] < tables[b * max_blocks]; });
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i + 1;
+    const int32_t* first = tables + order[i] * max_blocks;
+    while (j < order.size() && tables[order[j] * max_blocks] == first[0]) ++j;
+    if (j - i >= 2) {
+      PrefixGroup group{{order.begin() + i, order.begin() + j}, max_blocks};
+      for (int64_t b : group.seqs) {  // full blocks, all at or before every member's position
+        const int32_t* t = tables + b * max_blocks;
+        int64_t shared = 0;
+        const int64_t limit = std::min(group.prefix_blocks, context_lens[b] / c.block_size);
+        while (shared < limit && t[shared] == first[shared]) ++shared;
+        group.prefix_blocks = shared;
+      }
+      groups.push_back(std::move(group));
+    }
+    i = j;
+  }
+  return groups;
 }
 
 // Every index value the kernel will use, checked before anything is computed or written.
@@ -212,36 +282,93 @@ void paged_attention(const void* q, const void* k_cache, const void* v_cache, vo
   check_indices(c, block_tables, max_blocks, context_lens, query_start, num_seqs, total_q);
   const Options o{heads_q, heads_q / c.heads_kv, (c.head_dim + kLanes - 1) / kLanes, max_blocks,
                   sliding_window, scale, softcap};
+  // kv-head-major: consecutive items read the same head of one sequence (prefill) or of sibling
+  // sequences that share prompt blocks (forked samples), so that KV is still in cache
   std::vector<Work> work;
   work.reserve(total_q * c.heads_kv);
-  for (int64_t b = 0; b < num_seqs; ++b) {
-    const int64_t first = context_lens[b] - (query_start[b + 1] - query_start[b]);
-    for (int64_t t = query_start[b]; t < query_start[b + 1]; ++t) {
-      for (int64_t h = 0; h < c.heads_kv; ++h) work.push_back({b, t, first + t - query_start[b], h});
+  for (int64_t h = 0; h < c.heads_kv; ++h) {
+    for (int64_t b = 0; b < num_seqs; ++b) {
+      const int64_t first = context_lens[b] - (query_start[b + 1] - query_start[b]);
+      for (int64_t t = query_start[b]; t < query_start[b + 1]; ++t) work.push_back({b, t, first + t - query_start[b], h});
     }
   }
+  const std::vector<PrefixGroup> groups =
+      prefix_groups(c, block_tables, max_blocks, context_lens, query_start, num_seqs, sliding_window);
+  // a grouped decode token's state after its group's prefix: [token][kv head] -> (acc, m, l) of G heads
+  const int64_t state_floats = o.group * (o.chunks * kLanes + 2);
+  std::vector<int64_t> resume_at(num_seqs, 0);
+  for (const PrefixGroup& g : groups)
+    for (int64_t b : g.seqs) resume_at[b] = g.prefix_blocks * c.block_size;
+  std::vector<float> saved(groups.empty() ? 0 : total_q * c.heads_kv * state_floats);
+  size_t largest = 1;
+  for (const PrefixGroup& g : groups) largest = std::max(largest, g.seqs.size());
+  const int64_t group_items = static_cast<int64_t>(groups.size()) * c.heads_kv;
   const int64_t items = static_cast<int64_t>(work.size());
   vm::dispatch_dtype(dtype, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
+    const T* qs = static_cast<const T*>(q);
+    const T* kc = static_cast<const T*>(k_cache);
+    const T* vc = static_cast<const T*>(v_cache);
+    auto with_group = [&](auto&& body) {
+      switch (o.group) {  // the group sizes of common GQA models
+        case 1: body(std::integral_constant<int, 1>{}); break;
+        case 2: body(std::integral_constant<int, 2>{}); break;
+        case 3: body(std::integral_constant<int, 3>{}); break;
+        case 4: body(std::integral_constant<int, 4>{}); break;
+        case 8: body(std::integral_constant<int, 8>{}); break;
+        default: body(std::integral_constant<int, 0>{});
+      }
+    };
+    auto state_slot = [&](int64_t token, int64_t h) { return saved.data() + (token * c.heads_kv + h) * state_floats; };
+    auto save = [&](HeadState st, float* dst) {
+      std::memcpy(dst, st.acc, o.group * o.chunks * sizeof(f32x8));
+      std::memcpy(dst + o.group * o.chunks * kLanes, st.m, o.group * sizeof(float));
+      std::memcpy(dst + o.group * o.chunks * kLanes + o.group, st.l, o.group * sizeof(float));
+    };
+    auto load = [&](HeadState st, const float* src) {
+      std::memcpy(st.acc, src, o.group * o.chunks * sizeof(f32x8));
+      std::memcpy(st.m, src + o.group * o.chunks * kLanes, o.group * sizeof(float));
+      std::memcpy(st.l, src + o.group * o.chunks * kLanes + o.group, o.group * sizeof(float));
+    };
 #pragma omp parallel num_threads(std::max(num_threads, 1))
     {
-      Scratch scratch(o.group, o.chunks);
+      Scratch scratch(o.group, o.chunks, static_cast<int64_t>(largest));
+      // 1. shared prefixes: every tile once for all the group's members
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < group_items; ++i) {
+        const PrefixGroup& g = groups[i / c.heads_kv];
+        const int64_t h = i % c.heads_kv, members = static_cast<int64_t>(g.seqs.size());
+        for (int64_t s = 0; s < members; ++s) {
+          const int64_t b = g.seqs[s];
+          start_state(qs, Work{b, query_start[b], context_lens[b] - 1, h}, o, c.head_dim, scratch.state(s));
+        }
+        with_group([&](auto kgroup) {
+          for_each_tile(kc, vc, c, block_tables + g.seqs[0] * max_blocks, h, 0, g.prefix_blocks * c.block_size,
+                        [&](const T* k, const T* v, int64_t n) {
+                          for (int64_t s = 0; s < members; ++s)
+                            attend_tile<decltype(kgroup)::value>(k, v, n, c.heads_kv * c.head_dim, c.head_dim, o,
+                                                                 scratch.state(s), scratch);
+                        });
+        });
+        for (int64_t s = 0; s < members; ++s) save(scratch.state(s), state_slot(query_start[g.seqs[s]], h));
+      }
+      // 2. every (kv head, token): from its group's saved state, or from the start
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < items; ++i) {
-        const int32_t* table = block_tables + work[i].seq * max_blocks;
-        auto run = [&](auto group) {
-          attend<decltype(group)::value>(static_cast<const T*>(q), static_cast<const T*>(k_cache),
-                                         static_cast<const T*>(v_cache), static_cast<T*>(out), c, table, work[i], o,
-                                         scratch);
-        };
-        switch (o.group) {  // the group sizes of common GQA models
-          case 1: run(std::integral_constant<int, 1>{}); break;
-          case 2: run(std::integral_constant<int, 2>{}); break;
-          case 3: run(std::integral_constant<int, 3>{}); break;
-          case 4: run(std::integral_constant<int, 4>{}); break;
-          case 8: run(std::integral_constant<int, 8>{}); break;
-          default: run(std::integral_constant<int, 0>{});
-        }
+        const Work& w = work[i];
+        const HeadState st = scratch.state(0);
+        start_state(qs, w, o, c.head_dim, st);
+        const int64_t resume = resume_at[w.seq];
+        if (resume > 0) load(st, state_slot(w.token, w.kv_head));
+        const int64_t lo = o.window > 0 ? std::max<int64_t>(0, w.position - o.window + 1) : resume;
+        with_group([&](auto kgroup) {
+          for_each_tile(kc, vc, c, block_tables + w.seq * max_blocks, w.kv_head, lo, w.position + 1,
+                        [&](const T* k, const T* v, int64_t n) {
+                          attend_tile<decltype(kgroup)::value>(k, v, n, c.heads_kv * c.head_dim, c.head_dim, o, st,
+                                                               scratch);
+                        });
+        });
+        finish_state(static_cast<T*>(out), w, o, c.head_dim, st);
       }
     }
   });

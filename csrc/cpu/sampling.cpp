@@ -7,6 +7,9 @@
 // * top-p, on the top-k set: the shortest prefix of that set in decreasing p whose mass reaches
 //   top_p * (its total mass): a weighted selection, halving an index range with nth_element and
 //   summing the upper half (O(V) expected, no sort); keep p_j >= t_p, the prefix's smallest p.
+//   Only p_j >= (1 - top_p) * mass / V can be in the prefix (the rest holds less than
+//   (1 - top_p) * mass). A histogram of their mass over float-bit buckets of p finds the one
+//   bucket where the prefix ends; the exact selection runs on that bucket's values only.
 // * min-p: keep p_j >= min_p * max p.
 // * The allowed set A is the intersection; sample from p restricted to A with Gumbel-max:
 //   token = argmax_{j in A} d_j + G_j, G_j = -log(-log U_j), which draws j with probability
@@ -22,6 +25,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <type_traits>
 #include <vector>
@@ -123,10 +127,78 @@ float top_p_threshold(float* c, int64_t n, double target) {
   return c[lo];  // when rounding leaves the total a hair below target: the smallest value, c[n - 1]
 }
 
+// Buckets of p by its float bits >> kBucketShift (exponent and 4 mantissa bits): for p > 0 the
+// bits are monotone in p. A top-p histogram spans the buckets from the floor's up to p = 1.
+constexpr int kBucketShift = 19;
+constexpr int kSubHistograms = 4;  // interleaved, so that equal consecutive buckets do not chain adds
+
+inline int bucket_of(float p) {
+  uint32_t bits;
+  std::memcpy(&bits, &p, sizeof bits);
+  return static_cast<int>(bits >> kBucketShift);
+}
+
 struct Scratch {
   std::vector<float> d, p, c;
+  std::vector<double> bucket_mass;
   explicit Scratch(int64_t vocab) : d(vocab), p(vocab), c(vocab) {}
 };
+
+// sum of p_j over d_j >= dmin: fp32 vector sums per kBlock, added up in double.
+double allowed_mass(const Scratch& s, int64_t len, float dmin) {
+  double mass = 0;
+  for (int64_t b = 0; b < len; b += vm::kBlock) {
+    const int64_t end = std::min(len, b + vm::kBlock);
+    f32x8 mass8 = {};
+    for (int64_t j = b; j < end; j += kLanes) {
+      const f32x8 d = vm::load(s.d.data() + j, end - j, kNegInf);
+      mass8 += (d >= dmin) ? vm::load(s.p.data() + j, end - j, 0.f) : f32x8{};
+    }
+    mass += vm::hsum(mass8);
+  }
+  return mass;
+}
+
+// top_p_threshold over the allowed p_j >= floor (d_j >= dmin), without touching most of them
+// twice: a histogram of their mass by bucket finds the bucket where the decreasing-order prefix
+// reaches `target`; only that bucket's values go through the exact selection.
+float bucketed_top_p_threshold(Scratch& s, int64_t len, float dmin, float floor, double target) {
+  const int first = bucket_of(floor), buckets = bucket_of(1.f) - first + 1;
+  s.bucket_mass.assign(kSubHistograms * buckets, 0.0);
+  // 8-wide compares and blends, then lane-wise adds without branches (about half the tokens
+  // pass, unpredictably): masked-out lanes add 0 to bucket 0
+  struct Lanes {
+    f32x8 p, value;
+    i32x8 bucket, allowed;
+  };
+  auto lanes = [&](int64_t j) {
+    const f32x8 d = vm::load(s.d.data() + j, len - j, kNegInf), p = vm::load(s.p.data() + j, len - j, 0.f);
+    const i32x8 allowed = (d >= dmin) & (p >= floor);
+    return Lanes{p, allowed ? p : f32x8{}, allowed ? (i32x8)((u32x8)p >> kBucketShift) - first : i32x8{}, allowed};
+  };
+  for (int64_t j = 0; j < len; j += kLanes) {
+    const Lanes x = lanes(j);
+    for (int u = 0; u < kLanes; ++u) s.bucket_mass[(u % kSubHistograms) * buckets + x.bucket[u]] += x.value[u];
+  }
+  double above = 0;  // mass of the buckets above `b`
+  int b = buckets - 1;
+  auto mass_of = [&](int bucket) {
+    double m = 0;
+    for (int h = 0; h < kSubHistograms; ++h) m += s.bucket_mass[h * buckets + bucket];
+    return m;
+  };
+  while (b > 0 && above + mass_of(b) < target) above += mass_of(b--);
+  int64_t n = 0;
+  for (int64_t j = 0; j < len; j += kLanes) {
+    const Lanes x = lanes(j);
+    const i32x8 keep = x.allowed & (x.bucket == b);
+    for (int u = 0; u < kLanes; ++u) {
+      s.c[n] = x.p[u];
+      n -= keep[u];  // -1 where kept
+    }
+  }
+  return n > 0 ? top_p_threshold(s.c.data(), n, target - above) : floor;
+}
 
 struct RowParams {
   double temperature;
@@ -167,6 +239,9 @@ Draw gumbel_max(const Scratch& s, int64_t len, float dmin, float pmin, RowKey ke
       const f32x8 d = vm::load(s.d.data() + j, end - j, kNegInf);
       const f32x8 p = vm::load(s.p.data() + j, end - j, 0.f);
       const i32x8 allowed = (d >= dmin) & (p >= pmin) & (d > kNegInf);
+      bool any = false;
+      for (int i = 0; i < kLanes; ++i) any |= allowed[i] != 0;
+      if (!any) continue;  // top-k/top-p/min-p leave most lanes out: skip their two logs
       const f32x8 gumbel = -vm::log(-vm::log(uniforms(key, j)));
       const f32x8 score = allowed ? d + gumbel : vm::splat(kNegInf);
       const i32x8 better = score > best;  // strict: the first column wins a tie within a lane
@@ -195,15 +270,11 @@ Draw sample_row(const T* x, int64_t len, float xmax, const RowParams& row, Scrat
     dmin = s.c[row.top_k - 1];
   }
   if (row.top_p < 1.f) {
-    int64_t n = 0;
-    double total = 0;
-    for (int64_t j = 0; j < len; ++j) {
-      if (s.d[j] >= dmin) {
-        s.c[n++] = s.p[j];
-        total += s.p[j];
-      }
-    }
-    pmin = std::max(pmin, top_p_threshold(s.c.data(), n, double(row.top_p) * total));
+    const double total = allowed_mass(s, len, dmin);
+    // Candidates: p >= floor = (1 - top_p) total / len. The tokens below it hold less than
+    // (1 - top_p) total, so those above hold at least top_p total: they contain the prefix.
+    const float floor = float(0.999 * (1.0 - double(row.top_p)) * total / double(len));  // 0.999: rounding margin
+    pmin = std::max(pmin, bucketed_top_p_threshold(s, len, dmin, floor, double(row.top_p) * total));
   }
   return gumbel_max(s, len, dmin, pmin, row.key);
 }

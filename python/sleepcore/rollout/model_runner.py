@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from sleepcore.models import SUPPORTED_MODEL_TYPES
 from sleepcore.rollout.flash_decode import flash_decode, flash_decode_available
 from sleepcore.rollout.kv_cache import PagedKVCache
 from sleepcore.rollout.scheduler import ScheduledChunk
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "gemma3_text")
 ATTENTION_NAME = "sleepcore_paged"
 
 
