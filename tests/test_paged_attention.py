@@ -111,6 +111,33 @@ def test_output_independent_of_batch(seed):
     assert torch.equal(alone, batched[starts[3]:starts[4]])
 
 
+def shared_prefix_case(block_size=4, heads_q=6, heads_kv=2, head_dim=24):
+    """Forked samples: decoding sequences whose tables share their first blocks (one whose context
+    ends inside the shared blocks), a pair sharing only their first block, and an unrelated one."""
+    k_cache = torch.randn(40, block_size, heads_kv, head_dim)
+    v_cache = torch.randn_like(k_cache)
+    shared = [5, 9, 2, 30]
+    tables = torch.tensor([shared + [11, 12, 13], shared + [14, 15, 16], shared + [17, 18, 19],
+                           [6, 20, 21, 22, 23, 24, 25], [6, 26, 27, 28, 29, 31, 32],
+                           shared + [33, 34, 35], [36, 37, 38, 39, 1, 3, 4]], dtype=torch.int32)
+    lens = torch.tensor([27, 17, 25, 26, 21, 10, 28])
+    q = torch.randn(len(lens), heads_q, head_dim)
+    return q, k_cache, v_cache, tables, lens, torch.arange(len(lens) + 1)
+
+
+@pytest.mark.parametrize("softcap", [0.0, 4.0])
+def test_shared_prefix_decode_is_bitwise_the_per_sequence_result(seed, softcap):
+    """The CPU kernel attends shared prefix blocks once for a group of decodes; each token must
+    still get exactly its own result: bitwise equal to the sequence alone, and to the reference."""
+    q, k_cache, v_cache, tables, lens, starts = case = shared_prefix_case()
+    batched = paged_attention(*case, scale=0.2, softcap=softcap, backend="cpu")
+    for b in range(len(lens)):
+        alone = paged_attention(q[b:b + 1], k_cache, v_cache, tables[b:b + 1], lens[b:b + 1], starts[:2],
+                                scale=0.2, softcap=softcap, backend="cpu")
+        assert torch.equal(alone, batched[b:b + 1]), b
+    torch.testing.assert_close(batched, reference(*case, scale=0.2, sliding_window=0, softcap=softcap), **FP32)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_write_then_attend_matches_dense_causal_attention(seed, backend):
     """Prompt prefill through write_kv + paged_attention equals dense causal SDPA (GQA)."""

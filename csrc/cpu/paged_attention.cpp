@@ -9,7 +9,8 @@
 // least one position (the query's own position is always in its window), so m' is finite and
 // l >= 1.
 //
-// Work items are (kv head, query token) pairs, OpenMP-dynamic: the G = heads_q / heads_kv query
+// Work items are query tokens, OpenMP-dynamic; each tile of cache slots is read whole (every kv
+// head's K and V rows, prefetched during the previous tile) and the G = heads_q / heads_kv query
 // heads sharing a kv head are processed together, so each K and V row is loaded (and converted
 // to fp32) once for all G heads. The D-dim dot products and the V accumulation are 8-wide fp32
 // vector loops (vm helpers; D need not be a multiple of 8): logits for kUnroll positions at a
@@ -52,7 +53,7 @@ inline float sum8(f32x8 v) {
   return b[0] + b[1];
 }
 
-struct Work {  // one (kv head, query token) item
+struct Work {  // a query token (and, for the per-head helpers, one kv head)
   int64_t seq, token, position, kv_head;
 };
 
@@ -138,27 +139,60 @@ void attend_tile(const T* k, const T* v, int64_t n, int64_t row, int64_t head_di
     st.m[g] = m_new;
     for (int64_t i = 0; i < C; ++i) st.acc[g * C + i] *= a;
   }
-  for (int64_t j = 0; j < n; ++j) {  // acc += e_j v_j
-    for (int64_t i = 0; i < C; ++i) {
-      const f32x8 vv = vm::load(v + j * row + i * kLanes, D - i * kLanes, 0.f);
-      for (int64_t g = 0; g < G; ++g) st.acc[g * C + i] = vm::fma(vm::splat(sc.s[g * kTile + j]), vv, st.acc[g * C + i]);
+  for (int64_t g = 0; g < G; ++g) {  // acc += e_j v_j: 4 accumulators at a time stay in registers
+    const float* e = &sc.s[g * kTile];
+    f32x8* acc = st.acc + g * C;
+    auto v_chunk = [&](int64_t j, int64_t i) { return vm::load(v + j * row + i * kLanes, D - i * kLanes, 0.f); };
+    int64_t i = 0;
+    for (; i + 4 <= C; i += 4) {
+      f32x8 a0 = acc[i], a1 = acc[i + 1], a2 = acc[i + 2], a3 = acc[i + 3];
+      for (int64_t j = 0; j < n; ++j) {
+        const f32x8 w = vm::splat(e[j]);
+        a0 = vm::fma(w, v_chunk(j, i), a0);
+        a1 = vm::fma(w, v_chunk(j, i + 1), a1);
+        a2 = vm::fma(w, v_chunk(j, i + 2), a2);
+        a3 = vm::fma(w, v_chunk(j, i + 3), a3);
+      }
+      acc[i] = a0, acc[i + 1] = a1, acc[i + 2] = a2, acc[i + 3] = a3;
+    }
+    for (; i < C; ++i) {
+      f32x8 a = acc[i];
+      for (int64_t j = 0; j < n; ++j) a = vm::fma(vm::splat(e[j]), v_chunk(j, i), a);
+      acc[i] = a;
     }
   }
 }
 
 // Calls step(k, v, n) for the tiles of positions [p, hi) of a sequence: at most kTile positions,
 // never crossing a cache block, so the tiling of a range that starts on a block boundary is the
-// same as the tiling of the whole sequence.
+// same as the tiling of the whole sequence. k and v point at the tile's first slot (all kv heads);
+// the next tile's slots are prefetched while step runs.
 template <class T, class Step>
-void for_each_tile(const T* k_cache, const T* v_cache, const CacheShape& c, const int32_t* table, int64_t kv_head,
-                   int64_t p, int64_t hi, Step&& step) {
+void for_each_tile(const T* k_cache, const T* v_cache, const CacheShape& c, const int32_t* table, int64_t p,
+                   int64_t hi, Step&& step) {
   const int64_t row = c.heads_kv * c.head_dim;  // elements per slot
+  const int64_t row_bytes = row * static_cast<int64_t>(sizeof(T));
+  auto tile_at = [&](int64_t position, int64_t& n) {
+    const int64_t block = table[position / c.block_size], offset = position % c.block_size;
+    n = std::min({kTile, hi - position, c.block_size - offset});
+    return (block * c.block_size + offset) * row;
+  };
+  int64_t n = 0, base = p < hi ? tile_at(p, n) : 0;
   while (p < hi) {
-    const int64_t block = table[p / c.block_size], offset = p % c.block_size;
-    const int64_t n = std::min({kTile, hi - p, c.block_size - offset});
-    const int64_t base = (block * c.block_size + offset) * row + kv_head * c.head_dim;
+    int64_t next_n = 0;
+    const int64_t next = p + n < hi ? tile_at(p + n, next_n) : -1;
+    if (next >= 0) {  // the next tile is usually another block, elsewhere: fetch it during this one
+      const char* k_next = reinterpret_cast<const char*>(k_cache + next);
+      const char* v_next = reinterpret_cast<const char*>(v_cache + next);
+      for (int64_t b = 0; b < next_n * row_bytes; b += 64) {
+        __builtin_prefetch(k_next + b);
+        __builtin_prefetch(v_next + b);
+      }
+    }
     step(k_cache + base, v_cache + base, n);
     p += n;
+    base = next;
+    n = next_n;
   }
 }
 
@@ -282,15 +316,13 @@ void paged_attention(const void* q, const void* k_cache, const void* v_cache, vo
   check_indices(c, block_tables, max_blocks, context_lens, query_start, num_seqs, total_q);
   const Options o{heads_q, heads_q / c.heads_kv, (c.head_dim + kLanes - 1) / kLanes, max_blocks,
                   sliding_window, scale, softcap};
-  // kv-head-major: consecutive items read the same head of one sequence (prefill) or of sibling
-  // sequences that share prompt blocks (forked samples), so that KV is still in cache
+  // one item per query token, all kv heads: a tile's slots (every head's K and V rows) are read
+  // whole and stay in L1 while each head attends to them
   std::vector<Work> work;
-  work.reserve(total_q * c.heads_kv);
-  for (int64_t h = 0; h < c.heads_kv; ++h) {
-    for (int64_t b = 0; b < num_seqs; ++b) {
-      const int64_t first = context_lens[b] - (query_start[b + 1] - query_start[b]);
-      for (int64_t t = query_start[b]; t < query_start[b + 1]; ++t) work.push_back({b, t, first + t - query_start[b], h});
-    }
+  work.reserve(total_q);
+  for (int64_t b = 0; b < num_seqs; ++b) {
+    const int64_t first = context_lens[b] - (query_start[b + 1] - query_start[b]);
+    for (int64_t t = query_start[b]; t < query_start[b + 1]; ++t) work.push_back({b, t, first + t - query_start[b], 0});
   }
   const std::vector<PrefixGroup> groups =
       prefix_groups(c, block_tables, max_blocks, context_lens, query_start, num_seqs, sliding_window);
@@ -302,8 +334,8 @@ void paged_attention(const void* q, const void* k_cache, const void* v_cache, vo
   std::vector<float> saved(groups.empty() ? 0 : total_q * c.heads_kv * state_floats);
   size_t largest = 1;
   for (const PrefixGroup& g : groups) largest = std::max(largest, g.seqs.size());
-  const int64_t group_items = static_cast<int64_t>(groups.size()) * c.heads_kv;
-  const int64_t items = static_cast<int64_t>(work.size());
+  const int64_t H = c.heads_kv, row = H * c.head_dim;
+  const int64_t num_groups = static_cast<int64_t>(groups.size()), items = static_cast<int64_t>(work.size());
   vm::dispatch_dtype(dtype, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
     const T* qs = static_cast<const T*>(q);
@@ -319,56 +351,61 @@ void paged_attention(const void* q, const void* k_cache, const void* v_cache, vo
         default: body(std::integral_constant<int, 0>{});
       }
     };
-    auto state_slot = [&](int64_t token, int64_t h) { return saved.data() + (token * c.heads_kv + h) * state_floats; };
+    auto state_slot = [&](int64_t token, int64_t h) { return saved.data() + (token * H + h) * state_floats; };
+    const int64_t acc_floats = o.group * o.chunks * kLanes;
     auto save = [&](HeadState st, float* dst) {
-      std::memcpy(dst, st.acc, o.group * o.chunks * sizeof(f32x8));
-      std::memcpy(dst + o.group * o.chunks * kLanes, st.m, o.group * sizeof(float));
-      std::memcpy(dst + o.group * o.chunks * kLanes + o.group, st.l, o.group * sizeof(float));
+      std::memcpy(dst, st.acc, acc_floats * sizeof(float));
+      std::memcpy(dst + acc_floats, st.m, o.group * sizeof(float));
+      std::memcpy(dst + acc_floats + o.group, st.l, o.group * sizeof(float));
     };
     auto load = [&](HeadState st, const float* src) {
-      std::memcpy(st.acc, src, o.group * o.chunks * sizeof(f32x8));
-      std::memcpy(st.m, src + o.group * o.chunks * kLanes, o.group * sizeof(float));
-      std::memcpy(st.l, src + o.group * o.chunks * kLanes + o.group, o.group * sizeof(float));
+      std::memcpy(st.acc, src, acc_floats * sizeof(float));
+      std::memcpy(st.m, src + acc_floats, o.group * sizeof(float));
+      std::memcpy(st.l, src + acc_floats + o.group, o.group * sizeof(float));
     };
 #pragma omp parallel num_threads(std::max(num_threads, 1))
     {
-      Scratch scratch(o.group, o.chunks, static_cast<int64_t>(largest));
-      // 1. shared prefixes: every tile once for all the group's members
+      Scratch scratch(o.group, o.chunks, static_cast<int64_t>(largest) * H);
+      // 1. shared prefixes: each tile once for all the group's members and heads
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < group_items; ++i) {
-        const PrefixGroup& g = groups[i / c.heads_kv];
-        const int64_t h = i % c.heads_kv, members = static_cast<int64_t>(g.seqs.size());
-        for (int64_t s = 0; s < members; ++s) {
-          const int64_t b = g.seqs[s];
-          start_state(qs, Work{b, query_start[b], context_lens[b] - 1, h}, o, c.head_dim, scratch.state(s));
-        }
+      for (int64_t i = 0; i < num_groups; ++i) {
+        const PrefixGroup& g = groups[i];
+        const int64_t members = static_cast<int64_t>(g.seqs.size());
+        for (int64_t s = 0; s < members; ++s)
+          for (int64_t h = 0; h < H; ++h)
+            start_state(qs, Work{g.seqs[s], query_start[g.seqs[s]], 0, h}, o, c.head_dim, scratch.state(s * H + h));
         with_group([&](auto kgroup) {
-          for_each_tile(kc, vc, c, block_tables + g.seqs[0] * max_blocks, h, 0, g.prefix_blocks * c.block_size,
+          for_each_tile(kc, vc, c, block_tables + g.seqs[0] * max_blocks, 0, g.prefix_blocks * c.block_size,
                         [&](const T* k, const T* v, int64_t n) {
                           for (int64_t s = 0; s < members; ++s)
-                            attend_tile<decltype(kgroup)::value>(k, v, n, c.heads_kv * c.head_dim, c.head_dim, o,
-                                                                 scratch.state(s), scratch);
+                            for (int64_t h = 0; h < H; ++h)
+                              attend_tile<decltype(kgroup)::value>(k + h * c.head_dim, v + h * c.head_dim, n, row,
+                                                                   c.head_dim, o, scratch.state(s * H + h), scratch);
                         });
         });
-        for (int64_t s = 0; s < members; ++s) save(scratch.state(s), state_slot(query_start[g.seqs[s]], h));
+        for (int64_t s = 0; s < members; ++s)
+          for (int64_t h = 0; h < H; ++h) save(scratch.state(s * H + h), state_slot(query_start[g.seqs[s]], h));
       }
-      // 2. every (kv head, token): from its group's saved state, or from the start
+      // 2. every token: from its group's saved states, or from the start
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < items; ++i) {
         const Work& w = work[i];
-        const HeadState st = scratch.state(0);
-        start_state(qs, w, o, c.head_dim, st);
         const int64_t resume = resume_at[w.seq];
-        if (resume > 0) load(st, state_slot(w.token, w.kv_head));
+        for (int64_t h = 0; h < H; ++h) {
+          start_state(qs, Work{w.seq, w.token, w.position, h}, o, c.head_dim, scratch.state(h));
+          if (resume > 0) load(scratch.state(h), state_slot(w.token, h));
+        }
         const int64_t lo = o.window > 0 ? std::max<int64_t>(0, w.position - o.window + 1) : resume;
         with_group([&](auto kgroup) {
-          for_each_tile(kc, vc, c, block_tables + w.seq * max_blocks, w.kv_head, lo, w.position + 1,
+          for_each_tile(kc, vc, c, block_tables + w.seq * max_blocks, lo, w.position + 1,
                         [&](const T* k, const T* v, int64_t n) {
-                          attend_tile<decltype(kgroup)::value>(k, v, n, c.heads_kv * c.head_dim, c.head_dim, o, st,
-                                                               scratch);
+                          for (int64_t h = 0; h < H; ++h)
+                            attend_tile<decltype(kgroup)::value>(k + h * c.head_dim, v + h * c.head_dim, n, row,
+                                                                 c.head_dim, o, scratch.state(h), scratch);
                         });
         });
-        finish_state(static_cast<T*>(out), w, o, c.head_dim, st);
+        for (int64_t h = 0; h < H; ++h)
+          finish_state(static_cast<T*>(out), Work{w.seq, w.token, w.position, h}, o, c.head_dim, scratch.state(h));
       }
     }
   });
