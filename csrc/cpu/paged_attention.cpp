@@ -98,20 +98,25 @@ void start_state(const T* q, const Work& w, const Options& o, int64_t head_dim, 
 
 // One online-softmax step over n <= kTile consecutive positions whose K/V rows start at k, v.
 // kGroup > 0: the group size as a compile-time constant (loops over heads unroll, the logits'
-// accumulators stay in registers); 0: o.group at run time.
-template <int kGroup, class T>
+// accumulators stay in registers); 0: o.group at run time. kWholeChunks: head_dim is a multiple
+// of 8, so every chunk load is a plain vector load (no tail branch, which would keep the
+// compiler from holding the accumulators in registers).
+template <int kGroup, bool kWholeChunks, class T>
 void attend_tile(const T* k, const T* v, int64_t n, int64_t row, int64_t head_dim, const Options& o, HeadState st,
                  Scratch& sc) {
   const int64_t D = head_dim, G = kGroup > 0 ? kGroup : o.group, C = o.chunks;
   f32x8 local_dot[kUnroll * (kGroup > 0 ? kGroup : 1)];
   f32x8* dot = kGroup > 0 ? local_dot : sc.dot.data();
+  auto chunk = [&](const T* x, int64_t i) {
+    return kWholeChunks ? vm::load(x + i * kLanes) : vm::load(x + i * kLanes, D - i * kLanes, 0.f);
+  };
   for (int64_t j = 0; j < n; j += kUnroll) {  // logits of kUnroll positions: kUnroll G independent fma chains
     int64_t js[kUnroll];
     for (int64_t u = 0; u < kUnroll; ++u) js[u] = std::min(j + u, n - 1);  // tail: repeat the last position
     for (int64_t g = 0; g < kUnroll * G; ++g) dot[g] = f32x8{};
     for (int64_t i = 0; i < C; ++i) {
       f32x8 kv[kUnroll];
-      for (int64_t u = 0; u < kUnroll; ++u) kv[u] = vm::load(k + js[u] * row + i * kLanes, D - i * kLanes, 0.f);
+      for (int64_t u = 0; u < kUnroll; ++u) kv[u] = chunk(k + js[u] * row, i);
       for (int64_t g = 0; g < G; ++g) {
         const f32x8 qg = st.q[g * C + i];
         for (int64_t u = 0; u < kUnroll; ++u) dot[kUnroll * g + u] = vm::fma(qg, kv[u], dot[kUnroll * g + u]);
@@ -142,7 +147,7 @@ void attend_tile(const T* k, const T* v, int64_t n, int64_t row, int64_t head_di
   for (int64_t g = 0; g < G; ++g) {  // acc += e_j v_j: 4 accumulators at a time stay in registers
     const float* e = &sc.s[g * kTile];
     f32x8* acc = st.acc + g * C;
-    auto v_chunk = [&](int64_t j, int64_t i) { return vm::load(v + j * row + i * kLanes, D - i * kLanes, 0.f); };
+    auto v_chunk = [&](int64_t j, int64_t i) { return chunk(v + j * row, i); };
     int64_t i = 0;
     for (; i + 4 <= C; i += 4) {
       f32x8 a0 = acc[i], a1 = acc[i + 1], a2 = acc[i + 2], a3 = acc[i + 3];
@@ -341,14 +346,21 @@ void paged_attention(const void* q, const void* k_cache, const void* v_cache, vo
     const T* qs = static_cast<const T*>(q);
     const T* kc = static_cast<const T*>(k_cache);
     const T* vc = static_cast<const T*>(v_cache);
-    auto with_group = [&](auto&& body) {
-      switch (o.group) {  // the group sizes of common GQA models
-        case 1: body(std::integral_constant<int, 1>{}); break;
-        case 2: body(std::integral_constant<int, 2>{}); break;
-        case 3: body(std::integral_constant<int, 3>{}); break;
-        case 4: body(std::integral_constant<int, 4>{}); break;
-        case 8: body(std::integral_constant<int, 8>{}); break;
-        default: body(std::integral_constant<int, 0>{});
+    auto with_group = [&](auto&& body) {  // compile-time group size (common GQA groups) and chunking
+      auto sized = [&](auto group) {
+        if (c.head_dim % kLanes == 0) {
+          body(group, std::true_type{});
+        } else {
+          body(group, std::false_type{});
+        }
+      };
+      switch (o.group) {
+        case 1: sized(std::integral_constant<int, 1>{}); break;
+        case 2: sized(std::integral_constant<int, 2>{}); break;
+        case 3: sized(std::integral_constant<int, 3>{}); break;
+        case 4: sized(std::integral_constant<int, 4>{}); break;
+        case 8: sized(std::integral_constant<int, 8>{}); break;
+        default: sized(std::integral_constant<int, 0>{});
       }
     };
     auto state_slot = [&](int64_t token, int64_t h) { return saved.data() + (token * H + h) * state_floats; };
@@ -374,12 +386,12 @@ void paged_attention(const void* q, const void* k_cache, const void* v_cache, vo
         for (int64_t s = 0; s < members; ++s)
           for (int64_t h = 0; h < H; ++h)
             start_state(qs, Work{g.seqs[s], query_start[g.seqs[s]], 0, h}, o, c.head_dim, scratch.state(s * H + h));
-        with_group([&](auto kgroup) {
+        with_group([&](auto kgroup, auto whole) {
           for_each_tile(kc, vc, c, block_tables + g.seqs[0] * max_blocks, 0, g.prefix_blocks * c.block_size,
                         [&](const T* k, const T* v, int64_t n) {
                           for (int64_t s = 0; s < members; ++s)
                             for (int64_t h = 0; h < H; ++h)
-                              attend_tile<decltype(kgroup)::value>(k + h * c.head_dim, v + h * c.head_dim, n, row,
+                              attend_tile<decltype(kgroup)::value, decltype(whole)::value>(k + h * c.head_dim, v + h * c.head_dim, n, row,
                                                                    c.head_dim, o, scratch.state(s * H + h), scratch);
                         });
         });
@@ -396,11 +408,11 @@ void paged_attention(const void* q, const void* k_cache, const void* v_cache, vo
           if (resume > 0) load(scratch.state(h), state_slot(w.token, h));
         }
         const int64_t lo = o.window > 0 ? std::max<int64_t>(0, w.position - o.window + 1) : resume;
-        with_group([&](auto kgroup) {
+        with_group([&](auto kgroup, auto whole) {
           for_each_tile(kc, vc, c, block_tables + w.seq * max_blocks, lo, w.position + 1,
                         [&](const T* k, const T* v, int64_t n) {
                           for (int64_t h = 0; h < H; ++h)
-                            attend_tile<decltype(kgroup)::value>(k + h * c.head_dim, v + h * c.head_dim, n, row,
+                            attend_tile<decltype(kgroup)::value, decltype(whole)::value>(k + h * c.head_dim, v + h * c.head_dim, n, row,
                                                                  c.head_dim, o, scratch.state(h), scratch);
                         });
         });
