@@ -93,21 +93,28 @@ def _git_sha() -> str:
 
 
 def append_csv(path: Path, rows: list[dict]) -> None:
-    """Append result rows (with versions, git sha and a timestamp) to ``path``."""
+    """Append result rows (with versions, git sha and a timestamp) to ``path``. When the rows bring
+    columns the file lacks, the file is rewritten (atomically) under the union of the columns."""
     import sleepcore
 
     stamp = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": _git_sha(),
              "sleepcore": sleepcore.__version__, "torch": torch.__version__, "device": device_name()}
     rows = [{**stamp, **row} for row in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0])
-    exists = path.exists() and path.stat().st_size > 0
-    if exists:
-        with path.open() as handle:
-            header = next(csv.reader(handle), [])
-        fields = header + [f for f in fields if f not in header] if header else fields
-    with path.open("a", newline="") as handle:
+    old_rows, header = [], []
+    if path.exists() and path.stat().st_size > 0:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header, old_rows = list(reader.fieldnames or []), list(reader)
+    fields = header + [f for row in rows for f in row if f not in header]
+    fields = list(dict.fromkeys(fields))
+    if header and fields == header:
+        with path.open("a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore").writerows(rows)
+        return
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        if not exists:
-            writer.writeheader()
-        writer.writerows(rows)
+        writer.writeheader()
+        writer.writerows(old_rows + rows)
+    os.replace(temporary, path)
