@@ -35,7 +35,9 @@ def random_prompts(lengths, vocab=131, seed=1):
 
 
 def hf_greedy(model, prompt, max_new_tokens):
-    ids = torch.tensor([prompt])
+    """HF greedy decoding of one prompt: stops after an EOS token, like the engine without
+    ``ignore_eos`` (``min_new_tokens`` would instead mask EOS, which the engine never does)."""
+    ids = torch.tensor([prompt], device=model.device)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
-                         min_new_tokens=max_new_tokens, pad_token_id=0)
+                         pad_token_id=0)
     return out[0, len(prompt):].tolist()

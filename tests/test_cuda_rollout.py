@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny_models import CONFIGS, KV_BYTES, random_prompts, tiny_model
+from _tiny_models import CONFIGS, KV_BYTES, hf_greedy, random_prompts, tiny_model
 
 from sleepcore.ops import fused_linear_logprobs
 from sleepcore.rollout import Engine, SamplingParams
@@ -18,13 +18,9 @@ def test_greedy_matches_hf_generate_on_cuda(family):
     model = tiny_model(family).cuda()
     prompts = random_prompts([1, 9, 23, 40])
     engine = Engine(model, block_size=8, kv_memory_bytes=KV_BYTES)
-    outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
-                              progress=False)
+    outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12), progress=False)
     for prompt, output in zip(prompts, outputs):
-        ids = torch.tensor([prompt], device="cuda")
-        want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
-                              min_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
-        assert output.completions[0].token_ids == want
+        assert output.completions[0].token_ids == hf_greedy(model, prompt, 12)
 
 
 def test_sampled_logprobs_equal_trainer_logprobs_on_cuda():

@@ -83,8 +83,7 @@ def test_engine_decode_steps_use_flash_attn_when_enabled(fake_flash_attn, monkey
     model = tiny_model("gemma3")
     prompts = random_prompts([3, 11])
     engine = Engine(model, kv_memory_bytes=KV_BYTES)
-    outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True),
-                              progress=False)
+    outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=6), progress=False)
     for prompt, output in zip(prompts, outputs):
         assert output.completions[0].token_ids == hf_greedy(model, prompt, 6)
     assert len(calls) == 5 * 3 and all(shape[:2] == (2, 1) for shape in calls)  # 5 decode steps x 3 layers

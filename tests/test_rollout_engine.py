@@ -18,12 +18,12 @@ def test_greedy_matches_hf_generate(family, block_size, max_batch_tokens):
     model = tiny_model(family)
     prompts = random_prompts([1, 9, 23, 40])
     engine = Engine(model, block_size=block_size, kv_memory_bytes=KV_BYTES, max_batch_tokens=max_batch_tokens)
-    outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
-                              progress=False)
+    outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12), progress=False)
     for prompt, output in zip(prompts, outputs):
         completion = output.completions[0]
         assert completion.token_ids == hf_greedy(model, prompt, 12)
-        assert completion.finish_reason == "length"
+        ended_on_eos = completion.token_ids[-1] in engine.eos_token_ids
+        assert completion.finish_reason == ("stop" if ended_on_eos else "length")
         assert output.prompt_token_ids == prompt
 
 
@@ -106,8 +106,7 @@ def test_forward_hooks_and_step_hooks_apply():
     engine = Engine(model, kv_memory_bytes=KV_BYTES)
     steps = []
     step_handle = engine.add_step_hook(lambda eng, batch: steps.append(batch.input_ids.numel()))
-    hooked = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True),
-                             progress=False)
+    hooked = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=6), progress=False)
     assert hooked[0].completions[0].token_ids == hf_greedy(model, prompt, 6)
     assert steps == [10, 1, 1, 1, 1, 1]
     handle.remove()
