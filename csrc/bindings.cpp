@@ -114,4 +114,5 @@ PYBIND11_MODULE(_C, m) {
   sleepcore::bind_block_manager(m);
   sleepcore::bind_sampling(m);
   sleepcore::bind_paged_attention(m);
+  sleepcore::bind_text(m);
 }

@@ -5,8 +5,13 @@ import torch
 FP32 = dict(atol=1e-5, rtol=1e-4)
 
 
-def assert_close_fp32(actual, expected, name="value"):
-    torch.testing.assert_close(actual.float(), expected.float(), **FP32, msg=lambda m: f"{name}: {m}")
+def assert_close_fp32(actual, expected, name="value", *, accumulated=False):
+    """DESIGN.md's fp32 rule. ``accumulated=True`` is for sums over many rows (a weight gradient):
+    their rounding grows with the size of the terms, not of the result, so atol scales with the
+    largest |expected| (an element near zero that cancels terms of size 30 cannot be exact to 1e-5)."""
+    atol = FP32["atol"] * max(1.0, expected.abs().max().item()) if accumulated else FP32["atol"]
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=FP32["rtol"],
+                               msg=lambda m: f"{name}: {m}")
 
 
 def assert_low_precision(actual, expected, torch_same_dtype, name="value"):

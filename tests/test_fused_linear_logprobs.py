@@ -27,7 +27,7 @@ def test_matches_reference_with_grad_outputs(seed, vocab, temperature):
     got = torch.autograd.grad((logp * g_logp).sum() + (entropy * g_entropy).sum(), (hidden, weight, bias))
     want = torch.autograd.grad((ref_logp * g_logp).sum() + (ref_entropy * g_entropy).sum(), (hidden, weight, bias))
     for name, a, b in zip(("hidden", "weight", "bias"), got, want):
-        assert_close_fp32(a, b, f"grad_{name}")
+        assert_close_fp32(a, b, f"grad_{name}", accumulated=name == "weight")  # weight: a sum over 37 rows
     assert torch.all(logp <= 0) and torch.all(entropy >= 0)
     assert torch.all(logp[ids == -100] == 0) and torch.all(entropy[ids == -100] == 0)
 

@@ -87,9 +87,14 @@ def test_missing_package_message(tmp_path, monkeypatch, name, pip_hint):
 @pytest.mark.parametrize("requirement", ["gguf", "accelerate"])
 def test_missing_conversion_requirement_message(tmp_path, monkeypatch, requirement):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda mod, *a, **k: None if mod == requirement else real_find_spec(mod, *a, **k)
-    )
+    present = object()  # the other requirement counts as installed, whether or not it is here
+
+    def find_spec(mod, *args, **kwargs):
+        if mod == requirement:
+            return None
+        return present if mod in models._CONVERSION_REQUIREMENTS else real_find_spec(mod, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(models, "_installed_package_dir", lambda name: tmp_path)  # pretend it is installed
     message = f"converting model 'gemma3-270m' from GGUF needs the package {requirement}: pip install {requirement}"
     with pytest.raises(ModuleNotFoundError) as info:

@@ -1,0 +1,121 @@
+"""Configuration of the Continuum Memory System: the memory levels and the layers they sit on."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+#: Models with at least this many parameters get the paper's rank (64); smaller ones get 16.
+LARGE_MODEL_PARAMETERS = 1_000_000_000
+LARGE_MODEL_RANK = 64
+SMALL_MODEL_RANK = 16
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """One memory level: ``slots`` pre-allocated low-rank experts of rank ``rank`` per wrapped layer.
+
+    Args:
+        rank: expert rank ``r``, or None for automatic (64 for models of 1e9 parameters and up, else 16).
+        slots: number of pre-allocated experts per layer (the most that can be active at once).
+        period: ``C_l``, the number of tokens between this level's scheduled updates.
+        alpha: LoRA-style scale numerator: an expert's output is scaled by ``alpha / rank``.
+            None means ``2 * rank`` (the paper's r=64, alpha=128).
+    """
+
+    rank: int | None = None
+    slots: int = 4
+    period: int = 1024
+    alpha: float | None = None
+
+    def __post_init__(self):
+        if self.rank is not None and (not _is_int(self.rank) or self.rank < 1):
+            raise ValueError(f"rank must be a positive int or None, got {self.rank!r}")
+        if not _is_int(self.slots) or self.slots < 1:
+            raise ValueError(f"slots must be a positive int, got {self.slots!r}")
+        if not _is_int(self.period) or self.period < 1:
+            raise ValueError(f"period must be a positive int, got {self.period!r}")
+        if self.alpha is not None:
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                    or not math.isfinite(self.alpha) or self.alpha <= 0:
+                raise ValueError(f"alpha must be a positive finite number or None, got {self.alpha!r}")
+            object.__setattr__(self, "alpha", float(self.alpha))
+
+    def resolved(self, num_parameters: int) -> "LevelConfig":
+        """This level with ``rank`` and ``alpha`` made concrete for a model of ``num_parameters``."""
+        rank = self.rank
+        if rank is None:
+            rank = LARGE_MODEL_RANK if num_parameters >= LARGE_MODEL_PARAMETERS else SMALL_MODEL_RANK
+        alpha = 2.0 * rank if self.alpha is None else self.alpha
+        return dataclasses.replace(self, rank=rank, alpha=alpha)
+
+    @property
+    def scale(self) -> float:
+        """``alpha / rank`` of a resolved level."""
+        if self.rank is None or self.alpha is None:
+            raise ValueError("scale needs a resolved level (rank and alpha set); call resolved() first")
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The memory levels (fastest first, so periods strictly increase) and the layers they wrap.
+
+    Args:
+        levels: the memory levels, fastest first; a list is accepted and stored as a tuple.
+        layers: ``"all"`` to wrap every decoder layer's MLP, or the indices of the layers to wrap.
+        init_std: standard deviation of a new expert's ``A`` (its ``B`` starts at zero).
+    """
+
+    levels: tuple[LevelConfig, ...] = (LevelConfig(period=1024), LevelConfig(period=8192))
+    layers: str | tuple[int, ...] = "all"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if not isinstance(self.levels, (tuple, list)) or not self.levels:
+            raise ValueError(f"levels must be a non-empty tuple of LevelConfig, got {self.levels!r}")
+        if not all(isinstance(level, LevelConfig) for level in self.levels):
+            raise ValueError("levels must contain only LevelConfig items")
+        object.__setattr__(self, "levels", tuple(self.levels))
+        periods = [level.period for level in self.levels]
+        if any(slow <= fast for fast, slow in zip(periods, periods[1:])):
+            raise ValueError(f"levels must be ordered fastest first (strictly increasing period), got {periods}")
+        if isinstance(self.layers, str):
+            if self.layers != "all":
+                raise ValueError(f"layers must be 'all' or a tuple of layer indices, got {self.layers!r}")
+        else:
+            if not isinstance(self.layers, (tuple, list)) or not self.layers:
+                raise ValueError(f"layers must be 'all' or a non-empty tuple of layer indices, got {self.layers!r}")
+            if not all(_is_int(index) and index >= 0 for index in self.layers):
+                raise ValueError(f"layers must hold non-negative int indices, got {self.layers!r}")
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"layers must not repeat an index, got {self.layers!r}")
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) \
+                or not math.isfinite(self.init_std) or self.init_std <= 0:
+            raise ValueError(f"init_std must be a positive finite number, got {self.init_std!r}")
+        object.__setattr__(self, "init_std", float(self.init_std))
+
+    def resolved(self, num_parameters: int, num_layers: int) -> "MemoryConfig":
+        """This config with every level's rank/alpha concrete and ``layers`` an explicit sorted tuple.
+
+        Raises ``ValueError`` if a layer index is not below ``num_layers``.
+        """
+        if self.layers == "all":
+            layers = tuple(range(num_layers))
+        else:
+            bad = [index for index in self.layers if index >= num_layers]
+            if bad:
+                raise ValueError(f"layers {bad} out of range: the model has {num_layers} decoder layers")
+            layers = tuple(sorted(self.layers))
+        levels = tuple(level.resolved(num_parameters) for level in self.levels)
+        return dataclasses.replace(self, levels=levels, layers=layers)
+
+    def to_json_dict(self) -> dict:
+        """A JSON-serialisable dict of this config (tuples become lists)."""
+        return dataclasses.asdict(self)

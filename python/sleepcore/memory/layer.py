@@ -1,0 +1,103 @@
+"""``MemoryMLP``: a frozen MLP plus pre-allocated low-rank expert slots, one group per memory level.
+
+Every active expert ``e`` adds ``s_e * B_e @ A_e @ x`` with ``A_e: [r_e, d]``, ``B_e: [d, r_e]`` and
+``s_e = alpha_e / r_e``. The sum over experts is one product of concatenations:
+
+    sum_e s_e B_e A_e x = [B_1 | ... | B_E] @ (diag(s) @ [A_1; ...; A_E] @ x),
+
+so all active experts of all levels (whatever their ranks) cost two matmuls per layer.
+Each slot's ``A`` and ``B`` are separate parameters: the concatenation routes gradients only
+into the slots that took part, and an optimizer over one slot's parameters touches nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sleepcore.memory.config import LevelConfig
+
+
+class ExpertSlots(nn.Module):
+    """The ``slots`` experts of one level in one layer: ``A[s]: [r, d]``, ``B[s]: [d, r]``, zero at start.
+
+    ``active`` is a Python list of flags (the mask), so forward decisions need no tensor op.
+    """
+
+    def __init__(self, level: LevelConfig, d: int, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.rank = level.rank
+        self.scale = level.scale
+        self.A = nn.ParameterList(nn.Parameter(torch.zeros(level.rank, d, dtype=dtype, device=device))
+                                  for _ in range(level.slots))
+        self.B = nn.ParameterList(nn.Parameter(torch.zeros(d, level.rank, dtype=dtype, device=device))
+                                  for _ in range(level.slots))
+        self.active = [False] * level.slots
+
+    def extra_repr(self) -> str:
+        return f"slots={len(self.active)}, rank={self.rank}, scale={self.scale}, active={self.active}"
+
+
+class MemoryMLP(nn.Module):
+    """``y = base(x) + sum over active experts e of (alpha_e / r_e) * B_e(A_e(x))``.
+
+    ``x``: ``[..., d]`` in the parameters' dtype; ``y`` has the same shape. With no active
+    expert and no noise the forward is exactly ``base(x)`` (a Python-side check, no tensor op).
+
+    Args:
+        base: the original MLP (kept as ``.base``, called with every forward argument).
+        d: hidden size.
+        levels: resolved level configs (rank and alpha set), fastest first.
+        dtype, device: of the expert parameters (those of the base MLP).
+    """
+
+    def __init__(self, base: nn.Module, d: int, levels: tuple[LevelConfig, ...], dtype: torch.dtype,
+                 device: torch.device):
+        super().__init__()
+        self.base = base
+        self.levels = nn.ModuleList(ExpertSlots(level, d, dtype, device) for level in levels)
+        self.noise: tuple[Tensor, Tensor, float] | None = None  # (A [r, d], B [d, r], scale) while dreaming
+        self._num_terms = 0
+        self._scales: Tensor | None = None  # [R] per-rank-row scales, rebuilt when the active set changes
+
+    def set_active(self, level: int, slot: int, active: bool) -> None:
+        """Flip one slot's mask entry (no allocation)."""
+        self.levels[level].active[slot] = active
+        self._changed()
+
+    def set_noise(self, noise: tuple[Tensor, Tensor, float] | None) -> None:
+        """Add (or with None remove) one extra expert ``(A [r, d], B [d, r], scale)`` that is not a parameter."""
+        self.noise = noise
+        self._changed()
+
+    def _changed(self) -> None:
+        self._num_terms = sum(sum(level.active) for level in self.levels) + (self.noise is not None)
+        self._scales = None
+
+    def _terms(self) -> tuple[list[Tensor], list[Tensor], list[tuple[float, int]]]:
+        downs, ups, scales = [], [], []
+        for level in self.levels:
+            for slot, active in enumerate(level.active):
+                if active:
+                    downs.append(level.A[slot])
+                    ups.append(level.B[slot])
+                    scales.append((level.scale, level.rank))
+        if self.noise is not None:
+            down, up, scale = self.noise
+            downs.append(down)
+            ups.append(up)
+            scales.append((scale, down.shape[0]))
+        return downs, ups, scales
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        out = self.base(x, *args, **kwargs)
+        if self._num_terms == 0:
+            return out
+        downs, ups, scales = self._terms()
+        down = downs[0] if len(downs) == 1 else torch.cat(downs, dim=0)  # [R, d]
+        up = ups[0] if len(ups) == 1 else torch.cat(ups, dim=1)  # [d, R]
+        if self._scales is None or self._scales.device != down.device or self._scales.dtype != down.dtype:
+            values = [scale for scale, rank in scales for _ in range(rank)]
+            self._scales = torch.tensor(values, dtype=down.dtype, device=down.device)
+        return out + F.linear(F.linear(x, down) * self._scales, up)
