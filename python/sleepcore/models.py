@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "cache_path", "load_model", "packaged_models"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "cache_path", "load_model", "packaged_models", "tiny_model"]
 
 #: ``config.json`` ``model_type`` values :func:`load_model` accepts (Llama, Qwen2, Qwen3, Gemma-3 text).
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3_text")
@@ -228,3 +228,28 @@ def _drop_gguf_quantization_marker(model) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+
+
+def tiny_model(corpus: list[str], *, vocab_size: int = 512, seed: int = 0):
+    """A tiny random Llama and a byte-level BPE tokenizer trained on ``corpus``, built offline in a
+    second: for tests and ``sleepcore demo --tiny`` (the pipeline runs; the model knows nothing).
+
+    Returns ``(model, tokenizer)``; the model is fp32, on CPU, in eval mode, with 2 layers of width 64.
+    """
+    from tokenizers import Tokenizer, decoders, models as token_models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if not corpus or not all(isinstance(text, str) for text in corpus):
+        raise ValueError("corpus must be a non-empty list of strings")
+    bpe = Tokenizer(token_models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval(), tokenizer

@@ -86,10 +86,10 @@ def linear_chunks(
     """
     rows, vocab = hidden.shape[0], weight.shape[0]
     compute_grad = grad_hidden or grad_weight or grad_bias
-    empty = hidden.new_empty(0)
-    hidden_grad = torch.empty_like(hidden) if grad_hidden else empty
-    weight_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grad_weight else empty
-    bias_grad = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if grad_bias else empty
+    # a fresh empty tensor per absent gradient: custom-op outputs must not alias one another
+    hidden_grad = torch.empty_like(hidden) if grad_hidden else hidden.new_empty(0)
+    weight_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grad_weight else hidden.new_empty(0)
+    bias_grad = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if grad_bias else hidden.new_empty(0)
     buffer = hidden.new_empty(min(chunk_size, rows), vocab)
     for start in range(0, rows, chunk_size):
         stop = min(rows, start + chunk_size)
@@ -104,8 +104,8 @@ def linear_chunks(
             _accumulate_outer(weight_grad, logits.t(), chunk_hidden)
         if grad_bias:
             bias_grad += logits.sum(0, dtype=torch.float32)
-    weight_grad = weight_grad.to(weight.dtype) if grad_weight else empty
-    bias_grad = bias_grad.to(bias.dtype) if grad_bias else empty
+    weight_grad = weight_grad.to(weight.dtype) if grad_weight else weight_grad
+    bias_grad = bias_grad.to(bias.dtype) if grad_bias else bias_grad
     return hidden_grad, weight_grad, bias_grad
 
 

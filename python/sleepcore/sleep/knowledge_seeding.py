@@ -1,0 +1,200 @@
+"""Knowledge Seeding: upward self-distillation into a new low-rank expert (METHOD.md §3).
+
+Loss form of the objective (minimised):
+
+    L = alpha * JSD_beta(teacher || student) + (1 - alpha) * L_LTI
+
+* The distillation term is GKD: a fraction ``on_policy`` of the replay sequences are re-sampled
+  from the student, the rest are the teacher's samples; per-token generalized JSD on the response
+  tokens through ``ops.fused_linear_jsd`` on both selves' final hidden states (shared lm_head).
+* The LTI term: each teacher sample is cut at a random point; the student completes the prefix
+  ``completions`` times (rollout engine); each completion is rewarded against the teacher's own
+  continuation (``imitation_reward``); group-normalised advantages go through
+  ``losses.FusedLinearPolicyLoss`` (GRPO clipping, importance ratio against the rollout policy,
+  which is the student at sampling time).
+
+The teacher is the current model (new expert off) with the wake document in its context; the
+student is the same model with the new expert on and no document. Only the new expert trains.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from sleepcore.losses import FusedLinearPolicyLoss
+from sleepcore.ops import fused_linear_jsd, group_advantages
+from sleepcore.rollout import Engine, SamplingParams
+from sleepcore.sleep.config import KnowledgeSeedingConfig
+from sleepcore.sleep.prompts import ReplayPrompt
+from sleepcore.sleep.rewards import imitation_reward
+
+
+@dataclass
+class ReplaySample:
+    """A teacher sample: token ids of both prompts and of the response (teacher-sampled)."""
+
+    student_prompt: list[int]
+    teacher_prompt: list[int]
+    response: list[int]
+
+
+def _padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, :len(sequence)] = torch.tensor(sequence)
+        mask[row, :len(sequence)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def response_hidden(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Final hidden states ``[N, H]`` at the positions that predict the response tokens (N = total
+    response length), in order."""
+    ids, mask = _padded([p + r for p, r in zip(prompts, responses)], pad_id, model.device)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    rows = [b * ids.shape[1] + len(p) - 1 + t for b, (p, r) in enumerate(zip(prompts, responses))
+            for t in range(len(r))]
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, torch.tensor(rows, device=hidden.device))
+
+
+class KnowledgeSeeding:
+    """One consolidation: teacher samples, then optimisation steps on the new expert.
+
+    Args:
+        model, tokenizer: the wrapped Hugging Face model and its tokenizer.
+        memory: its :class:`~sleepcore.memory.ContinuumMemory`; ``level``/``slot`` is the new expert.
+        engine: a :class:`~sleepcore.rollout.Engine` on ``model``.
+        config: :class:`KnowledgeSeedingConfig`.
+    """
+
+    def __init__(self, model, tokenizer, memory, engine: Engine, config: KnowledgeSeedingConfig, *, level: int,
+                 slot: int, seed: int = 0):
+        self.model, self.tokenizer, self.memory, self.engine, self.config = model, tokenizer, memory, engine, config
+        self.level, self.slot = level, slot
+        self.rng = random.Random(seed)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.head = model.get_output_embeddings().weight
+        self.policy_loss = FusedLinearPolicyLoss("grpo", temperature=config.sample_temperature,
+                                                 eps_low=config.clip_eps, eps_high=config.clip_eps)
+        self.optimizer = torch.optim.AdamW(memory.trainable(level, slot), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+
+    # ------------------------------------------------------------------ the two selves
+    @contextmanager
+    def teacher(self):
+        """The smaller self: the new expert off."""
+        self.memory.deactivate(self.level, self.slot)
+        try:
+            yield
+        finally:
+            self.memory.activate(self.level, self.slot)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    # ------------------------------------------------------------------ replay set
+    def sample_replay(self, prompts: list[ReplayPrompt], *, progress: bool = True) -> list[ReplaySample]:
+        """Teacher samples of every prompt (``samples_per_prompt`` each)."""
+        c = self.config
+        params = SamplingParams(n=c.samples_per_prompt, temperature=c.sample_temperature,
+                                max_tokens=c.max_new_tokens, seed=self.rng.randrange(1 << 62))
+        teacher_ids = [self._encode(p.teacher) for p in prompts]
+        with self.teacher():
+            outputs = self.engine.generate(teacher_ids, params, progress=progress)
+        samples = []
+        for prompt, ids, output in zip(prompts, teacher_ids, outputs):
+            student_ids = self._encode(prompt.student)
+            for completion in output.completions:
+                if len(completion.token_ids) >= 2:
+                    samples.append(ReplaySample(student_ids, ids, list(completion.token_ids)))
+        return samples
+
+    # ------------------------------------------------------------------ one step
+    def step(self, batch: list[ReplaySample]) -> dict:
+        """One AdamW step on a batch of replay samples; returns the step's metrics."""
+        c = self.config
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        gkd, kl, responses, gkd_tokens = self._distillation_term(batch)
+        lti, reward, lti_tokens = self._imitation_term(batch) if c.alpha < 1 else (torch.zeros(()), float("nan"), 0)
+        loss = c.alpha * gkd + (1 - c.alpha) * lti
+        loss.backward()
+        self.optimizer.step()
+        seconds = time.perf_counter() - started
+        return {"loss": loss.item(), "gkd": gkd.item(), "lti": lti.item(), "reward": reward, "kl_teacher": kl,
+                "tokens": gkd_tokens + lti_tokens, "tokens_per_s": (gkd_tokens + lti_tokens) / seconds,
+                "seconds": seconds}
+
+    @torch.no_grad()
+    def replay_kl(self, samples: list[ReplaySample]) -> float:
+        """Mean per-token KL(teacher || student) on the teacher's own responses (the replay set)."""
+        responses = [sample.response for sample in samples]
+        with self.teacher():
+            teacher = response_hidden(self.model, [s.teacher_prompt for s in samples], responses, self.pad_id)
+        student = response_hidden(self.model, [s.student_prompt for s in samples], responses, self.pad_id)
+        return float(fused_linear_jsd(student, self.head, teacher, self.head, beta=0.0,
+                                      temperature=self.config.temperature))
+
+    def _distillation_term(self, batch):
+        c = self.config
+        responses = [sample.response for sample in batch]
+        on_policy = [i for i in range(len(batch)) if self.rng.random() < c.on_policy]
+        if on_policy:
+            params = SamplingParams(temperature=c.sample_temperature, max_tokens=c.max_new_tokens,
+                                    seed=self.rng.randrange(1 << 62))
+            outputs = self.engine.generate([batch[i].student_prompt for i in on_policy], params, progress=False)
+            for i, output in zip(on_policy, outputs):
+                if output.completions[0].token_ids:
+                    responses[i] = list(output.completions[0].token_ids)
+        with torch.no_grad(), self.teacher():
+            teacher = response_hidden(self.model, [s.teacher_prompt for s in batch], responses, self.pad_id)
+        student = response_hidden(self.model, [s.student_prompt for s in batch], responses, self.pad_id)
+        loss = fused_linear_jsd(student, self.head, teacher, self.head, beta=c.beta, temperature=c.temperature)
+        with torch.no_grad():
+            kl = fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
+                                  temperature=c.temperature)
+        return loss, float(kl), responses, student.shape[0]
+
+    def _imitation_term(self, batch):
+        c = self.config
+        prefixes, targets = [], []
+        for sample in batch:
+            cut = self.rng.randint(1, len(sample.response) - 1)
+            prefixes.append(sample.student_prompt + sample.response[:cut])
+            targets.append(sample.response[cut:])
+        params = [SamplingParams(n=c.completions, temperature=c.sample_temperature, max_tokens=len(target),
+                                 seed=self.rng.randrange(1 << 62)) for target in targets]
+        outputs = self.engine.generate(prefixes, params, progress=False)
+        prompts, completions, old_logp, references = [], [], [], []
+        for prefix, target, output in zip(prefixes, targets, outputs):
+            for completion in output.completions:
+                prompts.append(prefix)
+                completions.append(list(completion.token_ids))
+                old_logp.append(list(completion.logprobs))
+                references.append(target)
+        decode = self.tokenizer.decode
+        rewards = imitation_reward(completions, references, gamma=c.gamma, z0=c.z0,
+                                   completion_texts=[decode(x, skip_special_tokens=True) for x in completions],
+                                   reference_texts=[decode(x, skip_special_tokens=True) for x in references])
+        advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), c.completions)
+        hidden = response_hidden(self.model, prompts, completions, self.pad_id)
+        device = hidden.device
+        rows = torch.tensor([b for b, x in enumerate(completions) for _ in x], device=device)
+        cols = torch.tensor([t for x in completions for t in range(len(x))], device=device)
+        shape = (len(completions), max(map(len, completions)))
+        padded = hidden.new_zeros(*shape, hidden.shape[-1]).index_put((rows, cols), hidden)
+        token_ids = torch.zeros(shape, dtype=torch.long, device=device).index_put(
+            (rows, cols), torch.tensor([t for x in completions for t in x], device=device))
+        old = torch.zeros(shape, device=device).index_put(
+            (rows, cols), torch.tensor([v for x in old_logp for v in x], device=device))
+        mask = torch.zeros(shape, dtype=torch.bool, device=device).index_put(
+            (rows, cols), torch.ones_like(rows, dtype=torch.bool))
+        loss = self.policy_loss(padded, self.head, token_ids, old, advantages.to(device), mask)
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        return loss, sum(rewards) / len(rewards), hidden.shape[0]

@@ -1,0 +1,130 @@
+"""``Sleeper``: wake (collect documents), then sleep (compute, consolidate, update; METHOD.md §2).
+
+With the in-context teacher (``SleepConfig.teacher = "context"``) the wake buffer is the zeroth
+memory level: a sleep seeds its documents into a new expert of ``receiver_level`` by Knowledge
+Seeding, then activates that expert for good and empties the buffer. The running state (step,
+RNG states, optimiser, replay set, memory, buffer) is checkpointed atomically to
+``SleepConfig.output_dir``; an interrupted sleep resumes where its last checkpoint left it and
+draws the same batches an uninterrupted run would. Each optimisation step appends one JSON line
+to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from sleepcore.rollout import Engine, SamplingParams
+from sleepcore.sleep import checkpoint
+from sleepcore.sleep.config import SleepConfig
+from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
+from sleepcore.sleep.prompts import (continuation_prompts, question_requests, self_question_prompts)
+
+_BUILDERS = ("continuation", "self_question")
+
+
+class Sleeper:
+    """Wake/sleep cycle of a model wrapped with Continuum Memory.
+
+    Args:
+        model, tokenizer: a Hugging Face causal LM (already wrapped by ``memory``) and its tokenizer.
+        memory: its :class:`~sleepcore.memory.ContinuumMemory`.
+        config: :class:`SleepConfig`.
+        engine: a rollout engine on ``model`` (default: a new one).
+    """
+
+    def __init__(self, model, tokenizer, memory, config: SleepConfig | None = None, *, engine: Engine | None = None):
+        self.config = config or SleepConfig()
+        unknown = sorted(set(self.config.prompt_builders) - set(_BUILDERS))
+        if unknown:
+            raise ValueError(f"prompt_builders {unknown} unknown; choose from {_BUILDERS}")
+        if self.config.teacher != "context":
+            raise NotImplementedError("teacher='memory' (a trained fast level as teacher) is not implemented yet; "
+                                      "use teacher='context'")
+        self.model, self.tokenizer, self.memory = model, tokenizer, memory
+        self.engine = engine or Engine(model, tokenizer)
+        self.buffer: list[str] = []
+        self.sleeps = 0
+
+    def wake(self, documents) -> None:
+        """Appends documents (strings) to the wake buffer; they stay in the teacher's context until
+        the next sleep consolidates them."""
+        if isinstance(documents, str):
+            documents = [documents]
+        documents = list(documents)
+        if not documents or not all(isinstance(d, str) and d.strip() for d in documents):
+            raise ValueError("documents must be a non-empty list of non-empty strings")
+        self.buffer.extend(documents)
+
+    def sleep(self, *, progress: bool = True) -> dict:
+        """Consolidates the wake buffer into a new expert; returns a summary of the sleep."""
+        if not self.buffer:
+            raise ValueError("the wake buffer is empty: call wake(documents) before sleep()")
+        c = self.config
+        root = Path(c.output_dir) / f"sleep-{self.sleeps:03d}" if c.output_dir else None
+        resumed = checkpoint.latest_checkpoint(root) if root else None
+        state = checkpoint.load_checkpoint(resumed, self.memory) if resumed else None
+        slot = state["slot"] if state else self.memory.new_expert(c.receiver_level)
+        if state:
+            self.buffer = state["buffer"]
+        seeding = KnowledgeSeeding(self.model, self.tokenizer, self.memory, self.engine, c.seeding,
+                                   level=c.receiver_level, slot=slot, seed=c.seed + self.sleeps)
+        if state:
+            seeding.optimizer.load_state_dict(state["optimizer"])
+            replay, start, history = state["replay"], state["step"], state["history"]
+            seeding.rng.setstate(state["seeding_rng"])
+            checkpoint.restore_rng_state(state["rng"])
+            # steps logged after that checkpoint are redone: the log restarts from its history
+            checkpoint.atomic_write_text(root / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        else:
+            replay = seeding.sample_replay(self._prompts(seeding), progress=progress)
+            start, history = 0, []
+        if not replay:
+            raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")
+        rng = random.Random(c.seed)
+        batches = [rng.sample(replay, min(len(replay), c.seeding.batch_size)) for _ in range(c.seeding.steps)]
+        kl_before = state["kl_before"] if state else seeding.replay_kl(replay)
+        bar = tqdm(range(start, c.seeding.steps), desc=f"sleep {self.sleeps}", unit="step", disable=not progress,
+                   initial=start, total=c.seeding.steps)
+        for step in bar:
+            metrics = {"sleep": self.sleeps, "step": step + 1, **seeding.step(batches[step])}
+            history.append(metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl_teacher']:.3f}")
+            if root:
+                self._log(root, metrics)
+                if (step + 1) % c.checkpoint_every == 0 or step + 1 == c.seeding.steps:
+                    checkpoint.save_checkpoint(root, step + 1, {
+                        "slot": slot, "buffer": self.buffer, "replay": replay, "history": history, "kl_before": kl_before,
+                        "optimizer": seeding.optimizer.state_dict(), "seeding_rng": seeding.rng.getstate(),
+                        "rng": checkpoint.rng_state()}, self.memory)
+        summary = {"sleep": self.sleeps, "level": c.receiver_level, "slot": slot, "documents": len(self.buffer),
+                   "replay_samples": len(replay), "steps": c.seeding.steps, "kl_before": kl_before,
+                   "kl_after": seeding.replay_kl(replay), "history": history}
+        self.buffer = []  # consolidated: the documents leave the context
+        self.sleeps += 1
+        return summary
+
+    # ------------------------------------------------------------------ internals
+    def _prompts(self, seeding: KnowledgeSeeding):
+        c = self.config
+        rng = random.Random(c.seed)
+        prompts = []
+        if "continuation" in c.prompt_builders:
+            prompts += continuation_prompts(self.buffer, rng, per_document=2)
+        if "self_question" in c.prompt_builders:
+            params = SamplingParams(n=2, temperature=0.7, max_tokens=32, seed=c.seed)
+            with seeding.teacher():
+                outputs = self.engine.generate(question_requests(self.buffer), params, progress=False)
+            asked = [[completion.text or "" for completion in output.completions] for output in outputs]
+            prompts += self_question_prompts(self.buffer, asked)
+        rng.shuffle(prompts)
+        return prompts[:c.max_prompts]
+
+    @staticmethod
+    def _log(root: Path, metrics: dict) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
