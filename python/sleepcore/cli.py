@@ -1,6 +1,7 @@
-"""``sleepcore`` command line: ``sleepcore info`` and ``sleepcore bench distill|policy [options]``.
+"""``sleepcore`` command line: ``sleepcore demo [--tiny]``, ``sleepcore info`` and
+``sleepcore bench distill|policy|rollout [options]``.
 
-(``sleepcore demo``, ``run`` and ``eval`` arrive with the sleep cycle; see the README's status.)
+(``sleepcore run`` and ``sleepcore eval knowledge`` are not built yet; see the README's status.)
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sleepcore", description="sleepcore: fused kernels for LLM sleep cycles")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print build_info() as JSON")
+    demo = commands.add_parser("demo", help="read 20 new biographies, sleep once, answer closed-book (SmolLM2)")
+    demo.add_argument("--tiny", action="store_true", help="a tiny random model: the same pipeline in seconds")
+    demo.add_argument("--people", type=int, default=None, help="biographies to learn (default 20; 3 with --tiny)")
+    demo.add_argument("--output-dir", default="sleepcore-demo", help="checkpoints, metrics and demo.json")
     bench = commands.add_parser("bench", help="run a benchmark (extra options go to it; see --help there)")
-    bench.add_argument("name", choices=["distill", "policy"])
+    bench.add_argument("name", choices=["distill", "policy", "rollout"])
     args, rest = parser.parse_known_args(argv)
+    if args.command == "demo" and not rest:
+        return _demo(args)
     if args.command == "info":
         from sleepcore import build_info
 
@@ -25,9 +32,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if rest and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from sleepcore.benchmarks import distill, policy
+    from sleepcore.benchmarks import distill, policy, rollout
 
-    {"distill": distill, "policy": policy}[args.name].main(rest)
+    {"distill": distill, "policy": policy, "rollout": rollout}[args.name].main(rest)
+    return 0
+
+
+def _demo(args) -> int:
+    """One error line, with what to do, for the failures a user can fix."""
+    from sleepcore.demo import run_demo
+
+    try:
+        run_demo(tiny=args.tiny, people=args.people, output_dir=args.output_dir)
+    except ModuleNotFoundError as error:
+        print(f"sleepcore demo: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
