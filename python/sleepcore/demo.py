@@ -20,7 +20,7 @@ from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.knowledge_eval import evaluate, train_on_passages
 
-DEMO_SEEDING = KnowledgeSeedingConfig(steps=16, batch_size=4, max_new_tokens=40, completions=4,
+DEMO_SEEDING = KnowledgeSeedingConfig(steps=12, batch_size=4, max_new_tokens=40, completions=4,
                                       samples_per_prompt=1, learning_rate=2e-3)
 TINY_SEEDING = KnowledgeSeedingConfig(steps=3, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
 
@@ -46,20 +46,20 @@ def run_demo(*, tiny: bool = False, people: int | None = None, output_dir: str |
     engine = Engine(model, tokenizer, kv_memory_bytes=(64 if tiny else 1024) << 20)
     output = Path(output_dir)
     shutil.rmtree(output / "sleep", ignore_errors=True)  # a demo starts afresh (its own folder only)
-    results = {"base": evaluate(engine, tokenizer, dataset),
-               "in-context (ceiling)": evaluate(engine, tokenizer, dataset, in_context=True)}
-    config = SleepConfig(seeding=TINY_SEEDING if tiny else DEMO_SEEDING, max_prompts=4 if tiny else 48,
+    results = {"base": evaluate(engine, tokenizer, dataset, progress=progress),
+               "in-context (ceiling)": evaluate(engine, tokenizer, dataset, in_context=True, progress=progress)}
+    config = SleepConfig(seeding=TINY_SEEDING if tiny else DEMO_SEEDING, max_prompts=4 if tiny else 32,
                          output_dir=str(output / "sleep"))
     sleeper = Sleeper(model, tokenizer, memory, config, engine=engine)
     sleeper.wake(documents)
     summary = sleeper.sleep(progress=progress)
-    results["sleep (Knowledge Seeding)"] = evaluate(engine, tokenizer, dataset)
+    results["sleep (Knowledge Seeding)"] = evaluate(engine, tokenizer, dataset, progress=progress)
     tokens = sum(step["tokens"] for step in summary["history"])
     memory.deactivate(config.receiver_level, summary["slot"])
     sft_slot = memory.new_expert(config.receiver_level)
     train_on_passages(model, tokenizer, memory.trainable(config.receiver_level, sft_slot), documents, tokens=tokens,
                       learning_rate=config.seeding.learning_rate, progress=progress)
-    results["SFT on passages (same tokens)"] = evaluate(engine, tokenizer, dataset)
+    results["SFT on passages (same tokens)"] = evaluate(engine, tokenizer, dataset, progress=progress)
     report = {"model": "tiny random" if tiny else "smollm2-135m-instruct", "people": len(dataset.people),
               "trained_tokens": tokens, "kl_before": summary["kl_before"], "kl_after": summary["kl_after"],
               "seconds": time.perf_counter() - started, "results": results}

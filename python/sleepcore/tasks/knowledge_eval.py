@@ -24,13 +24,14 @@ def newline_ids(tokenizer) -> tuple[int, ...]:
                  if isinstance(i, int) and i != tokenizer.unk_token_id and tokenizer.decode([i]) == "\n")
 
 
-def answer(engine: Engine, tokenizer, prompts: list[str]) -> list[str]:
+def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = False) -> list[str]:
     params = SamplingParams(temperature=0.0, max_tokens=ANSWER_TOKENS, stop_token_ids=newline_ids(tokenizer))
-    outputs = engine.generate(prompts, params, progress=False)
+    outputs = engine.generate(prompts, params, progress=progress)
     return [(output.completions[0].text or "").strip() for output in outputs]
 
 
-def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context: bool = False) -> dict:
+def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context: bool = False,
+             progress: bool = False) -> dict:
     """EM, token-F1 and containment on the 1-hop questions, and EM/containment on the 2-hop ones."""
     def context(question):
         if not in_context:
@@ -40,7 +41,8 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
 
     scores = {}
     for name, questions in (("one_hop", dataset.questions), ("two_hop", dataset.two_hop_questions)):
-        predictions = answer(engine, tokenizer, [prompt_for(q, context=context(q)) for q in questions])
+        predictions = answer(engine, tokenizer, [prompt_for(q, context=context(q)) for q in questions],
+                             progress=progress)
         scores[name] = aggregate(predictions, [q.answer for q in questions])
     return scores
 
