@@ -97,3 +97,14 @@ def test_bad_input_is_refused():
         SleepConfig.from_dict({"sleepiness": 3})
     with pytest.raises(ValueError, match="teacher"):
         SleepConfig(teacher="oracle")
+
+
+def test_question_format_uses_the_chat_template_when_there_is_one():
+    from sleepcore.sleep.prompts import qa_prompt
+
+    _, tokenizer = tiny_model(DATASET.passages, seed=0)
+    assert qa_prompt(tokenizer, " Who? ") == "Question: Who?\nAnswer:"
+    assert qa_prompt(tokenizer, "Who?", "Some text.") == "Some text.\n\nQuestion: Who?\nAnswer:"
+    tokenizer.chat_template = "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}<assistant>"
+    assert qa_prompt(tokenizer, "Who?", "Some text.") == \
+        "<user>Some text.\n\nAnswer with a short phrase only.\nQuestion: Who?<assistant>"

@@ -16,7 +16,27 @@ import random
 import re
 from dataclasses import dataclass
 
-QUESTION_REQUEST = "Write one short question about a fact in the text above.\nQuestion:"
+QUESTION_REQUEST = "Write one short question about a fact in the text above."
+SHORT_ANSWER = "Answer with a short phrase only."
+
+
+def chat_turn(tokenizer, content: str) -> str | None:
+    """``content`` as one user turn with the assistant's turn opened, through the tokenizer's chat
+    template (instruct models answer far better that way); None without a template."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def qa_prompt(tokenizer, question: str, context: str | None = None) -> str:
+    """A question (closed-book, or after ``context``): a chat turn asking for a short answer, or
+    without a chat template ``[context]\n\nQuestion: ...\nAnswer:``. Sleep's replay questions and
+    the knowledge evaluation use this one format."""
+    question = question.strip()
+    prefix = f"{context}\n\n" if context else ""
+    chat = chat_turn(tokenizer, f"{prefix}{SHORT_ANSWER}\nQuestion: {question}")
+    return chat if chat is not None else f"{prefix}Question: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -37,11 +57,6 @@ def with_context(document: str, prompt: str) -> str:
     return f"{document}\n\n{prompt}"
 
 
-def question_prompt(question: str) -> str:
-    """The closed-book question format (also the evaluation's)."""
-    return f"Question: {question.strip()}\nAnswer:"
-
-
 def continuation_prompts(documents: list[str], rng: random.Random, per_document: int) -> list[ReplayPrompt]:
     prompts = []
     for index, document in enumerate(documents):
@@ -53,12 +68,17 @@ def continuation_prompts(documents: list[str], rng: random.Random, per_document:
     return prompts
 
 
-def question_requests(documents: list[str]) -> list[str]:
+def question_requests(documents: list[str], tokenizer=None) -> list[str]:
     """Teacher prompts asking for a question about each document (for ``self_question``)."""
-    return [with_context(document, QUESTION_REQUEST) for document in documents]
+    requests = []
+    for document in documents:
+        content = with_context(document, QUESTION_REQUEST)
+        chat = chat_turn(tokenizer, content)
+        requests.append(chat if chat is not None else content + "\nQuestion:")
+    return requests
 
 
-def self_question_prompts(documents: list[str], questions: list[list[str]]) -> list[ReplayPrompt]:
+def self_question_prompts(documents: list[str], questions: list[list[str]], tokenizer=None) -> list[ReplayPrompt]:
     """Replay prompts from the teacher's sampled questions (``questions[i]``: about document i)."""
     prompts = []
     for index, (document, asked) in enumerate(zip(documents, questions)):
@@ -66,6 +86,6 @@ def self_question_prompts(documents: list[str], questions: list[list[str]]) -> l
             question = question.strip().split("\n")[0].strip()
             if len(question) < 8:  # an empty or broken sample is no question
                 continue
-            prompt = question_prompt(question)
-            prompts.append(ReplayPrompt(prompt, with_context(document, prompt), index, "self_question"))
+            prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, document),
+                                        index, "self_question"))
     return prompts

@@ -117,9 +117,10 @@ class Sleeper:
         if "self_question" in c.prompt_builders:
             params = SamplingParams(n=2, temperature=0.7, max_tokens=32, seed=c.seed)
             with seeding.teacher():
-                outputs = self.engine.generate(question_requests(self.buffer), params, progress=False)
+                outputs = self.engine.generate(question_requests(self.buffer, self.tokenizer), params,
+                                               progress=False)
             asked = [[completion.text or "" for completion in output.completions] for output in outputs]
-            prompts += self_question_prompts(self.buffer, asked)
+            prompts += self_question_prompts(self.buffer, asked, self.tokenizer)
         rng.shuffle(prompts)
         return prompts[:c.max_prompts]
 

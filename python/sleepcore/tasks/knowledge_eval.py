@@ -1,8 +1,9 @@
 """Closed-book QA on the biographies, and the SFT baseline a sleep is compared with.
 
-Answers are greedy through the rollout engine and end at the first newline or EOS. The in-context
-ceiling puts the person's passage (and, for 2-hop questions, the employer's passage) before the
-question; closed-book puts nothing.
+Answers are greedy through the rollout engine and end at the first newline or EOS. Questions use
+``sleep.prompts.qa_prompt`` (the tokenizer's chat template when it has one), the format sleep's
+replay questions use too. The in-context ceiling puts the person's passage (and, for 2-hop
+questions, the employer's passage) before the question; closed-book puts nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from tqdm.auto import tqdm
 
 from sleepcore.ops import fused_linear_logprobs
 from sleepcore.rollout import Engine, SamplingParams
-from sleepcore.tasks.biographies import BiographyDataset, prompt_for
+from sleepcore.sleep.prompts import qa_prompt
+from sleepcore.tasks.biographies import BiographyDataset
 from sleepcore.tasks.metrics import aggregate
 
 ANSWER_TOKENS = 16
@@ -41,7 +43,7 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
 
     scores = {}
     for name, questions in (("one_hop", dataset.questions), ("two_hop", dataset.two_hop_questions)):
-        predictions = answer(engine, tokenizer, [prompt_for(q, context=context(q)) for q in questions],
+        predictions = answer(engine, tokenizer, [qa_prompt(tokenizer, q.text, context(q)) for q in questions],
                              progress=progress)
         scores[name] = aggregate(predictions, [q.answer for q in questions])
     return scores
