@@ -1,7 +1,7 @@
-"""``sleepcore`` command line: ``sleepcore demo [--tiny]``, ``sleepcore info`` and
-``sleepcore bench distill|policy|rollout [options]``.
+"""``sleepcore`` command line: ``sleepcore demo [--tiny]``, ``sleepcore run --config FILE.toml``,
+``sleepcore info`` and ``sleepcore bench distill|policy|rollout [options]``.
 
-(``sleepcore run`` and ``sleepcore eval knowledge`` are not built yet; see the README's status.)
+(``sleepcore eval knowledge`` is not built yet; see the README's status.)
 """
 
 from __future__ import annotations
@@ -20,11 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--tiny", action="store_true", help="a tiny random model: the same pipeline in seconds")
     demo.add_argument("--people", type=int, default=None, help="biographies to learn (default 20; 3 with --tiny)")
     demo.add_argument("--output-dir", default="sleepcore-demo", help="checkpoints, metrics and demo.json")
+    run = commands.add_parser("run", help="wake on documents and sleep on a schedule (see sleepcore/run.py)")
+    run.add_argument("--config", required=True, help="a TOML file: output_dir, [model], [documents], [schedule], "
+                                                     "[memory], [sleep]")
     bench = commands.add_parser("bench", help="run a benchmark (extra options go to it; see --help there)")
     bench.add_argument("name", choices=["distill", "policy", "rollout"])
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo" and not rest:
         return _demo(args)
+    if args.command == "run" and not rest:
+        return _run(args)
     if args.command == "info":
         from sleepcore import build_info
 
@@ -35,6 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     from sleepcore.benchmarks import distill, policy, rollout
 
     {"distill": distill, "policy": policy, "rollout": rollout}[args.name].main(rest)
+    return 0
+
+
+def _run(args) -> int:
+    from sleepcore.run import ConfigError, run
+
+    try:
+        run(args.config)
+    except (ConfigError, ModuleNotFoundError) as error:
+        print(f"sleepcore run: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # an unsupported architecture or a bad model path, from loading
+        print(f"sleepcore run: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
