@@ -44,14 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from sleepcore.run import ConfigError, run
+    from sleepcore.run import run
 
     try:
         run(args.config)
-    except (ConfigError, ModuleNotFoundError) as error:
-        print(f"sleepcore run: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:  # an unsupported architecture or a bad model path, from loading
+    except (ModuleNotFoundError, ValueError) as error:  # ValueError: run.ConfigError, or a model path/type
         print(f"sleepcore run: {error}", file=sys.stderr)
         return 1
     return 0

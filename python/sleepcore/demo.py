@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
 from sleepcore.rollout import Engine
 from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
 from sleepcore.sleep.sleeper import Sleeper
@@ -25,23 +26,13 @@ DEMO_SEEDING = KnowledgeSeedingConfig(steps=12, batch_size=4, max_new_tokens=40,
 TINY_SEEDING = KnowledgeSeedingConfig(steps=3, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
 
 
-def load(tiny: bool, corpus: list[str]):
-    if tiny:
-        from sleepcore.models import tiny_model
-
-        return tiny_model(corpus)
-    from sleepcore.models import load_model
-
-    return load_model("smollm2-135m-instruct")
-
-
 def run_demo(*, tiny: bool = False, people: int | None = None, output_dir: str | os.PathLike = "sleepcore-demo",
              progress: bool = True) -> dict:
     """Runs the demo; returns ``{method: scores}`` and writes ``<output_dir>/demo.json``."""
     started = time.perf_counter()
     dataset = generate_biographies(BiographyConfig(num_people=people or (3 if tiny else 20), seed=0))
     documents = dataset.passages + dataset.company_passages
-    model, tokenizer = load(tiny, documents)
+    model, tokenizer = load_model_or_tiny("tiny" if tiny else DEFAULT_MODEL, documents)
     memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(slots=2, period=1024),)))
     engine = Engine(model, tokenizer, kv_memory_bytes=(64 if tiny else 1024) << 20)
     output = Path(output_dir)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "cache_path", "load_model", "packaged_models", "tiny_model"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "cache_path", "load_model", "load_model_or_tiny", "packaged_models", "tiny_model"]
 
 #: ``config.json`` ``model_type`` values :func:`load_model` accepts (Llama, Qwen2, Qwen3, Gemma-3 text).
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3_text")
@@ -253,3 +253,9 @@ def tiny_model(corpus: list[str], *, vocab_size: int = 512, seed: int = 0):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                          bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True)
     return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def load_model_or_tiny(name: str, corpus: list[str]):
+    """``tiny_model(corpus)`` for ``name == "tiny"``, else ``load_model(name)``: the model choice of
+    ``sleepcore demo`` and ``sleepcore run``."""
+    return tiny_model(corpus) if name == "tiny" else load_model(name)

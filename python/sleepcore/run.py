@@ -27,6 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
 from sleepcore.rollout import Engine
 from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.sleeper import Sleeper
@@ -96,16 +97,6 @@ def _memory_config(values: dict) -> MemoryConfig:
     return MemoryConfig(levels=(LevelConfig(**values),))
 
 
-def _load_model(name: str, documents: list[str]):
-    if name == "tiny":
-        from sleepcore.models import tiny_model
-
-        return tiny_model(documents)
-    from sleepcore.models import load_model
-
-    return load_model(name)
-
-
 def run(config_path: str | os.PathLike, *, progress: bool = True) -> dict:
     """Runs the configured wake/sleep schedule; returns the report (also ``report.json``)."""
     values = load_config(config_path)
@@ -119,7 +110,7 @@ def run(config_path: str | os.PathLike, *, progress: bool = True) -> dict:
         memory_config = _memory_config(values.get("memory", {}))
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from None
-    model, tokenizer = _load_model(values["model"].get("name", "smollm2-135m-instruct"), documents)
+    model, tokenizer = load_model_or_tiny(values["model"].get("name", DEFAULT_MODEL), documents)
     memory = ContinuumMemory.wrap(model, memory_config)
     sleeper = Sleeper(model, tokenizer, memory, sleep_config, engine=Engine(model, tokenizer))
     sleeps = []

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from sleepcore.losses import FusedLinearPolicyLoss
 from sleepcore.ops import fused_linear_jsd, group_advantages
@@ -43,7 +44,8 @@ class ReplaySample:
     response: list[int]
 
 
-def _padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask``, both int64 ``[B, max length]``."""
     width = max(map(len, sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(sequences), width, dtype=torch.long)
@@ -56,7 +58,7 @@ def _padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
 def response_hidden(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> torch.Tensor:
     """Final hidden states ``[N, H]`` at the positions that predict the response tokens (N = total
     response length), in order."""
-    ids, mask = _padded([p + r for p, r in zip(prompts, responses)], pad_id, model.device)
+    ids, mask = padded_batch([p + r for p, r in zip(prompts, responses)], pad_id, model.device)
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     rows = [b * ids.shape[1] + len(p) - 1 + t for b, (p, r) in enumerate(zip(prompts, responses))
             for t in range(len(r))]
@@ -121,7 +123,7 @@ class KnowledgeSeeding:
         c = self.config
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        gkd, kl, responses, gkd_tokens = self._distillation_term(batch)
+        gkd, kl, gkd_tokens = self._distillation_term(batch)
         lti, reward, lti_tokens = self._imitation_term(batch) if c.alpha < 1 else (torch.zeros(()), float("nan"), 0)
         loss = c.alpha * gkd + (1 - c.alpha) * lti
         loss.backward()
@@ -159,7 +161,7 @@ class KnowledgeSeeding:
         with torch.no_grad():
             kl = fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
                                   temperature=c.temperature)
-        return loss, float(kl), responses, student.shape[0]
+        return loss, float(kl), student.shape[0]
 
     def _imitation_term(self, batch):
         c = self.config
@@ -184,17 +186,14 @@ class KnowledgeSeeding:
                                    reference_texts=[decode(x, skip_special_tokens=True) for x in references])
         advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), c.completions)
         hidden = response_hidden(self.model, prompts, completions, self.pad_id)
-        device = hidden.device
-        rows = torch.tensor([b for b, x in enumerate(completions) for _ in x], device=device)
-        cols = torch.tensor([t for x in completions for t in range(len(x))], device=device)
-        shape = (len(completions), max(map(len, completions)))
-        padded = hidden.new_zeros(*shape, hidden.shape[-1]).index_put((rows, cols), hidden)
-        token_ids = torch.zeros(shape, dtype=torch.long, device=device).index_put(
-            (rows, cols), torch.tensor([t for x in completions for t in x], device=device))
-        old = torch.zeros(shape, device=device).index_put(
-            (rows, cols), torch.tensor([v for x in old_logp for v in x], device=device))
-        mask = torch.zeros(shape, dtype=torch.bool, device=device).index_put(
-            (rows, cols), torch.ones_like(rows, dtype=torch.bool))
-        loss = self.policy_loss(padded, self.head, token_ids, old, advantages.to(device), mask)
+        device, lengths = hidden.device, [len(x) for x in completions]
+
+        def padded(rows, value=0):  # [B, T] (or [B, T, H]) from one row per completion
+            return pad_sequence(rows, batch_first=True, padding_value=value)
+
+        token_ids = padded([torch.tensor(x, device=device) for x in completions])
+        mask = padded([torch.ones(n, dtype=torch.bool, device=device) for n in lengths], False)
+        old = padded([torch.tensor(x, device=device) for x in old_logp])
+        loss = self.policy_loss(padded(hidden.split(lengths)), self.head, token_ids, old, advantages.to(device), mask)
         loss = loss[0] if isinstance(loss, tuple) else loss
         return loss, sum(rewards) / len(rewards), hidden.shape[0]

@@ -9,10 +9,12 @@ questions, the employer's passage) before the question; closed-book puts nothing
 from __future__ import annotations
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from sleepcore.ops import fused_linear_logprobs
 from sleepcore.rollout import Engine, SamplingParams
+from sleepcore.sleep.knowledge_seeding import padded_batch
 from sleepcore.sleep.prompts import qa_prompt
 from sleepcore.tasks.biographies import BiographyDataset
 from sleepcore.tasks.metrics import aggregate
@@ -61,15 +63,11 @@ def train_on_passages(model, tokenizer, parameters, passages: list[str], *, toke
     while trained < tokens:
         batch = [encoded[(step * batch_size + i) % len(encoded)] for i in range(batch_size)]
         step += 1
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-        targets = torch.full((len(batch), width), -100, dtype=torch.long)
-        for row, sequence in enumerate(batch):
-            ids[row, :len(sequence)] = torch.tensor(sequence)
-            targets[row, :len(sequence) - 1] = torch.tensor(sequence[1:])
-        mask = (torch.arange(width)[None] < torch.tensor([len(s) for s in batch])[:, None]).long()
-        hidden = model.base_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
-        logp, _ = fused_linear_logprobs(hidden, head, targets.to(model.device), return_entropy=False)
+        ids, mask = padded_batch(batch, tokenizer.pad_token_id or 0, model.device)
+        targets = pad_sequence([torch.tensor(sequence[1:] + [-100]) for sequence in batch], batch_first=True,
+                               padding_value=-100).to(model.device)
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logp, _ = fused_linear_logprobs(hidden, head, targets, return_entropy=False)
         count = int((targets != -100).sum())
         loss = -logp.sum() / count
         optimizer.zero_grad(set_to_none=True)
