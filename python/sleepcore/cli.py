@@ -1,8 +1,6 @@
 """``sleepcore`` command line: ``sleepcore demo [--tiny]``, ``sleepcore run --config FILE.toml``,
-``sleepcore info`` and ``sleepcore bench distill|policy|rollout [options]``.
-
-(``sleepcore eval knowledge`` is not built yet; see the README's status.)
-"""
+``sleepcore eval knowledge [options]``, ``sleepcore info`` and ``sleepcore bench
+distill|policy|rollout [options]``."""
 
 from __future__ import annotations
 
@@ -23,6 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="wake on documents and sleep on a schedule (see sleepcore/run.py)")
     run.add_argument("--config", required=True, help="a TOML file: output_dir, [model], [documents], [schedule], "
                                                      "[memory], [sleep]")
+    evaluation = commands.add_parser("eval", help="evaluation suites")
+    suites = evaluation.add_subparsers(dest="suite", required=True)
+    knowledge = suites.add_parser("knowledge", help="base, in-context, SFT, GKD and Knowledge Seeding at one budget")
+    knowledge.add_argument("--model", default=None, help="packaged name or local folder (default SmolLM2-135M)")
+    knowledge.add_argument("--tiny", action="store_true", help="a tiny random model and a small protocol")
+    knowledge.add_argument("--sleeps", default=None, help="people per sleep, in order (default 1,50)")
+    knowledge.add_argument("--methods", default=None, help="comma-separated subset of base,in-context,sft,gkd,ks")
+    knowledge.add_argument("--tokens-per-document", type=int, default=None, help="the sleep budget (default 300)")
+    knowledge.add_argument("--output-dir", default="sleepcore-eval", help="checkpoints, knowledge.json/.png")
     bench = commands.add_parser("bench", help="run a benchmark (extra options go to it; see --help there)")
     bench.add_argument("name", choices=["distill", "policy", "rollout"])
     args, rest = parser.parse_known_args(argv)
@@ -30,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "run" and not rest:
         return _run(args)
+    if args.command == "eval" and not rest:
+        return _eval_knowledge(args)
     if args.command == "info":
         from sleepcore import build_info
 
@@ -50,6 +59,20 @@ def _run(args) -> int:
         run(args.config)
     except (ModuleNotFoundError, ValueError) as error:  # ValueError: run.ConfigError, or a model path/type
         print(f"sleepcore run: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _eval_knowledge(args) -> int:
+    from sleepcore.eval_knowledge import config_from_arguments, run_knowledge_eval
+    from sleepcore.models import DEFAULT_MODEL
+
+    try:
+        config = config_from_arguments(args.tiny, args.sleeps, args.methods, args.tokens_per_document)
+        model = "tiny" if args.tiny else (args.model or DEFAULT_MODEL)
+        run_knowledge_eval(model, config, output_dir=args.output_dir)
+    except (ModuleNotFoundError, ValueError) as error:
+        print(f"sleepcore eval knowledge: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -161,6 +161,20 @@ class ContinuumMemory:
                              "allocated_parameters": level.slots * per_expert}
         return counts
 
+    @contextlib.contextmanager
+    def switched_off(self) -> Iterator[None]:
+        """Inside the context no expert of any level is active (the original model); on exit the
+        experts that were active are active again."""
+        self._check_wrapped()
+        active = [(level, slot) for level in range(len(self.config.levels)) for slot in self.active_slots(level)]
+        for expert in active:
+            self.deactivate(*expert)
+        try:
+            yield
+        finally:
+            for expert in active:
+                self.activate(*expert)
+
     # --- dreaming noise --------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -38,7 +38,9 @@ class KnowledgeSeedingConfig:
     r_abs`` with the Levenshtein threshold ``z0`` (a fraction of the longer sequence), PPO clip
     ``clip_eps``. Replay set: ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each, at
     ``sample_temperature``. Optimisation: ``steps`` AdamW steps of ``batch_size`` sequences at
-    ``learning_rate`` on the new expert only.
+    ``learning_rate`` on the new expert only; with ``token_budget`` the sleep stops as soon as that
+    many tokens are trained (``steps`` is then an upper bound), which is how methods are compared at
+    the same budget.
     """
 
     alpha: float = 0.5
@@ -56,6 +58,7 @@ class KnowledgeSeedingConfig:
     batch_size: int = 8
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    token_budget: int | None = None
 
     def __post_init__(self):
         for name in ("alpha", "beta", "on_policy", "gamma", "z0"):
@@ -65,6 +68,8 @@ class KnowledgeSeedingConfig:
         for name in ("temperature", "sample_temperature", "learning_rate", "clip_eps"):
             _positive(name, getattr(self, name))
         _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        if self.token_budget is not None:
+            _positive_int("token_budget", self.token_budget)
 
 
 @dataclass
@@ -73,9 +78,16 @@ class SleepConfig:
     running state is checkpointed, and the seed.
 
     ``teacher`` is ``"context"`` (the wake documents in the teacher's context: the zeroth memory
-    level) or ``"memory"`` (the fast level's experts, without the documents). ``prompt_builders``
-    name the replay prompt builders (see :mod:`sleepcore.sleep.prompts`). ``checkpoint_every``
+    level) or ``"memory"`` (the fast level's experts, without the documents; it needs
+    ``wake_updates`` and a ``receiver_level`` other than ``wake_level``). ``prompt_builders`` name
+    the replay prompt builders (see :mod:`sleepcore.sleep.prompts`). ``checkpoint_every``
     optimisation steps, the state is written atomically to ``output_dir``.
+
+    Wake (METHOD.md §1): with ``wake_updates`` the fast level ``wake_level`` learns online, every
+    ``wake_period`` tokens (``C_1``; None: that level's ``LevelConfig.period``) taking
+    ``wake_steps`` AdamW steps at ``wake_learning_rate`` on batches of ``wake_batch_size``
+    sequences of the recent window (see :mod:`sleepcore.sleep.wake`). Without it the fast memory
+    is the context alone.
     """
 
     seeding: KnowledgeSeedingConfig = field(default_factory=KnowledgeSeedingConfig)
@@ -86,6 +98,12 @@ class SleepConfig:
     checkpoint_every: int = 10
     output_dir: str | None = None
     seed: int = 0
+    wake_updates: bool = False
+    wake_level: int = 0
+    wake_period: int | None = None
+    wake_steps: int = 4
+    wake_learning_rate: float = 1e-3
+    wake_batch_size: int = 4
 
     def __post_init__(self):
         if isinstance(self.seeding, dict):
@@ -99,6 +117,19 @@ class SleepConfig:
         _positive_int("max_prompts", self.max_prompts)
         _positive_int("checkpoint_every", self.checkpoint_every)
         _check(isinstance(self.seed, int), "seed", "an int", self.seed)
+        _check(isinstance(self.wake_updates, bool), "wake_updates", "a bool", self.wake_updates)
+        _check(isinstance(self.wake_level, int) and not isinstance(self.wake_level, bool) and self.wake_level >= 0,
+               "wake_level", "an int >= 0", self.wake_level)
+        if self.wake_period is not None:
+            _positive_int("wake_period", self.wake_period)
+        _positive_int("wake_steps", self.wake_steps)
+        _positive("wake_learning_rate", self.wake_learning_rate)
+        _positive_int("wake_batch_size", self.wake_batch_size)
+        if self.teacher == "memory":
+            _check(self.wake_updates, "wake_updates", "True for teacher='memory' (a memory teacher needs a "
+                   "trained fast level)", self.wake_updates)
+            _check(self.receiver_level != self.wake_level, "receiver_level",
+                   f"other than wake_level ({self.wake_level}) for teacher='memory'", self.receiver_level)
 
     @classmethod
     def from_dict(cls, values: dict) -> "SleepConfig":

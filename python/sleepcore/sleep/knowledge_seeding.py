@@ -13,14 +13,18 @@ Loss form of the objective (minimised):
   ``losses.FusedLinearPolicyLoss`` (GRPO clipping, importance ratio against the rollout policy,
   which is the student at sampling time).
 
-The teacher is the current model (new expert off) with the wake document in its context; the
-student is the same model with the new expert on and no document. Only the new expert trains.
+The teacher is the current model (new expert off): with the wake document in its context (the
+in-context teacher), or with the fast level's experts on (``teacher_experts``, the memory teacher).
+The student is the same model with the new expert on, the teacher experts off and no document.
+Only the new expert trains. The teacher never changes during a sleep, so its final hidden states on
+its own samples are computed once, when the replay set is drawn, and reused by every step.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -34,14 +38,18 @@ from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.prompts import ReplayPrompt
 from sleepcore.sleep.rewards import imitation_reward
 
+_TEACHER_BATCH = 16  # replay samples per teacher forward when caching its hidden states
+
 
 @dataclass
 class ReplaySample:
-    """A teacher sample: token ids of both prompts and of the response (teacher-sampled)."""
+    """A teacher sample: token ids of both prompts and of the response (teacher-sampled), and the
+    teacher's final hidden states ``[len(response), H]`` (fp32, CPU) predicting the response."""
 
     student_prompt: list[int]
     teacher_prompt: list[int]
     response: list[int]
+    teacher_hidden: torch.Tensor | None = None
 
 
 def padded_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,12 +81,19 @@ class KnowledgeSeeding:
         memory: its :class:`~sleepcore.memory.ContinuumMemory`; ``level``/``slot`` is the new expert.
         engine: a :class:`~sleepcore.rollout.Engine` on ``model``.
         config: :class:`KnowledgeSeedingConfig`.
+        teacher_experts: ``(level, slot)`` experts that are on in the teacher only (the memory
+            teacher's fast level); they are switched off for the student on construction.
     """
 
     def __init__(self, model, tokenizer, memory, engine: Engine, config: KnowledgeSeedingConfig, *, level: int,
-                 slot: int, seed: int = 0):
+                 slot: int, seed: int = 0, teacher_experts: Sequence[tuple[int, int]] = ()):
         self.model, self.tokenizer, self.memory, self.engine, self.config = model, tokenizer, memory, engine, config
         self.level, self.slot = level, slot
+        self.teacher_experts = [tuple(expert) for expert in teacher_experts]
+        if (level, slot) in self.teacher_experts:
+            raise ValueError(f"teacher_experts must not contain the new expert {(level, slot)}")
+        for expert in self.teacher_experts:
+            memory.deactivate(*expert)
         self.rng = random.Random(seed)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.head = model.get_output_embeddings().weight
@@ -90,11 +105,15 @@ class KnowledgeSeeding:
     # ------------------------------------------------------------------ the two selves
     @contextmanager
     def teacher(self):
-        """The smaller self: the new expert off."""
+        """The smaller self: the new expert off, the teacher experts on."""
         self.memory.deactivate(self.level, self.slot)
+        for expert in self.teacher_experts:
+            self.memory.activate(*expert)
         try:
             yield
         finally:
+            for expert in self.teacher_experts:
+                self.memory.deactivate(*expert)
             self.memory.activate(self.level, self.slot)
 
     def _encode(self, text: str) -> list[int]:
@@ -102,7 +121,8 @@ class KnowledgeSeeding:
 
     # ------------------------------------------------------------------ replay set
     def sample_replay(self, prompts: list[ReplayPrompt], *, progress: bool = True) -> list[ReplaySample]:
-        """Teacher samples of every prompt (``samples_per_prompt`` each)."""
+        """Teacher samples of every prompt (``samples_per_prompt`` each), with the teacher's hidden
+        states on them."""
         c = self.config
         params = SamplingParams(n=c.samples_per_prompt, temperature=c.sample_temperature,
                                 max_tokens=c.max_new_tokens, seed=self.rng.randrange(1 << 62))
@@ -115,6 +135,13 @@ class KnowledgeSeeding:
             for completion in output.completions:
                 if len(completion.token_ids) >= 2:
                     samples.append(ReplaySample(student_ids, ids, list(completion.token_ids)))
+        with torch.no_grad(), self.teacher():
+            for start in range(0, len(samples), _TEACHER_BATCH):
+                chunk = samples[start:start + _TEACHER_BATCH]
+                hidden = response_hidden(self.model, [s.teacher_prompt for s in chunk], [s.response for s in chunk],
+                                         self.pad_id).float().cpu()
+                for sample, rows in zip(chunk, hidden.split([len(s.response) for s in chunk])):
+                    sample.teacher_hidden = rows.clone()
         return samples
 
     # ------------------------------------------------------------------ one step
@@ -136,12 +163,16 @@ class KnowledgeSeeding:
     @torch.no_grad()
     def replay_kl(self, samples: list[ReplaySample]) -> float:
         """Mean per-token KL(teacher || student) on the teacher's own responses (the replay set)."""
-        responses = [sample.response for sample in samples]
-        with self.teacher():
-            teacher = response_hidden(self.model, [s.teacher_prompt for s in samples], responses, self.pad_id)
-        student = response_hidden(self.model, [s.student_prompt for s in samples], responses, self.pad_id)
-        return float(fused_linear_jsd(student, self.head, teacher, self.head, beta=0.0,
-                                      temperature=self.config.temperature))
+        total, tokens = 0.0, 0
+        for start in range(0, len(samples), _TEACHER_BATCH):
+            chunk = samples[start:start + _TEACHER_BATCH]
+            responses = [sample.response for sample in chunk]
+            teacher = self._teacher_hidden(chunk, responses, [])
+            student = response_hidden(self.model, [s.student_prompt for s in chunk], responses, self.pad_id)
+            total += float(fused_linear_jsd(student, self.head, teacher, self.head, beta=0.0,
+                                            temperature=self.config.temperature, reduction="sum"))
+            tokens += student.shape[0]
+        return total / max(tokens, 1)
 
     def _distillation_term(self, batch):
         c = self.config
@@ -154,14 +185,27 @@ class KnowledgeSeeding:
             for i, output in zip(on_policy, outputs):
                 if output.completions[0].token_ids:
                     responses[i] = list(output.completions[0].token_ids)
-        with torch.no_grad(), self.teacher():
-            teacher = response_hidden(self.model, [s.teacher_prompt for s in batch], responses, self.pad_id)
+        teacher = self._teacher_hidden(batch, responses, on_policy)
         student = response_hidden(self.model, [s.student_prompt for s in batch], responses, self.pad_id)
         loss = fused_linear_jsd(student, self.head, teacher, self.head, beta=c.beta, temperature=c.temperature)
         with torch.no_grad():
             kl = fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
                                   temperature=c.temperature)
         return loss, float(kl), student.shape[0]
+
+    def _teacher_hidden(self, batch: list[ReplaySample], responses: list[list[int]], on_policy: list[int]):
+        """Teacher hidden states ``[sum(len(responses)), H]``: cached for the teacher's own samples, a
+        teacher forward for the student-sampled (on-policy) ones."""
+        rows = [sample.teacher_hidden for sample in batch]
+        if on_policy:
+            with torch.no_grad(), self.teacher():
+                fresh = response_hidden(self.model, [batch[i].teacher_prompt for i in on_policy],
+                                        [responses[i] for i in on_policy], self.pad_id)
+            for i, hidden in zip(on_policy, fresh.split([len(responses[i]) for i in on_policy])):
+                rows[i] = hidden
+        if any(row is None for row in rows):
+            raise ValueError("replay samples need teacher_hidden (draw them with sample_replay)")
+        return torch.cat([row.to(self.head.device, self.head.dtype) for row in rows])
 
     def _imitation_term(self, batch):
         c = self.config

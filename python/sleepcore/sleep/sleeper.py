@@ -2,15 +2,21 @@
 
 With the in-context teacher (``SleepConfig.teacher = "context"``) the wake buffer is the zeroth
 memory level: a sleep seeds its documents into a new expert of ``receiver_level`` by Knowledge
-Seeding, then activates that expert for good and empties the buffer. The running state (step,
-RNG states, optimiser, replay set, memory, buffer) is checkpointed atomically to
-``SleepConfig.output_dir``; an interrupted sleep resumes where its last checkpoint left it and
-draws the same batches an uninterrupted run would. Each optimisation step appends one JSON line
-to ``metrics.jsonl``.
+Seeding, then activates that expert for good and empties the buffer. With ``wake_updates`` the
+fast level also learns online during wake (:mod:`sleepcore.sleep.wake`). With the memory teacher
+(``teacher = "memory"``) the fast level is the sender: a sleep first trains it on the window
+still pending, then seeds from the model with the fast experts on and no document in context
+(replay prompts are the student's), and finally resets the fast level (experts, window, count).
+The documents stay in the question-writing prompts of ``self_question``: the wake buffer the
+model may still read while asleep. The running state (step, RNG states, optimiser, replay set,
+memory, buffer, fast-level window) is checkpointed atomically to ``SleepConfig.output_dir``; an
+interrupted sleep resumes where its last checkpoint left it and draws the same batches an
+uninterrupted run would. Each optimisation step appends one JSON line to ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -22,6 +28,7 @@ from sleepcore.sleep import checkpoint
 from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.prompts import (continuation_prompts, question_requests, self_question_prompts)
+from sleepcore.sleep.wake import FastLevelLearner
 
 _BUILDERS = ("continuation", "self_question")
 
@@ -34,6 +41,11 @@ class Sleeper:
         memory: its :class:`~sleepcore.memory.ContinuumMemory`.
         config: :class:`SleepConfig`.
         engine: a rollout engine on ``model`` (default: a new one).
+
+    Attributes:
+        buffer: the documents woken on since the last sleep.
+        fast: the :class:`~sleepcore.sleep.wake.FastLevelLearner` (None without ``wake_updates``).
+        sleeps: sleeps completed.
     """
 
     def __init__(self, model, tokenizer, memory, config: SleepConfig | None = None, *, engine: Engine | None = None):
@@ -41,23 +53,24 @@ class Sleeper:
         unknown = sorted(set(self.config.prompt_builders) - set(_BUILDERS))
         if unknown:
             raise ValueError(f"prompt_builders {unknown} unknown; choose from {_BUILDERS}")
-        if self.config.teacher != "context":
-            raise NotImplementedError("teacher='memory' (a trained fast level as teacher) is not implemented yet; "
-                                      "use teacher='context'")
         self.model, self.tokenizer, self.memory = model, tokenizer, memory
         self.engine = engine or Engine(model, tokenizer)
+        self.fast = FastLevelLearner(model, tokenizer, memory, self.config) if self.config.wake_updates else None
         self.buffer: list[str] = []
         self.sleeps = 0
 
-    def wake(self, documents) -> None:
-        """Appends documents (strings) to the wake buffer; they stay in the teacher's context until
-        the next sleep consolidates them."""
+    def wake(self, documents, *, progress: bool = False) -> int:
+        """Appends documents (strings) to the wake buffer; they stay there (the in-context teacher's
+        context, the question writer's material) until the next sleep consolidates them. With
+        ``wake_updates`` the fast level trains on them every ``C_1`` tokens. Returns the number of
+        fast-level updates run (0 without ``wake_updates``)."""
         if isinstance(documents, str):
             documents = [documents]
         documents = list(documents)
         if not documents or not all(isinstance(d, str) and d.strip() for d in documents):
             raise ValueError("documents must be a non-empty list of non-empty strings")
         self.buffer.extend(documents)
+        return self.fast.observe(documents, progress=progress) if self.fast else 0
 
     def sleep(self, *, progress: bool = True) -> dict:
         """Consolidates the wake buffer into a new expert; returns a summary of the sleep."""
@@ -67,11 +80,18 @@ class Sleeper:
         root = Path(c.output_dir) / f"sleep-{self.sleeps:03d}" if c.output_dir else None
         resumed = checkpoint.latest_checkpoint(root) if root else None
         state = checkpoint.load_checkpoint(resumed, self.memory) if resumed else None
-        slot = state["slot"] if state else self.memory.new_expert(c.receiver_level)
         if state:
             self.buffer = state["buffer"]
+            if self.fast:
+                self.fast.load_state_dict(state["wake"])
+        elif c.teacher == "memory" and self.fast.window:
+            self.fast.update(progress=progress)  # the sender's pending update: the teacher holds every document
+        slot = state["slot"] if state else self.memory.new_expert(c.receiver_level)
+        fast_slot = self.fast.slot if self.fast else None
+        teacher_experts = [(c.wake_level, fast_slot)] if c.teacher == "memory" and fast_slot is not None else []
         seeding = KnowledgeSeeding(self.model, self.tokenizer, self.memory, self.engine, c.seeding,
-                                   level=c.receiver_level, slot=slot, seed=c.seed + self.sleeps)
+                                   level=c.receiver_level, slot=slot, seed=c.seed + self.sleeps,
+                                   teacher_experts=teacher_experts)
         if state:
             seeding.optimizer.load_state_dict(state["optimizer"])
             replay, start, history = state["replay"], state["step"], state["history"]
@@ -89,21 +109,29 @@ class Sleeper:
         kl_before = state["kl_before"] if state else seeding.replay_kl(replay)
         bar = tqdm(range(start, c.seeding.steps), desc=f"sleep {self.sleeps}", unit="step", disable=not progress,
                    initial=start, total=c.seeding.steps)
+        budget = c.seeding.token_budget
         for step in bar:
+            if budget is not None and sum(m["tokens"] for m in history) >= budget:
+                break
             metrics = {"sleep": self.sleeps, "step": step + 1, **seeding.step(batches[step])}
             history.append(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl_teacher']:.3f}")
+            done = step + 1 == c.seeding.steps or (budget is not None and sum(m["tokens"] for m in history) >= budget)
             if root:
                 self._log(root, metrics)
-                if (step + 1) % c.checkpoint_every == 0 or step + 1 == c.seeding.steps:
+                if (step + 1) % c.checkpoint_every == 0 or done:
                     checkpoint.save_checkpoint(root, step + 1, {
                         "slot": slot, "buffer": self.buffer, "replay": replay, "history": history, "kl_before": kl_before,
                         "optimizer": seeding.optimizer.state_dict(), "seeding_rng": seeding.rng.getstate(),
-                        "rng": checkpoint.rng_state()}, self.memory)
+                        "rng": checkpoint.rng_state(), "wake": self.fast.state_dict() if self.fast else None},
+                        self.memory)
         summary = {"sleep": self.sleeps, "level": c.receiver_level, "slot": slot, "documents": len(self.buffer),
-                   "replay_samples": len(replay), "steps": c.seeding.steps, "kl_before": kl_before,
-                   "kl_after": seeding.replay_kl(replay), "history": history}
+                   "replay_samples": len(replay), "steps": len(history), "kl_before": kl_before,
+                   "kl_after": seeding.replay_kl(replay), "history": history,
+                   "fast_updates": self.fast.updates if self.fast else 0}
         self.buffer = []  # consolidated: the documents leave the context
+        if c.teacher == "memory":
+            self.fast.reset()  # the sender's update: its knowledge now lives in the receiver's expert
         self.sleeps += 1
         return summary
 
@@ -122,6 +150,8 @@ class Sleeper:
             asked = [[completion.text or "" for completion in output.completions] for output in outputs]
             prompts += self_question_prompts(self.buffer, asked, self.tokenizer)
         rng.shuffle(prompts)
+        if c.teacher == "memory":  # the knowledge is in the fast level: no document in the teacher's prompt
+            prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]
         return prompts[:c.max_prompts]
 
     @staticmethod

@@ -202,16 +202,19 @@ class BiographyDataset:
         name = self.people[self._person_index(person)].name
         return [q for q in self.questions + self.two_hop_questions if q.person == name]
 
-    def subset(self, n: int) -> BiographyDataset:
-        """The first ``n`` people with their passages and questions, and only the companies they work for."""
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(self.people):
-            raise ValueError(f"n must be an int in [1, {len(self.people)}], got {n!r}")
-        people = self.people[:n]
+    def subset(self, n: int, start: int = 0) -> BiographyDataset:
+        """``n`` people from index ``start`` with their passages and questions, and only the companies
+        they work for."""
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < len(self.people):
+            raise ValueError(f"start must be an int in [0, {len(self.people) - 1}], got {start!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(self.people) - start:
+            raise ValueError(f"n must be an int in [1, {len(self.people) - start}], got {n!r}")
+        people = self.people[start:start + n]
         names = {person.name for person in people}
         employers = {person.attributes["employer"] for person in people}
         kept = [i for i, company in enumerate(self.companies) if company.name in employers]
         return BiographyDataset(
-            people=people, companies=[self.companies[i] for i in kept], passages=self.passages[:n],
+            people=people, companies=[self.companies[i] for i in kept], passages=self.passages[start:start + n],
             company_passages=[self.company_passages[i] for i in kept],
             questions=[q for q in self.questions if q.person in names],
             two_hop_questions=[q for q in self.two_hop_questions if q.person in names])

@@ -1,0 +1,215 @@
+"""``sleepcore eval knowledge``: how well each way of updating a model turns new passages into
+closed-book knowledge, at the same sleep budget (issue 5 §3).
+
+Protocol:
+
+* One biography dataset (fixed seed) of ``sum(sleeps)`` fictional people, split in order into one
+  group per sleep (default: 1 person, then 50). A sleep's documents are its people's passages and
+  their employers' company passages (2-hop answers live only in the latter).
+* Methods: ``base`` (no update) and ``in-context`` (passages in the prompt: the ceiling) are
+  evaluated without training. The trained methods each start from the unchanged model and run the
+  sleeps in order, each sleep adding one expert to memory level 0 and keeping the earlier ones:
+  ``sft`` (next-token loss on the documents), ``gkd`` (Knowledge Seeding with ``alpha = 1``: the
+  distillation term alone) and ``ks`` (full Knowledge Seeding). Every trained method stops at the
+  same token budget per sleep, ``tokens_per_document * documents``.
+* After each sleep: closed-book EM / token-F1 / containment on that group's 1-hop questions and
+  EM / containment on its 2-hop questions. After the last sleep, every earlier group is asked again:
+  retention is that score minus the score right after its own sleep.
+* Drift: mean per-token KL(original || updated) on the original model's own greedy answers to
+  generic chat prompts (none about the biographies), after the last sleep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+from sleepcore.ops import fused_linear_jsd
+from sleepcore.rollout import Engine, SamplingParams
+from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
+from sleepcore.sleep.knowledge_seeding import response_hidden
+from sleepcore.sleep.prompts import chat_turn
+from sleepcore.sleep.sleeper import Sleeper
+from sleepcore.tasks.biographies import BiographyConfig, BiographyDataset, generate_biographies
+from sleepcore.tasks.knowledge_eval import evaluate, train_on_passages
+
+UNTRAINED_METHODS = ("base", "in-context")
+TRAINED_METHODS = ("sft", "gkd", "ks")
+METHODS = UNTRAINED_METHODS + TRAINED_METHODS
+DRIFT_PROMPTS = (
+    "Give me three tips for staying healthy.", "Explain what photosynthesis is.", "Write a haiku about autumn.",
+    "What is the capital of France?", "How do I boil an egg?", "Why is the sky blue?",
+    "Name three programming languages.", "Describe a cat in one sentence.", "What is 12 times 7?",
+    "Suggest a name for a bakery.", "How does a bicycle work?", "What causes rain?",
+    "Tell me a fun fact about the ocean.", "Translate 'good morning' into Spanish.",
+    "What should I pack for a beach trip?", "Summarise the plot of Cinderella.")
+
+
+@dataclass
+class KnowledgeSuiteConfig:
+    """What ``sleepcore eval knowledge`` runs.
+
+    Args:
+        sleeps: people consolidated per sleep, in order (retention is measured on all but the last).
+        methods: a subset of :data:`METHODS`.
+        tokens_per_document: the sleep budget: trained tokens per document in the sleep.
+        seeding: Knowledge Seeding's settings for ``ks``; ``gkd`` is the same with ``alpha = 1``.
+            Its ``learning_rate`` is SFT's too; ``steps`` only caps a sleep (the budget ends it).
+        prompt_builders, prompts_per_document: the replay prompts (``SleepConfig``).
+        rank: the experts' rank (None: the memory's default for the model's size).
+        drift_prompts, drift_tokens: how many generic prompts (of :data:`DRIFT_PROMPTS`) and the
+            length of the original model's answers that drift is measured on.
+    """
+
+    sleeps: tuple[int, ...] = (1, 50)
+    methods: tuple[str, ...] = METHODS
+    tokens_per_document: int = 300
+    seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
+        steps=100_000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1, learning_rate=2e-3))
+    prompt_builders: tuple[str, ...] = ("continuation", "self_question")
+    prompts_per_document: int = 4
+    rank: int | None = None
+    drift_prompts: int = len(DRIFT_PROMPTS)
+    drift_tokens: int = 48
+    seed: int = 0
+
+    def __post_init__(self):
+        self.sleeps, self.methods = tuple(self.sleeps), tuple(self.methods)
+        if not self.sleeps or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.sleeps):
+            raise ValueError(f"sleeps must be a non-empty list of ints >= 1, got {self.sleeps!r}")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods!r}")
+        for name in ("tokens_per_document", "prompts_per_document", "drift_prompts", "drift_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.drift_prompts > len(DRIFT_PROMPTS):
+            raise ValueError(f"drift_prompts must be at most {len(DRIFT_PROMPTS)}, got {self.drift_prompts}")
+
+
+def sleep_groups(config: KnowledgeSuiteConfig) -> list[BiographyDataset]:
+    """One dataset per sleep: consecutive people of one seeded dataset."""
+    dataset = generate_biographies(BiographyConfig(num_people=sum(config.sleeps), seed=config.seed))
+    starts = [sum(config.sleeps[:i]) for i in range(len(config.sleeps))]
+    return [dataset.subset(n, start) for n, start in zip(config.sleeps, starts)]
+
+
+def documents_of(group: BiographyDataset) -> list[str]:
+    return group.passages + group.company_passages
+
+
+class KnowledgeSuite:
+    """Runs the protocol on one model (wrapped here with one memory level of ``len(sleeps)`` slots).
+
+    Args:
+        model, tokenizer: a Hugging Face causal LM of a supported family, and its tokenizer.
+        config: :class:`KnowledgeSuiteConfig`.
+        output_dir: sleep checkpoints and metrics go to ``<output_dir>/<method>/``.
+    """
+
+    def __init__(self, model, tokenizer, config: KnowledgeSuiteConfig, output_dir, *, kv_memory_bytes: int = 1 << 30,
+                 progress: bool = True):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.output_dir, self.progress = Path(output_dir), progress
+        level = LevelConfig(rank=config.rank, slots=len(config.sleeps))
+        self.memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(level,)))
+        self.engine = Engine(model, tokenizer, kv_memory_bytes=kv_memory_bytes)
+        self.groups = sleep_groups(config)
+
+    def run(self) -> dict:
+        """Every method; returns the report (also what :func:`write_report` writes)."""
+        started = time.perf_counter()
+        drift_set = self._drift_set()
+        results = {}
+        for method in self.config.methods:
+            if method in UNTRAINED_METHODS:
+                results[method] = {"sleeps": [self._scores(group, in_context=method == "in-context")
+                                              for group in self.groups]}
+            else:
+                results[method] = self._trained(method, drift_set)
+        return {"config": _plain(dataclasses.asdict(self.config)), "groups": [len(g.people) for g in self.groups],
+                "documents": [len(documents_of(g)) for g in self.groups], "results": results,
+                "seconds": time.perf_counter() - started}
+
+    # ------------------------------------------------------------------ methods
+    def _trained(self, method: str, drift_set) -> dict:
+        self.memory.reset(0)
+        shutil.rmtree(self.output_dir / method, ignore_errors=True)  # a run starts afresh (its own folder only)
+        sleeps, started = [], time.perf_counter()
+        sleeper = None
+        for group in self.groups:
+            documents = documents_of(group)
+            budget = self.config.tokens_per_document * len(documents)
+            began = time.perf_counter()
+            if method == "sft":
+                slot = self.memory.new_expert(0)
+                tokens = train_on_passages(self.model, self.tokenizer, self.memory.trainable(0, slot), documents,
+                                           tokens=budget, learning_rate=self.config.seeding.learning_rate,
+                                           progress=self.progress)
+                extra = {}
+            else:
+                config = self._sleep_config(method, len(documents))
+                if sleeper is None:
+                    sleeper = Sleeper(self.model, self.tokenizer, self.memory, config, engine=self.engine)
+                sleeper.config = config
+                sleeper.wake(documents)
+                summary = sleeper.sleep(progress=self.progress)
+                tokens = sum(step["tokens"] for step in summary["history"])
+                extra = {"kl_before": summary["kl_before"], "kl_after": summary["kl_after"],
+                         "replay_samples": summary["replay_samples"], "steps": summary["steps"]}
+            sleeps.append({"tokens": tokens, "budget": budget, "train_seconds": time.perf_counter() - began, **extra,
+                           **self._scores(group)})
+        retention = [{"group": index, **self._scores(group)} for index, group in enumerate(self.groups[:-1])]
+        return {"sleeps": sleeps, "retention": retention, "drift_kl": self._drift(drift_set),
+                "seconds": time.perf_counter() - started}
+
+    def _sleep_config(self, method: str, documents: int) -> SleepConfig:
+        """``ks`` or ``gkd`` (alpha = 1) at this sleep's budget and prompt count."""
+        c = self.config
+        seeding = dataclasses.replace(c.seeding, alpha=1.0 if method == "gkd" else c.seeding.alpha,
+                                      token_budget=c.tokens_per_document * documents)
+        return SleepConfig(seeding=seeding, receiver_level=0, prompt_builders=c.prompt_builders,
+                           max_prompts=c.prompts_per_document * documents, output_dir=str(self.output_dir / method),
+                           seed=c.seed)
+
+    def _scores(self, group: BiographyDataset, *, in_context: bool = False) -> dict:
+        scores = evaluate(self.engine, self.tokenizer, group, in_context=in_context, progress=False)
+        return {"people": len(group.people), **scores}
+
+    # ------------------------------------------------------------------ drift
+    def _drift_set(self) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, the original model's greedy answer ids) per generic prompt."""
+        prompts = [chat_turn(self.tokenizer, text) or f"{text}\n" for text in DRIFT_PROMPTS[:self.config.drift_prompts]]
+        ids = [self.tokenizer(prompt)["input_ids"] for prompt in prompts]
+        params = SamplingParams(temperature=0.0, max_tokens=self.config.drift_tokens)
+        with self.memory.switched_off():
+            outputs = self.engine.generate(ids, params, progress=False)
+        return [(prompt, list(output.completions[0].token_ids)) for prompt, output in zip(ids, outputs)
+                if output.completions[0].token_ids]
+
+    @torch.no_grad()
+    def _drift(self, drift_set) -> float:
+        """Mean per-token KL(original || current) on ``drift_set``."""
+        prompts, answers = [p for p, _ in drift_set], [a for _, a in drift_set]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        head = self.model.get_output_embeddings().weight
+        with self.memory.switched_off():
+            original = response_hidden(self.model, prompts, answers, pad)
+        current = response_hidden(self.model, prompts, answers, pad)
+        return float(fused_linear_jsd(current, head, original, head, beta=0.0))
+
+
+def _plain(value):
+    """JSON-ready: tuples as lists."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
