@@ -46,6 +46,9 @@ class Sleeper:
         buffer: the documents woken on since the last sleep.
         fast: the :class:`~sleepcore.sleep.wake.FastLevelLearner` (None without ``wake_updates``).
         sleeps: sleeps completed.
+
+    Raises ``ValueError`` for an unknown prompt builder, or a ``receiver_level`` or ``wake_level``
+    that ``memory`` does not have.
     """
 
     def __init__(self, model, tokenizer, memory, config: SleepConfig | None = None, *, engine: Engine | None = None):
@@ -53,6 +56,10 @@ class Sleeper:
         unknown = sorted(set(self.config.prompt_builders) - set(_BUILDERS))
         if unknown:
             raise ValueError(f"prompt_builders {unknown} unknown; choose from {_BUILDERS}")
+        for name in ("receiver_level", "wake_level"):
+            if getattr(self.config, name) >= len(memory.config.levels):
+                raise ValueError(f"{name} must be < {len(memory.config.levels)} (the memory's levels), "
+                                 f"got {getattr(self.config, name)}")
         self.model, self.tokenizer, self.memory = model, tokenizer, memory
         self.engine = engine or Engine(model, tokenizer)
         self.fast = FastLevelLearner(model, tokenizer, memory, self.config) if self.config.wake_updates else None

@@ -1,0 +1,101 @@
+"""``sleepcore eval knowledge`` on a tiny random model: every method runs the sleeps at one budget
+and the report (table, JSON, PNG, targets) holds what the protocol says."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from sleepcore.cli import main
+from sleepcore.eval_knowledge import TINY_CONFIG, config_from_arguments
+from sleepcore.tasks.knowledge_report import check_targets, format_table, retention_delta
+from sleepcore.tasks.knowledge_suite import METHODS, KnowledgeSuiteConfig, documents_of, sleep_groups
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    output = tmp_path_factory.mktemp("eval")
+    assert main(["eval", "knowledge", "--tiny", "--output-dir", str(output)]) == 0
+    assert (output / "knowledge.png").stat().st_size > 1000
+    return json.loads((output / "knowledge.json").read_text())
+
+
+def test_every_method_and_sleep_is_reported(report):
+    assert list(report["results"]) == list(METHODS)
+    assert report["groups"] == list(TINY_CONFIG.sleeps)
+    for method, entry in report["results"].items():
+        assert len(entry["sleeps"]) == len(TINY_CONFIG.sleeps)
+        for sleep, people in zip(entry["sleeps"], TINY_CONFIG.sleeps):
+            assert sleep["people"] == people and sleep["one_hop"]["count"] == 7 * people
+            assert sleep["two_hop"]["count"] == people
+        if method in ("sft", "gkd", "ks"):
+            assert len(entry["retention"]) == len(TINY_CONFIG.sleeps) - 1 and entry["drift_kl"] >= 0.0
+
+
+def test_trained_methods_meet_the_same_budget(report):
+    for index, documents in enumerate(report["documents"]):
+        budget = TINY_CONFIG.tokens_per_document * documents
+        for method in ("sft", "gkd", "ks"):
+            sleep = report["results"][method]["sleeps"][index]
+            assert sleep["budget"] == budget and sleep["tokens"] >= budget, (method, sleep)
+        for method in ("gkd", "ks"):  # a sleep stops at the first step that reaches the budget
+            assert report["results"][method]["sleeps"][index]["steps"] >= 1
+
+
+def test_groups_are_disjoint_people_with_their_companies():
+    config = dataclasses.replace(TINY_CONFIG, sleeps=(2, 3))
+    first, second = sleep_groups(config)
+    assert not {p.name for p in first.people} & {p.name for p in second.people}
+    for group in (first, second):
+        assert len(documents_of(group)) == len(group.people) + len(group.companies)
+        assert {p.attributes["employer"] for p in group.people} == {c.name for c in group.companies}
+
+
+def _report(em: dict, drift: dict, retention_em=(0.5, 0.5)) -> dict:
+    def sleep(value):
+        return {"one_hop": {"em": value, "f1": value, "contains": value}, "two_hop": {"em": 0.0, "contains": 0.0},
+                "people": 1}
+    results = {m: {"sleeps": [sleep(0.5), sleep(v)]} for m, v in em.items()}
+    for method, value in drift.items():
+        results[method].update(drift_kl=value, retention=[{"group": 0, **sleep(retention_em[1])}])
+        results[method]["sleeps"][0] = sleep(retention_em[0])
+    return {"groups": [1, 2], "documents": [2, 3], "results": results}
+
+
+def test_targets_are_ratios_on_the_last_sleep():
+    report = _report({"in-context": 0.5, "sft": 0.1, "ks": 0.4}, {"sft": 0.2, "ks": 0.1}, retention_em=(0.6, 0.5))
+    checks = {c["target"]: c for c in check_targets(report)}
+    assert checks["ks >= 0.7x in-context (EM)"]["ratio"] == pytest.approx(0.8)
+    assert checks["ks >= 0.7x in-context (EM)"]["met"] is True
+    assert checks["ks >= 2x sft (EM)"]["met"] is True
+    assert checks["ks retention within 5 points (em)"]["value"] == pytest.approx(-10.0)
+    assert checks["ks retention within 5 points (em)"]["met"] is False
+    assert checks["ks drift KL <= sft drift KL"]["met"] is True
+    assert retention_delta(report, "ks") == [pytest.approx(-10.0)]
+    assert "NOT met" in format_table(report)
+
+
+def test_a_zero_baseline_makes_a_ratio_target_undefined_not_met():
+    report = _report({"in-context": 0.0, "sft": 0.0, "ks": 0.0}, {"sft": 0.1, "ks": 0.3})
+    checks = {c["target"]: c for c in check_targets(report)}
+    assert checks["ks >= 0.7x in-context (EM)"]["met"] is None
+    assert checks["ks drift KL <= sft drift KL"]["met"] is False
+
+
+@pytest.mark.parametrize("changes, field", [({"sleeps": ()}, "sleeps"), ({"sleeps": (1, 0)}, "sleeps"),
+                                            ({"methods": ("ks", "rlhf")}, "methods"),
+                                            ({"tokens_per_document": 0}, "tokens_per_document"),
+                                            ({"drift_prompts": 99}, "drift_prompts")])
+def test_config_errors_name_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        KnowledgeSuiteConfig(**changes)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    assert main(["eval", "knowledge", "--tiny", "--sleeps", "1,x", "--output-dir", str(tmp_path)]) == 1
+    assert "--sleeps" in capsys.readouterr().err
+    assert main(["eval", "knowledge", "--tiny", "--methods", "ks,foo", "--output-dir", str(tmp_path)]) == 1
+    assert "methods" in capsys.readouterr().err
+    assert config_from_arguments(True, "2", "base,ks", 10).sleeps == (2,)
