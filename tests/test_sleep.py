@@ -84,6 +84,45 @@ def test_interrupted_sleep_resumes_to_the_uninterrupted_state(tmp_path, monkeypa
     assert [json.loads(line)["step"] for line in logged] == [1, 2, 3, 4, 5]
 
 
+def test_wake_questions_are_replayed_and_survive_a_resume(tmp_path, monkeypatch):
+    seeding = KnowledgeSeedingConfig(alpha=1.0, steps=2, batch_size=2, max_new_tokens=6, samples_per_prompt=1)
+    questions = [[f"What about fact {i}?"] for i in range(len(DATASET.passages))]
+    sleeper = make_sleeper(seeding, prompt_builders=("wake_questions",), output_dir=str(tmp_path), checkpoint_every=1)
+    sleeper.buffer.clear()  # make_sleeper woke on the passages without questions
+    sleeper.asked.clear()
+    sleeper.wake(DATASET.passages, questions=questions)
+    seen = []
+    real_sample = knowledge_seeding.KnowledgeSeeding.sample_replay
+    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "sample_replay",
+                        lambda self, prompts, **kw: seen.extend(prompts) or real_sample(self, prompts, **kw))
+    sleeper.sleep(progress=False)
+    assert {p.builder for p in seen} == {"wake_questions"} and len(seen) == len(DATASET.passages)
+    for prompt in seen:
+        assert f"What about fact {prompt.document}?" in prompt.student
+        assert DATASET.passages[prompt.document] in prompt.teacher and DATASET.passages[0] not in prompt.student
+    state = torch.load(next((tmp_path / "sleep-000").glob("step-*/state.pt")), weights_only=False)
+    assert state["asked"] == questions and sleeper.asked == []
+    with pytest.raises(ValueError, match="questions"):
+        sleeper.wake(["a document"], questions=[["one?"], ["two?"]])
+
+
+def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_forward():
+    seeding = KnowledgeSeedingConfig(alpha=1.0, on_policy=0.0, steps=50, batch_size=2, max_new_tokens=6,
+                                     samples_per_prompt=1, token_budget=15)
+    sleeper = make_sleeper(seeding, prompt_builders=("continuation",))
+    summary = sleeper.sleep(progress=False)
+    tokens = [step["tokens"] for step in summary["history"]]
+    assert sum(tokens) >= 15 and sum(tokens[:-1]) < 15 and summary["steps"] == len(tokens) < 50
+    seeding_run = knowledge_seeding.KnowledgeSeeding(sleeper.model, sleeper.tokenizer, sleeper.memory,
+                                                     sleeper.engine, seeding, level=0, slot=1)
+    sleeper.wake(DATASET.passages)
+    samples = seeding_run.sample_replay(sleeper._prompts(seeding_run)[:3], progress=False)
+    with torch.no_grad(), seeding_run.teacher():
+        fresh = knowledge_seeding.response_hidden(sleeper.model, [s.teacher_prompt for s in samples],
+                                                  [s.response for s in samples], seeding_run.pad_id)
+    torch.testing.assert_close(torch.cat([s.teacher_hidden for s in samples]), fresh, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_input_is_refused():
     sleeper = make_sleeper(KnowledgeSeedingConfig(steps=1))
     with pytest.raises(ValueError, match="non-empty"):

@@ -17,9 +17,10 @@ from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
 from sleepcore.rollout import Engine
 from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
+from sleepcore.sleep.next_token import train_next_token
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
-from sleepcore.tasks.knowledge_eval import evaluate, train_on_passages
+from sleepcore.tasks.knowledge_eval import evaluate
 
 DEMO_SEEDING = KnowledgeSeedingConfig(steps=12, batch_size=4, max_new_tokens=40, completions=4,
                                       samples_per_prompt=1, learning_rate=2e-3)
@@ -48,8 +49,8 @@ def run_demo(*, tiny: bool = False, people: int | None = None, output_dir: str |
     tokens = sum(step["tokens"] for step in summary["history"])
     memory.deactivate(config.receiver_level, summary["slot"])
     sft_slot = memory.new_expert(config.receiver_level)
-    train_on_passages(model, tokenizer, memory.trainable(config.receiver_level, sft_slot), documents, tokens=tokens,
-                      learning_rate=config.seeding.learning_rate, progress=progress)
+    train_next_token(model, tokenizer, memory.trainable(config.receiver_level, sft_slot), documents, tokens=tokens,
+                     learning_rate=config.seeding.learning_rate, progress=progress, desc="SFT baseline")
     results["SFT on passages (same tokens)"] = evaluate(engine, tokenizer, dataset, progress=progress)
     report = {"model": "tiny random" if tiny else "smollm2-135m-instruct", "people": len(dataset.people),
               "trained_tokens": tokens, "kl_before": summary["kl_before"], "kl_after": summary["kl_after"],

@@ -93,7 +93,7 @@ class SleepConfig:
     seeding: KnowledgeSeedingConfig = field(default_factory=KnowledgeSeedingConfig)
     receiver_level: int = 0
     teacher: str = "context"
-    prompt_builders: tuple[str, ...] = ("continuation", "self_question")
+    prompt_builders: tuple[str, ...] = ("continuation", "self_question", "wake_questions")
     max_prompts: int = 64
     checkpoint_every: int = 10
     output_dir: str | None = None

@@ -8,6 +8,8 @@ student's prompt does not. Builders:
   continues it.
 * ``self_question``: the teacher writes a question about the document (sampled through the
   rollout engine); the replay prompt asks it, closed-book for the student.
+* ``wake_questions``: the questions asked about the document while awake (``Sleeper.wake``'s
+  ``questions``), replayed the same way.
 """
 
 from __future__ import annotations
@@ -78,8 +80,10 @@ def question_requests(documents: list[str], tokenizer=None) -> list[str]:
     return requests
 
 
-def self_question_prompts(documents: list[str], questions: list[list[str]], tokenizer=None) -> list[ReplayPrompt]:
-    """Replay prompts from the teacher's sampled questions (``questions[i]``: about document i)."""
+def self_question_prompts(documents: list[str], questions: list[list[str]], tokenizer=None, *,
+                          builder: str = "self_question") -> list[ReplayPrompt]:
+    """Replay prompts from questions about the documents (``questions[i]``: about document i; the
+    first line of each), asked closed-book of the student and after the document of the teacher."""
     prompts = []
     for index, (document, asked) in enumerate(zip(documents, questions)):
         for question in asked:
@@ -87,5 +91,5 @@ def self_question_prompts(documents: list[str], questions: list[list[str]], toke
             if len(question) < 8:  # an empty or broken sample is no question
                 continue
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, document),
-                                        index, "self_question"))
+                                        index, builder))
     return prompts

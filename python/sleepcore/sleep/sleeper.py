@@ -30,7 +30,7 @@ from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.prompts import (continuation_prompts, question_requests, self_question_prompts)
 from sleepcore.sleep.wake import FastLevelLearner
 
-_BUILDERS = ("continuation", "self_question")
+_BUILDERS = ("continuation", "self_question", "wake_questions")
 
 
 class Sleeper:
@@ -44,6 +44,7 @@ class Sleeper:
 
     Attributes:
         buffer: the documents woken on since the last sleep.
+        asked: per buffered document, the questions asked about it while awake.
         fast: the :class:`~sleepcore.sleep.wake.FastLevelLearner` (None without ``wake_updates``).
         sleeps: sleeps completed.
 
@@ -64,19 +65,27 @@ class Sleeper:
         self.engine = engine or Engine(model, tokenizer)
         self.fast = FastLevelLearner(model, tokenizer, memory, self.config) if self.config.wake_updates else None
         self.buffer: list[str] = []
+        self.asked: list[list[str]] = []
         self.sleeps = 0
 
-    def wake(self, documents, *, progress: bool = False) -> int:
+    def wake(self, documents, *, questions=None, progress: bool = False) -> int:
         """Appends documents (strings) to the wake buffer; they stay there (the in-context teacher's
-        context, the question writer's material) until the next sleep consolidates them. With
-        ``wake_updates`` the fast level trains on them every ``C_1`` tokens. Returns the number of
-        fast-level updates run (0 without ``wake_updates``)."""
+        context, the question writer's material) until the next sleep consolidates them.
+        ``questions[i]`` (optional) lists the questions asked about ``documents[i]`` while awake; the
+        ``wake_questions`` builder replays them. With ``wake_updates`` the fast level trains on the
+        documents every ``C_1`` tokens. Returns the number of fast-level updates run (0 without
+        ``wake_updates``)."""
         if isinstance(documents, str):
             documents = [documents]
         documents = list(documents)
         if not documents or not all(isinstance(d, str) and d.strip() for d in documents):
             raise ValueError("documents must be a non-empty list of non-empty strings")
+        questions = [[] for _ in documents] if questions is None else [list(asked) for asked in questions]
+        if len(questions) != len(documents) or not all(isinstance(q, str) for asked in questions for q in asked):
+            raise ValueError(f"questions must be one list of strings per document ({len(documents)}), "
+                             f"got {len(questions)} lists")
         self.buffer.extend(documents)
+        self.asked.extend(questions)
         return self.fast.observe(documents, progress=progress) if self.fast else 0
 
     def sleep(self, *, progress: bool = True) -> dict:
@@ -88,7 +97,7 @@ class Sleeper:
         resumed = checkpoint.latest_checkpoint(root) if root else None
         state = checkpoint.load_checkpoint(resumed, self.memory) if resumed else None
         if state:
-            self.buffer = state["buffer"]
+            self.buffer, self.asked = state["buffer"], state["asked"]
             if self.fast:
                 self.fast.load_state_dict(state["wake"])
         elif c.teacher == "memory" and self.fast.window:
@@ -128,7 +137,7 @@ class Sleeper:
                 self._log(root, metrics)
                 if (step + 1) % c.checkpoint_every == 0 or done:
                     checkpoint.save_checkpoint(root, step + 1, {
-                        "slot": slot, "buffer": self.buffer, "replay": replay, "history": history, "kl_before": kl_before,
+                        "slot": slot, "buffer": self.buffer, "asked": self.asked, "replay": replay, "history": history, "kl_before": kl_before,
                         "optimizer": seeding.optimizer.state_dict(), "seeding_rng": seeding.rng.getstate(),
                         "rng": checkpoint.rng_state(), "wake": self.fast.state_dict() if self.fast else None},
                         self.memory)
@@ -136,7 +145,7 @@ class Sleeper:
                    "replay_samples": len(replay), "steps": len(history), "kl_before": kl_before,
                    "kl_after": seeding.replay_kl(replay), "history": history,
                    "fast_updates": self.fast.updates if self.fast else 0}
-        self.buffer = []  # consolidated: the documents leave the context
+        self.buffer, self.asked = [], []  # consolidated: the documents leave the context
         if c.teacher == "memory":
             self.fast.reset()  # the sender's update: its knowledge now lives in the receiver's expert
         self.sleeps += 1
@@ -156,6 +165,8 @@ class Sleeper:
                                                progress=False)
             asked = [[completion.text or "" for completion in output.completions] for output in outputs]
             prompts += self_question_prompts(self.buffer, asked, self.tokenizer)
+        if "wake_questions" in c.prompt_builders:
+            prompts += self_question_prompts(self.buffer, self.asked, self.tokenizer, builder="wake_questions")
         rng.shuffle(prompts)
         if c.teacher == "memory":  # the knowledge is in the fast level: no document in the teacher's prompt
             prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]

@@ -1,4 +1,4 @@
-"""Closed-book QA on the biographies, and the SFT baseline a sleep is compared with.
+"""Closed-book QA on the biographies.
 
 Answers are greedy through the rollout engine and end at the first newline or EOS. Questions use
 ``sleep.prompts.qa_prompt`` (the tokenizer's chat template when it has one), the format sleep's
@@ -8,13 +8,7 @@ questions, the employer's passage) before the question; closed-book puts nothing
 
 from __future__ import annotations
 
-import torch
-from torch.nn.utils.rnn import pad_sequence
-from tqdm.auto import tqdm
-
-from sleepcore.ops import fused_linear_logprobs
 from sleepcore.rollout import Engine, SamplingParams
-from sleepcore.sleep.knowledge_seeding import padded_batch
 from sleepcore.sleep.prompts import qa_prompt
 from sleepcore.tasks.biographies import BiographyDataset
 from sleepcore.tasks.metrics import aggregate
@@ -49,32 +43,3 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
                              progress=progress)
         scores[name] = aggregate(predictions, [q.answer for q in questions])
     return scores
-
-
-def train_on_passages(model, tokenizer, parameters, passages: list[str], *, tokens: int, learning_rate: float,
-                      batch_size: int = 4, progress: bool = True) -> int:
-    """SFT baseline: next-token loss on the passages, AdamW on ``parameters``, until about ``tokens``
-    tokens have been trained (the sleep's budget). Returns the tokens trained."""
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
-    head = model.get_output_embeddings().weight
-    encoded = [tokenizer(p)["input_ids"] for p in passages]
-    trained, step = 0, 0
-    bar = tqdm(total=tokens, desc="SFT baseline", unit="tok", disable=not progress)
-    while trained < tokens:
-        batch = [encoded[(step * batch_size + i) % len(encoded)] for i in range(batch_size)]
-        step += 1
-        ids, mask = padded_batch(batch, tokenizer.pad_token_id or 0, model.device)
-        targets = pad_sequence([torch.tensor(sequence[1:] + [-100]) for sequence in batch], batch_first=True,
-                               padding_value=-100).to(model.device)
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        logp, _ = fused_linear_logprobs(hidden, head, targets, return_entropy=False)
-        count = int((targets != -100).sum())
-        loss = -logp.sum() / count
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        trained += count
-        bar.update(count)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    return trained

@@ -5,7 +5,10 @@ Protocol:
 
 * One biography dataset (fixed seed) of ``sum(sleeps)`` fictional people, split in order into one
   group per sleep (default: 1 person, then 50). A sleep's documents are its people's passages and
-  their employers' company passages (2-hop answers live only in the latter).
+  their employers' company passages (2-hop answers live only in the latter). With
+  ``wake_questions`` the user also asks, while awake, each fact's *second* phrasing (the wake
+  buffer's questions, which the ``wake_questions`` replay builder uses); the evaluation asks the
+  first phrasing, which no method ever sees.
 * Methods: ``base`` (no update) and ``in-context`` (passages in the prompt: the ceiling) are
   evaluated without training. The trained methods each start from the unchanged model and run the
   sleeps in order, each sleep adding one expert to memory level 0 and keeping the earlier ones:
@@ -34,10 +37,11 @@ from sleepcore.ops import fused_linear_jsd
 from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
 from sleepcore.sleep.knowledge_seeding import response_hidden
+from sleepcore.sleep.next_token import train_next_token
 from sleepcore.sleep.prompts import chat_turn
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, BiographyDataset, generate_biographies
-from sleepcore.tasks.knowledge_eval import evaluate, train_on_passages
+from sleepcore.tasks.knowledge_eval import evaluate
 
 UNTRAINED_METHODS = ("base", "in-context")
 TRAINED_METHODS = ("sft", "gkd", "ks")
@@ -61,7 +65,9 @@ class KnowledgeSuiteConfig:
         tokens_per_document: the sleep budget: trained tokens per document in the sleep.
         seeding: Knowledge Seeding's settings for ``ks``; ``gkd`` is the same with ``alpha = 1``.
             Its ``learning_rate`` is SFT's too; ``steps`` only caps a sleep (the budget ends it).
-        prompt_builders, prompts_per_document: the replay prompts (``SleepConfig``).
+        prompt_builders, prompts_per_document: the replay prompts (``SleepConfig``); the cap is
+            ``prompts_per_document`` per document plus every wake question.
+        wake_questions: whether the second phrasing of each fact is asked while awake.
         rank: the experts' rank (None: the memory's default for the model's size).
         drift_prompts, drift_tokens: how many generic prompts (of :data:`DRIFT_PROMPTS`) and the
             length of the original model's answers that drift is measured on.
@@ -72,8 +78,9 @@ class KnowledgeSuiteConfig:
     tokens_per_document: int = 300
     seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
         steps=100_000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1, learning_rate=2e-3))
-    prompt_builders: tuple[str, ...] = ("continuation", "self_question")
+    prompt_builders: tuple[str, ...] = ("continuation", "self_question", "wake_questions")
     prompts_per_document: int = 4
+    wake_questions: bool = True
     rank: int | None = None
     drift_prompts: int = len(DRIFT_PROMPTS)
     drift_tokens: int = 48
@@ -103,6 +110,12 @@ def sleep_groups(config: KnowledgeSuiteConfig) -> list[BiographyDataset]:
 
 def documents_of(group: BiographyDataset) -> list[str]:
     return group.passages + group.company_passages
+
+
+def wake_questions_of(group: BiographyDataset) -> list[list[str]]:
+    """Per document of :func:`documents_of`: the second phrasing of each of the person's facts
+    (none for company passages)."""
+    return [[fact.questions[1] for fact in person.facts] for person in group.people] + [[] for _ in group.companies]
 
 
 class KnowledgeSuite:
@@ -150,16 +163,17 @@ class KnowledgeSuite:
             began = time.perf_counter()
             if method == "sft":
                 slot = self.memory.new_expert(0)
-                tokens = train_on_passages(self.model, self.tokenizer, self.memory.trainable(0, slot), documents,
-                                           tokens=budget, learning_rate=self.config.seeding.learning_rate,
-                                           progress=self.progress)
+                tokens = train_next_token(self.model, self.tokenizer, self.memory.trainable(0, slot), documents,
+                                          tokens=budget, learning_rate=self.config.seeding.learning_rate,
+                                          progress=self.progress, desc="SFT baseline")
                 extra = {}
             else:
-                config = self._sleep_config(method, len(documents))
+                questions = wake_questions_of(group) if self.config.wake_questions else None
+                config = self._sleep_config(method, len(documents), sum(map(len, questions or [])))
                 if sleeper is None:
                     sleeper = Sleeper(self.model, self.tokenizer, self.memory, config, engine=self.engine)
                 sleeper.config = config
-                sleeper.wake(documents)
+                sleeper.wake(documents, questions=questions)
                 summary = sleeper.sleep(progress=self.progress)
                 tokens = sum(step["tokens"] for step in summary["history"])
                 extra = {"kl_before": summary["kl_before"], "kl_after": summary["kl_after"],
@@ -170,17 +184,17 @@ class KnowledgeSuite:
         return {"sleeps": sleeps, "retention": retention, "drift_kl": self._drift(drift_set),
                 "seconds": time.perf_counter() - started}
 
-    def _sleep_config(self, method: str, documents: int) -> SleepConfig:
+    def _sleep_config(self, method: str, documents: int, questions: int) -> SleepConfig:
         """``ks`` or ``gkd`` (alpha = 1) at this sleep's budget and prompt count."""
         c = self.config
         seeding = dataclasses.replace(c.seeding, alpha=1.0 if method == "gkd" else c.seeding.alpha,
                                       token_budget=c.tokens_per_document * documents)
         return SleepConfig(seeding=seeding, receiver_level=0, prompt_builders=c.prompt_builders,
-                           max_prompts=c.prompts_per_document * documents, output_dir=str(self.output_dir / method),
+                           max_prompts=c.prompts_per_document * documents + questions, output_dir=str(self.output_dir / method),
                            seed=c.seed)
 
     def _scores(self, group: BiographyDataset, *, in_context: bool = False) -> dict:
-        scores = evaluate(self.engine, self.tokenizer, group, in_context=in_context, progress=False)
+        scores = evaluate(self.engine, self.tokenizer, group, in_context=in_context, progress=self.progress)
         return {"people": len(group.people), **scores}
 
     # ------------------------------------------------------------------ drift
