@@ -11,7 +11,7 @@ import pytest
 from sleepcore.cli import main
 from sleepcore.eval_knowledge import TINY_CONFIG, config_from_arguments
 from sleepcore.tasks.knowledge_report import check_targets, format_table, retention_delta
-from sleepcore.tasks.knowledge_suite import METHODS, KnowledgeSuiteConfig, documents_of, sleep_groups
+from sleepcore.tasks.knowledge_suite import DEFAULT_METHODS, KnowledgeSuiteConfig, documents_of, sleep_groups
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def report(tmp_path_factory):
 
 
 def test_every_method_and_sleep_is_reported(report):
-    assert list(report["results"]) == list(METHODS)
+    assert list(report["results"]) == list(DEFAULT_METHODS)
     assert report["groups"] == list(TINY_CONFIG.sleeps)
     for method, entry in report["results"].items():
         assert len(entry["sleeps"]) == len(TINY_CONFIG.sleeps)
@@ -42,6 +42,13 @@ def test_trained_methods_meet_the_same_budget(report):
             assert sleep["budget"] == budget and sleep["tokens"] >= budget, (method, sleep)
         for method in ("gkd", "ks"):  # a sleep stops at the first step that reaches the budget
             assert report["results"][method]["sleeps"][index]["steps"] >= 1
+
+
+def test_the_memory_teacher_method_runs(tmp_path):
+    assert main(["eval", "knowledge", "--tiny", "--methods", "ks-memory", "--output-dir", str(tmp_path)]) == 0
+    entry = json.loads((tmp_path / "knowledge.json").read_text())["results"]["ks-memory"]
+    assert [sleep["tokens"] >= sleep["budget"] for sleep in entry["sleeps"]] == [True, True]
+    assert entry["drift_kl"] >= 0.0
 
 
 def test_groups_are_disjoint_people_with_their_companies():

@@ -13,8 +13,11 @@ Protocol:
   evaluated without training. The trained methods each start from the unchanged model and run the
   sleeps in order, each sleep adding one expert to memory level 0 and keeping the earlier ones:
   ``sft`` (next-token loss on the documents), ``gkd`` (Knowledge Seeding with ``alpha = 1``: the
-  distillation term alone) and ``ks`` (full Knowledge Seeding). Every trained method stops at the
-  same token budget per sleep, ``tokens_per_document * documents``.
+  distillation term alone) and ``ks`` (full Knowledge Seeding), all with the in-context teacher;
+  ``ks-memory`` (not run by default) is full Knowledge Seeding from the memory teacher: the fast
+  level learns the documents online while awake (every ``fast_period`` tokens) and teaches
+  without them in context. Every trained method stops at the same token budget per sleep,
+  ``tokens_per_document * documents``; the fast level's wake training is not counted in it.
 * After each sleep: closed-book EM / token-F1 / containment on that group's 1-hop questions and
   EM / containment on its 2-hop questions. After the last sleep, every earlier group is asked again:
   retention is that score minus the score right after its own sleep.
@@ -44,8 +47,10 @@ from sleepcore.tasks.biographies import BiographyConfig, BiographyDataset, gener
 from sleepcore.tasks.knowledge_eval import evaluate
 
 UNTRAINED_METHODS = ("base", "in-context")
-TRAINED_METHODS = ("sft", "gkd", "ks")
+TRAINED_METHODS = ("sft", "gkd", "ks", "ks-memory")
 METHODS = UNTRAINED_METHODS + TRAINED_METHODS
+DEFAULT_METHODS = ("base", "in-context", "sft", "gkd", "ks")
+FAST_LEVEL, CONSOLIDATED_LEVEL = 0, 1
 DRIFT_PROMPTS = (
     "Give me three tips for staying healthy.", "Explain what photosynthesis is.", "Write a haiku about autumn.",
     "What is the capital of France?", "How do I boil an egg?", "Why is the sky blue?",
@@ -61,26 +66,31 @@ class KnowledgeSuiteConfig:
 
     Args:
         sleeps: people consolidated per sleep, in order (retention is measured on all but the last).
-        methods: a subset of :data:`METHODS`.
+        methods: a subset of :data:`METHODS` (default :data:`DEFAULT_METHODS`).
         tokens_per_document: the sleep budget: trained tokens per document in the sleep.
         seeding: Knowledge Seeding's settings for ``ks``; ``gkd`` is the same with ``alpha = 1``.
             Its ``learning_rate`` is SFT's too; ``steps`` only caps a sleep (the budget ends it).
         prompt_builders, prompts_per_document: the replay prompts (``SleepConfig``); the cap is
             ``prompts_per_document`` per document plus every wake question.
         wake_questions: whether the second phrasing of each fact is asked while awake.
+        fast_period, fast_steps, fast_learning_rate: ``ks-memory``'s fast level (``C_1`` in tokens,
+            AdamW steps per update, learning rate).
         rank: the experts' rank (None: the memory's default for the model's size).
         drift_prompts, drift_tokens: how many generic prompts (of :data:`DRIFT_PROMPTS`) and the
             length of the original model's answers that drift is measured on.
     """
 
     sleeps: tuple[int, ...] = (1, 50)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     tokens_per_document: int = 300
     seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
         steps=100_000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1, learning_rate=2e-3))
     prompt_builders: tuple[str, ...] = ("continuation", "self_question", "wake_questions")
     prompts_per_document: int = 4
     wake_questions: bool = True
+    fast_period: int = 256
+    fast_steps: int = 4
+    fast_learning_rate: float = 3e-3
     rank: int | None = None
     drift_prompts: int = len(DRIFT_PROMPTS)
     drift_tokens: int = 48
@@ -93,7 +103,8 @@ class KnowledgeSuiteConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods!r}")
-        for name in ("tokens_per_document", "prompts_per_document", "drift_prompts", "drift_tokens"):
+        for name in ("tokens_per_document", "prompts_per_document", "drift_prompts", "drift_tokens", "fast_period",
+                     "fast_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -119,7 +130,8 @@ def wake_questions_of(group: BiographyDataset) -> list[list[str]]:
 
 
 class KnowledgeSuite:
-    """Runs the protocol on one model (wrapped here with one memory level of ``len(sleeps)`` slots).
+    """Runs the protocol on one model, wrapped here with two memory levels: the fast level (one
+    slot, used by ``ks-memory`` only) and the consolidated level (one slot per sleep).
 
     Args:
         model, tokenizer: a Hugging Face causal LM of a supported family, and its tokenizer.
@@ -131,8 +143,9 @@ class KnowledgeSuite:
                  progress: bool = True):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.output_dir, self.progress = Path(output_dir), progress
-        level = LevelConfig(rank=config.rank, slots=len(config.sleeps))
-        self.memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(level,)))
+        levels = (LevelConfig(rank=config.rank, slots=1, period=config.fast_period),
+                  LevelConfig(rank=config.rank, slots=len(config.sleeps)))
+        self.memory = ContinuumMemory.wrap(model, MemoryConfig(levels=levels))
         self.engine = Engine(model, tokenizer, kv_memory_bytes=kv_memory_bytes)
         self.groups = sleep_groups(config)
 
@@ -153,7 +166,8 @@ class KnowledgeSuite:
 
     # ------------------------------------------------------------------ methods
     def _trained(self, method: str, drift_set) -> dict:
-        self.memory.reset(0)
+        self.memory.reset(FAST_LEVEL)
+        self.memory.reset(CONSOLIDATED_LEVEL)
         shutil.rmtree(self.output_dir / method, ignore_errors=True)  # a run starts afresh (its own folder only)
         sleeps, started = [], time.perf_counter()
         sleeper = None
@@ -162,8 +176,9 @@ class KnowledgeSuite:
             budget = self.config.tokens_per_document * len(documents)
             began = time.perf_counter()
             if method == "sft":
-                slot = self.memory.new_expert(0)
-                tokens = train_next_token(self.model, self.tokenizer, self.memory.trainable(0, slot), documents,
+                slot = self.memory.new_expert(CONSOLIDATED_LEVEL)
+                parameters = self.memory.trainable(CONSOLIDATED_LEVEL, slot)
+                tokens = train_next_token(self.model, self.tokenizer, parameters, documents,
                                           tokens=budget, learning_rate=self.config.seeding.learning_rate,
                                           progress=self.progress, desc="SFT baseline")
                 extra = {}
@@ -185,13 +200,16 @@ class KnowledgeSuite:
                 "seconds": time.perf_counter() - started}
 
     def _sleep_config(self, method: str, documents: int, questions: int) -> SleepConfig:
-        """``ks`` or ``gkd`` (alpha = 1) at this sleep's budget and prompt count."""
+        """``ks``, ``gkd`` (alpha = 1) or ``ks-memory`` at this sleep's budget and prompt count."""
         c = self.config
         seeding = dataclasses.replace(c.seeding, alpha=1.0 if method == "gkd" else c.seeding.alpha,
                                       token_budget=c.tokens_per_document * documents)
-        return SleepConfig(seeding=seeding, receiver_level=0, prompt_builders=c.prompt_builders,
-                           max_prompts=c.prompts_per_document * documents + questions, output_dir=str(self.output_dir / method),
-                           seed=c.seed)
+        memory_teacher = {"teacher": "memory", "wake_updates": True, "wake_level": FAST_LEVEL,
+                          "wake_steps": c.fast_steps, "wake_learning_rate": c.fast_learning_rate}
+        return SleepConfig(seeding=seeding, receiver_level=CONSOLIDATED_LEVEL, prompt_builders=c.prompt_builders,
+                           max_prompts=c.prompts_per_document * documents + questions,
+                           output_dir=str(self.output_dir / method), seed=c.seed,
+                           **(memory_teacher if method == "ks-memory" else {}))
 
     def _scores(self, group: BiographyDataset, *, in_context: bool = False) -> dict:
         scores = evaluate(self.engine, self.tokenizer, group, in_context=in_context, progress=self.progress)
