@@ -123,24 +123,30 @@ class Sleeper:
         rng = random.Random(c.seed)
         batches = [rng.sample(replay, min(len(replay), c.seeding.batch_size)) for _ in range(c.seeding.steps)]
         kl_before = state["kl_before"] if state else seeding.replay_kl(replay)
-        bar = tqdm(range(start, c.seeding.steps), desc=f"sleep {self.sleeps}", unit="step", disable=not progress,
-                   initial=start, total=c.seeding.steps)
         budget = c.seeding.token_budget
-        for step in bar:
-            if budget is not None and sum(m["tokens"] for m in history) >= budget:
+        trained = sum(m["tokens"] for m in history)
+        # with a token budget the bar counts tokens (the budget ends the sleep), else steps
+        bar = tqdm(desc=f"sleep {self.sleeps}", unit="tok" if budget else "step", disable=not progress,
+                   initial=trained if budget else start, total=budget or c.seeding.steps)
+        for step in range(start, c.seeding.steps):
+            if budget is not None and trained >= budget:
                 break
             metrics = {"sleep": self.sleeps, "step": step + 1, **seeding.step(batches[step])}
             history.append(metrics)
+            trained += metrics["tokens"]
+            bar.update(metrics["tokens"] if budget else 1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl_teacher']:.3f}")
-            done = step + 1 == c.seeding.steps or (budget is not None and sum(m["tokens"] for m in history) >= budget)
+            done = step + 1 == c.seeding.steps or (budget is not None and trained >= budget)
             if root:
                 self._log(root, metrics)
                 if (step + 1) % c.checkpoint_every == 0 or done:
                     checkpoint.save_checkpoint(root, step + 1, {
-                        "slot": slot, "buffer": self.buffer, "asked": self.asked, "replay": replay, "history": history, "kl_before": kl_before,
+                        "slot": slot, "buffer": self.buffer, "asked": self.asked, "replay": replay, "history": history,
+                        "kl_before": kl_before,
                         "optimizer": seeding.optimizer.state_dict(), "seeding_rng": seeding.rng.getstate(),
                         "rng": checkpoint.rng_state(), "wake": self.fast.state_dict() if self.fast else None},
                         self.memory)
+        bar.close()
         summary = {"sleep": self.sleeps, "level": c.receiver_level, "slot": slot, "documents": len(self.buffer),
                    "replay_samples": len(replay), "steps": len(history), "kl_before": kl_before,
                    "kl_after": seeding.replay_kl(replay), "history": history,

@@ -84,7 +84,7 @@ class KnowledgeSuiteConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS
     tokens_per_document: int = 300
     seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
-        steps=100_000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1, learning_rate=2e-3))
+        steps=5000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1, learning_rate=2e-3))
     prompt_builders: tuple[str, ...] = ("continuation", "self_question", "wake_questions")
     prompts_per_document: int = 4
     wake_questions: bool = True
