@@ -10,13 +10,15 @@ from sleepcore import cli, models
 
 def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--tiny", "--output-dir", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "demo.json").read_text())
-    assert set(report["results"]) == {"base", "in-context (ceiling)", "sleep (Knowledge Seeding)",
-                                      "SFT on passages (same tokens)"}
-    assert report["trained_tokens"] > 0
-    for scores in report["results"].values():
-        assert set(scores) == {"one_hop", "two_hop"} and scores["one_hop"]["count"] == 3 * 7
-    assert "closed-book QA on 3 new biographies" in capsys.readouterr().out
+    report = json.loads((tmp_path / "knowledge.json").read_text())
+    assert list(report["results"]) == ["base", "in-context", "sft", "ks"] and report["groups"] == [3]
+    for method, entry in report["results"].items():
+        (sleep,) = entry["sleeps"]
+        assert sleep["one_hop"]["count"] == 3 * 7 and sleep["two_hop"]["count"] == 3
+        if method in ("sft", "ks"):
+            assert sleep["tokens"] >= sleep["budget"] > 0
+    assert (tmp_path / "knowledge.png").exists()
+    assert "sleep 0 (3 people)" in capsys.readouterr().out
 
 
 def test_missing_model_package_is_one_clear_line(tmp_path, monkeypatch, capsys):

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="read 20 new biographies, sleep once, answer closed-book (SmolLM2)")
     demo.add_argument("--tiny", action="store_true", help="a tiny random model: the same pipeline in seconds")
     demo.add_argument("--people", type=int, default=None, help="biographies to learn (default 20; 3 with --tiny)")
-    demo.add_argument("--output-dir", default="sleepcore-demo", help="checkpoints, metrics and demo.json")
+    demo.add_argument("--output-dir", default="sleepcore-demo", help="checkpoints, metrics, knowledge.json/.png")
     run = commands.add_parser("run", help="wake on documents and sleep on a schedule (see sleepcore/run.py)")
     run.add_argument("--config", required=True, help="a TOML file: output_dir, [model], [documents], [schedule], "
                                                      "[memory], [sleep]")
@@ -52,41 +52,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _one_line_errors(command: str, action) -> int:
+    """Runs ``action()``; a failure a user can fix (a missing package, a bad option, config field,
+    path or model type) is one error line saying what to do."""
+    try:
+        action()
+    except (ModuleNotFoundError, ValueError) as error:
+        print(f"sleepcore {command}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run(args) -> int:
     from sleepcore.run import run
 
-    try:
-        run(args.config)
-    except (ModuleNotFoundError, ValueError) as error:  # ValueError: run.ConfigError, or a model path/type
-        print(f"sleepcore run: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return _one_line_errors("run", lambda: run(args.config))
 
 
 def _eval_knowledge(args) -> int:
     from sleepcore.eval_knowledge import config_from_arguments, run_knowledge_eval
     from sleepcore.models import DEFAULT_MODEL
 
-    try:
+    def evaluate():
         config = config_from_arguments(args.tiny, args.sleeps, args.methods, args.tokens_per_document)
-        model = "tiny" if args.tiny else (args.model or DEFAULT_MODEL)
-        run_knowledge_eval(model, config, output_dir=args.output_dir)
-    except (ModuleNotFoundError, ValueError) as error:
-        print(f"sleepcore eval knowledge: {error}", file=sys.stderr)
-        return 1
-    return 0
+        run_knowledge_eval("tiny" if args.tiny else (args.model or DEFAULT_MODEL), config, output_dir=args.output_dir)
+
+    return _one_line_errors("eval knowledge", evaluate)
 
 
 def _demo(args) -> int:
-    """One error line, with what to do, for the failures a user can fix."""
     from sleepcore.demo import run_demo
 
-    try:
-        run_demo(tiny=args.tiny, people=args.people, output_dir=args.output_dir)
-    except ModuleNotFoundError as error:
-        print(f"sleepcore demo: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return _one_line_errors("demo", lambda: run_demo(tiny=args.tiny, people=args.people, output_dir=args.output_dir))
 
 
 if __name__ == "__main__":
