@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
 from sleepcore.losses import FusedLinearPolicyLoss
 from sleepcore.ops import fused_linear_jsd, group_advantages
@@ -135,8 +136,10 @@ class KnowledgeSeeding:
             for completion in output.completions:
                 if len(completion.token_ids) >= 2:
                     samples.append(ReplaySample(student_ids, ids, list(completion.token_ids)))
+        starts = tqdm(range(0, len(samples), _TEACHER_BATCH), desc="teacher states", unit="batch",
+                      disable=not progress)
         with torch.no_grad(), self.teacher():
-            for start in range(0, len(samples), _TEACHER_BATCH):
+            for start in starts:
                 chunk = samples[start:start + _TEACHER_BATCH]
                 hidden = response_hidden(self.model, [s.teacher_prompt for s in chunk], [s.response for s in chunk],
                                          self.pad_id).float().cpu()
