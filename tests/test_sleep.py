@@ -11,7 +11,7 @@ import torch
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import tiny_model
 from sleepcore.rollout import Engine
-from sleepcore.sleep import knowledge_seeding
+from sleepcore.sleep import hidden_states, knowledge_seeding
 from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
@@ -118,7 +118,7 @@ def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_for
     sleeper.wake(DATASET.passages)
     samples = seeding_run.sample_replay(sleeper._prompts(seeding_run)[:3], progress=False)
     with torch.no_grad(), seeding_run.teacher():
-        fresh = knowledge_seeding.response_hidden(sleeper.model, [s.teacher_prompt for s in samples],
+        fresh = hidden_states.response_hidden(sleeper.model, [s.teacher_prompt for s in samples],
                                                   [s.response for s in samples], seeding_run.pad_id)
     torch.testing.assert_close(torch.cat([s.teacher_hidden for s in samples]), fresh, rtol=1e-5, atol=1e-5)
 

@@ -36,11 +36,13 @@ class KnowledgeSeedingConfig:
     (METHOD.md's lambda: the fraction of sequences sampled from the student), ``temperature``.
     Learning to Imitate: ``completions`` per prefix (n), reward ``gamma * r_sem + (1 - gamma) *
     r_abs`` with the Levenshtein threshold ``z0`` (a fraction of the longer sequence), PPO clip
-    ``clip_eps``. Replay set: ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each, at
-    ``sample_temperature``. Optimisation: ``steps`` AdamW steps of ``batch_size`` sequences at
-    ``learning_rate`` on the new expert only; with ``token_budget`` the sleep stops as soon as that
-    many tokens are trained (``steps`` is then an upper bound), which is how methods are compared at
-    the same budget.
+    ``clip_eps``; ``judge`` gives ``r_sem``: ``"exact_match"`` (normalised exact match) or
+    ``"model"`` (the teacher asked "same meaning? yes/no",
+    :class:`~sleepcore.sleep.judge.ModelJudge`). Replay set: ``samples_per_prompt`` teacher samples
+    of ``max_new_tokens`` each, at ``sample_temperature``. Optimisation: ``steps`` AdamW steps of
+    ``batch_size`` sequences at ``learning_rate`` on the new expert only; with ``token_budget`` the
+    sleep stops as soon as that many tokens are trained (``steps`` is then an upper bound), which is
+    how methods are compared at the same budget.
     """
 
     alpha: float = 0.5
@@ -59,6 +61,7 @@ class KnowledgeSeedingConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     token_budget: int | None = None
+    judge: str = "exact_match"
 
     def __post_init__(self):
         for name in ("alpha", "beta", "on_policy", "gamma", "z0"):
@@ -70,6 +73,7 @@ class KnowledgeSeedingConfig:
         _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
         if self.token_budget is not None:
             _positive_int("token_budget", self.token_budget)
+        _check(self.judge in ("exact_match", "model"), "judge", "'exact_match' or 'model'", self.judge)
 
 
 @dataclass

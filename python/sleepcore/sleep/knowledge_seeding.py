@@ -36,6 +36,8 @@ from sleepcore.losses import FusedLinearPolicyLoss
 from sleepcore.ops import fused_linear_jsd, group_advantages
 from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
+from sleepcore.sleep.hidden_states import response_hidden
+from sleepcore.sleep.judge import ModelJudge
 from sleepcore.sleep.prompts import ReplayPrompt
 from sleepcore.sleep.rewards import imitation_reward
 
@@ -51,27 +53,6 @@ class ReplaySample:
     teacher_prompt: list[int]
     response: list[int]
     teacher_hidden: torch.Tensor | None = None
-
-
-def padded_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask``, both int64 ``[B, max length]``."""
-    width = max(map(len, sequences))
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, :len(sequence)] = torch.tensor(sequence)
-        mask[row, :len(sequence)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def response_hidden(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Final hidden states ``[N, H]`` at the positions that predict the response tokens (N = total
-    response length), in order."""
-    ids, mask = padded_batch([p + r for p, r in zip(prompts, responses)], pad_id, model.device)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    rows = [b * ids.shape[1] + len(p) - 1 + t for b, (p, r) in enumerate(zip(prompts, responses))
-            for t in range(len(r))]
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, torch.tensor(rows, device=hidden.device))
 
 
 class KnowledgeSeeding:
@@ -102,6 +83,7 @@ class KnowledgeSeeding:
                                                  eps_low=config.clip_eps, eps_high=config.clip_eps)
         self.optimizer = torch.optim.AdamW(memory.trainable(level, slot), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
+        self.judge = ModelJudge(model, tokenizer, context=self.teacher) if config.judge == "model" else None
 
     # ------------------------------------------------------------------ the two selves
     @contextmanager
@@ -228,7 +210,7 @@ class KnowledgeSeeding:
                 old_logp.append(list(completion.logprobs))
                 references.append(target)
         decode = self.tokenizer.decode
-        rewards = imitation_reward(completions, references, gamma=c.gamma, z0=c.z0,
+        rewards = imitation_reward(completions, references, gamma=c.gamma, z0=c.z0, judge=self.judge,
                                    completion_texts=[decode(x, skip_special_tokens=True) for x in completions],
                                    reference_texts=[decode(x, skip_special_tokens=True) for x in references])
         advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), c.completions)

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from sleepcore.ops import fused_linear_logprobs
-from sleepcore.sleep.knowledge_seeding import padded_batch
+from sleepcore.sleep.hidden_states import padded_batch
 
 IGNORE = -100
 

@@ -5,7 +5,8 @@ continuation ``d`` by ``r = gamma * r_sem + (1 - gamma) * r_abs``:
 
 * ``r_abs = 1 - z / max(|d_hat|, |d|)`` when the Levenshtein distance ``z <= z0 * max(|d_hat|, |d|)``,
   else 0 (``z0`` is a fraction of the longer length; two empty sequences give 1);
-* ``r_sem`` in [0, 1] comes from a pluggable judge, by default :func:`normalized_exact_match`.
+* ``r_sem`` in [0, 1] comes from a pluggable judge, by default :func:`normalized_exact_match`
+  (the model itself as the judge: :class:`sleepcore.sleep.judge.ModelJudge`).
 
 Distances come from the compiled core (``_C.levenshtein_tokens`` / ``_C.levenshtein_codepoints``,
 csrc/text/levenshtein.cpp): banded, batched over pairs with OpenMP, without the GIL.
@@ -178,27 +179,34 @@ def _unit_interval(value, name: str) -> float:
     return float(value)
 
 
+def _judge_score(score, i: int) -> float:
+    try:
+        score = float(score)
+    except (TypeError, ValueError):
+        raise TypeError(f"judge must return a float, got {type(score).__name__} for pair {i}") from None
+    if not 0.0 <= score <= 1.0:
+        raise ValueError(f"judge must return a score in [0, 1], got {score} for pair {i}")
+    return score
+
+
 def _semantic_rewards(judge, completion_texts, reference_texts, pairs: int) -> list[float]:
     if judge is None:
         judge = normalized_exact_match
-    elif not callable(judge):
-        raise TypeError(f"judge must be callable (completion_text, reference_text) -> float, got "
-                        f"{type(judge).__name__}")
+    score_pairs = getattr(judge, "score_pairs", None)
+    if score_pairs is None and not callable(judge):
+        raise TypeError(f"judge must be callable (completion_text, reference_text) -> float, or have "
+                        f"score_pairs(completion_texts, reference_texts) -> list of floats, got {type(judge).__name__}")
     for name, texts in (("completion_texts", completion_texts), ("reference_texts", reference_texts)):
         _check_batch(texts, name)
         if len(texts) != pairs:
             raise ValueError(f"{name} must have one text per pair ({pairs}), got {len(texts)}")
-    scores = []
-    for i, (completion, reference) in enumerate(zip(completion_texts, reference_texts)):
-        score = judge(completion, reference)
-        try:
-            score = float(score)
-        except (TypeError, ValueError):
-            raise TypeError(f"judge must return a float, got {type(score).__name__} for pair {i}") from None
-        if not 0.0 <= score <= 1.0:
-            raise ValueError(f"judge must return a score in [0, 1], got {score} for pair {i}")
-        scores.append(score)
-    return scores
+    if score_pairs is not None:
+        scores = list(score_pairs(list(completion_texts), list(reference_texts)))
+        if len(scores) != pairs:
+            raise ValueError(f"judge.score_pairs must return one score per pair ({pairs}), got {len(scores)}")
+    else:
+        scores = [judge(completion, reference) for completion, reference in zip(completion_texts, reference_texts)]
+    return [_judge_score(score, i) for i, score in enumerate(scores)]
 
 
 def imitation_reward(completions: Sequence, references: Sequence, *, gamma: float = 0.5, z0: float = 0.5,
@@ -216,8 +224,10 @@ def imitation_reward(completions: Sequence, references: Sequence, *, gamma: floa
             ``r_abs = 1 - z / L`` when ``z <= z0 * L``, else 0; ``L = 0`` gives ``r_abs = 1``. The
             distance runs in the band ``floor(z0 * L)`` of each pair, so far-apart pairs stop early.
         unit: ``"token"`` or ``"char"``.
-        judge: ``judge(completion_text, reference_text) -> float in [0, 1]``; default
-            :func:`normalized_exact_match`. Called only when ``gamma > 0``.
+        judge: ``judge(completion_text, reference_text) -> float in [0, 1]``, called per pair; or an
+            object with ``score_pairs(completion_texts, reference_texts) -> [float in [0, 1]] * pairs``,
+            called once for the batch (e.g. :class:`~sleepcore.sleep.judge.ModelJudge`). Default
+            :func:`normalized_exact_match`. Used only when ``gamma > 0``.
         completion_texts, reference_texts: the texts the judge reads. Required when ``gamma > 0``
             and ``unit="token"``; for ``unit="char"`` they default to the strings themselves.
 
@@ -226,7 +236,9 @@ def imitation_reward(completions: Sequence, references: Sequence, *, gamma: floa
 
     Raises:
         TypeError / ValueError naming the argument, as in :func:`levenshtein`, for ``gamma`` or
-        ``z0`` outside [0, 1], missing or mis-sized texts, or a judge score outside [0, 1].
+        ``z0`` outside [0, 1], missing or mis-sized texts, a judge that is neither callable nor has
+        ``score_pairs``, a score that is not a float or is outside [0, 1], or a batch judge returning
+        a number of scores other than the number of pairs.
     """
     gamma = _unit_interval(gamma, "gamma")
     z0 = _unit_interval(z0, "z0")

@@ -39,7 +39,7 @@ from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.ops import fused_linear_jsd
 from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
-from sleepcore.sleep.knowledge_seeding import response_hidden
+from sleepcore.sleep.hidden_states import response_hidden
 from sleepcore.sleep.next_token import train_next_token
 from sleepcore.sleep.prompts import chat_turn
 from sleepcore.sleep.sleeper import Sleeper
