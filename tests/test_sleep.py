@@ -119,7 +119,7 @@ def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_for
     samples = seeding_run.sample_replay(sleeper._prompts(seeding_run)[:3], progress=False)
     with torch.no_grad(), seeding_run.teacher():
         fresh = hidden_states.response_hidden(sleeper.model, [s.teacher_prompt for s in samples],
-                                                  [s.response for s in samples], seeding_run.pad_id)
+                                              [s.response for s in samples], seeding_run.pad_id)
     torch.testing.assert_close(torch.cat([s.teacher_hidden for s in samples]), fresh, rtol=1e-5, atol=1e-5)
 
 
