@@ -21,6 +21,10 @@ TINY_CONFIG = KnowledgeSuiteConfig(
 def run_knowledge_eval(model: str = DEFAULT_MODEL, config: KnowledgeSuiteConfig | None = None, *,
                        output_dir: str | os.PathLike = "sleepcore-eval", progress: bool = True) -> dict:
     """Runs the suite on ``model`` ("tiny" for a tiny random model); returns the report."""
+    try:
+        import matplotlib  # noqa: F401  (the report's plot: checked before the long run, not after)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("the knowledge report's plot needs matplotlib: pip install matplotlib") from None
     config = config or (TINY_CONFIG if model == "tiny" else KnowledgeSuiteConfig())
     corpus = [document for group in sleep_groups(config) for document in documents_of(group)]
     loaded, tokenizer = load_model_or_tiny(model, corpus)
