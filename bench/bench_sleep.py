@@ -7,7 +7,7 @@ last sleep; retention of the earlier sleep within 5 points; drift KL no larger t
 knowledge.json/.png to ``--output-dir`` and appends one row per method and sleep to
 ``bench/results/<device>.csv``.
 
-Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 300] [--tiny]``
+Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--tiny]``
 """
 
 from __future__ import annotations

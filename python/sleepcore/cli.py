@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     knowledge.add_argument("--tiny", action="store_true", help="a tiny random model and a small protocol")
     knowledge.add_argument("--sleeps", default=None, help="people per sleep, in order (default 1,50)")
     knowledge.add_argument("--methods", default=None, help="comma-separated subset of base,in-context,sft,gkd,ks")
-    knowledge.add_argument("--tokens-per-document", type=int, default=None, help="the sleep budget (default 300)")
+    knowledge.add_argument("--tokens-per-document", type=int, default=None, help="the sleep budget (default 200)")
     knowledge.add_argument("--output-dir", default="sleepcore-eval", help="checkpoints, knowledge.json/.png")
     bench = commands.add_parser("bench", help="run a benchmark (extra options go to it; see --help there)")
     bench.add_argument("name", choices=["distill", "policy", "rollout"])

@@ -118,11 +118,13 @@ class KnowledgeSeeding:
             for completion in output.completions:
                 if len(completion.token_ids) >= 2:
                     samples.append(ReplaySample(student_ids, ids, list(completion.token_ids)))
+        # batches of similar length waste little on padding
+        by_length = sorted(samples, key=lambda s: len(s.teacher_prompt) + len(s.response))
         starts = tqdm(range(0, len(samples), _TEACHER_BATCH), desc="teacher states", unit="batch",
                       disable=not progress)
         with torch.no_grad(), self.teacher():
             for start in starts:
-                chunk = samples[start:start + _TEACHER_BATCH]
+                chunk = by_length[start:start + _TEACHER_BATCH]
                 hidden = response_hidden(self.model, [s.teacher_prompt for s in chunk], [s.response for s in chunk],
                                          self.pad_id).float().cpu()
                 for sample, rows in zip(chunk, hidden.split([len(s.response) for s in chunk])):

@@ -82,7 +82,7 @@ class KnowledgeSuiteConfig:
 
     sleeps: tuple[int, ...] = (1, 50)
     methods: tuple[str, ...] = DEFAULT_METHODS
-    tokens_per_document: int = 300
+    tokens_per_document: int = 200
     seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
         steps=5000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1, learning_rate=2e-3))
     prompt_builders: tuple[str, ...] = ("continuation", "self_question", "wake_questions")
