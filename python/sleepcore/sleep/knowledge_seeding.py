@@ -138,7 +138,7 @@ class KnowledgeSeeding:
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         gkd, kl, gkd_tokens = self._distillation_term(batch)
-        lti, reward, lti_tokens = self._imitation_term(batch) if c.alpha < 1 else (torch.zeros(()), float("nan"), 0)
+        lti, reward, lti_tokens = self._imitation_term(batch) if c.alpha < 1 else (torch.zeros(()), None, 0)
         loss = c.alpha * gkd + (1 - c.alpha) * lti
         loss.backward()
         self.optimizer.step()
