@@ -15,6 +15,7 @@ from sleepcore.sleep import hidden_states, knowledge_seeding
 from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
+from _crash import sleep_until_crash
 
 DATASET = generate_biographies(BiographyConfig(num_people=3, seed=1))
 
@@ -61,19 +62,7 @@ def test_interrupted_sleep_resumes_to_the_uninterrupted_state(tmp_path, monkeypa
     reference.sleep(progress=False)
 
     crashing = make_sleeper(seeding, output_dir=str(tmp_path / "crash"), checkpoint_every=2)
-    real_step = knowledge_seeding.KnowledgeSeeding.step
-    calls = {"n": 0}
-
-    def step_then_crash(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:  # after the step-2 checkpoint and step 3, before the step-4 checkpoint
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, batch)
-
-    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "step", step_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        crashing.sleep(progress=False)
-    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "step", real_step)
+    sleep_until_crash(monkeypatch, crashing)  # after the step-2 checkpoint and step 3, before the step-4 checkpoint
     resumed = make_sleeper(seeding, output_dir=str(tmp_path / "crash"), checkpoint_every=2)
     resumed.sleep(progress=False)
 

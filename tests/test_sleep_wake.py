@@ -16,6 +16,7 @@ from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
 from sleepcore.sleep.next_token import next_token_loss, train_next_token
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
+from _crash import sleep_until_crash
 
 DATASET = generate_biographies(BiographyConfig(num_people=3, seed=1))
 PERIOD = 64  # C_1 in tokens; the three passages hold about 300
@@ -116,19 +117,7 @@ def test_interrupted_memory_teacher_sleep_resumes_to_the_uninterrupted_state(tmp
     reference = woken("reference")
     reference.sleep(progress=False)
     crashing = woken("crash")
-    real_step = knowledge_seeding.KnowledgeSeeding.step
-    calls = {"n": 0}
-
-    def step_then_crash(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:  # after the step-2 checkpoint and step 3
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(self, batch)
-
-    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "step", step_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        crashing.sleep(progress=False)
-    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "step", real_step)
+    sleep_until_crash(monkeypatch, crashing)  # after the step-2 checkpoint and step 3
     resumed = woken("crash")
     resumed.sleep(progress=False)
     want = dict(reference.model.named_parameters())
