@@ -28,8 +28,8 @@ echo "build: $(( $(date +%s) - start )) s"
 timeout 120 python3 -m pytest -m cuda tests -q -p no:cacheprovider 2>&1 | tee "$out/tests_cuda.log" | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # The Triton kernel tests run on the GPU here (no interpreter): every Triton kernel family.
-timeout 90 python3 -m pytest tests/test_triton_jsd.py tests/test_triton_logprobs.py tests/test_triton_backend.py \
-  tests/test_sampling.py tests/test_paged_attention.py -q -p no:cacheprovider 2>&1 | tee -a "$out/tests_cuda.log" | tail -5
+timeout 90 python3 -m pytest tests/ops/jsd/test_triton_jsd.py tests/ops/logprobs/test_triton_logprobs.py tests/ops/test_triton_backend.py \
+  tests/ops/test_sampling.py tests/ops/test_paged_attention.py -q -p no:cacheprovider 2>&1 | tee -a "$out/tests_cuda.log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 for bench in distill:h100 distill:gemma policy:h100 rollout:gpu-decode-64 rollout:gpu-decode-256; do
