@@ -114,5 +114,4 @@ PYBIND11_MODULE(_C, m) {
   sleepcore::bind_block_manager(m);
   sleepcore::bind_sampling(m);
   sleepcore::bind_paged_attention(m);
-  sleepcore::bind_text(m);
 }

@@ -25,6 +25,5 @@ inline cpu::DType as_dtype(int code) {
 void bind_block_manager(pybind11::module_& m);   // csrc/rollout/block_manager_bindings.cpp
 void bind_sampling(pybind11::module_& m);        // csrc/cpu/sampling_bindings.cpp
 void bind_paged_attention(pybind11::module_& m); // csrc/cpu/paged_attention_bindings.cpp
-void bind_text(pybind11::module_& m);            // csrc/text/levenshtein_bindings.cpp
 
 }  // namespace sleepcore

@@ -1,5 +1,5 @@
-"""sleepcore.sleep.rewards: the banded Levenshtein core against a plain O(n m) dynamic programme,
-and the Learning-to-Imitate reward on hand-computed cases."""
+"""sleepcore.sleep.rewards: the public ``levenshtein`` (rapidfuzz underneath) against a plain
+O(n m) dynamic programme on random inputs, and the Learning-to-Imitate reward on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -69,8 +69,21 @@ def test_tokens_per_pair_bands_and_input_kinds(seed):
     a = [torch.tensor(x, dtype=torch.int32) if i % 3 == 0 else tuple(x) for i, (x, _) in enumerate(pairs)]
     b = [np.asarray(y, dtype=np.int64) if i % 2 else y for i, (_, y) in enumerate(pairs)]
     assert levenshtein(a, b, max_distance=bands) == want
-    # large token ids do not collide
+    # large and negative token ids do not collide (Python's hash(2**61 - 1) == hash(0), hash(-1) == hash(-2))
     assert levenshtein([[2**62, 1]], [[2**62 + 1, 1]]) == [1]
+    assert levenshtein([[2**61 - 1], [-1], [-2**63]], [[0], [-2], [2**63 - 1]]) == [1, 1, 1]
+    # uint64 ids are compared as int64, as before: 2**64 - 1 is -1
+    assert levenshtein([np.array([2**64 - 1], dtype=np.uint64)], [[-1]]) == [0]
+
+
+def test_huge_ids_match_reference(seed):
+    # ids spread over the int64 range, many of them equal modulo 2**61 - 1 (where Python's hash wraps)
+    rng = random.Random(seed)
+    spread = [(k % 4) * (2**61 - 1) - k for k in range(50)]
+    pairs = [([spread[t] for t in x], [spread[t] for t in y]) for x, y in random_token_pairs(rng, 80)]
+    bands = [rng.choice([None, 0, 3, 20]) for _ in pairs]
+    want = [expected(reference_distance(x, y), k) for (x, y), k in zip(pairs, bands)]
+    assert levenshtein([x for x, _ in pairs], [y for _, y in pairs], max_distance=bands) == want
 
 
 def test_bands_around_the_true_distance(seed):
@@ -93,7 +106,7 @@ def test_strided_tensor_rows():
 @pytest.mark.parametrize("band", [None, 0, 2, 6, 40])
 def test_chars_match_reference(seed, band):
     rng = random.Random(seed)
-    alphabet = "aeiouéèàçñßø漢字🙂🚀👍🏽\u0301 "
+    alphabet = "aeiouéèàçñßø漢字🙂🚀👍🏽\u0301 \ud800"  # a lone surrogate is one code point too
     a, b = [], []
     for _ in range(120):
         x = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
@@ -112,6 +125,8 @@ def test_known_values_and_edges():
     assert levenshtein([], []) == []
     assert levenshtein([], [], unit="char", max_distance=3) == []
     assert levenshtein([()], [()], max_distance=0) == [0]
+    assert levenshtein([[], [], [1]], [[], [4, 5], []], max_distance=[0, 1, 0]) == [0, 2, 1]
+    assert levenshtein(["", "", "ß"], ["", "漢🙂", ""], unit="char", max_distance=[0, 1, None]) == [0, 2, 1]
 
 
 def test_length_difference_shortcut():
@@ -143,7 +158,7 @@ def test_errors():
         levenshtein([torch.ones(3)], [[1]])
     with pytest.raises(ValueError, match="1-D"):
         levenshtein([torch.ones(2, 2, dtype=torch.long)], [[1]])
-    with pytest.raises(ValueError, match="max_distance must be >= 0"):
+    with pytest.raises(ValueError, match="max_distance must be an int >= 0"):
         levenshtein([[1]], [[1]], max_distance=-1)
     with pytest.raises(TypeError, match="max_distance"):
         levenshtein([[1]], [[1]], max_distance=1.0)
