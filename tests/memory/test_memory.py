@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -240,8 +241,11 @@ def test_random_expert_noise_changes_outputs_inside_and_restores_them_after():
         assert torch.equal(_logits(model, ids), first)  # same generator seed, same noise
     with pytest.raises(RuntimeError, match="needs an open"):
         memory.resample_noise()
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ValueError, match="^scale"):
         with memory.random_expert_noise(scale=0.0):
+            pass
+    with pytest.raises(TypeError, match="^scale"):
+        with memory.random_expert_noise(scale="big"):
             pass
 
 
@@ -281,10 +285,16 @@ def test_errors_name_the_bad_argument():
         memory.new_expert(2)
     with pytest.raises(ValueError, match="level must be"):
         memory.active_slots(-1)
-    with pytest.raises(ValueError, match="slot must be an int in \\[0, 2\\) for level 1"):
+    with pytest.raises(ValueError, match=r"^slot of level 1 must be an int in \[0, 1\], got 2"):
         memory.activate(1, 2)
-    with pytest.raises(ValueError, match="slot must be"):
+    with pytest.raises(ValueError, match="slot of level 0 must be"):
         memory.trainable(0, 5)
+    with pytest.raises(TypeError, match="^level must be an int"):
+        memory.new_expert(1.0)
+    with pytest.raises(TypeError, match="^slot of level 0 must be an int"):
+        memory.activate(0, True)
+    with pytest.raises(TypeError, match="^config must be"):
+        ContinuumMemory.wrap(tiny_model("qwen2"), {"levels": ()})
     with pytest.raises(ValueError, match="no decoder layers"):
         ContinuumMemory.wrap(_ToyModel(with_attention=False), SMALL)
     with pytest.raises(ValueError, match="expected one MLP child"):
@@ -309,21 +319,29 @@ class _ToyModel(nn.Module):
         return self.embed
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(rank=0), "rank"), (dict(slots=0), "slots"), (dict(period=0), "period"), (dict(alpha=-1.0), "alpha"),
+@pytest.mark.parametrize("kwargs, field, error", [
+    (dict(rank=0), "rank", ValueError), (dict(slots=0), "slots", ValueError), (dict(period=0), "period", ValueError),
+    (dict(alpha=-1.0), "alpha", ValueError), (dict(alpha=math.inf), "alpha", ValueError),
+    (dict(rank=8.0), "rank", TypeError), (dict(slots=True), "slots", TypeError),
+    (dict(period="8"), "period", TypeError), (dict(alpha="2"), "alpha", TypeError),
 ])
-def test_level_config_validation(kwargs, field):
-    with pytest.raises(ValueError, match=f"^{field} must"):
+def test_level_config_validation(kwargs, field, error):
+    with pytest.raises(error, match=f"^{field} must"):
         LevelConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(levels=()), "levels"), (dict(levels=(LevelConfig(period=8), LevelConfig(period=8))), "levels"),
-    (dict(layers="some"), "layers"), (dict(layers=(0, 0)), "layers"), (dict(layers=(-1,)), "layers"),
-    (dict(init_std=0.0), "init_std"),
+@pytest.mark.parametrize("kwargs, field, error", [
+    (dict(levels=()), "levels", ValueError),
+    (dict(levels=(LevelConfig(period=8), LevelConfig(period=8))), "levels", ValueError),
+    (dict(layers="some"), "layers", ValueError), (dict(layers=(0, 0)), "layers", ValueError),
+    (dict(layers=()), "layers", ValueError), (dict(layers=(-1,)), r"layers\[0\]", ValueError),
+    (dict(init_std=0.0), "init_std", ValueError),
+    (dict(levels=LevelConfig()), "levels", TypeError), (dict(levels=(LevelConfig(), 3)), r"levels\[1\]", TypeError),
+    (dict(layers=5), "layers", TypeError), (dict(layers=(0, 1.0)), r"layers\[1\]", TypeError),
+    (dict(init_std=None), "init_std", TypeError),
 ])
-def test_memory_config_validation(kwargs, field):
-    with pytest.raises(ValueError, match=f"^{field} must"):
+def test_memory_config_validation(kwargs, field, error):
+    with pytest.raises(error, match=f"^{field} must"):
         MemoryConfig(**kwargs)
 
 

@@ -216,6 +216,13 @@ def test_paged_attention_rejects_bad_arguments(name):
         paged_attention(*args, **{"scale": 0.5, "backend": "cpu", **options})
 
 
+@pytest.mark.parametrize("name,value", [("scale", "0.5"), ("sliding_window", 2.0), ("softcap", True),
+                                        ("backend", None)])
+def test_paged_attention_rejects_wrong_scalar_types(name, value):
+    with pytest.raises(TypeError, match=f"^{name} must"):
+        paged_attention(*_good(), **{"scale": 0.5, "backend": "cpu", name: value})
+
+
 def test_cache_writers_reject_bad_arguments():
     kc, vc = torch.zeros(3, 4, 2, 8), torch.zeros(3, 4, 2, 8)
     k = torch.zeros(2, 2, 8)

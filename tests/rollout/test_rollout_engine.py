@@ -3,6 +3,7 @@ trainer's, preemption and prefix caching change nothing, hooks apply, bad input 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -159,6 +160,24 @@ def test_bad_input_is_refused_with_a_clear_error():
         SamplingParams(top_p=0.0)
     with pytest.raises(TypeError, match="max_tokens"):
         SamplingParams(max_tokens=2.5)
+    for kwargs, name in (({"temperature": -1.0}, "temperature"), ({"min_p": 1.0}, "min_p"), ({"n": 0}, "n"),
+                         ({"top_k": -1}, "top_k"), ({"stop_token_ids": [3, -1]}, r"stop_token_ids\[1\]"),
+                         ({"temperature": float("nan")}, "temperature")):
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            SamplingParams(**kwargs)
+    for kwargs, name in (({"top_p": True}, "top_p"), ({"temperature": "1"}, "temperature"), ({"seed": 1.0}, "seed"),
+                         ({"ignore_eos": 1}, "ignore_eos"), ({"stop_token_ids": 7}, "stop_token_ids"),
+                         ({"stop_token_ids": [2.0]}, r"stop_token_ids\[0\]")):
+        with pytest.raises(TypeError, match=f"^{name} must"):
+            SamplingParams(**kwargs)
+    numpy_params = SamplingParams(top_k=np.int64(4), stop_token_ids=[np.int64(2)])
+    assert numpy_params == SamplingParams(top_k=4, stop_token_ids=(2,)) and type(numpy_params.top_k) is int
+    with pytest.raises(TypeError, match="^block_size"):
+        Engine(model, block_size=16.0)
+    with pytest.raises(TypeError, match="^enable_prefix_caching"):
+        Engine(model, enable_prefix_caching=None)
+    with pytest.raises(TypeError, match="^hook must be callable"):
+        engine.add_step_hook(None)
     with pytest.raises(ValueError, match="kv_memory_bytes"):
         Engine(model, kv_memory_bytes=100)
     with pytest.raises(ValueError, match="dtype"):

@@ -86,17 +86,24 @@ def test_subset_keeps_the_first_people_and_what_they_need(dataset):
     assert {c.name for c in small.companies} == {p.attributes["employer"] for p in small.people}
     for person in small.people:
         assert small.company_passage_of(person) == dataset.company_passage_of(person)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="^n must be"):
         dataset.subset(0)
+    with pytest.raises(ValueError, match="^start must be"):
+        dataset.subset(1, start=len(dataset.people))
+    with pytest.raises(TypeError, match="^n must be"):
+        dataset.subset(2.0)
     with pytest.raises(KeyError, match="not in this dataset"):
         small.passage_of(dataset.people[10])
 
 
 def test_config_validation_names_the_argument():
-    for kwargs, name in (({"num_people": 0}, "num_people"), ({"paraphrases": 9}, "paraphrases"),
-                         ({"seed": 1.5}, "seed"), ({"num_people": True}, "num_people")):
-        with pytest.raises(ValueError, match=name):
+    cases = [({"num_people": 0}, "num_people", ValueError), ({"paraphrases": 9}, "paraphrases", ValueError),
+             ({"seed": 1.5}, "seed", TypeError), ({"num_people": True}, "num_people", TypeError)]
+    for kwargs, name, error in cases:
+        with pytest.raises(error, match=f"^{name} must"):
             BiographyConfig(**kwargs)
+    with pytest.raises(TypeError, match="^config must be"):
+        generate_biographies({"num_people": 2})
 
 
 def test_prompts(dataset):
@@ -104,8 +111,12 @@ def test_prompts(dataset):
     assert prompt_for(question) == f"Question: {question.text}\nAnswer:"
     in_context = prompt_for(question, context=dataset.passages[0])
     assert in_context == f"{dataset.passages[0]}\n\nQuestion: {question.text}\nAnswer:"
-    with pytest.raises(ValueError, match="context"):
+    with pytest.raises(ValueError, match="^context"):
         prompt_for(question, context="  ")
+    with pytest.raises(TypeError, match="^context"):
+        prompt_for(question, context=["a passage"])
+    with pytest.raises(TypeError, match="^question"):
+        prompt_for(None)
 
 
 def test_normalize_answer():

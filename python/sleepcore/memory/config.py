@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
+
+from sleepcore import validation
 
 #: Models with at least this many parameters get the paper's rank (64); smaller ones get 16.
 LARGE_MODEL_PARAMETERS = 1_000_000_000
 LARGE_MODEL_RANK = 64
 SMALL_MODEL_RANK = 16
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -34,17 +31,11 @@ class LevelConfig:
     alpha: float | None = None
 
     def __post_init__(self):
-        if self.rank is not None and (not _is_int(self.rank) or self.rank < 1):
-            raise ValueError(f"rank must be a positive int or None, got {self.rank!r}")
-        if not _is_int(self.slots) or self.slots < 1:
-            raise ValueError(f"slots must be a positive int, got {self.slots!r}")
-        if not _is_int(self.period) or self.period < 1:
-            raise ValueError(f"period must be a positive int, got {self.period!r}")
-        if self.alpha is not None:
-            if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
-                    or not math.isfinite(self.alpha) or self.alpha <= 0:
-                raise ValueError(f"alpha must be a positive finite number or None, got {self.alpha!r}")
-            object.__setattr__(self, "alpha", float(self.alpha))
+        set_field = object.__setattr__
+        set_field(self, "rank", validation.integer("rank", self.rank, minimum=1, optional=True))
+        set_field(self, "slots", validation.integer("slots", self.slots, minimum=1))
+        set_field(self, "period", validation.integer("period", self.period, minimum=1))
+        set_field(self, "alpha", validation.positive("alpha", self.alpha, optional=True))
 
     def resolved(self, num_parameters: int) -> "LevelConfig":
         """This level with ``rank`` and ``alpha`` made concrete for a model of ``num_parameters``."""
@@ -77,10 +68,11 @@ class MemoryConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
-        if not isinstance(self.levels, (tuple, list)) or not self.levels:
-            raise ValueError(f"levels must be a non-empty tuple of LevelConfig, got {self.levels!r}")
-        if not all(isinstance(level, LevelConfig) for level in self.levels):
-            raise ValueError("levels must contain only LevelConfig items")
+        if not isinstance(self.levels, (tuple, list)):
+            raise TypeError(f"levels must be a tuple of LevelConfig, got {type(self.levels).__name__}")
+        validation.non_empty("levels", self.levels)
+        for index, level in enumerate(self.levels):
+            validation.instance(f"levels[{index}]", level, LevelConfig)
         object.__setattr__(self, "levels", tuple(self.levels))
         periods = [level.period for level in self.levels]
         if any(slow <= fast for fast, slow in zip(periods, periods[1:])):
@@ -89,17 +81,14 @@ class MemoryConfig:
             if self.layers != "all":
                 raise ValueError(f"layers must be 'all' or a tuple of layer indices, got {self.layers!r}")
         else:
-            if not isinstance(self.layers, (tuple, list)) or not self.layers:
-                raise ValueError(f"layers must be 'all' or a non-empty tuple of layer indices, got {self.layers!r}")
-            if not all(_is_int(index) and index >= 0 for index in self.layers):
-                raise ValueError(f"layers must hold non-negative int indices, got {self.layers!r}")
-            if len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"layers must not repeat an index, got {self.layers!r}")
-            object.__setattr__(self, "layers", tuple(self.layers))
-        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) \
-                or not math.isfinite(self.init_std) or self.init_std <= 0:
-            raise ValueError(f"init_std must be a positive finite number, got {self.init_std!r}")
-        object.__setattr__(self, "init_std", float(self.init_std))
+            if not isinstance(self.layers, (tuple, list)):
+                raise TypeError(f"layers must be 'all' or a tuple of layer indices, got {type(self.layers).__name__}")
+            validation.non_empty("layers", self.layers)
+            layers = tuple(validation.integer(f"layers[{i}]", layer, minimum=0) for i, layer in enumerate(self.layers))
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"layers must not repeat an index, got {layers!r}")
+            object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "init_std", validation.positive("init_std", self.init_std))
 
     def resolved(self, num_parameters: int, num_layers: int) -> "MemoryConfig":
         """This config with every level's rank/alpha concrete and ``layers`` an explicit sorted tuple.

@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from sleepcore import validation
 from sleepcore.memory import checkpoint
 from sleepcore.memory.config import MemoryConfig
 from sleepcore.memory.discovery import find_decoder_layers, find_mlp, hidden_size
@@ -55,8 +56,7 @@ class ContinuumMemory:
         model has no decoder layers or MLPs (see :mod:`sleepcore.memory.discovery`), if it is
         already wrapped, or if ``config.layers`` holds an index out of range.
         """
-        if not isinstance(config, MemoryConfig):
-            raise TypeError(f"config must be a MemoryConfig, got {type(config).__name__}")
+        validation.instance("config", config, MemoryConfig)
         if any(isinstance(module, MemoryMLP) for module in model.modules()):
             raise ValueError("model is already wrapped by a ContinuumMemory; unwrap() it first")
         d = hidden_size(model)
@@ -183,14 +183,14 @@ class ContinuumMemory:
         ``alpha / rank``, with ``A`` and ``B`` drawn from ``N(0, (init_std * scale)^2)`` on entry (and by
         :meth:`resample_noise`) from ``generator`` (or the global RNG). On exit the noise is removed.
 
-        Raises ``ValueError`` for ``scale <= 0`` and ``RuntimeError`` if the context is already open.
+        Raises ``ValueError`` for ``scale <= 0``, ``TypeError`` for a non-number and ``RuntimeError`` if
+        the context is already open.
         """
         self._check_wrapped()
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        scale = validation.positive("scale", scale)
         if self._noise_scale is not None:
             raise RuntimeError("random_expert_noise is already active (contexts do not nest)")
-        self._noise_scale, self._noise_generator = float(scale), generator
+        self._noise_scale, self._noise_generator = scale, generator
         try:
             self.resample_noise()
             yield
@@ -243,12 +243,8 @@ class ContinuumMemory:
 
     def _check_level(self, level: int) -> None:
         self._check_wrapped()
-        count = len(self.config.levels)
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < count:
-            raise ValueError(f"level must be an int in [0, {count}), got {level!r}")
+        validation.integer("level", level, minimum=0, maximum=len(self.config.levels) - 1)
 
     def _check_slot(self, level: int, slot: int) -> None:
         self._check_level(level)
-        count = self.config.levels[level].slots
-        if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < count:
-            raise ValueError(f"slot must be an int in [0, {count}) for level {level}, got {slot!r}")
+        validation.integer(f"slot of level {level}", slot, minimum=0, maximum=self.config.levels[level].slots - 1)

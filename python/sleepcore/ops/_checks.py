@@ -1,7 +1,10 @@
 """Argument checks shared by the ops. Every failure names the argument.
 
-Checks look only at metadata (shapes, dtypes, devices, Python scalars): none reads tensor
-values, so none forces a host sync or breaks ``torch.compile(fullgraph=True)``.
+The rule is :mod:`sleepcore.validation`'s: a wrong type (or dtype) raises ``TypeError``, a bad
+value (shape, device, range, option) raises ``ValueError``. Scalar options go through
+:mod:`sleepcore.validation`; the tensor checks live here. Checks look only at metadata (shapes,
+dtypes, devices, Python scalars): none reads tensor values, so none forces a host sync or breaks
+``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
@@ -10,14 +13,16 @@ import numbers
 
 import torch
 
+from sleepcore import validation
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REDUCTIONS = ("batchmean", "sum", "none")
+BACKENDS = ("auto", "cpu", "triton")
 
 
 def tensor(name: str, value, *, ndims: tuple[int, ...], dtypes=FLOAT_DTYPES) -> torch.Tensor:
     """``value`` must be a tensor with one of ``ndims`` dimensions and one of ``dtypes``."""
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    validation.instance(name, value, torch.Tensor, what="a torch.Tensor")
     if value.dim() not in ndims:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} dimensions, got shape {tuple(value.shape)}")
     if value.dtype not in dtypes:
@@ -44,42 +49,38 @@ def same_dtype(**tensors: torch.Tensor | None) -> torch.dtype:
     return _shared("dtype", "dtype", TypeError, tensors)
 
 
+def _option(name: str, value, options: tuple[str, ...]) -> str:
+    return validation.choice(name, validation.instance(name, value, str, what="a string"), options)
+
+
 def beta(value) -> float:
-    if not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"beta must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return validation.fraction("beta", value)
 
 
 def temperature(value) -> float:
-    if not isinstance(value, numbers.Real) or not float(value) > 0.0:
-        raise ValueError(f"temperature must be a number > 0, got {value!r}")
-    return float(value)
+    return validation.positive("temperature", value)
 
 
 def reduction(value) -> str:
-    if value not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
-    return value
+    return _option("reduction", value, REDUCTIONS)
 
 
 def chunk_size(value) -> int | None:
-    if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {value!r}")
-    return value
+    return validation.integer("chunk_size", value, minimum=1, optional=True)
 
 
 def backend(value) -> str:
-    if value not in ("auto", "cpu", "triton"):
-        raise ValueError(f"backend must be 'auto', 'cpu' or 'triton', got {value!r}")
-    return value
+    return _option("backend", value, BACKENDS)
 
 
 def num_items(value) -> None:
-    if value is None or isinstance(value, torch.Tensor) and value.numel() == 1:
-        return
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0:
-        return
-    raise ValueError(f"num_items_in_batch must be None, a positive number or a 1-element tensor, got {value!r}")
+    """None, a positive number or a 1-element tensor (its value is not read: no host sync)."""
+    validation.instance("num_items_in_batch", value, (numbers.Real, torch.Tensor, type(None)),
+                        what="None, a positive number or a 1-element tensor")
+    if not isinstance(value, torch.Tensor):
+        validation.positive("num_items_in_batch", value, optional=True)
+    elif value.numel() != 1:
+        raise ValueError(f"num_items_in_batch must be a 1-element tensor, got shape {tuple(value.shape)}")
 
 
 def loss_options(beta_value, temperature_value, reduction_value, backend_value, num_items_in_batch):
@@ -92,8 +93,7 @@ def labels(value, leading_shape: torch.Size, device: torch.device) -> torch.Tens
     """Integer labels (``ignore_index`` marks ignored tokens) or a boolean keep-mask."""
     if value is None:
         return None
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor or None, got {type(value).__name__}")
+    validation.instance("labels", value, torch.Tensor, what="a torch.Tensor or None")
     if value.dtype.is_floating_point or value.dtype.is_complex:
         raise TypeError(f"labels must be an integer tensor or a bool mask, got {value.dtype}")
     if value.numel() != leading_shape.numel() or value.shape not in (leading_shape, (leading_shape.numel(),)):

@@ -13,12 +13,10 @@ on CUDA (that would need a host sync).
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor
 
+from sleepcore import validation
 from sleepcore._core import _C, address, cpu_threads, dtype_code
 from sleepcore.ops import _checks
 from sleepcore.ops.divergence_rows import use_triton
@@ -115,12 +113,6 @@ def _index(name: str, value, shape: tuple, dtype: torch.dtype, device: torch.dev
     return value.to(dtype).contiguous()
 
 
-def _number(name: str, value, *, minimum: float, integral: bool = False):
-    kind = numbers.Integral if integral else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite {'int' if integral else 'number'} >= {minimum}, got {value!r}")
-    return int(value) if integral else float(value)
-
 
 # ----------------------------------------------------------------------------- public API
 
@@ -201,9 +193,9 @@ def paged_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: T
     lens = _index("context_lens", context_lens, (batch,), torch.int64, device)
     starts = _index("query_start", query_start, (batch + 1,), torch.int64, device)
     return torch.ops.sleepcore.paged_attention(
-        q.contiguous(), k_cache, v_cache, tables, lens, starts, _number("scale", scale, minimum=0.0),
-        _number("sliding_window", sliding_window, minimum=0, integral=True),
-        _number("softcap", softcap, minimum=0.0), _checks.backend(backend))
+        q.contiguous(), k_cache, v_cache, tables, lens, starts, validation.number("scale", scale, minimum=0.0),
+        validation.integer("sliding_window", sliding_window, minimum=0),
+        validation.number("softcap", softcap, minimum=0.0), _checks.backend(backend))
 
 
 __all__ = ["write_kv", "copy_blocks", "paged_attention"]

@@ -14,11 +14,10 @@ parameters and (seed, step), never on the rest of the batch. The kernels are
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
 
+from sleepcore import validation
 from sleepcore._core import _C, address, cpu_threads, dtype_code
 from sleepcore.ops import _checks
 from sleepcore.ops.divergence_rows import row_stride, use_triton
@@ -89,24 +88,42 @@ def _(logits, temperature, top_k, top_p, min_p, seeds, steps, backend):
             logits.new_empty(rows, dtype=torch.float32))
 
 
-def _per_row(name: str, value, rows: int, device: torch.device, dtype: torch.dtype, in_range, rule: str) -> Tensor:
-    """A Python scalar (checked here) or a 1-D tensor of length ``rows`` (checked in the op), as ``dtype``."""
-    integral = not dtype.is_floating_point
-    if isinstance(value, torch.Tensor):
-        if value.dim() != 1 or value.shape[0] != rows:
-            raise ValueError(f"{name} must be a scalar or a 1-D tensor of length {rows}, got shape "
-                             f"{tuple(value.shape)}")
-        if value.device != device:
-            raise ValueError(f"{name} must be on the logits' device {device}, got {value.device}")
-        if value.dtype == torch.bool or value.dtype.is_complex or (integral and value.dtype.is_floating_point):
-            raise TypeError(f"{name} must be {'an integer' if integral else 'a real'} tensor, got {value.dtype}")
-        return value.to(dtype).contiguous()
-    kind = numbers.Integral if integral else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{name} must be {'an int' if integral else 'a number'} or a tensor, got {value!r}")
+# per parameter: the dtype the kernels read, the allowed values and how to say them
+_RULES = {
+    "temperature": (torch.float64, lambda v: v >= 0, ">= 0"),
+    "top_k": (torch.int64, lambda v: v >= 0, ">= 0"),
+    "top_p": (torch.float32, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "min_p": (torch.float32, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "seeds": (torch.int64, lambda v: True, "an int"),
+    "steps": (torch.int64, lambda v: True, "an int"),
+}
+
+
+def sampling_parameter(name: str, value):
+    """A sampling parameter (temperature, top_k, top_p, min_p, seeds, steps) given as a Python scalar:
+    an int or a finite number in its range, else ``TypeError`` / ``ValueError`` naming it."""
+    dtype, in_range, rule = _RULES[name]
+    value = validation.number(name, value) if dtype.is_floating_point else validation.integer(name, value)
     if not in_range(value):
         raise ValueError(f"{name} must be {rule}, got {value!r}")
-    return torch.full((rows,), value, dtype=dtype, device=device)
+    return value
+
+
+def _per_row(name: str, value, rows: int, device: torch.device) -> Tensor:
+    """A Python scalar (checked here) or a 1-D tensor of length ``rows`` (values checked in the op),
+    as the dtype the kernels read."""
+    dtype = _RULES[name][0]
+    if not isinstance(value, torch.Tensor):
+        return torch.full((rows,), sampling_parameter(name, value), dtype=dtype, device=device)
+    integral = not dtype.is_floating_point
+    if value.dtype == torch.bool or value.dtype.is_complex or (integral and value.dtype.is_floating_point):
+        raise TypeError(f"{name} must be {'an integer' if integral else 'a real'} tensor, got {value.dtype}")
+    if value.dim() != 1 or value.shape[0] != rows:
+        raise ValueError(f"{name} must be a scalar or a 1-D tensor of length {rows}, got shape "
+                         f"{tuple(value.shape)}")
+    if value.device != device:
+        raise ValueError(f"{name} must be on the logits' device {device}, got {value.device}")
+    return value.to(dtype).contiguous()
 
 
 def sample_tokens(logits, *, temperature, top_k=0, top_p=1.0, min_p=0.0, seeds, steps, backend="auto"):
@@ -139,14 +156,9 @@ def sample_tokens(logits, *, temperature, top_k=0, top_p=1.0, min_p=0.0, seeds, 
                          f"{tuple(logits.shape)} strides {logits.stride()}")
     backend = _checks.backend(backend)
     device = logits.device
-    params = (
-        _per_row("temperature", temperature, rows, device, torch.float64, lambda v: v >= 0, ">= 0"),
-        _per_row("top_k", top_k, rows, device, torch.int64, lambda v: v >= 0, ">= 0"),
-        _per_row("top_p", top_p, rows, device, torch.float32, lambda v: 0 < v <= 1, "in (0, 1]"),
-        _per_row("min_p", min_p, rows, device, torch.float32, lambda v: 0 <= v < 1, "in [0, 1)"),
-        _per_row("seeds", seeds, rows, device, torch.int64, lambda v: True, "an int"),
-        _per_row("steps", steps, rows, device, torch.int64, lambda v: True, "an int"),
-    )
+    values = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "seeds": seeds,
+              "steps": steps}
+    params = tuple(_per_row(name, value, rows, device) for name, value in values.items())
     if rows == 0:
         empty = logits.new_empty(0, dtype=torch.float32)
         return logits.new_empty(0, dtype=torch.int64), empty, empty.clone()

@@ -31,36 +31,23 @@ order before the next forward pass.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable
 
+from sleepcore import validation
 from sleepcore._core import _C
 
 __all__ = ["BlockManager"]
 
 
-def _as_int(value, name: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got bool {value!r}")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int, got {type(value).__name__}") from None
-    if minimum is not None and result < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {result}")
-    return result
-
-
-def _as_token_list(token_ids, name: str) -> list[int]:
+def _token_list(name: str, token_ids) -> list[int]:
     if hasattr(token_ids, "tolist"):  # torch tensor / numpy array
         token_ids = token_ids.tolist()
     if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):
-        raise ValueError(f"{name} must be a sequence of ints, got {type(token_ids).__name__}")
+        raise TypeError(f"{name} must be a sequence of ints, got {type(token_ids).__name__}")
     tokens = list(token_ids)
-    if not tokens:
-        raise ValueError(f"{name} must not be empty")
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        tokens = [_as_int(t, f"{name}[{i}]") for i, t in enumerate(tokens)]
+    validation.non_empty(name, tokens)
+    if not all(type(t) is int for t in tokens):  # the common case stays one pass
+        tokens = [validation.integer(f"{name}[{i}]", t) for i, t in enumerate(tokens)]
     return tokens
 
 
@@ -74,22 +61,22 @@ class BlockManager:
         enable_prefix_caching: share full, computed blocks between sequences with equal prefixes
             (hash-chained over the token ids, collisions ruled out by comparing the tokens).
 
-    Sequence ids are any Python ints fitting in int64. Unknown or duplicate ids and out-of-range
-    positions raise ``ValueError`` naming the argument; running out of blocks raises
-    ``RuntimeError`` and changes nothing (check :meth:`can_allocate` / :meth:`can_append` first).
+    Sequence ids are any Python ints fitting in int64. A non-int argument raises ``TypeError``;
+    unknown or duplicate ids and out-of-range positions raise ``ValueError``, both naming the
+    argument; running out of blocks raises ``RuntimeError`` and changes nothing (check
+    :meth:`can_allocate` / :meth:`can_append` first).
     """
 
     def __init__(self, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True):
-        num_blocks = _as_int(num_blocks, "num_blocks", minimum=1)
-        block_size = _as_int(block_size, "block_size", minimum=1)
-        if not isinstance(enable_prefix_caching, bool):
-            raise ValueError(f"enable_prefix_caching must be a bool, got {type(enable_prefix_caching).__name__}")
-        self._core = _C.BlockManager(num_blocks, block_size, enable_prefix_caching)
+        num_blocks = validation.integer("num_blocks", num_blocks, minimum=1)
+        block_size = validation.integer("block_size", block_size, minimum=1)
+        self._core = _C.BlockManager(num_blocks, block_size,
+                                     validation.boolean("enable_prefix_caching", enable_prefix_caching))
 
     # ---------------------------------------------------------------- allocation
     def can_allocate(self, num_tokens: int) -> bool:
         """Whether ``ceil(num_tokens / block_size)`` blocks are free (conservative: ignores hits)."""
-        return self._core.can_allocate(_as_int(num_tokens, "num_tokens", minimum=0))
+        return self._core.can_allocate(validation.integer("num_tokens", num_tokens, minimum=0))
 
     def allocate(self, seq_id: int, token_ids) -> int:
         """Builds the block table of a new or resumed sequence holding ``token_ids`` (non-empty).
@@ -99,12 +86,12 @@ class BlockManager:
         caller computes positions ``[num_cached_tokens, len(token_ids))`` into
         ``slot_mapping(seq_id, num_cached_tokens, len(token_ids))``.
         """
-        seq_id = _as_int(seq_id, "seq_id")
-        return self._core.allocate(seq_id, _as_token_list(token_ids, "token_ids"))
+        seq_id = validation.integer("seq_id", seq_id)
+        return self._core.allocate(seq_id, _token_list("token_ids", token_ids))
 
     def can_append(self, seq_id: int) -> bool:
         """Whether :meth:`append_token` can get the (at most one) block it may need."""
-        return self._core.can_append(_as_int(seq_id, "seq_id"))
+        return self._core.can_append(validation.integer("seq_id", seq_id))
 
     def append_token(self, seq_id: int, token_id: int) -> int:
         """Appends one token; returns the slot its KV goes to (``block * block_size + offset``).
@@ -112,21 +99,22 @@ class BlockManager:
         Takes a new block when the last one is full; copies-on-write when the block to write is
         shared (a ``(src, dst)`` copy then waits in :meth:`take_copies`).
         """
-        return self._core.append_token(_as_int(seq_id, "seq_id"), _as_int(token_id, "token_id"))
+        return self._core.append_token(validation.integer("seq_id", seq_id), validation.integer("token_id", token_id))
 
     def fork(self, parent_seq_id: int, child_seq_id: int) -> None:
         """The child shares all the parent's blocks, tokens and computed count (``n`` samples of a
         prompt). Fork after the parent's prefill so the child reuses its KV."""
-        self._core.fork(_as_int(parent_seq_id, "parent_seq_id"), _as_int(child_seq_id, "child_seq_id"))
+        self._core.fork(validation.integer("parent_seq_id", parent_seq_id),
+                        validation.integer("child_seq_id", child_seq_id))
 
     def free(self, seq_id: int) -> None:
         """Releases the sequence's blocks and forgets it (finished or preempted)."""
-        self._core.free(_as_int(seq_id, "seq_id"))
+        self._core.free(validation.integer("seq_id", seq_id))
 
     def mark_computed(self, seq_id: int, num_tokens: int) -> None:
         """The first ``num_tokens`` tokens now have KV (monotone, ``<= num_tokens(seq_id)``);
         newly full blocks become prefix-cache entries."""
-        self._core.mark_computed(_as_int(seq_id, "seq_id"), _as_int(num_tokens, "num_tokens"))
+        self._core.mark_computed(validation.integer("seq_id", seq_id), validation.integer("num_tokens", num_tokens))
 
     def take_copies(self) -> list[tuple[int, int]]:
         """Pending copy-on-write ``(src_block, dst_block)`` copies, in order; clears them."""
@@ -134,26 +122,26 @@ class BlockManager:
 
     # ---------------------------------------------------------------- queries
     def __contains__(self, seq_id: int) -> bool:
-        return self._core.has_sequence(_as_int(seq_id, "seq_id"))
+        return self._core.has_sequence(validation.integer("seq_id", seq_id))
 
     def block_table(self, seq_id: int) -> list[int]:
         """Block ids of the sequence, ``ceil(num_tokens / block_size)`` of them."""
-        return self._core.block_table(_as_int(seq_id, "seq_id"))
+        return self._core.block_table(validation.integer("seq_id", seq_id))
 
     def token_ids(self, seq_id: int) -> list[int]:
-        return self._core.token_ids(_as_int(seq_id, "seq_id"))
+        return self._core.token_ids(validation.integer("seq_id", seq_id))
 
     def num_tokens(self, seq_id: int) -> int:
-        return self._core.num_tokens(_as_int(seq_id, "seq_id"))
+        return self._core.num_tokens(validation.integer("seq_id", seq_id))
 
     def num_computed_tokens(self, seq_id: int) -> int:
-        return self._core.num_computed_tokens(_as_int(seq_id, "seq_id"))
+        return self._core.num_computed_tokens(validation.integer("seq_id", seq_id))
 
     def slot_mapping(self, seq_id: int, start: int = 0, stop: int | None = None) -> list[int]:
         """KV slots of token positions ``[start, stop)`` (``stop`` defaults to the length)."""
-        seq_id = _as_int(seq_id, "seq_id")
-        stop = self._core.num_tokens(seq_id) if stop is None else _as_int(stop, "stop")
-        return self._core.slot_mapping(seq_id, _as_int(start, "start"), stop)
+        seq_id = validation.integer("seq_id", seq_id)
+        stop = self._core.num_tokens(seq_id) if stop is None else validation.integer("stop", stop)
+        return self._core.slot_mapping(seq_id, validation.integer("start", start), stop)
 
     def check_invariants(self) -> None:
         """Raises ``RuntimeError`` naming the first broken invariant (ref counts, free list, tables,

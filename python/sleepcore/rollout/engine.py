@@ -17,6 +17,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
+from sleepcore import validation
 from sleepcore.ops.sampling import sample_tokens
 from sleepcore.rollout.block_manager import BlockManager
 from sleepcore.rollout.kv_cache import PagedKVCache, default_kv_memory_bytes
@@ -65,11 +66,9 @@ class Engine:
                  dtype=None, device=None):
         for name, value in (("block_size", block_size), ("max_batch_tokens", max_batch_tokens),
                             ("max_num_seqs", max_num_seqs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if kv_memory_bytes is not None and (isinstance(kv_memory_bytes, bool) or not isinstance(kv_memory_bytes, int)
-                                            or kv_memory_bytes < 1):
-            raise ValueError(f"kv_memory_bytes must be a positive int or None, got {kv_memory_bytes!r}")
+            validation.integer(name, value, minimum=1)
+        validation.integer("kv_memory_bytes", kv_memory_bytes, minimum=1, optional=True)
+        validation.boolean("enable_prefix_caching", enable_prefix_caching)
         if not hasattr(model, "config") or not hasattr(model, "base_model"):
             raise TypeError(f"model must be a transformers causal LM, got {type(model).__name__}")
         num_layers, num_kv_heads, head_dim = model_geometry(model)
@@ -94,8 +93,7 @@ class Engine:
     def add_step_hook(self, hook: Callable[["Engine", ForwardBatch], None]) -> RemovableHandle:
         """Calls ``hook(engine, batch)`` before every forward pass (e.g. to re-draw dreaming's
         random-expert noise); returns a handle whose ``remove()`` unregisters it."""
-        if not callable(hook):
-            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        validation.instance("hook", hook, Callable, what="callable")
         handle = RemovableHandle(self._step_hooks)
         self._step_hooks[handle.id] = hook
         return handle

@@ -3,27 +3,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 
+from sleepcore import validation
+from sleepcore.ops.sampling import sampling_parameter
+
 __all__ = ["SamplingParams", "CompletionOutput", "RequestOutput"]
-
-
-def _integer(name: str, value, minimum: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"SamplingParams.{name} must be an int, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"SamplingParams.{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _real(name: str, value, in_range, rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"SamplingParams.{name} must be a finite number, got {value!r}")
-    if not in_range(value):
-        raise ValueError(f"SamplingParams.{name} must be {rule}, got {value}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -44,6 +29,7 @@ class SamplingParams:
             batch (nor on preemption).
 
     Filters compose as in FlashInfer: top-k, then top-p on the renormalised top-k set, then min-p.
+    A field of the wrong type raises ``TypeError``, one out of range ``ValueError``, naming the field.
     """
 
     n: int = 1
@@ -58,20 +44,16 @@ class SamplingParams:
 
     def __post_init__(self):
         set_field = object.__setattr__
-        set_field(self, "n", _integer("n", self.n, 1))
-        set_field(self, "temperature", _real("temperature", self.temperature, lambda v: v >= 0, ">= 0"))
-        set_field(self, "top_k", _integer("top_k", self.top_k, 0))
-        set_field(self, "top_p", _real("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]"))
-        set_field(self, "min_p", _real("min_p", self.min_p, lambda v: 0 <= v < 1, "in [0, 1)"))
-        set_field(self, "max_tokens", _integer("max_tokens", self.max_tokens, 1))
+        set_field(self, "n", validation.integer("n", self.n, minimum=1))
+        for name in ("temperature", "top_k", "top_p", "min_p"):
+            set_field(self, name, sampling_parameter(name, getattr(self, name)))
+        set_field(self, "max_tokens", validation.integer("max_tokens", self.max_tokens, minimum=1))
         if isinstance(self.stop_token_ids, (str, bytes)) or not hasattr(self.stop_token_ids, "__iter__"):
-            raise TypeError(f"SamplingParams.stop_token_ids must be a sequence of ints, got {self.stop_token_ids!r}")
-        set_field(self, "stop_token_ids",
-                  tuple(_integer("stop_token_ids[]", t, 0) for t in self.stop_token_ids))
-        if not isinstance(self.ignore_eos, bool):
-            raise TypeError(f"SamplingParams.ignore_eos must be a bool, got {self.ignore_eos!r}")
-        if self.seed is not None:
-            set_field(self, "seed", _integer("seed", self.seed, None))
+            raise TypeError(f"stop_token_ids must be a sequence of ints, got {self.stop_token_ids!r}")
+        set_field(self, "stop_token_ids", tuple(validation.integer(f"stop_token_ids[{i}]", token, minimum=0)
+                                                for i, token in enumerate(self.stop_token_ids)))
+        validation.boolean("ignore_eos", self.ignore_eos)
+        set_field(self, "seed", validation.integer("seed", self.seed, optional=True))
 
 
 @dataclass

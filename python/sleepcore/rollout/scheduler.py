@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from sleepcore import validation
 from sleepcore.rollout.block_manager import BlockManager
 from sleepcore.rollout.sequence import Sequence, Status
 
@@ -46,9 +47,9 @@ class Scheduler:
     """
 
     def __init__(self, block_manager: BlockManager, max_batch_tokens: int, max_num_seqs: int):
-        self.block_manager = block_manager
-        self.max_batch_tokens = max_batch_tokens
-        self.max_num_seqs = max_num_seqs
+        self.block_manager = validation.instance("block_manager", block_manager, BlockManager)
+        self.max_batch_tokens = validation.integer("max_batch_tokens", max_batch_tokens, minimum=1)
+        self.max_num_seqs = validation.integer("max_num_seqs", max_num_seqs, minimum=1)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0

@@ -20,6 +20,8 @@ import os
 import random
 from dataclasses import dataclass
 
+from sleepcore import validation
+
 __all__ = ["ATTRIBUTES", "TWO_HOP_ATTRIBUTE", "BiographyConfig", "BiographyDataset", "Company", "Fact",
            "Person", "Question", "generate_biographies", "prompt_for"]
 
@@ -101,12 +103,9 @@ class BiographyConfig:
     paraphrases: int = 3
 
     def __post_init__(self):
-        for name, low, high in (("num_people", 1, 10_000), ("paraphrases", 1, MAX_PARAPHRASES)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        validation.integer("num_people", self.num_people, minimum=1, maximum=10_000)
+        validation.integer("paraphrases", self.paraphrases, minimum=1, maximum=MAX_PARAPHRASES)
+        validation.integer("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -205,10 +204,8 @@ class BiographyDataset:
     def subset(self, n: int, start: int = 0) -> BiographyDataset:
         """``n`` people from index ``start`` with their passages and questions, and only the companies
         they work for."""
-        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < len(self.people):
-            raise ValueError(f"start must be an int in [0, {len(self.people) - 1}], got {start!r}")
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(self.people) - start:
-            raise ValueError(f"n must be an int in [1, {len(self.people) - start}], got {n!r}")
+        validation.integer("start", start, minimum=0, maximum=len(self.people) - 1)
+        validation.integer("n", n, minimum=1, maximum=len(self.people) - start)
         people = self.people[start:start + n]
         names = {person.name for person in people}
         employers = {person.attributes["employer"] for person in people}
@@ -261,15 +258,14 @@ def prompt_for(question: Question | str, *, context: str | None = None) -> str:
     """A short-answer prompt: ``"Question: ...\\nAnswer:"``, preceded by ``context`` and a blank line if given.
 
     ``context`` is the passage (or passages joined by blank lines) for the in-context variant;
-    ``None`` gives the closed-book prompt. Raises ``ValueError`` if ``context`` is given but blank.
+    ``None`` gives the closed-book prompt. Raises ``ValueError`` if ``context`` is given but blank,
+    ``TypeError`` if it is not a string (or ``question`` neither a :class:`Question` nor a string).
     """
-    text = question.text if isinstance(question, Question) else question
+    text = question.text if isinstance(question, Question) else validation.text("question", question)
     closed_book = f"Question: {text}\nAnswer:"
     if context is None:
         return closed_book
-    if not context.strip():
-        raise ValueError("context must be None or a non-blank passage")
-    return f"{context.strip()}\n\n{closed_book}"
+    return f"{validation.text('context', context).strip()}\n\n{closed_book}"
 
 
 class _WordInventor:
@@ -316,8 +312,7 @@ def _person(rng: random.Random, inventor: _WordInventor, employer: Company, citi
 
 def generate_biographies(config: BiographyConfig) -> BiographyDataset:
     """A deterministic dataset of ``config.num_people`` fictional people (see the module docstring)."""
-    if not isinstance(config, BiographyConfig):
-        raise TypeError(f"config must be a BiographyConfig, got {type(config).__name__}")
+    validation.instance("config", config, BiographyConfig)
     rng = random.Random(config.seed)
     inventor = _WordInventor(rng)
     num_companies = max(2, (config.num_people + 2) // 3)

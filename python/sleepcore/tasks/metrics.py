@@ -18,6 +18,8 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+from sleepcore import validation
+
 __all__ = ["aggregate", "contains_match", "exact_match", "normalize_answer", "token_f1"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -29,8 +31,7 @@ def normalize_answer(text: str) -> str:
 
     Raises ``TypeError`` if ``text`` is not a str.
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    validation.instance("text", text, str, what="a string")
     without_punctuation = text.lower().translate(_DELETE_PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", without_punctuation).split())
 
@@ -74,8 +75,7 @@ def aggregate(predictions: Sequence[str], golds: Sequence[str]) -> dict[str, flo
     if len(predictions) != len(golds):
         raise ValueError(f"predictions and golds must have the same length, got {len(predictions)} "
                          f"and {len(golds)}")
-    if not golds:
-        raise ValueError("predictions and golds must not be empty")
+    validation.non_empty("predictions and golds", golds)
     pairs = list(zip(predictions, golds))
     return {
         "em": sum(exact_match(p, g) for p, g in pairs) / len(pairs),
