@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from sleepcore.benchmarks import harness
-from sleepcore.eval_knowledge import config_from_arguments, run_knowledge_eval
+from sleepcore.cli.eval import config_from_arguments, run_knowledge_eval
 from sleepcore.models import DEFAULT_MODEL
 from sleepcore.tasks.knowledge_report import check_targets, retention_delta
 

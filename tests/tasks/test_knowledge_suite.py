@@ -9,7 +9,7 @@ import json
 import pytest
 
 from sleepcore.cli import main
-from sleepcore.eval_knowledge import TINY_CONFIG, config_from_arguments
+from sleepcore.cli.eval import TINY_CONFIG, config_from_arguments
 from sleepcore.tasks.knowledge_report import check_targets, format_table, retention_delta
 from sleepcore.tasks.knowledge_suite import DEFAULT_METHODS, KnowledgeSuiteConfig, documents_of, sleep_groups
 

@@ -1,0 +1,7 @@
+"""``python -m sleepcore.cli``: the same as the ``sleepcore`` command."""
+
+import sys
+
+from sleepcore.cli import main
+
+sys.exit(main())

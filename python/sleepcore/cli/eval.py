@@ -1,0 +1,150 @@
+"""Evaluation suites (knowledge): `sleepcore eval SUITE --help` describes each.
+
+knowledge: how well base, in-context, SFT, GKD and Knowledge Seeding turn new passages into
+closed-book knowledge at the same sleep budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+from sleepcore import validation
+from sleepcore.cli.options import add_config_arguments, by_tiny, configure, describe, given, integers, names
+from sleepcore.configuration import with_overrides
+from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
+from sleepcore.sleep.config import KnowledgeSeedingConfig
+from sleepcore.tasks.knowledge_report import format_table, write_report
+from sleepcore.tasks.knowledge_suite import KnowledgeSuite, KnowledgeSuiteConfig, documents_of, sleep_groups
+
+#: ``--tiny``: the same protocol on a tiny random model in seconds (for tests).
+TINY_CONFIG = KnowledgeSuiteConfig(
+    sleeps=(1, 3), tokens_per_document=24, prompts_per_document=2, drift_prompts=4, drift_tokens=8, fast_period=32,
+    seeding=KnowledgeSeedingConfig(steps=1000, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1))
+
+KNOWLEDGE_DESCRIPTION = """\
+The knowledge suite (sleepcore.tasks.knowledge_suite): base, in-context, SFT, GKD and Knowledge
+Seeding at the same sleep budget, on a packaged model, a local model folder or (--tiny) a tiny
+random model. Prints the table and writes knowledge.json and knowledge.png to the output directory.
+"""
+
+KNOWLEDGE_EXAMPLE = """\
+model = "smollm2-135m-instruct"   # a packaged name, a local Hugging Face folder, or "tiny"
+output_dir = "sleepcore-eval"     # checkpoints, knowledge.json, knowledge.png
+tiny = false                      # true: the tiny random model and the small protocol (TINY_CONFIG)
+[suite]                           # KnowledgeSuiteConfig fields
+sleeps = [1, 50]                  # people per sleep, in order
+methods = ["base", "in-context", "sft", "gkd", "ks"]
+tokens_per_document = 200         # the sleep budget
+[suite.seeding]                   # KnowledgeSeedingConfig fields
+max_new_tokens = 40
+"""
+
+
+@dataclass
+class EvalKnowledgeConfig:
+    """What ``sleepcore eval knowledge`` runs: the suite's config on ``model``, written to
+    ``output_dir``. ``tiny`` selects the tiny random model and :data:`TINY_CONFIG` as defaults
+    (see :func:`knowledge_defaults`); fields given explicitly still override them."""
+
+    model: str = DEFAULT_MODEL
+    output_dir: str = "sleepcore-eval"
+    tiny: bool = False
+    suite: KnowledgeSuiteConfig = field(default_factory=KnowledgeSuiteConfig)
+
+    def __post_init__(self):
+        validation.text("model", self.model)
+        validation.text("output_dir", self.output_dir)
+        validation.boolean("tiny", self.tiny)
+        validation.instance("suite", self.suite, KnowledgeSuiteConfig, what="a KnowledgeSuiteConfig table")
+
+
+def knowledge_defaults(tiny: bool) -> EvalKnowledgeConfig:
+    """The defaults a config file and flags start from: the tiny ones, or the full suite's."""
+    return EvalKnowledgeConfig(model="tiny", tiny=True, suite=TINY_CONFIG) if tiny else EvalKnowledgeConfig()
+
+
+def run_knowledge_eval(model: str = DEFAULT_MODEL, config: KnowledgeSuiteConfig | None = None, *,
+                       output_dir: str | os.PathLike = "sleepcore-eval", progress: bool = True) -> dict:
+    """Runs the suite on ``model`` ("tiny" for a tiny random model); returns the report."""
+    try:
+        import matplotlib  # noqa: F401  (the report's plot: checked before the long run, not after)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("the knowledge report's plot needs matplotlib: pip install matplotlib") from None
+    config = config or (TINY_CONFIG if model == "tiny" else KnowledgeSuiteConfig())
+    corpus = [document for group in sleep_groups(config) for document in documents_of(group)]
+    loaded, tokenizer = load_model_or_tiny(model, corpus)
+    suite = KnowledgeSuite(loaded, tokenizer, config, output_dir, progress=progress,
+                           kv_memory_bytes=(64 if model == "tiny" else 1024) << 20)
+    report = {"model": model, **suite.run()}
+    path = write_report(report, output_dir)
+    print(format_table(report))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return report
+
+
+def suite_flags(sleeps: str | None, methods: str | None, tokens_per_document: int | None) -> dict:
+    """The suite options of the command line as overrides of ``KnowledgeSuiteConfig`` fields."""
+    return {"sleeps": integers("--sleeps", sleeps), "methods": names(methods),
+            "tokens_per_document": tokens_per_document}
+
+
+def config_from_arguments(tiny: bool, sleeps: str | None, methods: str | None,
+                          tokens_per_document: int | None) -> KnowledgeSuiteConfig:
+    """The command-line options over the default (or tiny) suite config; ValueError names a bad option."""
+    overrides = given(suite_flags(sleeps, methods, tokens_per_document))
+    return with_overrides(TINY_CONFIG if tiny else KnowledgeSuiteConfig(), overrides)
+
+
+def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, "suite.seeding.steps=5")
+    parser.add_argument("--model", help="packaged name or local folder (default smollm2-135m-instruct; "
+                                        "tiny with --tiny)")
+    parser.add_argument("--tiny", action="store_true", default=None, help="a tiny random model and a small protocol")
+    parser.add_argument("--sleeps", help="people per sleep, in order, e.g. 1,50 (suite.sleeps)")
+    parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-memory "
+                                          "(suite.methods)")
+    parser.add_argument("--tokens-per-document", type=int, help="the sleep budget (suite.tokens_per_document)")
+    parser.add_argument("--output-dir", help="checkpoints, knowledge.json/.png (default sleepcore-eval)")
+
+
+def knowledge_config(args: argparse.Namespace) -> EvalKnowledgeConfig:
+    """The config of ``sleepcore eval knowledge``: defaults (tiny or not), file, flags, ``--set``."""
+    flags = {"model": args.model, "output_dir": args.output_dir, "tiny": args.tiny,
+             **{f"suite.{key}": value for key, value in
+                suite_flags(args.sleeps, args.methods, args.tokens_per_document).items()}}
+    return configure(args, flags, by_tiny(knowledge_defaults))
+
+
+def run_knowledge(args: argparse.Namespace) -> int:
+    config = knowledge_config(args)
+    run_knowledge_eval(config.model, config.suite, output_dir=config.output_dir)
+    return 0
+
+
+class Suite(NamedTuple):
+    help: str
+    description: str
+    example: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUITES = {"knowledge": Suite("base, in-context, SFT, GKD and Knowledge Seeding at one sleep budget",
+                             KNOWLEDGE_DESCRIPTION, KNOWLEDGE_EXAMPLE,
+                             add_knowledge_arguments, run_knowledge)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    suites = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    for name, suite in SUITES.items():
+        sub = suites.add_parser(name, help=suite.help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description=describe(suite.description, suite.example))
+        sub.set_defaults(label=f"eval {name}")
+        suite.add_arguments(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    return SUITES[args.suite].run(args)
