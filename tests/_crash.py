@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sleepcore.sleep import knowledge_seeding
+from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 
 
-def sleep_until_crash(monkeypatch, sleeper, crash_at_call: int = 4) -> None:
+def sleep_until_crash(monkeypatch, sleeper, crash_at_call: int = 4, stage=KnowledgeSeeding) -> None:
     """Runs ``sleeper.sleep()`` with a simulated crash (KeyboardInterrupt) at that optimisation step
-    call, then restores the real step."""
-    real_step = knowledge_seeding.KnowledgeSeeding.step
+    call of ``stage`` (a stage class), then restores the real step."""
+    real_step = stage.step
     calls = {"n": 0}
 
     def step_then_crash(self, batch):
@@ -19,7 +19,7 @@ def sleep_until_crash(monkeypatch, sleeper, crash_at_call: int = 4) -> None:
             raise KeyboardInterrupt("simulated crash")
         return real_step(self, batch)
 
-    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "step", step_then_crash)
+    monkeypatch.setattr(stage, "step", step_then_crash)
     with pytest.raises(KeyboardInterrupt):
         sleeper.sleep(progress=False)
-    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "step", real_step)
+    monkeypatch.setattr(stage, "step", real_step)

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "cache_path", "load_model", "load_model_or_tiny", "packaged_models", "tiny_model"]
+# the model families the rollout engine drives: load_model accepts these config.json model_type values
+from sleepcore.rollout.model_runner import SUPPORTED_MODEL_TYPES
 
-#: ``config.json`` ``model_type`` values :func:`load_model` accepts (Llama, Qwen2, Qwen3, Gemma-3 text).
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3_text")
+__all__ = ["SUPPORTED_MODEL_TYPES", "cache_path", "load_model", "load_model_or_tiny", "packaged_models", "tiny_model"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV_VAR = "SLEEPCORE_CACHE"

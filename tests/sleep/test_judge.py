@@ -123,16 +123,16 @@ def test_knowledge_seeding_step_with_the_model_judge(monkeypatch):
     torch.manual_seed(0)
     memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=8, slots=2, period=1024),)))
     seeding = KnowledgeSeedingConfig(steps=1, alpha=0.5, batch_size=3, max_new_tokens=8, completions=2,
-                                     samples_per_prompt=1, judge="model")
-    sleeper = Sleeper(model, tokenizer, memory, SleepConfig(seeding=seeding, max_prompts=6),
+                                     samples_per_prompt=1, judge="model", max_prompts=6)
+    sleeper = Sleeper(model, tokenizer, memory, SleepConfig(seeding=seeding),
                       engine=Engine(model, tokenizer, kv_memory_bytes=32 << 20))
     sleeper.wake(DATASET.passages)
-    (step,) = sleeper.sleep(progress=False)["history"]
+    (step,) = sleeper.sleep(progress=False)["stages"]["seeding"]["history"]
     assert calls == [3 * 2]  # one batched call: batch_size prefixes x completions
     assert 0.0 <= step["reward"] <= 1.0 and math.isfinite(step["lti"])
 
 
 def test_config_judge_choices():
     assert KnowledgeSeedingConfig().judge == "exact_match" and KnowledgeSeedingConfig(judge="model").judge == "model"
-    with pytest.raises(ValueError, match="judge must be 'exact_match' or 'model', got 'oracle'"):
+    with pytest.raises(ValueError, match="judge must be one of \\('exact_match', 'model'\\), got 'oracle'"):
         KnowledgeSeedingConfig(judge="oracle")

@@ -1,138 +1,175 @@
 """The sleep cycle end to end on a tiny random model: Knowledge Seeding lowers the teacher's KL to
-the student on the replay set, every loss term runs, and a crashed sleep resumes to the same state."""
+the student on the replay set, every loss term runs, a crashed sleep resumes to the same state,
+stages run in order, and checkpoints are never unpickled."""
 
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
 
-from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
-from sleepcore.models import tiny_model
-from sleepcore.rollout import Engine
-from sleepcore.sleep import hidden_states, knowledge_seeding
+from sleepcore.lm import response_hidden
+from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
-from sleepcore.sleep.sleeper import Sleeper
-from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
+from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
+from sleepcore.sleep.sft import NextTokenStage
+from sleepcore.sleep.stage import StageContext
 from _crash import sleep_until_crash
+from _sleepers import DATASET, make_sleeper, seeding
 
-DATASET = generate_biographies(BiographyConfig(num_people=3, seed=1))
 
-
-def make_sleeper(seeding: KnowledgeSeedingConfig, **options) -> Sleeper:
-    model, tokenizer = tiny_model(DATASET.passages + DATASET.company_passages, seed=0)
-    with torch.no_grad():  # a random model barely reads its context: sharpen it so the teacher differs
-        model.get_output_embeddings().weight.mul_(20.0)
-    torch.manual_seed(0)
-    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=8, slots=2, period=1024),)))
-    config = SleepConfig(seeding=seeding, max_prompts=6, **options)
-    sleeper = Sleeper(model, tokenizer, memory, config, engine=Engine(model, tokenizer, kv_memory_bytes=32 << 20))
+def woken(config, **options):
+    sleeper = make_sleeper(config, **options)
     sleeper.wake(DATASET.passages)
     return sleeper
 
 
 def test_distillation_lowers_the_teachers_kl_on_the_replay_set():
-    seeding = KnowledgeSeedingConfig(alpha=1.0, on_policy=0.0, steps=25, batch_size=6, max_new_tokens=12,
-                                     learning_rate=3e-3, samples_per_prompt=1)
-    sleeper = make_sleeper(seeding, prompt_builders=("continuation",))
+    config = seeding(3e-3, alpha=1.0, on_policy=0.0, steps=25, batch_size=6, max_new_tokens=12, samples_per_prompt=1,
+                     prompt_builders=("continuation",))
+    sleeper = woken(config)
     summary = sleeper.sleep(progress=False)
-    losses = [step["gkd"] for step in summary["history"]]
-    assert summary["kl_after"] < 0.5 * summary["kl_before"], summary
+    stage = summary["stages"]["seeding"]
+    losses = [step["gkd"] for step in stage["history"]]
+    assert stage["kl_after"] < 0.5 * stage["kl_before"], stage
     assert sum(losses[-5:]) < sum(losses[:5])
-    assert sleeper.buffer == [] and sleeper.memory.active_slots(0) == [summary["slot"]]
+    assert len(sleeper.buffer) == 0 and sleeper.memory.active_slots(0) == [summary["slot"]]
 
 
 def test_full_objective_runs_every_term_and_logs_json_lines(tmp_path):
-    seeding = KnowledgeSeedingConfig(steps=2, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
-    sleeper = make_sleeper(seeding, output_dir=str(tmp_path), checkpoint_every=1)
-    summary = sleeper.sleep(progress=False)
-    lines = [json.loads(line) for line in (tmp_path / "sleep-000" / "metrics.jsonl").read_text().splitlines()]
+    config = seeding(steps=2, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
+    summary = woken(config, output_dir=str(tmp_path), checkpoint_every=1).sleep(progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "sleep-000" / "seeding" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
-        assert set(line) >= {"loss", "gkd", "lti", "reward", "kl_teacher", "tokens_per_s"}
+        assert set(line) >= {"loss", "gkd", "lti", "reward", "kl_teacher", "tokens_per_s", "lr", "grad_norm", "sleep"}
         assert 0.0 <= line["reward"] <= 1.0 and line["gkd"] >= 0.0
-    assert summary["replay_samples"] > 0
+    assert summary["stages"]["seeding"]["replay_samples"] > 0
+
+
+def test_epochs_cover_the_replay_set_before_repeating(monkeypatch):
+    config = seeding(alpha=1.0, on_policy=0.0, steps=4, batch_size=2, max_new_tokens=6, samples_per_prompt=1,
+                     prompt_builders=("continuation",))
+    seen = []
+    real = KnowledgeSeeding.step
+    monkeypatch.setattr(KnowledgeSeeding, "step", lambda self, batch: seen.append([id(s) for s in batch])
+                        or real(self, batch))
+    sleeper = woken(config)
+    sleeper.sleep(progress=False)
+    first_epoch = [sample for batch in seen[:3] for sample in batch]  # 6 continuation prompts, batches of 2
+    assert len(first_epoch) == len(set(first_epoch)) == 6
 
 
 def test_interrupted_sleep_resumes_to_the_uninterrupted_state(tmp_path, monkeypatch):
-    seeding = KnowledgeSeedingConfig(steps=5, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1,
-                                     learning_rate=3e-3)
-    reference = make_sleeper(seeding, output_dir=str(tmp_path / "reference"), checkpoint_every=2)
+    config = seeding(3e-3, steps=5, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
+    reference = woken(config, output_dir=str(tmp_path / "reference"), checkpoint_every=2)
     reference.sleep(progress=False)
 
-    crashing = make_sleeper(seeding, output_dir=str(tmp_path / "crash"), checkpoint_every=2)
+    crashing = woken(config, output_dir=str(tmp_path / "crash"), checkpoint_every=2)
     sleep_until_crash(monkeypatch, crashing)  # after the step-2 checkpoint and step 3, before the step-4 checkpoint
-    resumed = make_sleeper(seeding, output_dir=str(tmp_path / "crash"), checkpoint_every=2)
+    resumed = woken(config, output_dir=str(tmp_path / "crash"), checkpoint_every=2)
     resumed.sleep(progress=False)
 
     want = dict(reference.model.named_parameters())
     for name, parameter in resumed.model.named_parameters():
         assert torch.equal(parameter, want[name]), name
-    logged = (tmp_path / "crash" / "sleep-000" / "metrics.jsonl").read_text().splitlines()
+    logged = (tmp_path / "crash" / "sleep-000" / "seeding" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in logged] == [1, 2, 3, 4, 5]
 
 
+def test_stages_run_in_order_and_a_crash_in_the_second_resumes_after_the_first(tmp_path, monkeypatch):
+    config = seeding(steps=2, batch_size=3, max_new_tokens=6, completions=2, samples_per_prompt=1)
+    options = dict(stages=("seeding", "sft"), checkpoint_every=1)
+    reference = woken(config, output_dir=str(tmp_path / "reference"), **options)
+    summary = reference.sleep(progress=False)
+    assert list(summary["stages"]) == ["seeding", "sft"] and summary["stages"]["sft"]["steps"] > 0
+
+    crashing = woken(config, output_dir=str(tmp_path / "crash"), **options)
+    sleep_until_crash(monkeypatch, crashing, crash_at_call=3, stage=NextTokenStage)
+    resumed = woken(config, output_dir=str(tmp_path / "crash"), **options)
+    calls = []
+    real = KnowledgeSeeding.prepare
+    monkeypatch.setattr(KnowledgeSeeding, "prepare", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    again = resumed.sleep(progress=False)
+    assert calls == []  # the finished seeding stage is not run again
+    assert again["stages"]["seeding"]["kl_after"] == summary["stages"]["seeding"]["kl_after"]
+    want = dict(reference.model.named_parameters())
+    for name, parameter in resumed.model.named_parameters():
+        assert torch.equal(parameter, want[name]), name
+
+
+def test_a_pickled_checkpoint_is_refused_and_never_unpickled(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    step = tmp_path / "sleep-000" / "seeding" / "step-000002"
+    step.mkdir(parents=True)
+    (step / "state.pt").write_bytes(pickle.dumps({"step": 2, "payload": Payload()}))
+    (step.parent / "LATEST").write_text(step.name)
+    sleeper = woken(seeding(steps=1, max_new_tokens=4, samples_per_prompt=1), output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="pickled checkpoint.*not loaded"):
+        sleeper.sleep(progress=False)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_wake_questions_are_replayed_and_survive_a_resume(tmp_path, monkeypatch):
-    seeding = KnowledgeSeedingConfig(alpha=1.0, steps=2, batch_size=2, max_new_tokens=6, samples_per_prompt=1)
+    config = seeding(alpha=1.0, steps=2, batch_size=2, max_new_tokens=6, samples_per_prompt=1,
+                     prompt_builders=("wake_questions",))
     questions = [[f"What about fact {i}?"] for i in range(len(DATASET.passages))]
-    sleeper = make_sleeper(seeding, prompt_builders=("wake_questions",), output_dir=str(tmp_path), checkpoint_every=1)
-    sleeper.buffer.clear()  # make_sleeper woke on the passages without questions
-    sleeper.asked.clear()
+    sleeper = make_sleeper(config, output_dir=str(tmp_path), checkpoint_every=1)
     sleeper.wake(DATASET.passages, questions=questions)
     seen = []
-    real_sample = knowledge_seeding.KnowledgeSeeding.sample_replay
-    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "sample_replay",
-                        lambda self, prompts, **kw: seen.extend(prompts) or real_sample(self, prompts, **kw))
+    real_sample = replay.sample_replay
+    monkeypatch.setattr("sleepcore.sleep.knowledge_seeding.sample_replay",
+                        lambda model, tokenizer, engine, prompts, *a, **k: seen.extend(prompts)
+                        or real_sample(model, tokenizer, engine, prompts, *a, **k))
     sleeper.sleep(progress=False)
     assert {p.builder for p in seen} == {"wake_questions"} and len(seen) == len(DATASET.passages)
     for prompt in seen:
         assert f"What about fact {prompt.document}?" in prompt.student
         assert DATASET.passages[prompt.document] in prompt.teacher and DATASET.passages[0] not in prompt.student
-    state = torch.load(next((tmp_path / "sleep-000").glob("step-*/state.pt")), weights_only=False)
-    assert state["asked"] == questions and sleeper.asked == []
+    state = json.loads(next((tmp_path / "sleep-000" / "seeding").glob("step-*/state.json")).read_text())
+    assert state["owner"]["buffer"]["questions"] == questions and len(sleeper.buffer) == 0
     with pytest.raises(ValueError, match="questions"):
         sleeper.wake(["a document"], questions=[["one?"], ["two?"]])
 
 
 def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_forward():
-    seeding = KnowledgeSeedingConfig(alpha=1.0, on_policy=0.0, steps=50, batch_size=2, max_new_tokens=6,
-                                     samples_per_prompt=1, token_budget=15)
-    sleeper = make_sleeper(seeding, prompt_builders=("continuation",))
-    summary = sleeper.sleep(progress=False)
-    tokens = [step["tokens"] for step in summary["history"]]
-    assert sum(tokens) >= 15 and sum(tokens[:-1]) < 15 and summary["steps"] == len(tokens) < 50
-    seeding_run = knowledge_seeding.KnowledgeSeeding(sleeper.model, sleeper.tokenizer, sleeper.memory,
-                                                     sleeper.engine, seeding, level=0, slot=1)
+    config = seeding(alpha=1.0, on_policy=0.0, steps=50, batch_size=2, max_new_tokens=6, samples_per_prompt=1,
+                     token_budget=15, prompt_builders=("continuation",))
+    sleeper = woken(config)
+    stage = sleeper.sleep(progress=False)["stages"]["seeding"]
+    tokens = [step["tokens"] for step in stage["history"]]
+    assert sum(tokens) >= 15 and sum(tokens[:-1]) < 15 and stage["steps"] == len(tokens) < 50
     sleeper.wake(DATASET.passages)
-    samples = seeding_run.sample_replay(sleeper._prompts(seeding_run)[:3], progress=False)
-    with torch.no_grad(), seeding_run.teacher():
-        fresh = hidden_states.response_hidden(sleeper.model, [s.teacher_prompt for s in samples],
-                                              [s.response for s in samples], seeding_run.pad_id)
+    context = StageContext(sleeper.model, sleeper.tokenizer, sleeper.memory, sleeper.engine, 0,
+                           sleeper.memory.new_expert(0))
+    run = KnowledgeSeeding(context, config)
+    prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, run.teacher, seed=0)
+    samples = replay.sample_replay(sleeper.model, sleeper.tokenizer, sleeper.engine, prompts[:3], config, run.teacher,
+                                   run.rng, progress=False)
+    with torch.no_grad(), run.teacher():
+        fresh = response_hidden(sleeper.model, [s.teacher_prompt for s in samples], [s.response for s in samples],
+                                run.pad_id)
     torch.testing.assert_close(torch.cat([s.teacher_hidden for s in samples]), fresh, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_input_is_refused():
-    sleeper = make_sleeper(KnowledgeSeedingConfig(steps=1))
+    sleeper = make_sleeper(seeding(steps=1))
     with pytest.raises(ValueError, match="non-empty"):
         sleeper.wake([""])
-    sleeper.buffer.clear()
     with pytest.raises(ValueError, match="wake buffer is empty"):
         sleeper.sleep(progress=False)
     with pytest.raises(ValueError, match="alpha"):
         KnowledgeSeedingConfig(alpha=1.5)
-    with pytest.raises(ValueError, match="unknown sleep config field"):
-        SleepConfig.from_dict({"sleepiness": 3})
+    with pytest.raises(TypeError, match="alpha"):
+        KnowledgeSeedingConfig(alpha="high")
     with pytest.raises(ValueError, match="teacher"):
         SleepConfig(teacher="oracle")
-
-
-def test_question_format_uses_the_chat_template_when_there_is_one():
-    from sleepcore.sleep.prompts import qa_prompt
-
-    _, tokenizer = tiny_model(DATASET.passages, seed=0)
-    assert qa_prompt(tokenizer, " Who? ") == "Question: Who?\nAnswer:"
-    assert qa_prompt(tokenizer, "Who?", "Some text.") == "Some text.\n\nQuestion: Who?\nAnswer:"
-    tokenizer.chat_template = "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}<assistant>"
-    assert qa_prompt(tokenizer, "Who?", "Some text.") == \
-        "<user>Some text.\n\nAnswer with a short phrase only.\nQuestion: Who?<assistant>"
+    with pytest.raises(ValueError, match="stages"):
+        SleepConfig(stages=("seeding", "dance"))
+    with pytest.raises(ValueError, match="prompt_builders"):
+        KnowledgeSeedingConfig(prompt_builders=("gossip",))

@@ -8,33 +8,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
-from sleepcore.models import tiny_model
-from sleepcore.rollout import Engine
+from sleepcore.lm import as_examples, next_token_loss
+from sleepcore.sleep.config import NextTokenConfig, SleepConfig
 from sleepcore.sleep import knowledge_seeding
-from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
-from sleepcore.sleep.next_token import next_token_loss, train_next_token
 from sleepcore.sleep.sleeper import Sleeper
-from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
+from sleepcore.train import OptimizerConfig
 from _crash import sleep_until_crash
+from _sleepers import DATASET, make_sleeper as make_tiny_sleeper, seeding
 
-DATASET = generate_biographies(BiographyConfig(num_people=3, seed=1))
 PERIOD = 64  # C_1 in tokens; the three passages hold about 300
 FAST = dict(wake_updates=True, wake_period=PERIOD, wake_learning_rate=1e-2)
 MEMORY_TEACHER = dict(FAST, teacher="memory", receiver_level=1, wake_learning_rate=3e-3)
-SEEDING = KnowledgeSeedingConfig(alpha=1.0, on_policy=0.0, steps=40, batch_size=6, max_new_tokens=12,
-                                 learning_rate=1e-2, samples_per_prompt=1)
+SEEDING = seeding(1e-2, alpha=1.0, on_policy=0.0, steps=40, batch_size=6, max_new_tokens=12, samples_per_prompt=1)
 
 
-def make_sleeper(seeding: KnowledgeSeedingConfig = SEEDING, **options) -> Sleeper:
-    model, tokenizer = tiny_model(DATASET.passages + DATASET.company_passages, seed=0)
-    with torch.no_grad():  # a random model barely reads its context: sharpen it so the teacher differs
-        model.get_output_embeddings().weight.mul_(20.0)
-    torch.manual_seed(0)
-    levels = (LevelConfig(rank=8, slots=2, period=1024), LevelConfig(rank=8, slots=2, period=8192))
-    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=levels))
-    config = SleepConfig(seeding=seeding, max_prompts=6, **options)
-    return Sleeper(model, tokenizer, memory, config, engine=Engine(model, tokenizer, kv_memory_bytes=32 << 20))
+def make_sleeper(seeding_config=SEEDING, **options) -> Sleeper:
+    return make_tiny_sleeper(seeding_config, levels=2, **options)
 
 
 def parameters(sleeper: Sleeper) -> dict[str, torch.Tensor]:
@@ -87,30 +76,31 @@ def test_memory_teacher_seeds_without_documents_then_resets_the_fast_level(monke
     sleeper = make_sleeper(**MEMORY_TEACHER)
     sleeper.wake(DATASET.passages)
     seen = []
-    real_sample_replay = knowledge_seeding.KnowledgeSeeding.sample_replay
+    real_sample_replay = knowledge_seeding.sample_replay
 
-    def recording(self, prompts, **options):
+    def recording(model, tokenizer, engine, prompts, *args, **options):
         seen.extend(prompts)
-        return real_sample_replay(self, prompts, **options)
+        return real_sample_replay(model, tokenizer, engine, prompts, *args, **options)
 
-    monkeypatch.setattr(knowledge_seeding.KnowledgeSeeding, "sample_replay", recording)
+    monkeypatch.setattr(knowledge_seeding, "sample_replay", recording)
     summary = sleeper.sleep(progress=False)
+    seeded = summary["stages"]["seeding"]
     assert seen and all(prompt.teacher == prompt.student for prompt in seen)
     assert not any(document in prompt.teacher for prompt in seen for document in DATASET.passages)
     assert summary["fast_updates"] == -(-token_count(sleeper, DATASET.passages) // PERIOD)  # the pending window too
-    assert summary["kl_after"] < 0.5 * summary["kl_before"], summary
+    assert seeded["kl_after"] < 0.5 * seeded["kl_before"], seeded
     memory = sleeper.memory
     assert memory.active_slots(0) == [] and memory.active_slots(1) == [summary["slot"]]
     assert all(not mlp.levels[0].B[slot].any() for mlp in memory.layers.values() for slot in range(2))
-    assert sleeper.fast.slot is None and sleeper.fast.window == [] and sleeper.buffer == []
+    assert sleeper.fast.slot is None and sleeper.fast.window == [] and len(sleeper.buffer) == 0
 
 
 def test_interrupted_memory_teacher_sleep_resumes_to_the_uninterrupted_state(tmp_path, monkeypatch):
-    seeding = KnowledgeSeedingConfig(steps=5, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1,
-                                     learning_rate=3e-3)
+    seeding_config = seeding(3e-3, steps=5, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
 
     def woken(directory):
-        sleeper = make_sleeper(seeding, output_dir=str(tmp_path / directory), checkpoint_every=2, **MEMORY_TEACHER)
+        sleeper = make_sleeper(seeding_config, output_dir=str(tmp_path / directory), checkpoint_every=2,
+                               **MEMORY_TEACHER)
         sleeper.wake(DATASET.passages)
         return sleeper
 
@@ -131,18 +121,21 @@ def test_bad_wake_configuration_and_input_are_refused():
         SleepConfig(teacher="memory", wake_updates=True, receiver_level=0, wake_level=0)
     with pytest.raises(ValueError, match="wake_updates"):
         SleepConfig(teacher="memory", receiver_level=1)
-    for field, value in (("wake_updates", 1), ("wake_level", -1), ("wake_period", 0), ("wake_steps", 0),
-                         ("wake_learning_rate", 0.0), ("wake_batch_size", 2.5)):
-        with pytest.raises(ValueError, match=field):
+    for field, value, error in (("wake_updates", 1, TypeError), ("wake_level", -1, ValueError),
+                                ("wake_period", 0, ValueError), ("wake_steps", 0, ValueError),
+                                ("wake_learning_rate", 0.0, ValueError), ("wake_batch_size", 2.5, TypeError)):
+        with pytest.raises(error, match=field):
             SleepConfig(**{field: value})
-    assert SleepConfig.from_dict({"wake_updates": True, "wake_period": 8}).wake_period == 8
     with pytest.raises(ValueError, match="wake_level"):
         make_sleeper(wake_updates=True, wake_level=2)
     with pytest.raises(ValueError, match="receiver_level"):
         make_sleeper(receiver_level=2)
     sleeper = make_sleeper()
-    for bad, field in (({"texts": []}, "texts"), ({"steps": 0}, "steps"), ({"learning_rate": -1.0}, "learning_rate"),
-                       ({"steps": None}, "tokens or steps")):
-        options = {"texts": DATASET.passages, "steps": 1, "learning_rate": 1e-3, **bad}
-        with pytest.raises(ValueError, match=field):
-            train_next_token(sleeper.model, sleeper.tokenizer, [], options.pop("texts"), progress=False, **options)
+    with pytest.raises(ValueError, match="texts"):
+        as_examples(sleeper.tokenizer, [])
+    with pytest.raises(ValueError, match="2 tokens or more"):
+        as_examples(sleeper.tokenizer, [[5]])
+    with pytest.raises(ValueError, match="steps"):
+        NextTokenConfig(steps=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        NextTokenConfig(optimizer=OptimizerConfig(learning_rate=-1.0))

@@ -19,10 +19,12 @@ import torch
 from torch import Tensor
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from sleepcore.models import SUPPORTED_MODEL_TYPES
 from sleepcore.rollout.flash_decode import flash_decode, flash_decode_available
 from sleepcore.rollout.kv_cache import PagedKVCache
 from sleepcore.rollout.scheduler import ScheduledChunk
+
+#: The model families the runner drives (``config.model_type``); loading checks this list too.
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3_text")
 
 ATTENTION_NAME = "sleepcore_paged"
 

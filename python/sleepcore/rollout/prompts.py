@@ -20,6 +20,15 @@ def _token_list(prompt, index: int, vocab_size: int) -> list[int]:
     return [int(token) for token in prompt]
 
 
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text``. Special tokens (a BOS) are added as the tokenizer does for plain text,
+    but not when ``text`` already starts with the BOS token, as chat-template renderings do: a
+    second BOS would put the model off its training distribution."""
+    bos = getattr(tokenizer, "bos_token", None)
+    already = bool(bos) and text.startswith(bos)
+    return list(tokenizer(text, add_special_tokens=not already)["input_ids"])
+
+
 def prompt_token_ids(prompts, tokenizer, vocab_size: int, max_model_len: int) -> list[list[int]]:
     """Token ids of each prompt: strings go through ``tokenizer`` (with its special tokens), id
     lists are checked against the vocabulary. Every prompt must leave room for one new token."""
@@ -34,7 +43,7 @@ def prompt_token_ids(prompts, tokenizer, vocab_size: int, max_model_len: int) ->
             if tokenizer is None:
                 raise ValueError(f"prompts[{index}] is a string but the engine has no tokenizer: pass "
                                  "Engine(model, tokenizer) or token ids")
-            prompt = tokenizer(prompt)["input_ids"]
+            prompt = encode(tokenizer, prompt)
         ids = _token_list(prompt, index, vocab_size)
         if len(ids) >= max_model_len:
             raise ValueError(f"prompts[{index}] has {len(ids)} tokens; the model's context is {max_model_len}")

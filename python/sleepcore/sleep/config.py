@@ -1,31 +1,26 @@
-"""Configuration of a sleep: Knowledge Seeding's objective (METHOD.md §3) and the cycle around it.
-
-Every "we decide" of METHOD.md is a field here, with the default METHOD.md gives.
+"""Configuration of a sleep: its stages in order, one nested config per stage, and the cycle
+around them (METHOD.md §2-3). Every "we decide" of METHOD.md is a field here, with the default
+METHOD.md gives. TOML files map onto these dataclasses through :mod:`sleepcore.configuration`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+
+from sleepcore.train import OptimizerConfig
+from sleepcore.validation import boolean, choice, fraction, instance, integer, positive
+
+#: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
+PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions")
+#: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
+STAGE_NAMES = ("seeding", "sft")
 
 
-def _check(condition: bool, name: str, rule: str, value) -> None:
-    if not condition:
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
-
-
-def _fraction(name: str, value) -> None:
-    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0, name,
-           "a number in [0, 1]", value)
-
-
-def _positive_int(name: str, value) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, "an int >= 1", value)
-
-
-def _positive(name: str, value) -> None:
-    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
-           name, "a finite number > 0", value)
+def _loop_fields(config) -> None:
+    integer("steps", config.steps, minimum=1)
+    integer("batch_size", config.batch_size, minimum=1)
+    integer("token_budget", config.token_budget, minimum=1, optional=True)
+    instance("optimizer", config.optimizer, OptimizerConfig, what="an OptimizerConfig")
 
 
 @dataclass
@@ -38,11 +33,12 @@ class KnowledgeSeedingConfig:
     r_abs`` with the Levenshtein threshold ``z0`` (a fraction of the longer sequence), PPO clip
     ``clip_eps``; ``judge`` gives ``r_sem``: ``"exact_match"`` (normalised exact match) or
     ``"model"`` (the teacher asked "same meaning? yes/no",
-    :class:`~sleepcore.sleep.judge.ModelJudge`). Replay set: ``samples_per_prompt`` teacher samples
-    of ``max_new_tokens`` each, at ``sample_temperature``. Optimisation: ``steps`` AdamW steps of
-    ``batch_size`` sequences at ``learning_rate`` on the new expert only; with ``token_budget`` the
-    sleep stops as soon as that many tokens are trained (``steps`` is then an upper bound), which is
-    how methods are compared at the same budget.
+    :class:`~sleepcore.sleep.judge.ModelJudge`). Replay set: at most ``max_prompts`` prompts from
+    ``prompt_builders``, ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each, at
+    ``sample_temperature``. Optimisation: shuffled epochs over the replay set in batches of
+    ``batch_size`` sequences, at most ``steps`` steps of ``optimizer`` on the new expert only; with
+    ``token_budget`` the stage stops at the first step that reaches that many trained tokens, which
+    is how methods are compared at the same budget.
     """
 
     alpha: float = 0.5
@@ -53,39 +49,59 @@ class KnowledgeSeedingConfig:
     z0: float = 0.5
     completions: int = 4
     clip_eps: float = 0.2
+    judge: str = "exact_match"
+    prompt_builders: tuple[str, ...] = PROMPT_BUILDERS
+    max_prompts: int = 64
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
     sample_temperature: float = 1.0
     steps: int = 40
     batch_size: int = 8
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
     token_budget: int | None = None
-    judge: str = "exact_match"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     def __post_init__(self):
         for name in ("alpha", "beta", "on_policy", "gamma", "z0"):
-            _fraction(name, getattr(self, name))
-        for name in ("completions", "samples_per_prompt", "max_new_tokens", "steps", "batch_size"):
-            _positive_int(name, getattr(self, name))
-        for name in ("temperature", "sample_temperature", "learning_rate", "clip_eps"):
-            _positive(name, getattr(self, name))
-        _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
-        if self.token_budget is not None:
-            _positive_int("token_budget", self.token_budget)
-        _check(self.judge in ("exact_match", "model"), "judge", "'exact_match' or 'model'", self.judge)
+            fraction(name, getattr(self, name))
+        for name in ("completions", "samples_per_prompt", "max_new_tokens", "max_prompts"):
+            integer(name, getattr(self, name), minimum=1)
+        for name in ("temperature", "sample_temperature", "clip_eps"):
+            positive(name, getattr(self, name))
+        choice("judge", self.judge, ("exact_match", "model"))
+        self.prompt_builders = tuple(instance("prompt_builders", self.prompt_builders, (list, tuple)))
+        if not self.prompt_builders:
+            raise ValueError("prompt_builders must not be empty")
+        for builder in self.prompt_builders:
+            choice("prompt_builders item", builder, PROMPT_BUILDERS)
+        _loop_fields(self)
+
+
+@dataclass
+class NextTokenConfig:
+    """The SFT stage (the knowledge suite's baseline): next-token loss on the wake documents, in
+    shuffled epochs of ``batch_size`` documents, at most ``steps`` steps of ``optimizer`` on the
+    new expert, stopping at ``token_budget`` trained tokens when set."""
+
+    steps: int = 1000
+    batch_size: int = 4
+    token_budget: int | None = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def __post_init__(self):
+        _loop_fields(self)
 
 
 @dataclass
 class SleepConfig:
-    """The cycle: which memory level receives the new expert, how prompts are built, where the
-    running state is checkpointed, and the seed.
+    """The cycle: the stages a sleep runs, which memory level receives the new expert, the teacher,
+    where the running state is checkpointed, and the seed.
 
-    ``teacher`` is ``"context"`` (the wake documents in the teacher's context: the zeroth memory
-    level) or ``"memory"`` (the fast level's experts, without the documents; it needs
-    ``wake_updates`` and a ``receiver_level`` other than ``wake_level``). ``prompt_builders`` name
-    the replay prompt builders (see :mod:`sleepcore.sleep.prompts`). ``checkpoint_every``
-    optimisation steps, the state is written atomically to ``output_dir``.
+    ``stages`` run in order, each with its nested config: ``seeding`` (Knowledge Seeding,
+    :class:`KnowledgeSeedingConfig`) or ``sft`` (next-token training on the documents,
+    :class:`NextTokenConfig`). ``teacher`` is ``"context"`` (the wake documents in the teacher's
+    context: the zeroth memory level) or ``"memory"`` (the fast level's experts, without the
+    documents; it needs ``wake_updates`` and a ``receiver_level`` other than ``wake_level``). Every
+    ``checkpoint_every`` optimisation steps the state is written atomically to ``output_dir``.
 
     Wake (METHOD.md §1): with ``wake_updates`` the fast level ``wake_level`` learns online, every
     ``wake_period`` tokens (``C_1``; None: that level's ``LevelConfig.period``) taking
@@ -94,11 +110,11 @@ class SleepConfig:
     is the context alone.
     """
 
+    stages: tuple[str, ...] = ("seeding",)
     seeding: KnowledgeSeedingConfig = field(default_factory=KnowledgeSeedingConfig)
+    sft: NextTokenConfig = field(default_factory=NextTokenConfig)
     receiver_level: int = 0
     teacher: str = "context"
-    prompt_builders: tuple[str, ...] = ("continuation", "self_question", "wake_questions")
-    max_prompts: int = 64
     checkpoint_every: int = 10
     output_dir: str | None = None
     seed: int = 0
@@ -110,42 +126,28 @@ class SleepConfig:
     wake_batch_size: int = 4
 
     def __post_init__(self):
-        if isinstance(self.seeding, dict):
-            self.seeding = KnowledgeSeedingConfig(**self.seeding)
-        _check(isinstance(self.seeding, KnowledgeSeedingConfig), "seeding", "a KnowledgeSeedingConfig", self.seeding)
-        _check(isinstance(self.receiver_level, int) and self.receiver_level >= 0, "receiver_level", "an int >= 0",
-               self.receiver_level)
-        _check(self.teacher in ("context", "memory"), "teacher", "'context' or 'memory'", self.teacher)
-        self.prompt_builders = tuple(self.prompt_builders)
-        _check(len(self.prompt_builders) > 0, "prompt_builders", "non-empty", self.prompt_builders)
-        _positive_int("max_prompts", self.max_prompts)
-        _positive_int("checkpoint_every", self.checkpoint_every)
-        _check(isinstance(self.seed, int), "seed", "an int", self.seed)
-        _check(isinstance(self.wake_updates, bool), "wake_updates", "a bool", self.wake_updates)
-        _check(isinstance(self.wake_level, int) and not isinstance(self.wake_level, bool) and self.wake_level >= 0,
-               "wake_level", "an int >= 0", self.wake_level)
-        if self.wake_period is not None:
-            _positive_int("wake_period", self.wake_period)
-        _positive_int("wake_steps", self.wake_steps)
-        _positive("wake_learning_rate", self.wake_learning_rate)
-        _positive_int("wake_batch_size", self.wake_batch_size)
+        self.stages = tuple(instance("stages", self.stages, (list, tuple)))
+        if not self.stages:
+            raise ValueError("stages must not be empty")
+        for stage in self.stages:
+            choice("stages item", stage, STAGE_NAMES)
+        instance("seeding", self.seeding, KnowledgeSeedingConfig, what="a KnowledgeSeedingConfig")
+        instance("sft", self.sft, NextTokenConfig, what="a NextTokenConfig")
+        integer("receiver_level", self.receiver_level, minimum=0)
+        choice("teacher", self.teacher, ("context", "memory"))
+        integer("checkpoint_every", self.checkpoint_every, minimum=1)
+        instance("output_dir", self.output_dir, (str, type(None)), what="a string or None")
+        integer("seed", self.seed)
+        boolean("wake_updates", self.wake_updates)
+        integer("wake_level", self.wake_level, minimum=0)
+        integer("wake_period", self.wake_period, minimum=1, optional=True)
+        integer("wake_steps", self.wake_steps, minimum=1)
+        positive("wake_learning_rate", self.wake_learning_rate)
+        integer("wake_batch_size", self.wake_batch_size, minimum=1)
         if self.teacher == "memory":
-            _check(self.wake_updates, "wake_updates", "True for teacher='memory' (a memory teacher needs a "
-                   "trained fast level)", self.wake_updates)
-            _check(self.receiver_level != self.wake_level, "receiver_level",
-                   f"other than wake_level ({self.wake_level}) for teacher='memory'", self.receiver_level)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "SleepConfig":
-        """From a TOML/YAML table; unknown keys raise ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown sleep config field(s) {unknown}; known: {sorted(known)}")
-        seeding = values.get("seeding", {})
-        if isinstance(seeding, dict):
-            known_seeding = {f.name for f in fields(KnowledgeSeedingConfig)}
-            bad = sorted(set(seeding) - known_seeding)
-            if bad:
-                raise ValueError(f"unknown seeding field(s) {bad}; known: {sorted(known_seeding)}")
-        return cls(**values)
+            if not self.wake_updates:
+                raise ValueError("wake_updates must be True for teacher='memory' (a memory teacher needs a trained "
+                                 "fast level)")
+            if self.receiver_level == self.wake_level:
+                raise ValueError(f"receiver_level must differ from wake_level ({self.wake_level}) for "
+                                 "teacher='memory'")

@@ -11,8 +11,8 @@ from contextlib import nullcontext
 
 import torch
 
-from sleepcore.sleep.hidden_states import padded_batch
-from sleepcore.sleep.prompts import chat_turn
+from sleepcore.lm import chat_turn, encode, final_hidden, head_weight, pad_id, padded_batch
+from sleepcore.validation import integer
 
 __all__ = ["ModelJudge"]
 
@@ -35,7 +35,7 @@ class ModelJudge:
         Text A: <a>
         Text B: <b>
 
-    as one user turn with the assistant's turn opened (:func:`~sleepcore.sleep.prompts.chat_turn`),
+    as one user turn with the assistant's turn opened (:func:`~sleepcore.lm.chat_turn`),
     or, without a chat template, followed by ``"\\nAnswer:"``. One no-grad forward per
     ``batch_size`` questions (right-padded, int64 ``[B, T]``) gives the final hidden state at each
     question's last token, ``[B, H]``; through the output embedding's rows of the answer tokens it
@@ -56,16 +56,14 @@ class ModelJudge:
     """
 
     def __init__(self, model, tokenizer, *, context=None, batch_size: int = 16):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        integer("batch_size", batch_size, minimum=1)
         yes, no = _single_token_ids(tokenizer, YES), _single_token_ids(tokenizer, NO)
         if not yes or not no:
             raise ValueError(f"ModelJudge needs single-token answers, but the tokenizer encodes none of "
                              f"{YES if not yes else NO} as one token")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.context = context if context is not None else nullcontext
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.head = model.get_output_embeddings().weight
+        self.pad_id, self.head = pad_id(tokenizer), head_weight(model)
         self.answer_ids = torch.tensor(yes + no, device=self.head.device)
         self.yes_count = len(yes)
 
@@ -84,13 +82,13 @@ class ModelJudge:
         if len(completion_texts) != len(reference_texts):
             raise ValueError(f"completion_texts and reference_texts must have the same length, got "
                              f"{len(completion_texts)} and {len(reference_texts)}")
-        questions = [self.tokenizer(self.prompt(a, b))["input_ids"] for a, b in zip(completion_texts, reference_texts)]
+        questions = [encode(self.tokenizer, self.prompt(a, b)) for a, b in zip(completion_texts, reference_texts)]
         out = torch.empty(len(questions))
         for start in range(0, len(questions), self.batch_size):
             chunk = questions[start:start + self.batch_size]
             ids, mask = padded_batch(chunk, self.pad_id, self.model.device)
             with self.context():
-                hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                hidden = final_hidden(self.model, ids, mask)
             last = hidden[torch.arange(len(chunk), device=hidden.device), mask.sum(1) - 1]  # [B, H]
             logits = (last @ self.head[self.answer_ids].T).float()  # [B, yes + no]
             yes, no = logits[:, :self.yes_count], logits[:, self.yes_count:]

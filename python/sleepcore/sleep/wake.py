@@ -2,17 +2,21 @@
 
 Arriving documents are one token stream. Every ``C_1`` tokens (``SleepConfig.wake_period``, or the
 level's own ``LevelConfig.period``) the fast level's expert, one slot of ``wake_level`` created on
-first use and kept active, takes ``wake_steps`` AdamW steps of next-token loss on the window: the
+first use and kept active, takes ``wake_steps`` steps of the SFT stage
+(:class:`~sleepcore.sleep.sft.NextTokenStage`, shuffled epochs of ``wake_batch_size``) on the window: the
 last ``C_1`` tokens, one sequence per document they came from (a document crossing a multiple of
-``C_1`` is cut there; its rest opens the next window). Each update uses a fresh AdamW, like an
+``C_1`` is cut there; its rest opens the next window). Each update uses a fresh runtime, like an
 inner loop of test-time training: only the expert's weights carry over, so the memory and the
 window are the whole state to checkpoint.
 """
 
 from __future__ import annotations
 
-from sleepcore.sleep.config import SleepConfig
-from sleepcore.sleep.next_token import train_next_token
+from sleepcore.lm import encode
+from sleepcore.sleep.config import NextTokenConfig, SleepConfig
+from sleepcore.sleep.sft import NextTokenStage
+from sleepcore.sleep.stage import StageContext, run_stage
+from sleepcore.train import OptimizerConfig
 
 
 class FastLevelLearner:
@@ -32,6 +36,8 @@ class FastLevelLearner:
 
     def __init__(self, model, tokenizer, memory, config: SleepConfig):
         self.model, self.tokenizer, self.memory, self.config = model, tokenizer, memory, config
+        self.stage_config = NextTokenConfig(steps=config.wake_steps, batch_size=config.wake_batch_size,
+                                            optimizer=OptimizerConfig(learning_rate=config.wake_learning_rate))
         self.level = config.wake_level
         self.period = config.wake_period or memory.config.levels[self.level].period
         self.slot: int | None = None
@@ -48,7 +54,7 @@ class FastLevelLearner:
         reaches a multiple of ``period``. Returns the number of updates run."""
         before = self.updates
         for document in documents:
-            ids = self.tokenizer(document)["input_ids"]
+            ids = encode(self.tokenizer, document)
             while ids:
                 room = self.period - self.pending_tokens
                 self.window.append(ids[:room])
@@ -64,10 +70,10 @@ class FastLevelLearner:
             return
         if self.slot is None:
             self.slot = self.memory.new_expert(self.level)
-        c = self.config
-        train_next_token(self.model, self.tokenizer, self.memory.trainable(self.level, self.slot), window,
-                         steps=c.wake_steps, learning_rate=c.wake_learning_rate, batch_size=c.wake_batch_size,
-                         progress=progress, desc=f"wake update {self.updates + 1}")
+        context = StageContext(self.model, self.tokenizer, self.memory, None, self.level, self.slot,
+                               seed=self.config.seed + self.updates)
+        run_stage(NextTokenStage(context, self.stage_config), window, progress=progress,
+                  desc=f"wake update {self.updates + 1}")
         self.updates += 1
 
     def reset(self) -> None:

@@ -1,7 +1,7 @@
 """Closed-book QA on the biographies.
 
 Answers are greedy through the rollout engine and end at the first newline or EOS. Questions use
-``sleep.prompts.qa_prompt`` (the tokenizer's chat template when it has one), the format sleep's
+``lm.qa_prompt`` (the tokenizer's chat template when it has one), the format sleep's
 replay questions use too. The in-context ceiling puts the person's passage (and, for 2-hop
 questions, the employer's passage) before the question; closed-book puts nothing.
 """
@@ -9,7 +9,7 @@ questions, the employer's passage) before the question; closed-book puts nothing
 from __future__ import annotations
 
 from sleepcore.rollout import Engine, SamplingParams
-from sleepcore.sleep.prompts import qa_prompt
+from sleepcore.lm import qa_prompt
 from sleepcore.tasks.biographies import BiographyDataset
 from sleepcore.tasks.metrics import aggregate
 

@@ -35,14 +35,14 @@ from pathlib import Path
 
 import torch
 
+from sleepcore.configuration import to_dict
+from sleepcore.lm import chat_turn, encode, head_weight, pad_id, response_hidden
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.ops import fused_linear_jsd
 from sleepcore.rollout import Engine, SamplingParams
-from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
-from sleepcore.sleep.hidden_states import response_hidden
-from sleepcore.sleep.next_token import train_next_token
-from sleepcore.sleep.prompts import chat_turn
+from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig, SleepConfig
 from sleepcore.sleep.sleeper import Sleeper
+from sleepcore.train import OptimizerConfig
 from sleepcore.tasks.biographies import BiographyConfig, BiographyDataset, generate_biographies
 from sleepcore.tasks.knowledge_eval import evaluate
 
@@ -69,9 +69,10 @@ class KnowledgeSuiteConfig:
         methods: a subset of :data:`METHODS` (default :data:`DEFAULT_METHODS`).
         tokens_per_document: the sleep budget: trained tokens per document in the sleep.
         seeding: Knowledge Seeding's settings for ``ks``; ``gkd`` is the same with ``alpha = 1``.
-            Its ``learning_rate`` is SFT's too; ``steps`` only caps a sleep (the budget ends it).
-        prompt_builders, prompts_per_document: the replay prompts (``SleepConfig``); the cap is
-            ``prompts_per_document`` per document plus every wake question.
+            Its ``optimizer`` is SFT's too; ``steps`` only caps a sleep (the budget ends it); its
+            ``max_prompts`` is replaced by ``prompts_per_document`` per document plus every wake
+            question.
+        sft_batch_size: documents per step of ``sft``.
         wake_questions: whether the second phrasing of each fact is asked while awake.
         fast_period, fast_steps, fast_learning_rate: ``ks-memory``'s fast level (``C_1`` in tokens,
             AdamW steps per update, learning rate).
@@ -84,8 +85,9 @@ class KnowledgeSuiteConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS
     tokens_per_document: int = 200
     seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
-        steps=5000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1, learning_rate=2e-3))
-    prompt_builders: tuple[str, ...] = ("continuation", "self_question", "wake_questions")
+        steps=5000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1,
+        optimizer=OptimizerConfig(learning_rate=2e-3)))
+    sft_batch_size: int = 4
     prompts_per_document: int = 4
     wake_questions: bool = True
     fast_period: int = 256
@@ -104,7 +106,7 @@ class KnowledgeSuiteConfig:
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods!r}")
         for name in ("tokens_per_document", "prompts_per_document", "drift_prompts", "drift_tokens", "fast_period",
-                     "fast_steps"):
+                     "fast_steps", "sft_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -160,7 +162,7 @@ class KnowledgeSuite:
                                               for group in self.groups]}
             else:
                 results[method] = self._trained(method, drift_set)
-        return {"config": _plain(dataclasses.asdict(self.config)), "groups": [len(g.people) for g in self.groups],
+        return {"config": to_dict(self.config), "groups": [len(g.people) for g in self.groups],
                 "documents": [len(documents_of(g)) for g in self.groups], "results": results,
                 "seconds": time.perf_counter() - started}
 
@@ -175,24 +177,15 @@ class KnowledgeSuite:
             documents = documents_of(group)
             budget = self.config.tokens_per_document * len(documents)
             began = time.perf_counter()
-            if method == "sft":
-                slot = self.memory.new_expert(CONSOLIDATED_LEVEL)
-                parameters = self.memory.trainable(CONSOLIDATED_LEVEL, slot)
-                tokens = train_next_token(self.model, self.tokenizer, parameters, documents,
-                                          tokens=budget, learning_rate=self.config.seeding.learning_rate,
-                                          progress=self.progress, desc="SFT baseline")
-                extra = {}
-            else:
-                questions = wake_questions_of(group) if self.config.wake_questions else None
-                config = self._sleep_config(method, len(documents), sum(map(len, questions or [])))
-                if sleeper is None:
-                    sleeper = Sleeper(self.model, self.tokenizer, self.memory, config, engine=self.engine)
-                sleeper.config = config
-                sleeper.wake(documents, questions=questions)
-                summary = sleeper.sleep(progress=self.progress)
-                tokens = sum(step["tokens"] for step in summary["history"])
-                extra = {"kl_before": summary["kl_before"], "kl_after": summary["kl_after"],
-                         "replay_samples": summary["replay_samples"], "steps": summary["steps"]}
+            questions = wake_questions_of(group) if self.config.wake_questions and method != "sft" else None
+            config = self._sleep_config(method, len(documents), sum(map(len, questions or [])))
+            if sleeper is None:
+                sleeper = Sleeper(self.model, self.tokenizer, self.memory, config, engine=self.engine)
+            sleeper.config = config
+            sleeper.wake(documents, questions=questions)
+            summary = sleeper.sleep(progress=self.progress)["stages"][config.stages[0]]
+            tokens = summary["tokens"]
+            extra = {key: summary[key] for key in ("kl_before", "kl_after", "replay_samples", "steps") if key in summary}
             sleeps.append({"tokens": tokens, "budget": budget, "train_seconds": time.perf_counter() - began, **extra,
                            **self._scores(group)})
         retention = [{"group": index, **self._scores(group)} for index, group in enumerate(self.groups[:-1])]
@@ -200,15 +193,17 @@ class KnowledgeSuite:
                 "seconds": time.perf_counter() - started}
 
     def _sleep_config(self, method: str, documents: int, questions: int) -> SleepConfig:
-        """``ks``, ``gkd`` (alpha = 1) or ``ks-memory`` at this sleep's budget and prompt count."""
+        """``sft``, ``ks``, ``gkd`` (alpha = 1) or ``ks-memory`` at this sleep's budget and prompt count."""
         c = self.config
+        budget = c.tokens_per_document * documents
         seeding = dataclasses.replace(c.seeding, alpha=1.0 if method == "gkd" else c.seeding.alpha,
-                                      token_budget=c.tokens_per_document * documents)
+                                      token_budget=budget, max_prompts=c.prompts_per_document * documents + questions)
+        sft = NextTokenConfig(steps=c.seeding.steps, batch_size=c.sft_batch_size, token_budget=budget,
+                              optimizer=c.seeding.optimizer)
         memory_teacher = {"teacher": "memory", "wake_updates": True, "wake_level": FAST_LEVEL,
                           "wake_steps": c.fast_steps, "wake_learning_rate": c.fast_learning_rate}
-        return SleepConfig(seeding=seeding, receiver_level=CONSOLIDATED_LEVEL, prompt_builders=c.prompt_builders,
-                           max_prompts=c.prompts_per_document * documents + questions,
-                           output_dir=str(self.output_dir / method), seed=c.seed,
+        return SleepConfig(stages=("sft",) if method == "sft" else ("seeding",), seeding=seeding, sft=sft,
+                           receiver_level=CONSOLIDATED_LEVEL, output_dir=str(self.output_dir / method), seed=c.seed,
                            **(memory_teacher if method == "ks-memory" else {}))
 
     def _scores(self, group: BiographyDataset, *, in_context: bool = False) -> dict:
@@ -219,7 +214,7 @@ class KnowledgeSuite:
     def _drift_set(self) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, the original model's greedy answer ids) per generic prompt."""
         prompts = [chat_turn(self.tokenizer, text) or f"{text}\n" for text in DRIFT_PROMPTS[:self.config.drift_prompts]]
-        ids = [self.tokenizer(prompt)["input_ids"] for prompt in prompts]
+        ids = [encode(self.tokenizer, prompt) for prompt in prompts]
         params = SamplingParams(temperature=0.0, max_tokens=self.config.drift_tokens)
         with self.memory.switched_off():
             outputs = self.engine.generate(ids, params, progress=False)
@@ -230,18 +225,9 @@ class KnowledgeSuite:
     def _drift(self, drift_set) -> float:
         """Mean per-token KL(original || current) on ``drift_set``."""
         prompts, answers = [p for p, _ in drift_set], [a for _, a in drift_set]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        head = self.model.get_output_embeddings().weight
+        pad, head = pad_id(self.tokenizer), head_weight(self.model)
         with self.memory.switched_off():
             original = response_hidden(self.model, prompts, answers, pad)
         current = response_hidden(self.model, prompts, answers, pad)
         return float(fused_linear_jsd(current, head, original, head, beta=0.0))
 
-
-def _plain(value):
-    """JSON-ready: tuples as lists."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value

@@ -1,0 +1,97 @@
+"""The replay set of Knowledge Seeding: teacher samples drawn from the wake buffer (METHOD.md §3:
+no external data during sleep), with the teacher's final hidden states cached on them.
+
+The teacher never changes during a sleep, so its hidden states on its own samples are computed
+once, in batches of similar length, and reused by every step. Replay sets are checkpointed as
+token ids (JSON) and hidden states (safetensors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from sleepcore.lm import encode, pad_id, response_hidden
+from sleepcore.rollout import SamplingParams
+from sleepcore.sleep.config import KnowledgeSeedingConfig
+from sleepcore.sleep.prompts import ReplayPrompt, continuation_prompts, question_requests, self_question_prompts
+
+TEACHER_BATCH = 16  # replay samples per teacher forward when caching its hidden states
+
+
+@dataclass
+class ReplaySample:
+    """A teacher sample: token ids of both prompts and of the response (teacher-sampled), and the
+    teacher's final hidden states ``[len(response), H]`` (fp32, CPU) predicting the response."""
+
+    student_prompt: list[int]
+    teacher_prompt: list[int]
+    response: list[int]
+    teacher_hidden: torch.Tensor | None = None
+
+
+def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, teacher, *, seed: int,
+                   teacher_reads_documents: bool = True) -> list[ReplayPrompt]:
+    """Prompts from ``config.prompt_builders`` over the buffer, shuffled, at most ``max_prompts``.
+    ``teacher`` is a context manager factory under which the engine samples as the teacher (the
+    ``self_question`` builder's questions). Without ``teacher_reads_documents`` (the memory
+    teacher) the teacher's prompt is the student's."""
+    rng = random.Random(seed)
+    prompts = []
+    if "continuation" in config.prompt_builders:
+        prompts += continuation_prompts(buffer.documents, rng, per_document=2)
+    if "self_question" in config.prompt_builders:
+        params = SamplingParams(n=2, temperature=0.7, max_tokens=32, seed=seed)
+        with teacher():
+            outputs = engine.generate(question_requests(buffer.documents, tokenizer), params, progress=False)
+        asked = [[completion.text or "" for completion in output.completions] for output in outputs]
+        prompts += self_question_prompts(buffer.documents, asked, tokenizer)
+    if "wake_questions" in config.prompt_builders:
+        prompts += self_question_prompts(buffer.documents, buffer.questions, tokenizer, builder="wake_questions")
+    rng.shuffle(prompts)
+    if not teacher_reads_documents:
+        prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]
+    return prompts[:config.max_prompts]
+
+
+def sample_replay(model, tokenizer, engine, prompts: list[ReplayPrompt], config: KnowledgeSeedingConfig, teacher,
+                  rng: random.Random, *, progress: bool = True) -> list[ReplaySample]:
+    """Teacher samples of every prompt (``samples_per_prompt`` each, 2 tokens or longer), with the
+    teacher's hidden states on them."""
+    params = SamplingParams(n=config.samples_per_prompt, temperature=config.sample_temperature,
+                            max_tokens=config.max_new_tokens, seed=rng.randrange(1 << 62))
+    teacher_ids = [encode(tokenizer, p.teacher) for p in prompts]
+    with teacher():
+        outputs = engine.generate(teacher_ids, params, progress=progress)
+    samples = []
+    for prompt, ids, output in zip(prompts, teacher_ids, outputs):
+        student_ids = encode(tokenizer, prompt.student)
+        for completion in output.completions:
+            if len(completion.token_ids) >= 2:
+                samples.append(ReplaySample(student_ids, ids, list(completion.token_ids)))
+    by_length = sorted(samples, key=lambda s: len(s.teacher_prompt) + len(s.response))  # little padding
+    starts = tqdm(range(0, len(samples), TEACHER_BATCH), desc="teacher states", unit="batch", disable=not progress)
+    with torch.no_grad(), teacher():
+        for start in starts:
+            chunk = by_length[start:start + TEACHER_BATCH]
+            hidden = response_hidden(model, [s.teacher_prompt for s in chunk], [s.response for s in chunk],
+                                     pad_id(tokenizer)).float().cpu()
+            for sample, rows in zip(chunk, hidden.split([len(s.response) for s in chunk])):
+                sample.teacher_hidden = rows.clone()
+    return samples
+
+
+def replay_state(samples: list[ReplaySample]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """``(tensors, json)`` of a replay set."""
+    tensors = {f"replay.{i}": sample.teacher_hidden for i, sample in enumerate(samples)}
+    return tensors, [{"student_prompt": s.student_prompt, "teacher_prompt": s.teacher_prompt, "response": s.response}
+                     for s in samples]
+
+
+def replay_from_state(tensors: dict[str, torch.Tensor], state: list[dict]) -> list[ReplaySample]:
+    return [ReplaySample(item["student_prompt"], item["teacher_prompt"], item["response"], tensors[f"replay.{i}"])
+            for i, item in enumerate(state)]

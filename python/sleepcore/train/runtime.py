@@ -1,0 +1,135 @@
+"""``LocalRuntime``: forwards, backwards and optimiser steps of one process.
+
+Master weights: parameters in bf16/fp16 get fp32 master copies; AdamW updates the masters (from
+the fp32-cast gradients) and the result is copied back, so small updates are not lost to rounding.
+fp32 parameters are their own masters.
+
+Schedule at step ``s`` (0-based) of ``total_steps``: linear warm-up ``lr * (s + 1) / warmup`` for
+``s < warmup``, then ``lr`` (constant) or ``lr * (m + (1 - m) * (1 + cos(pi * p)) / 2)`` (cosine)
+with ``p = (s - warmup) / max(1, total_steps - warmup)`` and ``m = min_learning_rate_ratio``.
+
+Loss normalisation: a stage sums its per-token losses and divides by :meth:`token_count` of its
+local count, which here is the count itself and in a distributed runtime the all-reduced count
+over ranks, so the summed gradient equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sleepcore.lm import final_hidden, response_hidden
+from sleepcore.train.config import OptimizerConfig
+from sleepcore.validation import integer
+
+
+class LocalRuntime:
+    """The training runtime of one process.
+
+    Args:
+        model: the (wrapped) Hugging Face causal LM whose body gives the hidden states.
+        parameters: the tensors to train (those with ``requires_grad``; at least one).
+        config: :class:`OptimizerConfig`.
+        total_steps: the stage's step count (the cosine schedule's length); None: no decay.
+
+    Raises ``ValueError`` when no parameter requires a gradient.
+    """
+
+    def __init__(self, model, parameters, config: OptimizerConfig | None = None, *, total_steps: int | None = None):
+        self.model, self.config = model, config or OptimizerConfig()
+        self.parameters = [p for p in parameters if p.requires_grad]
+        if not self.parameters:
+            raise ValueError("parameters must hold at least one tensor that requires a gradient")
+        self.total_steps = integer("total_steps", total_steps, minimum=1, optional=True)
+        self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_()
+                        for p in self.parameters]
+        c = self.config
+        self.optimizer = torch.optim.AdamW(self.masters, lr=c.learning_rate, betas=(c.beta1, c.beta2),
+                                           weight_decay=c.weight_decay)
+        self.steps = 0
+
+    # ------------------------------------------------------------------ forwards
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The model body's final hidden states ``[B, T, H]``."""
+        return final_hidden(self.model, input_ids, attention_mask)
+
+    def response_hidden(self, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> torch.Tensor:
+        """Final hidden states ``[N, H]`` predicting the response tokens (see :func:`sleepcore.lm.response_hidden`)."""
+        return response_hidden(self.model, prompts, responses, pad_id,
+                               forward=lambda _, ids, mask: self.hidden_states(ids, mask))
+
+    def token_count(self, local: int) -> int:
+        """The normaliser for a loss summed over ``local`` tokens: the global count (here: ``local``)."""
+        return local
+
+    def reduce_metrics(self, metrics: dict) -> dict:
+        """Metrics as every rank sees them (here: unchanged)."""
+        return metrics
+
+    # ------------------------------------------------------------------ updates
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def learning_rate(self, step: int | None = None) -> float:
+        """The scheduled learning rate at ``step`` (default: the next step)."""
+        c, step = self.config, self.steps if step is None else step
+        if step < c.warmup_steps:
+            return c.learning_rate * (step + 1) / c.warmup_steps
+        if c.schedule == "constant" or self.total_steps is None:
+            return c.learning_rate
+        progress = min(1.0, (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps))
+        m = c.min_learning_rate_ratio
+        return c.learning_rate * (m + (1 - m) * (1 + math.cos(math.pi * progress)) / 2)
+
+    def step(self) -> dict:
+        """Clips, steps the optimiser at the scheduled rate, copies masters back and clears the
+        gradients. Returns ``{"lr", "grad_norm"}`` (the norm before clipping)."""
+        learning_rate = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        for parameter, master in zip(self.parameters, self.masters):
+            if master is not parameter:
+                master.grad = None if parameter.grad is None else parameter.grad.float()
+        max_norm = self.config.max_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.masters, max_norm if max_norm is not None else math.inf)
+        self.optimizer.step()
+        with torch.no_grad():
+            for parameter, master in zip(self.parameters, self.masters):
+                if master is not parameter:
+                    parameter.copy_(master)
+                    master.grad = None
+        self.zero_grad()
+        self.steps += 1
+        return {"lr": learning_rate, "grad_norm": float(grad_norm)}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """``(tensors, json_state)``: optimiser moments and fp32 masters, and the step and groups."""
+        state = self.optimizer.state_dict()
+        tensors = {f"optimizer.{index}.{name}": value for index, moments in state["state"].items()
+                   for name, value in moments.items()}
+        tensors.update({f"master.{index}": master for index, (parameter, master)
+                        in enumerate(zip(self.parameters, self.masters)) if master is not parameter})
+        groups = [{key: list(value) if isinstance(value, tuple) else value for key, value in group.items()}
+                  for group in state["param_groups"]]
+        return tensors, {"steps": self.steps, "param_groups": groups, "moments": sorted(state["state"])}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        moments = {}
+        for index in state["moments"]:
+            prefix = f"optimizer.{index}."
+            moments[int(index)] = {name[len(prefix):]: value for name, value in tensors.items()
+                                   if name.startswith(prefix)}
+        groups = [{key: tuple(value) if key == "betas" else value for key, value in group.items()}
+                  for group in state["param_groups"]]
+        self.optimizer.load_state_dict({"state": moments, "param_groups": groups})
+        with torch.no_grad():
+            for index, (parameter, master) in enumerate(zip(self.parameters, self.masters)):
+                if master is not parameter:
+                    master.copy_(tensors[f"master.{index}"])
+        self.steps = int(state["steps"])

@@ -1,0 +1,33 @@
+"""Tiny sleepers for the sleep tests: a sharpened random model over three biographies."""
+
+from __future__ import annotations
+
+import torch
+
+from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+from sleepcore.models import tiny_model
+from sleepcore.rollout import Engine
+from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
+from sleepcore.sleep.sleeper import Sleeper
+from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
+from sleepcore.train import OptimizerConfig
+
+DATASET = generate_biographies(BiographyConfig(num_people=3, seed=1))
+
+
+def seeding(learning_rate: float = 1e-3, **options) -> KnowledgeSeedingConfig:
+    """A small Knowledge Seeding config (at most 6 replay prompts)."""
+    return KnowledgeSeedingConfig(max_prompts=6, optimizer=OptimizerConfig(learning_rate=learning_rate), **options)
+
+
+def make_sleeper(seeding_config: KnowledgeSeedingConfig, *, levels: int = 1, **options) -> Sleeper:
+    """A Sleeper on a tiny model whose head is sharpened (a random model barely reads its context,
+    so the teacher would not differ from the student), with ``levels`` memory levels of 2 slots."""
+    model, tokenizer = tiny_model(DATASET.passages + DATASET.company_passages, seed=0)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(20.0)
+    torch.manual_seed(0)
+    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=tuple(
+        LevelConfig(rank=8, slots=2, period=1024 * 8 ** level) for level in range(levels))))
+    config = SleepConfig(seeding=seeding_config, **options)
+    return Sleeper(model, tokenizer, memory, config, engine=Engine(model, tokenizer, kv_memory_bytes=32 << 20))

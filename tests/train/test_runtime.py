@@ -1,0 +1,114 @@
+"""The training runtime: fp32 masters for low-precision parameters, the schedule, clipping, exact
+normalisation under accumulation, epochs without replacement, and safe checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sleepcore.train import EpochBatches, LocalRuntime, OptimizerConfig, load_checkpoint, save_checkpoint
+from sleepcore.train.checkpoint import latest_checkpoint
+
+
+def _runtime(dtype=torch.float32, **options):
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(5, 3, dtype=dtype))
+    return weight, LocalRuntime(None, [weight], OptimizerConfig(**options), total_steps=10)
+
+
+def _quadratic_step(weight, runtime, target):
+    runtime.backward(((weight.float() - target) ** 2).sum())
+    return runtime.step()
+
+
+def test_fp32_parameters_match_plain_adamw(seed):
+    weight, runtime = _runtime(learning_rate=0.1, weight_decay=0.01)
+    reference = torch.nn.Parameter(weight.detach().clone())
+    optimizer = torch.optim.AdamW([reference], lr=0.1, weight_decay=0.01)
+    target = torch.randn(5, 3)
+    for _ in range(3):
+        _quadratic_step(weight, runtime, target)
+        optimizer.zero_grad()
+        ((reference - target) ** 2).sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(weight, reference, rtol=0, atol=0)
+    assert weight.grad is None
+
+
+def test_bf16_parameters_keep_fp32_masters():
+    weight, runtime = _runtime(torch.bfloat16, learning_rate=1e-4)
+    start = weight.detach().float().clone()
+    for _ in range(5):  # each update is below bf16's resolution at these magnitudes
+        _quadratic_step(weight, runtime, torch.zeros(5, 3))
+    master = runtime.masters[0]
+    assert master.dtype == torch.float32 and not torch.equal(master, start)
+    torch.testing.assert_close(weight.float(), master.to(torch.bfloat16).float())
+
+
+def test_schedule_warmup_and_cosine():
+    _, runtime = _runtime(learning_rate=1.0, warmup_steps=2, schedule="cosine", min_learning_rate_ratio=0.1)
+    rates = [runtime.learning_rate(step) for step in range(10)]
+    assert rates[:3] == [0.5, 1.0, 1.0]
+    assert rates[-1] == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi * 7 / 8)) / 2)
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:]))
+
+
+def test_clipping_bounds_the_update_and_reports_the_norm():
+    weight, runtime = _runtime(learning_rate=1.0, max_grad_norm=1e-3)
+    runtime.backward((weight * 100).sum())
+    assert runtime.step()["grad_norm"] == pytest.approx(100 * math.sqrt(15), rel=1e-5)
+
+
+def test_accumulated_gradient_equals_the_whole_batch(seed):
+    """Each micro-batch divides its sum by the whole batch's token count (the runtime's normaliser)."""
+    hidden = torch.randn(7, 3)
+    weight, runtime = _runtime()
+    whole = weight.detach().clone().requires_grad_()
+    ((hidden @ whole.T) ** 2).sum().div(7).backward()
+    for rows in (slice(0, 3), slice(3, 7)):
+        runtime.backward(((hidden[rows] @ weight.T) ** 2).sum() / runtime.token_count(7))
+    torch.testing.assert_close(weight.grad, whole.grad)
+
+
+def test_state_round_trip_resumes_the_same_updates(tmp_path):
+    weight, runtime = _runtime(torch.bfloat16, learning_rate=1e-2, warmup_steps=1)
+    target = torch.randn(5, 3)
+    _quadratic_step(weight, runtime, target)
+    tensors, state = runtime.state_dict()
+    save_checkpoint(tmp_path, 1, tensors={**tensors, "weight": weight}, state={"runtime": state})
+    _quadratic_step(weight, runtime, target)
+
+    loaded, loaded_state = load_checkpoint(latest_checkpoint(tmp_path))
+    json.dumps(loaded_state)  # nothing but JSON
+    again, resumed = _runtime(torch.bfloat16, learning_rate=1e-2, warmup_steps=1)
+    with torch.no_grad():
+        again.copy_(loaded["weight"])
+    resumed.load_state_dict({k: v for k, v in loaded.items() if k != "weight"}, loaded_state["runtime"])
+    _quadratic_step(again, resumed, target)
+    assert torch.equal(again, weight) and resumed.steps == runtime.steps == 2
+
+
+def test_epochs_see_every_item_once_and_resume_in_place():
+    batches = EpochBatches(7, 3, seed=5)
+    epoch = [i for _ in range(3) for i in batches.next()]
+    assert sorted(epoch) == list(range(7)) and batches.epoch == 0
+    second = batches.next()
+    assert batches.epoch == 1 and len(second) == 3
+    resumed = EpochBatches(7, 3, seed=5)
+    resumed.load_state_dict(batches.state_dict())
+    assert [resumed.next() for _ in range(4)] == [batches.next() for _ in range(4)]
+    assert EpochBatches(2, 8).next() in ([0, 1], [1, 0])
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="parameters"):
+        LocalRuntime(None, [torch.zeros(2)])
+    with pytest.raises(ValueError, match="schedule"):
+        OptimizerConfig(schedule="linear")
+    with pytest.raises(TypeError, match="warmup_steps"):
+        OptimizerConfig(warmup_steps=1.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        EpochBatches(3, 0)
