@@ -6,8 +6,9 @@
 #   3. runs the distillation benchmarks at the anchors' shapes (Llama-3-8B head, Gemma-3 head),
 #      the GRPO policy-loss benchmark at N=8192, H=4096, V=131072, and the rollout engine's decode
 #      throughput and KV read bandwidth at batch 64 and 256 (SmolLM2-135M architecture, bf16);
-# and writes build_info.json, logs and results.csv into OUTDIR. Budget: under 10 minutes even if
-# every step hits its timeout (build ~1 min + 120 + 90 + 5 x 60 s).
+#      the loss benchmarks time forward, backward and full (sleepcore/benchmarks/driver.py);
+# and writes build_info.json, logs and one CSV per benchmark family (<family>-<gpu>.csv) into OUTDIR.
+# Budget: under 10 minutes even if every step hits its timeout (build ~1 min + 120 + 90 + 5 x 60 s).
 set -uo pipefail
 out="${1:?usage: bench/gpu_check.sh OUTDIR}"
 mkdir -p "$out"
@@ -35,7 +36,7 @@ timeout 90 python3 -m pytest tests/ops/jsd/test_triton_jsd.py tests/ops/logprobs
 for bench in distill:h100 distill:gemma policy:h100 rollout:gpu-decode-64 rollout:gpu-decode-256; do
   extra=(--warmup 2 --reps 5)
   [ "${bench%%:*}" = rollout ] && extra=()
-  timeout 60 python3 "bench/bench_${bench%%:*}.py" --case "${bench##*:}" "${extra[@]}" --csv "$out/results.csv" \
+  timeout 60 python3 "bench/bench_${bench%%:*}.py" --case "${bench##*:}" "${extra[@]}" --results-dir "$out" \
     2>&1 | tee "$out/bench_${bench%%:*}_${bench##*:}.log" | tail -8
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done

@@ -1,12 +1,10 @@
 """Fused distillation benchmark: ``torch`` (eager, materialised logits), ``torch_compile``,
 ``liger`` (chunked ``LigerFusedLinearJSDLoss``, hard-loss weight 0) and ``sleepcore``, on the
-same inputs, forward+backward.
+same inputs, timed forward, backward and full by :mod:`sleepcore.benchmarks.driver`.
 
 Run ``python bench/bench_distill.py --case cpu`` (or ``sleepcore bench distill --case cpu``).
-Each provider runs in its own process; the table gives the median time (p20-p80), the ratio
-to the baseline measured in the same run (Liger when installed, else eager torch), peak memory
-(RSS on CPU, ``max_memory_allocated`` on GPU), the extra memory over the inputs, and TFLOP/s
-counted as 2*N*V*(3*Hs + Ht) (student and teacher logits, grad_hidden, grad_weight).
+TFLOP/s of ``full`` counts 2*N*V*(3*Hs + Ht) (student and teacher logits, grad_hidden, grad_weight).
+Rows go to ``bench/results/distill-<device>.csv``.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from sleepcore.benchmarks import driver
-from sleepcore.benchmarks.driver import Benchmark
+from sleepcore.benchmarks.driver import Benchmark, Run
 from sleepcore.benchmarks.shapes import DISTILL_CASES, HEADS
 
 PROVIDERS = ("torch", "torch_compile", "liger", "sleepcore")
@@ -33,6 +31,12 @@ def build_inputs(case, seed: int = 0):
     labels = torch.randint(0, head.vocab, (case.tokens,), generator=generator).to(device)
     labels[: case.tokens // 20] = -100
     return student_hidden, student_weight, teacher_hidden, teacher_weight, labels
+
+
+def make_run(provider: str, case, inputs, options) -> Run:
+    """The provider's loss on ``inputs``; the student's hidden states and weight get gradients."""
+    loss = loss_function(provider, options.beta, options.temperature)
+    return Run(lambda: loss(*inputs), leaves=inputs[:2], weight=inputs[1])
 
 
 def loss_function(provider: str, beta: float, temperature: float):
@@ -63,13 +67,13 @@ def _flops(case) -> int:
 
 def _describe(case) -> str:
     head = HEADS[case.head]
-    return (f"fused linear JSD, forward+backward: N={case.tokens} H={head.hidden} V={head.vocab} ({head.model}) "
-            f"{case.dtype}")
+    return f"fused linear JSD: N={case.tokens} H={head.hidden} V={head.vocab} ({head.model}) {case.dtype}"
 
 
-BENCHMARK = Benchmark("distill", "sleepcore.benchmarks.distill", DISTILL_CASES, PROVIDERS, build_inputs,
-                      lambda provider, options: loss_function(provider, options.beta, options.temperature), _flops,
-                      _describe)
+def _case_fields(case, options) -> dict:
+    head = HEADS[case.head]
+    return {"tokens": case.tokens, "hidden": head.hidden, "vocab": head.vocab, "dtype": case.dtype,
+            "beta": options.beta, "temperature": options.temperature}
 
 
 def _options(parser) -> None:
@@ -77,8 +81,12 @@ def _options(parser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
 
 
+BENCHMARK = Benchmark("distill", "sleepcore.benchmarks.distill", DISTILL_CASES, PROVIDERS, build_inputs, make_run,
+                      _describe, _case_fields, flops=_flops, add_options=_options)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    return driver.main(BENCHMARK, argv, _options, __doc__.split("\n\n")[0])
+    return driver.main(BENCHMARK, argv, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

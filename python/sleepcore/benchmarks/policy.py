@@ -1,9 +1,11 @@
-"""Policy-loss benchmark: ``torch`` (materialised logits, log_softmax, gather, then the loss),
-``torch_compile``, ``liger`` (chunked ``LigerFusedLinearGRPOLoss``) and ``sleepcore``
-(``FusedLinearPolicyLoss``), GRPO, forward+backward, on the same inputs.
+"""Policy-loss benchmark: ``torch`` (materialised logits, log_softmax, gather, then the plain
+PyTorch reference loss), ``torch_compile``, ``liger`` (chunked ``LigerFusedLinearGRPOLoss``) and
+``sleepcore`` (``FusedLinearPolicyLoss``), GRPO, on the same inputs, timed forward, backward and
+full by :mod:`sleepcore.benchmarks.driver`.
 
-Run ``python bench/bench_policy.py --case cpu``. TFLOP/s counts three logits-sized GEMMs,
-``6*N*H*V`` (eager torch does three too; sleepcore's fused loss does exactly three).
+Run ``python bench/bench_policy.py --case cpu``. TFLOP/s of ``full`` counts three logits-sized
+GEMMs, ``6*N*H*V`` (eager torch does three too; sleepcore's fused loss does exactly three).
+Rows go to ``bench/results/policy-<device>.csv``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from sleepcore.benchmarks import driver
-from sleepcore.benchmarks.driver import Benchmark
+from sleepcore.benchmarks.driver import Benchmark, Run
 from sleepcore.benchmarks.shapes import HEADS, POLICY_CASES
 
 PROVIDERS = ("torch", "torch_compile", "liger", "sleepcore")
@@ -34,14 +36,21 @@ def build_inputs(case, seed: int = 0):
     return hidden, weight, token_ids, old_logp, advantages, mask
 
 
-def loss_function(provider: str, options):
-    from sleepcore import ops
+def make_run(provider: str, case, inputs, options) -> Run:
+    """The provider's GRPO loss on ``inputs``; hidden states and weight get gradients."""
+    loss = loss_function(provider)
+    return Run(lambda: loss(*inputs), leaves=inputs[:2], weight=inputs[1])
+
+
+def loss_function(provider: str):
+    """``f(hidden, weight, token_ids, old_logp, advantages, mask) -> loss`` (or ``(loss, metrics)``)."""
+    from sleepcore import reference
     from sleepcore.losses import FusedLinearPolicyLoss
 
     def eager(hidden, weight, token_ids, old_logp, advantages, mask):
         logits = hidden @ weight.T
         logp = torch.log_softmax(logits.float(), -1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
-        return ops.policy_loss(logp, old_logp, advantages, mask, loss_type="grpo")[0]
+        return reference.policy_loss(logp, old_logp, advantages, mask, loss_type="grpo")[0]
 
     if provider == "torch":
         return eager
@@ -65,16 +74,22 @@ def _flops(case) -> int:
 
 def _describe(case) -> str:
     head = HEADS[case.head]
-    return (f"GRPO policy loss, forward+backward: B={case.sequences} T={case.seq_len} (N={case.tokens}) "
-            f"H={head.hidden} V={head.vocab} ({head.model}) {case.dtype}")
+    return (f"GRPO policy loss: B={case.sequences} T={case.seq_len} (N={case.tokens}) H={head.hidden} "
+            f"V={head.vocab} ({head.model}) {case.dtype}")
 
 
-BENCHMARK = Benchmark("policy", "sleepcore.benchmarks.policy", POLICY_CASES, PROVIDERS, build_inputs, loss_function,
-                      _flops, _describe)
+def _case_fields(case, options) -> dict:
+    head = HEADS[case.head]
+    return {"tokens": case.tokens, "sequences": case.sequences, "seq_len": case.seq_len, "hidden": head.hidden,
+            "vocab": head.vocab, "dtype": case.dtype}
+
+
+BENCHMARK = Benchmark("policy", "sleepcore.benchmarks.policy", POLICY_CASES, PROVIDERS, build_inputs, make_run,
+                      _describe, _case_fields, flops=_flops)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    return driver.main(BENCHMARK, argv, description=__doc__.split("\n\n")[0])
+    return driver.main(BENCHMARK, argv, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

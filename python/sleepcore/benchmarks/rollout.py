@@ -1,5 +1,10 @@
 """Rollout benchmark: ``sleepcore.rollout.Engine`` against Hugging Face ``generate`` on the same
-model, prompts and sampling settings, each provider in its own process (peak RSS is its own).
+model, prompts and sampling settings, each provider in its own process, run by
+:mod:`sleepcore.benchmarks.driver` in its one mode, ``forward`` (one ``generate`` call; there is
+no backward). The model and prompts are the inputs (in the memory baseline); the engine, its KV
+cache and a 2-token warm-up generation are the provider's setup. Tokens/s is the generated tokens
+over the median wall time of the call. One call by default (``--reps``; the engine's prefix cache
+does not outlive a call, so repeated calls are alike).
 
 Cases:
 
@@ -13,22 +18,18 @@ Cases:
 
 Every completion runs to ``max_tokens`` (EOS ignored in both providers) so the token counts agree.
 
-Run ``python bench/bench_rollout.py --case cpu``.
+Run ``python bench/bench_rollout.py --case cpu``. Rows go to ``bench/results/rollout-<device>.csv``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from sleepcore.benchmarks import harness
+from sleepcore.benchmarks import driver
+from sleepcore.benchmarks.driver import Benchmark, Run
 
 PROVIDERS = ("hf_generate", "sleepcore")
 _WORDS = ("the river carried light over stones while old maps described a city of glass and quiet engines that "
@@ -93,7 +94,18 @@ def build_prompts(case: RolloutCase, vocab_size: int, seed: int = 0) -> list[lis
     return prompts
 
 
-def run_hf_generate(model, prompts, case: RolloutCase) -> dict:
+def build_inputs(case: RolloutCase):
+    """``(model, prompts)``: the case's model in eval mode and its seeded prompts."""
+    model, vocab_size = load(case)
+    return model, build_prompts(case, vocab_size)
+
+
+def make_run(provider: str, case: RolloutCase, inputs, options) -> Run:
+    model, prompts = inputs
+    return (hf_generate_run if provider == "hf_generate" else sleepcore_run)(model, prompts, case)
+
+
+def hf_generate_run(model, prompts, case: RolloutCase) -> Run:
     width = max(map(len, prompts))
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -101,33 +113,39 @@ def run_hf_generate(model, prompts, case: RolloutCase) -> dict:
         ids[row, width - len(prompt):] = torch.tensor(prompt)
         mask[row, width - len(prompt):] = 1
     ids, mask = ids.to(case.device), mask.to(case.device)
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    out = model.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=0.95, top_k=0,
-                         max_new_tokens=case.new_tokens, min_new_tokens=case.new_tokens,
-                         num_return_sequences=case.samples, pad_token_id=0)
-    _sync(case.device)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "generated_tokens": (out.shape[1] - width) * out.shape[0]}
+
+    def call():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=0.95, top_k=0,
+                                 max_new_tokens=case.new_tokens, min_new_tokens=case.new_tokens,
+                                 num_return_sequences=case.samples, pad_token_id=0)
+        return {"generated_tokens": (out.shape[1] - width) * out.shape[0]}
+
+    return Run(call)
 
 
-def run_sleepcore(model, prompts, case: RolloutCase) -> dict:
+def sleepcore_run(model, prompts, case: RolloutCase) -> Run:
     from sleepcore.rollout import Engine, SamplingParams
 
     engine = Engine(model)
     params = SamplingParams(n=case.samples, temperature=1.0, top_p=0.95, max_tokens=case.new_tokens,
                             ignore_eos=True, seed=0)
     engine.generate(prompts[:2], SamplingParams(max_tokens=2, ignore_eos=True), progress=False)  # warm-up
-    outputs = engine.generate(prompts, params, progress=False)
-    _sync(case.device)
-    stats = engine.stats
-    tokens = sum(len(c.token_ids) for o in outputs for c in o.completions)
-    result = {"seconds": stats["seconds"], "generated_tokens": tokens,
-              "prompt_token_reuse": stats["prompt_token_reuse"], "prefix_hit_rate": stats["prefix_hit_rate"],
-              "preemptions": stats["preemptions"], "kv_cache_gb": stats["kv_cache_bytes"] / 1e9}
-    if case.device == "cuda":
-        result.update(_decode_metrics(engine, prompts, case, stats))
-    return result
+
+    def call():
+        outputs = engine.generate(prompts, params, progress=False)
+        return {"generated_tokens": sum(len(c.token_ids) for o in outputs for c in o.completions)}
+
+    def report(_output) -> dict:
+        stats = engine.stats
+        result = {key: stats[key] for key in ("prompt_token_reuse", "prefix_hit_rate", "preemptions")}
+        result["kv_cache_gb"] = stats["kv_cache_bytes"] / 1e9
+        if case.device == "cuda":
+            result.update(_decode_metrics(engine, prompts, case, stats))
+        return result
+
+    return Run(call, report=report)
 
 
 def _decode_metrics(engine, prompts, case: RolloutCase, full_stats: dict) -> dict:
@@ -148,74 +166,26 @@ def _decode_metrics(engine, prompts, case: RolloutCase, full_stats: dict) -> dic
             "kv_read_fraction_of_peak": bandwidth / peak}
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def _case_fields(case: RolloutCase, options) -> dict:
+    return {"model": case.model, "dtype": case.dtype, "prompts": case.prompts, "prompt_tokens": case.prompt_tokens,
+            "samples": case.samples, "new_tokens": case.new_tokens}
 
 
-def worker(provider: str, case: RolloutCase) -> dict:
-    model, vocab_size = load(case)
-    prompts = build_prompts(case, vocab_size)
-    if case.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    run = run_hf_generate if provider == "hf_generate" else run_sleepcore
-    result = run(model, prompts, case)
-    return {"provider": provider, **result, "tokens_per_s": result["generated_tokens"] / result["seconds"],
-            "peak_bytes": harness.peak_memory_bytes(case.device)}
+def _describe(case: RolloutCase) -> str:
+    return (f"rollout {case.name}: {case.model}, {case.prompts} prompts x ~{case.prompt_tokens} tokens, "
+            f"n={case.samples}, {case.new_tokens} new tokens, {case.dtype}, T=1.0 top-p 0.95")
 
 
-def print_table(case: RolloutCase, results: list[dict]) -> None:
-    ok = [r for r in results if "error" not in r]
-    baseline = next((r for r in ok if r["provider"] == "hf_generate"), None)
-    print(f"\nrollout {case.name}: {case.model}, {case.prompts} prompts x ~{case.prompt_tokens} tokens, n={case.samples}, "
-          f"{case.new_tokens} new tokens, {case.dtype}, T=1.0 top-p 0.95 on {harness.device_name()}; "
-          f"baseline = {baseline and baseline['provider']}")
-    print(f"{'provider':<13}{'seconds':>9}{'tokens':>8}{'tokens/s':>10}{'x baseline':>12}{'peak GB':>9}"
-          f"{'x baseline':>12}{'prompt reuse':>14}{'prefix hits':>13}")
-    for r in results:
-        if "error" in r:
-            print(f"{r['provider']:<13}failed: {r['error']}")
-            continue
-        speed = r["tokens_per_s"] / baseline["tokens_per_s"] if baseline else float("nan")
-        memory = r["peak_bytes"] / baseline["peak_bytes"] if baseline else float("nan")
-        reuse = f"{r['prompt_token_reuse']:.3f}" if "prompt_token_reuse" in r else "-"
-        hits = f"{r['prefix_hit_rate']:.3f}" if "prefix_hit_rate" in r else "-"
-        print(f"{r['provider']:<13}{r['seconds']:>9.2f}{r['generated_tokens']:>8}{r['tokens_per_s']:>10.1f}"
-              f"{speed:>12.2f}{r['peak_bytes'] / 1e9:>9.2f}{memory:>12.2f}{reuse:>14}{hits:>13}")
-        if "decode_tokens_per_s" in r:
-            print(f"{'':<13}decode {r['decode_tokens_per_s']:.0f} tokens/s, KV read {r['kv_read_gb_s']:.0f} GB/s "
-                  f"({r['kv_read_fraction_of_peak']:.1%} of the card's peak)")
+BENCHMARK = Benchmark(
+    "rollout", "sleepcore.benchmarks.rollout", CASES, PROVIDERS, build_inputs, make_run, _describe, _case_fields,
+    modes=("forward",), throughput=("generated_tokens", "tokens_per_s"), reference=("hf_generate",), warmup=0, reps=1,
+    default_providers=lambda case: ("sleepcore",) if case.device == "cuda" else PROVIDERS,
+    table_fields=("prompt_token_reuse", "prefix_hit_rate", "preemptions", "kv_cache_gb", "decode_tokens_per_s",
+                  "kv_read_gb_s", "kv_read_fraction_of_peak"))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", choices=sorted(CASES), default="small")
-    parser.add_argument("--providers", default=None, help="comma-separated subset of " + ",".join(PROVIDERS))
-    parser.add_argument("--csv", type=Path, default=None,
-                        help="append rows here (default: bench/results/<device>.csv when ./bench/results exists)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    case = CASES[args.case]
-    if args.worker:
-        print(json.dumps(worker(args.worker, case)))
-        return []
-    if case.device == "cuda" and not torch.cuda.is_available():
-        parser.error(f"case {args.case!r} needs a CUDA GPU")
-    default = "sleepcore" if case.device == "cuda" else ",".join(PROVIDERS)
-    results = []
-    for provider in (args.providers or default).split(","):
-        if provider not in PROVIDERS:
-            parser.error(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
-        print(f"running {provider} ...", flush=True)
-        results.append(harness.run_worker(__name__, provider, args.case, [], timeout_s=3600))
-    print_table(case, results)
-    csv_path = args.csv or (Path("bench/results") / f"{harness.device_name()}.csv"
-                            if Path("bench/results").is_dir() else None)
-    rows = [{"bench": "rollout", "case": args.case, "model": case.model, "dtype": case.dtype, **r} for r in results]
-    if csv_path and rows:
-        harness.append_csv(csv_path, rows)
-        print(f"appended {len(rows)} rows to {csv_path}")
-    return results
+    return driver.main(BENCHMARK, argv, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class PolicyCase:
 
 
 POLICY_CASES = {
+    "tiny": PolicyCase("tiny", 2, 8, "smollm2-135m", "float32", "cpu"),  # a smoke test of the driver
     "small": PolicyCase("small", 4, 128, "smollm2-135m", "float32", "cpu"),
     "cpu": PolicyCase("cpu", 8, 256, "smollm2-135m", "float32", "cpu"),
     "h100": PolicyCase("h100", 8, 1024, "llama3-8b-131k", "bfloat16", "cuda"),
