@@ -34,10 +34,23 @@ def opcheck_cases():
         (sleepcore.fused_linear_topk_jsd_rows.default, (sh, sw, ids, logprobs, scale, None, 0.5, 1.0, 5, "auto")),
         (sleepcore.generalized_jsd.default, (logits_s, logits_t, scale, 0.5, 2.0, "auto", True)),
         (sleepcore.generalized_jsd_rows.default, (logits_s, logits_t, scale, 0.1, 1.0, "auto")),
+        (sleepcore.fused_linear_policy_loss.default, (*policy_inputs(), None, None, 1.0, 6, "auto", "grpo", 0.2, 0.2,
+                                                      None, 0.0, "k3", 0.0, None, True, True, False)),
+        (sleepcore.fused_linear_policy_loss.default, (*policy_inputs(bias), torch.randn(3, 3), torch.randn(3, 3), 0.7,
+                                                      4, "auto", "gspo", 0.2, 0.3, 2.0, 0.1, "k2", 0.01, 1.5, True,
+                                                      True, True)),
     ]
 
 
-@pytest.mark.parametrize("case", range(6))
+def policy_inputs(bias=None, B=3, T=3):
+    """hidden [B*T, H], weight, bias, ids (-1: masked), old_logp, advantages, mask, aggregation weights."""
+    sh, sw, _, _ = linear_args(n=B * T)
+    mask = torch.rand(B, T) > 0.3
+    ids = torch.where(mask.reshape(-1), torch.randint(0, 40, (B * T,)), -1)
+    return sh, sw, bias, ids, torch.randn(B, T), torch.randn(B), mask, mask.float() / mask.sum().clamp_min(1)
+
+
+@pytest.mark.parametrize("case", range(8))
 def test_opcheck(seed, case):
     op, args = opcheck_cases()[case]
     torch.library.opcheck(op, args)

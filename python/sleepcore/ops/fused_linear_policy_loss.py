@@ -11,18 +11,42 @@ so chunking does not change the loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from sleepcore.ops._linear_chunks import linear_chunks
+from sleepcore.ops import _checks
+from sleepcore.ops._linear_chunks import default_chunk_size, grad_flags, linear_chunks
+from sleepcore.ops.fused_linear_jsd import prepare_linear_inputs
 from sleepcore.ops.fused_linear_logprobs import MIN_GEMM_ROWS
 from sleepcore.ops.logprob_rows import logprob_grad_rows, logprob_rows
-from sleepcore.ops.policy_loss import PolicyLossConfig, token_terms
+from sleepcore.ops.policy_loss import (PolicyLossConfig, _check_count, _check_inputs, _check_mask,
+                                       aggregation_weights, metrics, token_terms)
+
+
+@dataclass(frozen=True)
+class FusedLinearPolicyLossConfig(PolicyLossConfig):
+    """The scalar options of :func:`fused_linear_policy_loss`, validated, loss-type defaults resolved.
+
+    The fields of :class:`PolicyLossConfig`, then ``temperature`` (> 0), ``chunk_size`` (an int
+    >= 1 or None) and ``backend``. ``dataclasses.asdict`` of it gives the op's keyword options.
+    """
+
+    temperature: float = 1.0
+    chunk_size: int | None = None
+    backend: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "temperature", _checks.temperature(self.temperature))
+        object.__setattr__(self, "chunk_size", _checks.chunk_size(self.chunk_size))
+        _checks.backend(self.backend)
 
 
 def _chunk_rows(chunk_size: int, seq_len: int) -> int:
+    seq_len = max(seq_len, 1)
     return max(1, chunk_size // seq_len) * seq_len
 
 
@@ -90,3 +114,92 @@ def _backward(ctx, grad_loss, *_unused):
 
 
 _fused_linear_policy_loss.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_tensors(hidden, weight, bias, token_ids, old_logp, advantages, mask, config, ref_logp, rollout_logp):
+    """Check the tensors; returns ``(flat hidden [N, H], weight, bool mask [B, T])``."""
+    _checks.tensor("hidden", hidden, ndims=(3,))
+    flat_hidden, weight = prepare_linear_inputs(hidden, weight, bias, hidden_name="hidden", weight_name="weight",
+                                                bias_name="bias")
+    _checks.tensor("token_ids", token_ids, ndims=(2,), dtypes=(torch.int64, torch.int32))
+    if token_ids.shape != hidden.shape[:2]:
+        raise ValueError(f"token_ids must have shape {tuple(hidden.shape[:2])} ([B, T] of hidden), "
+                         f"got {tuple(token_ids.shape)}")
+    if mask is None:
+        mask = torch.ones(token_ids.shape, dtype=torch.bool, device=token_ids.device)
+    _check_inputs(token_ids.shape, config, old_logp, advantages, mask, has_entropy=True, ref_logp=ref_logp,
+                  rollout_logp=rollout_logp)
+    _checks.same_device(hidden=hidden, weight=weight, bias=bias, token_ids=token_ids, old_logp=old_logp,
+                        advantages=advantages, mask=mask, ref_logp=ref_logp, rollout_logp=rollout_logp)
+    return flat_hidden, weight, _check_mask(mask)
+
+
+def fused_linear_policy_loss(hidden, weight, token_ids, old_logp, advantages, mask=None, *, bias=None, ref_logp=None,
+                             rollout_logp=None, loss_type="grpo", temperature=1.0, eps_low=None, eps_high=None,
+                             clip_ratio_c=None, kl_coef=0.0, kl_estimator="k3", entropy_coef=0.0, tis_cap=None,
+                             agg=None, global_tokens=None, global_seqs=None, max_len=None, chunk_size=None,
+                             backend="auto"):
+    """GRPO / DAPO / Dr. GRPO / GSPO / CISPO loss straight from hidden states, without ``N x V``.
+
+    The maths of :func:`sleepcore.ops.policy_loss` on ``fused_linear_logprobs(hidden, weight,
+    token_ids, temperature=temperature, bias=bias)`` and its entropy. The gradients w.r.t. hidden,
+    weight and bias are computed during the forward pass (three logits-sized GEMMs); backward
+    only scales them by the incoming gradient.
+
+    Args:
+        hidden: ``[B, T, H]`` final hidden states, fp32/bf16/fp16. weight: ``[V, H]``
+            (``nn.Linear`` layout), same dtype; bias: optional ``[V]``. All three get gradients.
+        token_ids: int64/int32 ``[B, T]``, the sampled tokens; each kept one must lie in ``[0, V)``.
+        old_logp: float ``[B, T]``, the behaviour policy's log-probs (no gradient).
+        advantages: float ``[B]`` (per sequence) or ``[B, T]`` (per token).
+        mask: bool or 0/1 ``[B, T]``, the tokens that count; None keeps every token. A numeric
+            mask is validated with one host read (skipped under ``torch.compile``).
+        ref_logp, kl_coef, kl_estimator: KL penalty ``kl_coef * k`` (``"k1"``, ``"k2"``, ``"k3"``)
+            to a reference's float ``[B, T]`` log-probs; ``kl_coef != 0`` needs ``ref_logp``.
+        rollout_logp, tis_cap: truncated importance sampling against the rollout engine's float
+            ``[B, T]`` log-probs, weight ``min(exp(old_logp - rollout_logp), tis_cap)``.
+        loss_type: ``"grpo"``, ``"dapo"``, ``"dr_grpo"``, ``"gspo"`` or ``"cispo"``.
+        temperature: > 0, divides the logits (use the sampling temperature).
+        eps_low, eps_high, clip_ratio_c: clip range ``[1 - eps_low, 1 + eps_high]`` (None: the
+            loss type's defaults) and dual clip (> 1; not with ``"cispo"``).
+        entropy_coef: weight of the entropy bonus (the entropy is computed by the op).
+        agg: ``"token-mean"``, ``"seq-mean-token-sum"``, ``"seq-mean-token-mean"`` or
+            ``"seq-mean-token-sum-norm"``; None: the loss type's default.
+        global_tokens, global_seqs, max_len: normalisers (numbers > 0 or one-element tensors),
+            by default this call's kept-token count, B and T. Pass the totals of a
+            gradient-accumulation step so the summed micro-batch gradients equal the full batch's.
+        chunk_size: tokens per chunk, rounded down to whole sequences (at least one); None lets
+            the op choose from V, the dtype and the device. The result does not depend on it.
+        backend: ``"auto"`` (CPU: ``_C``; CUDA: Triton), ``"cpu"`` or ``"triton"``.
+
+    Returns:
+        ``(loss, metrics)``: a float32 scalar, differentiable w.r.t. hidden, weight and bias, and
+        a dict of detached float32 0-d tensors ``clip_frac``, ``approx_kl``, ``entropy``,
+        ``ratio_mean``, ``ratio_max`` (over this call's kept tokens). A batch with no kept token
+        gives loss 0 and zero gradients.
+
+    Raises:
+        TypeError for an argument of the wrong type or dtype, ValueError for a wrong shape,
+        device or value; the message names the argument. On CPU, ValueError for a kept token id
+        outside ``[0, V)``.
+    """
+    config = FusedLinearPolicyLossConfig(loss_type, eps_low, eps_high, clip_ratio_c, kl_coef, kl_estimator,
+                                         entropy_coef, tis_cap, agg, temperature, chunk_size, backend)
+    flat_hidden, weight, mask = _check_tensors(hidden, weight, bias, token_ids, old_logp, advantages, mask, config,
+                                               ref_logp, rollout_logp)
+    for name, value in (("global_tokens", global_tokens), ("global_seqs", global_seqs), ("max_len", max_len)):
+        _check_count(name, value)
+    weights = aggregation_weights(mask, config.agg, global_tokens, global_seqs, max_len)
+    chunk = config.chunk_size or default_chunk_size(flat_hidden.shape[0], weight.shape[0], flat_hidden.dtype,
+                                                    flat_hidden.device)
+    ids = torch.where(mask, token_ids, torch.full_like(token_ids, -1)).reshape(-1).to(torch.int64).contiguous()
+    as_float = lambda t: None if t is None else t.detach().float().contiguous()  # noqa: E731
+    old_logp, ref_logp, rollout_logp = as_float(old_logp), as_float(ref_logp), as_float(rollout_logp)
+    loss, logp, entropy, *_ = torch.ops.sleepcore.fused_linear_policy_loss(
+        flat_hidden, weight, bias, ids, old_logp, as_float(advantages), mask.contiguous(), weights, ref_logp,
+        rollout_logp, config.temperature, chunk, config.backend, config.loss_type, config.eps_low, config.eps_high,
+        config.clip_ratio_c, config.kl_coef, config.kl_estimator, config.entropy_coef, config.tis_cap,
+        *grad_flags(flat_hidden, weight, bias))
+    with torch.no_grad():
+        _, _, clipped, rho = token_terms(logp, old_logp, advantages, mask, config, ref_logp, rollout_logp, entropy)
+    return loss, metrics(rho, clipped, mask, old_logp, logp, entropy)

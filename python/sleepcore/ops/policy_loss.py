@@ -13,16 +13,18 @@ ratio ``s = exp(masked mean of lr)`` with ``rho_t = sg(s) * exp(logp_t - sg(logp
 * ``loss = sum_t w_t * loss_t`` with aggregation weights ``w`` from the mask and the global counts.
 
 The loss is a weighted sum of per-token terms whose gradient w.r.t. ``logp_t`` depends on token
-``t`` alone (GSPO's sequence ratio is stop-gradient), so :func:`token_gradients` gives it in
-closed form: ``FusedLinearPolicyLoss`` uses it to compute gradients during its forward pass.
+``t`` alone (GSPO's sequence ratio is stop-gradient), so :func:`token_terms` gives it in
+closed form: :func:`sleepcore.ops.fused_linear_policy_loss` uses it to compute gradients during its
+forward pass.
 """
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
+
+from sleepcore import validation
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "gspo", "cispo")
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -30,6 +32,10 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 _DEFAULT_AGG = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
                 "gspo": "seq-mean-token-mean", "cispo": "token-mean"}
 _LOG_RATIO_BOUND = 20.0
+
+
+def _option(name, value, options):
+    return validation.choice(name, validation.instance(name, value, str, what="a string"), options)
 
 
 @dataclass(frozen=True)
@@ -51,45 +57,48 @@ class PolicyLossConfig:
     agg: str | None = None
 
     def __post_init__(self):
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        eps_low = (3e-4 if self.loss_type == "gspo" else 0.2) if self.eps_low is None else self.eps_low
-        eps_high = (0.28 if self.loss_type == "dapo" else eps_low) if self.eps_high is None else self.eps_high
-        for name, value in (("eps_low", eps_low), ("eps_high", eps_high)):
-            if not isinstance(value, numbers.Real) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        object.__setattr__(self, "eps_low", float(eps_low))
-        object.__setattr__(self, "eps_high", float(eps_high))
-        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1:
-            raise ValueError(f"clip_ratio_c must be > 1 (dual clip) or None, got {self.clip_ratio_c!r}")
-        if self.clip_ratio_c is not None and self.loss_type == "cispo":
+        loss_type = _option("loss_type", self.loss_type, LOSS_TYPES)
+        eps_low = (3e-4 if loss_type == "gspo" else 0.2) if self.eps_low is None else self.eps_low
+        eps_low = validation.number("eps_low", eps_low, minimum=0.0)
+        eps_high = (0.28 if loss_type == "dapo" else eps_low) if self.eps_high is None else self.eps_high
+        resolved = dict(
+            eps_low=eps_low, eps_high=validation.number("eps_high", eps_high, minimum=0.0),
+            clip_ratio_c=validation.number("clip_ratio_c", self.clip_ratio_c, above=1.0, optional=True),
+            kl_coef=validation.number("kl_coef", self.kl_coef),
+            kl_estimator=_option("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
+            entropy_coef=validation.number("entropy_coef", self.entropy_coef),
+            tis_cap=validation.positive("tis_cap", self.tis_cap, optional=True),
+            agg=_option("agg", _DEFAULT_AGG[loss_type] if self.agg is None else self.agg, AGGREGATIONS))
+        if resolved["clip_ratio_c"] is not None and loss_type == "cispo":
             raise ValueError("clip_ratio_c (dual clip) applies to the clipped objectives, not loss_type='cispo'")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
-        if self.tis_cap is not None and not self.tis_cap > 0:
-            raise ValueError(f"tis_cap must be > 0 or None, got {self.tis_cap!r}")
-        agg = _DEFAULT_AGG[self.loss_type] if self.agg is None else self.agg
-        if agg not in AGGREGATIONS:
-            raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
-        object.__setattr__(self, "agg", agg)
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
 
 
-def _check_inputs(logp, old_logp, advantages, mask, ref_logp, rollout_logp, entropy, config, computes_entropy=False):
-    if not isinstance(logp, torch.Tensor) or logp.dim() != 2:
-        raise ValueError(f"logp must be a [B, T] tensor, got {getattr(logp, 'shape', type(logp).__name__)}")
-    for name, value in (("old_logp", old_logp), ("mask", mask), ("ref_logp", ref_logp),
-                        ("rollout_logp", rollout_logp), ("entropy", entropy)):
-        if value is not None and (not isinstance(value, torch.Tensor) or value.shape != logp.shape):
-            raise ValueError(f"{name} must have logp's shape {tuple(logp.shape)}, got {getattr(value, 'shape', value)}")
-    if not isinstance(advantages, torch.Tensor) or advantages.shape not in (logp.shape[:1], logp.shape):
-        raise ValueError(f"advantages must have shape {tuple(logp.shape[:1])} or {tuple(logp.shape)}, "
-                         f"got {getattr(advantages, 'shape', advantages)}")
-    if mask.dtype != torch.bool and not mask.dtype.is_floating_point and mask.dtype not in (torch.int64, torch.int32,
-                                                                                          torch.uint8):
+def _tensor(name, value, *, floating=True):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and not value.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    return value
+
+
+def _check_inputs(shape, config, old_logp, advantages, mask, *, has_entropy, **optional):
+    """Check the inputs of a policy loss over ``[B, T] = shape`` (metadata only): float ``[B, T]``
+    old_logp and ``optional`` tensors (None skipped), advantages ``[B]`` or ``[B, T]``, a bool or
+    numeric ``[B, T]`` mask, and the inputs that ``config`` needs."""
+    for name, value in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask), *optional.items()):
+        if value is None and name in optional:
+            continue
+        _tensor(name, value, floating=name != "mask")
+        if value.shape != shape and not (name == "advantages" and value.shape == shape[:1]):
+            allowed = f"{tuple(shape[:1])} or " if name == "advantages" else ""
+            raise ValueError(f"{name} must have shape {allowed}{tuple(shape)} ([B, T]), got {tuple(value.shape)}")
+    if mask.dtype.is_complex:
         raise TypeError(f"mask must be bool or 0/1 numbers, got {mask.dtype}")
-    if config.kl_coef != 0 and ref_logp is None:
+    if config.kl_coef != 0 and optional.get("ref_logp") is None:
         raise ValueError("kl_coef != 0 needs ref_logp")
-    if config.entropy_coef != 0 and entropy is None and not computes_entropy:
+    if config.entropy_coef != 0 and not has_entropy:
         raise ValueError("entropy_coef != 0 needs entropy")
 
 
@@ -108,10 +117,12 @@ def aggregation_weights(mask, agg, global_tokens=None, global_seqs=None, max_len
 
 
 def _check_count(name, value):
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    if value is not None and not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"{name} must be a number or a 0-d tensor, got {type(value).__name__}")
+    """A normaliser: None, a number > 0, or a one-element tensor (its value is not read)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
+        return
+    validation.positive(name, value, optional=True)
 
 
 def _ratio(logp, old_logp, mask, loss_type):
@@ -220,7 +231,11 @@ def policy_loss(logp, old_logp, advantages, mask, *, loss_type="grpo", ref_logp=
     """
     config = PolicyLossConfig(loss_type, eps_low, eps_high, clip_ratio_c, kl_coef, kl_estimator, entropy_coef,
                               tis_cap, agg)
-    _check_inputs(logp, old_logp, advantages, mask, ref_logp, rollout_logp, entropy, config)
+    _tensor("logp", logp)
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be a [B, T] tensor, got shape {tuple(logp.shape)}")
+    _check_inputs(logp.shape, config, old_logp, advantages, mask, has_entropy=entropy is not None,
+                  ref_logp=ref_logp, rollout_logp=rollout_logp, entropy=entropy)
     for name, value in (("global_tokens", global_tokens), ("global_seqs", global_seqs), ("max_len", max_len)):
         _check_count(name, value)
     mask = _check_mask(mask)
@@ -251,12 +266,13 @@ def group_advantages(rewards, group_size, *, scale="std", eps=1e-6):
     Returns float32 ``[B]``: ``(r - group mean) / (group std + eps)`` (unbiased std) for
     ``scale="std"``, or ``r - group mean`` for ``scale="none"`` (Dr. GRPO).
     """
-    if not isinstance(rewards, torch.Tensor) or rewards.dim() != 1:
-        raise ValueError(f"rewards must be a 1-D tensor [B], got {getattr(rewards, 'shape', rewards)}")
-    if not isinstance(group_size, int) or group_size < 1 or rewards.shape[0] % group_size:
+    if _tensor("rewards", rewards, floating=False).dim() != 1:
+        raise ValueError(f"rewards must be a 1-D tensor [B], got shape {tuple(rewards.shape)}")
+    group_size = validation.integer("group_size", group_size, minimum=1)
+    if rewards.shape[0] % group_size:
         raise ValueError(f"group_size must be a positive int dividing B={rewards.shape[0]}, got {group_size!r}")
-    if scale not in ("std", "none"):
-        raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
+    _option("scale", scale, ("std", "none"))
+    eps = validation.number("eps", eps, minimum=0.0)
     groups = rewards.float().reshape(-1, group_size)
     centred = groups - groups.mean(-1, keepdim=True)
     if scale == "std":
