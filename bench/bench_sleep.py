@@ -5,7 +5,7 @@ Seeding at one token budget; a 1-person sleep, then a 50-person sleep), prints t
 targets (Knowledge Seeding's closed-book EM >= 0.7x the in-context ceiling and >= 2x SFT on the
 last sleep; retention of the earlier sleep within 5 points; drift KL no larger than SFT's), writes
 knowledge.json/.png to ``--output-dir`` and appends one row per method and sleep to
-``bench/results/<device>.csv``.
+``bench/results/sleep-knowledge-<device>.csv``.
 
 Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--tiny]``
 """
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     report = run_knowledge_eval("tiny" if args.tiny else DEFAULT_MODEL, config, output_dir=args.output_dir)
     for check in check_targets(report):
         print(check)
-    csv_path = args.csv or Path(__file__).parent / "results" / f"{harness.device_name()}.csv"
+    csv_path = args.csv or harness.results_path("sleep-knowledge", Path(__file__).parent / "results")
     harness.append_csv(csv_path, rows_of(report))
     print(f"appended to {csv_path}")
 
