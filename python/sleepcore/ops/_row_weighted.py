@@ -62,6 +62,7 @@ def _fake_rows(spec: RowWeightedSpec):
 def _main_autograd(spec: RowWeightedSpec):
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable outputs
         ctx.save_for_backward(output[1], *output[2:])
 
     def backward(ctx, grad_loss, *_unused):

@@ -101,6 +101,7 @@ def _(hidden, weight, bias, token_ids, old_logp, advantages, mask, weights, ref_
 
 def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero-filled [V, H] gradient for the non-differentiable outputs
     ctx.save_for_backward(*output[3:])
 
 
