@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sleepcore.train import OptimizerConfig
-from sleepcore.validation import boolean, choice, fraction, instance, integer, positive
+from sleepcore.validation import boolean, choice, fraction, instance, integer, number, positive
 
 #: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
-PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions")
+PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "entity_questions")
 #: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
 STAGE_NAMES = ("seeding", "sft")
 
@@ -27,22 +27,26 @@ def _loop_fields(config) -> None:
 class KnowledgeSeedingConfig:
     """The consolidation objective ``alpha * Div(teacher || student) + (1 - alpha) * LTI`` (loss form).
 
-    Distillation (GKD): ``beta`` of the generalized JSD (0 forward KL, 1 reverse KL), ``on_policy``
+    Distillation (GKD): ``beta`` of the generalized JSD (0 forward KL, 1 reverse KL; default 0:
+    METHOD.md §3, the JSD's gradient on a token the teacher is sure of vanishes like ``q log q`` as
+    the student's probability ``q`` falls, which is exactly a new fact's token), ``on_policy``
     (METHOD.md's lambda: the fraction of sequences sampled from the student), ``temperature``.
     Learning to Imitate: ``completions`` per prefix (n), reward ``gamma * r_sem + (1 - gamma) *
     r_abs`` with the Levenshtein threshold ``z0`` (a fraction of the longer sequence), PPO clip
     ``clip_eps``; ``judge`` gives ``r_sem``: ``"exact_match"`` (normalised exact match) or
     ``"model"`` (the teacher asked "same meaning? yes/no",
-    :class:`~sleepcore.sleep.judge.ModelJudge`). Replay set: at most ``max_prompts`` prompts from
-    ``prompt_builders``, ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each, at
-    ``sample_temperature``. Optimisation: shuffled epochs over the replay set in batches of
+    :class:`~sleepcore.sleep.judge.ModelJudge`). Replay set: prompts from ``prompt_builders``
+    (:data:`PROMPT_BUILDERS`), at most ``prompts_per_document`` generated ones per document plus
+    every wake question, at most ``max_prompts`` in all when set; ``samples_per_prompt`` teacher
+    samples of ``max_new_tokens`` each at ``replay_temperature`` (None: ``sample_temperature``, the
+    temperature of the student's on-policy and LTI samples). Optimisation: shuffled epochs over the replay set in batches of
     ``batch_size`` sequences, at most ``steps`` steps of ``optimizer`` on the new expert only; with
     ``token_budget`` the stage stops at the first step that reaches that many trained tokens, which
     is how methods are compared at the same budget.
     """
 
     alpha: float = 0.5
-    beta: float = 0.5
+    beta: float = 0.0
     on_policy: float = 0.5
     temperature: float = 1.0
     gamma: float = 0.5
@@ -50,11 +54,13 @@ class KnowledgeSeedingConfig:
     completions: int = 4
     clip_eps: float = 0.2
     judge: str = "exact_match"
-    prompt_builders: tuple[str, ...] = PROMPT_BUILDERS
-    max_prompts: int = 64
+    prompt_builders: tuple[str, ...] = ("continuation", "self_question", "wake_questions")
+    prompts_per_document: int = 4
+    max_prompts: int | None = None
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
     sample_temperature: float = 1.0
+    replay_temperature: float | None = None
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
@@ -63,8 +69,10 @@ class KnowledgeSeedingConfig:
     def __post_init__(self):
         for name in ("alpha", "beta", "on_policy", "gamma", "z0"):
             fraction(name, getattr(self, name))
-        for name in ("completions", "samples_per_prompt", "max_new_tokens", "max_prompts"):
+        for name in ("completions", "samples_per_prompt", "max_new_tokens", "prompts_per_document"):
             integer(name, getattr(self, name), minimum=1)
+        integer("max_prompts", self.max_prompts, minimum=1, optional=True)
+        number("replay_temperature", self.replay_temperature, minimum=0.0, optional=True)
         for name in ("temperature", "sample_temperature", "clip_eps"):
             positive(name, getattr(self, name))
         choice("judge", self.judge, ("exact_match", "model"))

@@ -10,6 +10,11 @@ student's prompt does not. Builders:
   rollout engine); the replay prompt asks it, closed-book for the student.
 * ``wake_questions``: the questions asked about the document while awake (``Sleeper.wake``'s
   ``questions``), replayed the same way.
+* ``entity_questions``: self-study in the manner of Cartridges, without relying on the model to
+  write good questions: for each named entity of a document (a capitalised phrase that does not
+  merely open a sentence), "What do you know about <entity>?"; the teacher answers with the
+  document in context, the student learns the answer without it. Every sentence naming such an
+  entity is reached by some prompt, which is what replay coverage counts.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 from sleepcore.lm import chat_turn, qa_prompt
 
 QUESTION_REQUEST = "Write one short question about a fact in the text above."
+ENTITY_REQUEST = "What do you know about {entity}?"
+_CAPITALISED = re.compile(r"[A-Z][a-z]+(?:[ -][A-Z][a-z]+)*")
 
 
 @dataclass(frozen=True)
@@ -75,3 +82,52 @@ def self_question_prompts(documents: list[str], questions: list[list[str]], toke
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, document),
                                         index, builder))
     return prompts
+
+
+def named_entities(document: str) -> list[str]:
+    """Capitalised phrases of ``document`` in order of first appearance, without duplicates. A single
+    capitalised word that opens a sentence ("She", "The") counts only when it also appears elsewhere
+    in a sentence; multi-word phrases ("Ilsa Varkonen") always count."""
+    found: list[str] = []
+    for sentence in split_sentences(document):
+        for match in _CAPITALISED.finditer(sentence):
+            phrase = match.group()
+            opens = match.start() == 0 and " " not in phrase
+            if opens and not re.search(rf"(?<=[a-z,;] ){re.escape(phrase)}\b", document):
+                continue
+            if phrase not in found:
+                found.append(phrase)
+    return found
+
+
+def entity_prompts(documents: list[str], tokenizer=None, *, per_document: int) -> list[ReplayPrompt]:
+    """Up to ``per_document`` "What do you know about <entity>?" prompts per document, one per named
+    entity in order of appearance: a chat turn for the student, the document first for the teacher."""
+    prompts = []
+    for index, document in enumerate(documents):
+        for entity in named_entities(document)[:per_document]:
+            request = ENTITY_REQUEST.format(entity=entity)
+            student, teacher = chat_turn(tokenizer, request), chat_turn(tokenizer, with_context(document, request))
+            if student is None:
+                student, teacher = f"Question: {request}\nAnswer:", f"{with_context(document, request)}\nAnswer:"
+            prompts.append(ReplayPrompt(student, teacher, index, "entity_questions"))
+    return prompts
+
+
+def replay_coverage(documents: list[str], prompts: list[ReplayPrompt]) -> float:
+    """Fraction of the documents' sentences that some prompt reaches: the sentence right after a
+    continuation prompt's prefix, and every sentence naming the entity of an entity prompt. Prompts
+    of other builders are not counted (their reach is not known)."""
+    reached, total = 0, 0
+    for index, document in enumerate(documents):
+        sentences = split_sentences(document)
+        mine = [p for p in prompts if p.document == index]
+        prefixes = [p.student for p in mine if p.builder == "continuation"]
+        asked = [p.student for p in mine if p.builder == "entity_questions"]
+        for position, sentence in enumerate(sentences):
+            after_prefix = any(prefix == " ".join(sentences[:position]) for prefix in prefixes) and position > 0
+            named = any(entity in sentence and ENTITY_REQUEST.format(entity=entity) in question
+                        for question in asked for entity in named_entities(sentence))
+            reached += after_prefix or named
+        total += len(sentences)
+    return reached / max(total, 1)

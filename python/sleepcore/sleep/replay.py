@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 from sleepcore.lm import encode, pad_id, response_hidden
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
-from sleepcore.sleep.prompts import ReplayPrompt, continuation_prompts, question_requests, self_question_prompts
+from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, question_requests,
+                                     self_question_prompts)
 
 TEACHER_BATCH = 16  # replay samples per teacher forward when caching its hidden states
 
@@ -36,33 +38,45 @@ class ReplaySample:
 
 def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, teacher, *, seed: int,
                    teacher_reads_documents: bool = True) -> list[ReplayPrompt]:
-    """Prompts from ``config.prompt_builders`` over the buffer, shuffled, at most ``max_prompts``.
-    ``teacher`` is a context manager factory under which the engine samples as the teacher (the
-    ``self_question`` builder's questions). Without ``teacher_reads_documents`` (the memory
-    teacher) the teacher's prompt is the student's."""
-    rng = random.Random(seed)
-    prompts = []
-    if "continuation" in config.prompt_builders:
-        prompts += continuation_prompts(buffer.documents, rng, per_document=2)
-    if "self_question" in config.prompt_builders:
+    """Prompts from ``config.prompt_builders`` over the buffer: at most ``prompts_per_document``
+    generated prompts (continuation, self_question, entity_questions) per document, plus every
+    wake question, shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a
+    context manager factory under which the engine samples as the teacher (the ``self_question``
+    builder's questions). Without ``teacher_reads_documents`` (the memory teacher) the teacher's
+    prompt is the student's."""
+    rng, builders, documents = random.Random(seed), config.prompt_builders, buffer.documents
+    quota = config.prompts_per_document
+    generated = []
+    if "continuation" in builders:
+        generated += continuation_prompts(documents, rng, per_document=quota)
+    if "self_question" in builders:
         params = SamplingParams(n=2, temperature=0.7, max_tokens=32, seed=seed)
         with teacher():
-            outputs = engine.generate(question_requests(buffer.documents, tokenizer), params, progress=False)
+            outputs = engine.generate(question_requests(documents, tokenizer), params, progress=False)
         asked = [[completion.text or "" for completion in output.completions] for output in outputs]
-        prompts += self_question_prompts(buffer.documents, asked, tokenizer)
-    if "wake_questions" in config.prompt_builders:
-        prompts += self_question_prompts(buffer.documents, buffer.questions, tokenizer, builder="wake_questions")
+        generated += self_question_prompts(documents, asked, tokenizer)
+    if "entity_questions" in builders:
+        generated += entity_prompts(documents, tokenizer, per_document=quota)
+    rng.shuffle(generated)
+    taken, prompts = Counter(), []
+    for prompt in generated:
+        if taken[prompt.document] < quota:
+            taken[prompt.document] += 1
+            prompts.append(prompt)
+    if "wake_questions" in builders:
+        prompts += self_question_prompts(documents, buffer.questions, tokenizer, builder="wake_questions")
     rng.shuffle(prompts)
     if not teacher_reads_documents:
         prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]
-    return prompts[:config.max_prompts]
+    return prompts[:config.max_prompts] if config.max_prompts is not None else prompts
 
 
 def sample_replay(model, tokenizer, engine, prompts: list[ReplayPrompt], config: KnowledgeSeedingConfig, teacher,
                   rng: random.Random, *, progress: bool = True) -> list[ReplaySample]:
     """Teacher samples of every prompt (``samples_per_prompt`` each, 2 tokens or longer), with the
     teacher's hidden states on them."""
-    params = SamplingParams(n=config.samples_per_prompt, temperature=config.sample_temperature,
+    temperature = config.sample_temperature if config.replay_temperature is None else config.replay_temperature
+    params = SamplingParams(n=config.samples_per_prompt, temperature=temperature,
                             max_tokens=config.max_new_tokens, seed=rng.randrange(1 << 62))
     teacher_ids = [encode(tokenizer, p.teacher) for p in prompts]
     with teacher():

@@ -1,0 +1,47 @@
+"""Replay prompt builders: entity self-study prompts, per-document quotas and coverage."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+
+from sleepcore.sleep import replay
+from sleepcore.sleep.config import KnowledgeSeedingConfig
+from sleepcore.sleep.prompts import entity_prompts, named_entities, replay_coverage
+from _sleepers import DATASET, make_sleeper, seeding
+
+
+def test_named_entities_skip_sentence_openers_and_keep_names():
+    text = "She met Ada Quell in Tarvik. The river runs past Tarvik. In spring, Ada Quell sails."
+    assert named_entities(text) == ["Ada Quell", "Tarvik"]
+
+
+def test_entity_prompts_reach_every_fact_of_a_biography():
+    passage = DATASET.passages[0]
+    prompts = entity_prompts([passage], None, per_document=20)
+    name = DATASET.people[0].name
+    assert any(name in p.student for p in prompts)
+    assert all(passage in p.teacher and passage not in p.student for p in prompts)
+    assert replay_coverage([passage], prompts) == 1.0  # every sentence names the person
+    assert replay_coverage([passage], []) == 0.0
+
+
+def test_per_document_quota_and_wake_questions_on_top():
+    config = seeding(prompt_builders=("continuation", "entity_questions", "wake_questions"), prompts_per_document=3,
+                     max_new_tokens=4, samples_per_prompt=1)
+    config = KnowledgeSeedingConfig(**{**config.__dict__, "max_prompts": None})
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages, questions=[[f"Which fact is number {i}?"] for i in range(3)])
+    prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, nullcontext, seed=0)
+    for document in range(3):
+        mine = [p for p in prompts if p.document == document]
+        assert sum(p.builder != "wake_questions" for p in mine) == 3
+        assert sum(p.builder == "wake_questions" for p in mine) == 1
+
+
+def test_bad_replay_options_are_refused():
+    with pytest.raises(ValueError, match="prompts_per_document"):
+        KnowledgeSeedingConfig(prompts_per_document=0)
+    with pytest.raises(ValueError, match="replay_temperature"):
+        KnowledgeSeedingConfig(replay_temperature=-0.1)
