@@ -1,7 +1,7 @@
 """Evaluation suites (knowledge): `sleepcore eval SUITE --help` describes each.
 
 knowledge: how well base, in-context, SFT, GKD and Knowledge Seeding turn new passages into
-closed-book knowledge at the same sleep budget.
+closed-book knowledge at the same sleep budgets, beside the oracle ceilings.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from sleepcore import validation
-from sleepcore.cli.options import add_config_arguments, by_tiny, configure, describe, given, integers, names
+from sleepcore.cli.options import add_config_arguments, by_tiny, configure, describe, floats, given, integers, names
 from sleepcore.configuration import with_overrides
 from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
 from sleepcore.sleep.config import KnowledgeSeedingConfig
@@ -26,8 +26,11 @@ TINY_CONFIG = KnowledgeSuiteConfig(
 
 KNOWLEDGE_DESCRIPTION = """\
 The knowledge suite (sleepcore.tasks.knowledge_suite): base, in-context, SFT, GKD and Knowledge
-Seeding at the same sleep budget, on a packaged model, a local model folder or (--tiny) a tiny
-random model. Prints the table and writes knowledge.json and knowledge.png to the output directory.
+Seeding at the same sleep budgets (each trained row once per multiplier of --budgets), beside the
+ceilings oracle and paraphrase-oracle (SFT on the gold answers), on a packaged model, a local model
+folder or (--tiny) a tiny random model. Prints the table (closed-book contains first, gold-answer
+log-prob, teachable subset, gap closure, costs) and writes knowledge.json (with per-step history),
+knowledge.png and knowledge_budgets.png (contains against trained tokens and seconds).
 """
 
 KNOWLEDGE_EXAMPLE = """\
@@ -36,8 +39,9 @@ output_dir = "sleepcore-eval"     # checkpoints, knowledge.json, knowledge.png
 tiny = false                      # true: the tiny random model and the small protocol (TINY_CONFIG)
 [suite]                           # KnowledgeSuiteConfig fields
 sleeps = [1, 50]                  # people per sleep, in order
-methods = ["base", "in-context", "sft", "gkd", "ks"]
+methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-memory, oracle, paraphrase-oracle
 tokens_per_document = 200         # the sleep budget
+budgets = [1.0]                   # multipliers of it: one run of each trained row per multiplier
 [suite.seeding]                   # KnowledgeSeedingConfig fields
 max_new_tokens = 40
 """
@@ -81,20 +85,21 @@ def run_knowledge_eval(model: str = DEFAULT_MODEL, config: KnowledgeSuiteConfig 
     report = {"model": model, **suite.run()}
     path = write_report(report, output_dir)
     print(format_table(report))
-    print(f"wrote {path} and {path.with_suffix('.png')}")
+    print(f"wrote {path}, {path.with_suffix('.png')} and {path.with_name('knowledge_budgets.png')}")
     return report
 
 
-def suite_flags(sleeps: str | None, methods: str | None, tokens_per_document: int | None) -> dict:
+def suite_flags(sleeps: str | None, methods: str | None, tokens_per_document: int | None,
+                budgets: str | None = None) -> dict:
     """The suite options of the command line as overrides of ``KnowledgeSuiteConfig`` fields."""
     return {"sleeps": integers("--sleeps", sleeps), "methods": names(methods),
-            "tokens_per_document": tokens_per_document}
+            "tokens_per_document": tokens_per_document, "budgets": floats("--budgets", budgets)}
 
 
 def config_from_arguments(tiny: bool, sleeps: str | None, methods: str | None,
-                          tokens_per_document: int | None) -> KnowledgeSuiteConfig:
+                          tokens_per_document: int | None, budgets: str | None = None) -> KnowledgeSuiteConfig:
     """The command-line options over the default (or tiny) suite config; ValueError names a bad option."""
-    overrides = given(suite_flags(sleeps, methods, tokens_per_document))
+    overrides = given(suite_flags(sleeps, methods, tokens_per_document, budgets))
     return with_overrides(TINY_CONFIG if tiny else KnowledgeSuiteConfig(), overrides)
 
 
@@ -104,9 +109,11 @@ def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
                                         "tiny with --tiny)")
     parser.add_argument("--tiny", action="store_true", default=None, help="a tiny random model and a small protocol")
     parser.add_argument("--sleeps", help="people per sleep, in order, e.g. 1,50 (suite.sleeps)")
-    parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-memory "
-                                          "(suite.methods)")
+    parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-memory,oracle,"
+                                          "paraphrase-oracle (suite.methods)")
     parser.add_argument("--tokens-per-document", type=int, help="the sleep budget (suite.tokens_per_document)")
+    parser.add_argument("--budgets", help="multipliers of the sleep budget, e.g. 1,4,16: each trained row runs once "
+                                          "per multiplier (suite.budgets)")
     parser.add_argument("--output-dir", help="checkpoints, knowledge.json/.png (default sleepcore-eval)")
 
 
@@ -114,7 +121,7 @@ def knowledge_config(args: argparse.Namespace) -> EvalKnowledgeConfig:
     """The config of ``sleepcore eval knowledge``: defaults (tiny or not), file, flags, ``--set``."""
     flags = {"model": args.model, "output_dir": args.output_dir, "tiny": args.tiny,
              **{f"suite.{key}": value for key, value in
-                suite_flags(args.sleeps, args.methods, args.tokens_per_document).items()}}
+                suite_flags(args.sleeps, args.methods, args.tokens_per_document, args.budgets).items()}}
     return configure(args, flags, by_tiny(knowledge_defaults))
 
 
@@ -132,7 +139,7 @@ class Suite(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
-SUITES = {"knowledge": Suite("base, in-context, SFT, GKD and Knowledge Seeding at one sleep budget",
+SUITES = {"knowledge": Suite("base, in-context, SFT, GKD, Knowledge Seeding and the oracles at sleep budgets",
                              KNOWLEDGE_DESCRIPTION, KNOWLEDGE_EXAMPLE,
                              add_knowledge_arguments, run_knowledge)}
 

@@ -70,12 +70,21 @@ def set_values(pairs: list[str]) -> dict:
 
 def integers(flag: str, text: str | None) -> tuple[int, ...] | None:
     """``"1,50"`` as ``(1, 50)``; ``None`` stays ``None``."""
+    return _numbers(flag, text, int, "ints")
+
+
+def floats(flag: str, text: str | None) -> tuple[float, ...] | None:
+    """``"1,4,0.5"`` as ``(1.0, 4.0, 0.5)``; ``None`` stays ``None``."""
+    return _numbers(flag, text, float, "numbers")
+
+
+def _numbers(flag: str, text: str | None, kind, what: str) -> tuple | None:
     if text is None:
         return None
     try:
-        return tuple(int(part) for part in text.split(","))
+        return tuple(kind(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"{flag} must be comma-separated ints, got {text!r}") from None
+        raise ValueError(f"{flag} must be comma-separated {what}, got {text!r}") from None
 
 
 def names(text: str | None) -> tuple[str, ...] | None:

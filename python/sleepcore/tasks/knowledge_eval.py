@@ -4,6 +4,11 @@ Answers are greedy through the rollout engine and end at the first newline or EO
 ``lm.qa_prompt`` (the tokenizer's chat template when it has one), the format sleep's
 replay questions use too. The in-context ceiling puts the person's passage (and, for 2-hop
 questions, the employer's passage) before the question; closed-book puts nothing.
+
+Per question set (1-hop, 2-hop): EM, token F1 and "contains" (:mod:`sleepcore.tasks.metrics`;
+contains is the primary score, since a small model answers in sentences), each question's contains
+(``contains_each``, for the teachable subset), and the gold answer's teacher-forced
+log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.lm import qa_prompt
 from sleepcore.tasks.biographies import BiographyDataset
-from sleepcore.tasks.metrics import aggregate
+from sleepcore.tasks.knowledge_metrics import gold_logprobs, logprob_scores, qa_examples
+from sleepcore.tasks.metrics import aggregate, contains_match
 
 ANSWER_TOKENS = 16
 
@@ -30,7 +36,9 @@ def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = Fa
 
 def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context: bool = False,
              progress: bool = False) -> dict:
-    """EM, token-F1 and containment on the 1-hop questions, and EM/containment on the 2-hop ones."""
+    """Per question set (``one_hop``, ``two_hop``): ``contains``, ``em``, ``f1``, ``count``,
+    ``contains_each`` and the gold answer's ``logp_token`` / ``logp_answer`` under ``engine.model``
+    as it is (its active experts)."""
     def context(question):
         if not in_context:
             return None
@@ -39,7 +47,11 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
 
     scores = {}
     for name, questions in (("one_hop", dataset.questions), ("two_hop", dataset.two_hop_questions)):
-        predictions = answer(engine, tokenizer, [qa_prompt(tokenizer, q.text, context(q)) for q in questions],
-                             progress=progress)
-        scores[name] = aggregate(predictions, [q.answer for q in questions])
+        prompts = [qa_prompt(tokenizer, q.text, context(q)) for q in questions]
+        golds = [q.answer for q in questions]
+        predictions = answer(engine, tokenizer, prompts, progress=progress)
+        logprobs = gold_logprobs(engine.model, tokenizer, qa_examples(tokenizer, prompts, golds))
+        matched = aggregate(predictions, golds)
+        scores[name] = {"contains": matched.pop("contains"), **matched, **logprob_scores(logprobs),
+                        "contains_each": [int(contains_match(p, g)) for p, g in zip(predictions, golds)]}
     return scores

@@ -1,19 +1,30 @@
-"""The knowledge suite's report: a table on screen, ``knowledge.json`` and ``knowledge.png``, and
-the issue's targets checked against one report (see :mod:`sleepcore.tasks.knowledge_suite`)."""
+"""The knowledge suite's report: a table on screen, ``knowledge.json``, the plots
+(:mod:`sleepcore.tasks.knowledge_plots`), and the issues' targets checked against one report (see
+:mod:`sleepcore.tasks.knowledge_suite`). Targets read each row's run at the largest budget and its
+last (largest) sleep."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-#: issue 5's targets, on the last (largest) sleep: (name, metric, method, baseline, factor).
+from sleepcore.tasks.knowledge_plots import plot_budgets, plot_report
+
+#: Ratio targets (issue 5 on EM; issue 11 on contains): (name, metric, method, baseline, factor).
 RATIO_TARGETS = (("ks >= 0.7x in-context (EM)", "em", "ks", "in-context", 0.7),
-                 ("ks >= 2x sft (EM)", "em", "ks", "sft", 2.0))
+                 ("ks >= 2x sft (EM)", "em", "ks", "sft", 2.0),
+                 ("ks >= 2x sft (contains)", "contains", "ks", "sft", 2.0),
+                 ("ks >= gkd (contains)", "contains", "ks", "gkd", 1.0),
+                 ("ks >= 0.6x paraphrase-oracle (contains)", "contains", "ks", "paraphrase-oracle", 0.6))
+#: Threshold targets (issue 11): (name, method, 1-hop score, minimum).
+THRESHOLD_TARGETS = (("oracle >= 0.9 contains", "oracle", "contains", 0.9),
+                     ("ks gap closure >= 0.35 (contains)", "ks", "gap_closure", 0.35))
 RETENTION_POINTS = 5.0
 
 
 def write_report(report: dict, output_dir) -> Path:
-    """Writes ``knowledge.json`` (atomically) and ``knowledge.png``; returns the JSON's path."""
+    """Writes ``knowledge.json`` (atomically), ``knowledge.png`` and ``knowledge_budgets.png``
+    (:mod:`sleepcore.tasks.knowledge_plots`); returns the JSON's path."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     path = output / "knowledge.json"
@@ -21,6 +32,7 @@ def write_report(report: dict, output_dir) -> Path:
     temporary.write_text(json.dumps(report, indent=2))
     temporary.replace(path)
     plot_report(report, output / "knowledge.png")
+    plot_budgets(report, output / "knowledge_budgets.png")
     return path
 
 
@@ -31,9 +43,12 @@ def last_sleep(report: dict, method: str) -> dict | None:
 
 def retention_delta(report: dict, method: str, metric: str = "f1") -> list[float]:
     """Per earlier group: (score after the last sleep) - (score right after its own sleep), in points."""
-    entry = report["results"][method]
-    return [100.0 * (later["one_hop"][metric] - entry["sleeps"][later["group"]]["one_hop"][metric])
-            for later in entry.get("retention", [])]
+    return _retention(report["results"][method], metric)
+
+
+def _retention(run: dict, metric: str) -> list[float]:
+    return [100.0 * (later["one_hop"][metric] - run["sleeps"][later["group"]]["one_hop"][metric])
+            for later in run.get("retention", [])]
 
 
 def check_targets(report: dict) -> list[dict]:
@@ -47,8 +62,13 @@ def check_targets(report: dict) -> list[dict]:
         ratio = ours[metric] / theirs[metric] if theirs[metric] > 0 else None
         checks.append({"target": name, "value": ours[metric], "baseline": theirs[metric], "ratio": ratio,
                        "met": None if ratio is None else ratio >= factor})
+    for name, method, metric, minimum in THRESHOLD_TARGETS:
+        ours = last_sleep(report, method)
+        if ours is not None and metric in ours:
+            checks.append({"target": name, "value": ours[metric],
+                           "met": None if ours[metric] is None else ours[metric] >= minimum})
     if "ks" in report["results"] and report["results"]["ks"].get("retention"):
-        for metric in ("em", "f1"):
+        for metric in ("contains", "em", "f1"):
             worst = min(retention_delta(report, "ks", metric))
             checks.append({"target": f"ks retention within {RETENTION_POINTS:g} points ({metric})", "value": worst,
                            "met": worst >= -RETENTION_POINTS})
@@ -58,60 +78,53 @@ def check_targets(report: dict) -> list[dict]:
     return checks
 
 
+def runs_of(entry: dict) -> list[dict]:
+    """A row's runs, one per budget multiplier (an untrained row, or a report without ``runs``: itself)."""
+    return entry.get("runs") or [entry]
+
+
+def _cell(value, spec: str, width: int) -> str:
+    return (format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-").rjust(width)
+
+
+#: The table's columns after method, budget and sleep: (header, width, value of a sleep's scores).
+COLUMNS = (("people", 7, lambda s: (s.get("people"), "d")),
+           ("contains", 9, lambda s: (s["one_hop"]["contains"], ".3f")),
+           ("EM", 7, lambda s: (s["one_hop"]["em"], ".3f")),
+           ("F1", 7, lambda s: (s["one_hop"]["f1"], ".3f")),
+           ("2hop", 7, lambda s: (s["two_hop"]["contains"], ".3f")),
+           ("logp/tok", 9, lambda s: (s["one_hop"].get("logp_token"), ".3f")),
+           ("logp/ans", 9, lambda s: (s["one_hop"].get("logp_answer"), ".2f")),
+           ("teach", 7, lambda s: ((s["one_hop"].get("teachable") or {}).get("contains"), ".3f")),
+           ("(n)", 5, lambda s: ((s["one_hop"].get("teachable") or {}).get("count"), "d")),
+           ("gap", 7, lambda s: (s["one_hop"].get("gap_closure"), ".3f")),
+           ("tokens", 9, lambda s: (s.get("tokens"), "d")),
+           ("fwd tok", 9, lambda s: (s.get("forward_tokens"), "d")),
+           ("seconds", 9, lambda s: (s.get("train_seconds"), ".1f")))
+
+
 def format_table(report: dict) -> str:
-    """One row per method: per sleep EM / F1 / contains / 2-hop contains and tokens; retention
-    (F1 points) and drift for the trained methods; then the targets."""
-    groups = report["groups"]
-    header = f"{'method':<12}" + "".join(f"{f'sleep {i} ({n} people): EM/F1/cont/2hop  tokens':>46}"
-                                         for i, n in enumerate(groups))
-    lines = [header + f"{'retention dF1':>15}{'drift KL':>10}"]
+    """One line per row, budget multiplier and sleep: closed-book contains (primary), EM, F1, 2-hop
+    contains, gold log-prob per token and per answer, contains on the teachable subset (and its
+    size), gap closure, trained and forward-only tokens, seconds; on a run's last line its retention
+    (worst earlier group, contains points) and drift. Then the targets (on the largest budget)."""
+    groups = ", ".join(f"sleep {index} ({people} people)" for index, people in enumerate(report["groups"]))
+    header = f"{'method':<18}{'budget':>7}{'sleep':>6}" + "".join(name.rjust(width) for name, width, _ in COLUMNS)
+    lines = [f"closed-book 1-hop scores after {groups}; teach: contains on the facts in-context answers (n), "
+             "gap: (row - base) / (in-context - base)", header + f"{'ret dcont':>10}{'drift KL':>10}"]
     for method, entry in report["results"].items():
-        cells = []
-        for sleep in entry["sleeps"]:
-            one, two = sleep["one_hop"], sleep["two_hop"]
-            cells.append(f"{one['em']:.3f}/{one['f1']:.3f}/{one['contains']:.3f}/{two['contains']:.3f}"
-                         f"{sleep.get('tokens', '-'):>9}".rjust(46))
-        deltas = retention_delta(report, method) if "retention" in entry else []
-        retention = f"{min(deltas):+.1f}" if deltas else "-"
-        drift = f"{entry['drift_kl']:.4f}" if "drift_kl" in entry else "-"
-        lines.append(f"{method:<12}" + "".join(cells) + f"{retention:>15}{drift:>10}")
+        for run in runs_of(entry):
+            budget = f"x{run['budget']:g}" if "budget" in run else "-"
+            for index, sleep in enumerate(run["sleeps"]):
+                cells = "".join(_cell(*value(sleep), width) for _, width, value in COLUMNS)
+                last = index == len(run["sleeps"]) - 1
+                deltas = _retention(run, "contains") if last else []
+                tail = _cell(min(deltas) if deltas else None, "+.1f", 10) + _cell(
+                    run.get("drift_kl") if last else None, ".4f", 10)
+                lines.append(f"{method:<18}{budget:>7}{index:>6}{cells}{tail}")
     for check in check_targets(report):
         verdict = {True: "met", False: "NOT met", None: "undefined"}[check["met"]]
         ratio = f", ratio {check['ratio']:.2f}" if check.get("ratio") is not None else ""
-        lines.append(f"target {check['target']}: {check['value']:.4g}{ratio} -> {verdict}")
+        value = "-" if check["value"] is None else f"{check['value']:.4g}"
+        lines.append(f"target {check['target']}: {value}{ratio} -> {verdict}")
     return "\n".join(lines)
-
-
-def plot_report(report: dict, path) -> None:
-    """Three panels: closed-book F1 per method and sleep; F1 of the earlier groups right after their
-    sleep and after the last one; drift KL per trained method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(report["results"])
-    figure, (scores, retention, drift) = plt.subplots(1, 3, figsize=(15, 4.2))
-    width = 0.8 / len(report["groups"])
-    for index, people in enumerate(report["groups"]):
-        values = [report["results"][m]["sleeps"][index]["one_hop"]["f1"] for m in methods]
-        scores.bar([x + index * width for x in range(len(methods))], values, width, label=f"sleep {index}: {people}")
-    scores.set_xticks([x + width * (len(report["groups"]) - 1) / 2 for x in range(len(methods))], methods)
-    scores.set_ylabel("closed-book token F1")
-    scores.set_title("knowledge after each sleep")
-    scores.legend(fontsize=8)
-    trained = [m for m in methods if report["results"][m].get("retention")]
-    for offset, (label, pick) in enumerate((("after its sleep", lambda m, r: report["results"][m]["sleeps"][r["group"]]),
-                                            ("after the last sleep", lambda m, r: r))):
-        values = [sum(pick(m, r)["one_hop"]["f1"] for r in report["results"][m]["retention"])
-                  / len(report["results"][m]["retention"]) for m in trained]
-        retention.bar([x + offset * 0.4 for x in range(len(trained))], values, 0.4, label=label)
-    retention.set_xticks([x + 0.2 for x in range(len(trained))], trained)
-    retention.set_title("retention: earlier sleeps' facts (F1)")
-    retention.legend(fontsize=8)
-    drifting = [m for m in methods if "drift_kl" in report["results"][m]]
-    drift.bar(drifting, [report["results"][m]["drift_kl"] for m in drifting])
-    drift.set_title("drift: KL(original || updated), generic prompts")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

@@ -1,5 +1,5 @@
 """``sleepcore eval knowledge``: how well each way of updating a model turns new passages into
-closed-book knowledge, at the same sleep budget (issue 5 §3).
+closed-book knowledge, at the same sleep budget (issue 5 §3, issue 11's instruments).
 
 Protocol:
 
@@ -8,26 +8,32 @@ Protocol:
   their employers' company passages (2-hop answers live only in the latter). With
   ``wake_questions`` the user also asks, while awake, each fact's *second* phrasing (the wake
   buffer's questions, which the ``wake_questions`` replay builder uses); the evaluation asks the
-  first phrasing, which no method ever sees.
-* Methods: ``base`` (no update) and ``in-context`` (passages in the prompt: the ceiling) are
-  evaluated without training. The trained methods each start from the unchanged model and run the
-  sleeps in order, each sleep adding one expert to memory level 0 and keeping the earlier ones:
-  ``sft`` (next-token loss on the documents), ``gkd`` (Knowledge Seeding with ``alpha = 1``: the
-  distillation term alone) and ``ks`` (full Knowledge Seeding), all with the in-context teacher;
-  ``ks-memory`` (not run by default) is full Knowledge Seeding from the memory teacher: the fast
-  level learns the documents online while awake (every ``fast_period`` tokens) and teaches
-  without them in context. Every trained method stops at the same token budget per sleep,
-  ``tokens_per_document * documents``; the fast level's wake training is not counted in it.
-* After each sleep: closed-book EM / token-F1 / containment on that group's 1-hop questions and
-  EM / containment on its 2-hop questions. After the last sleep, every earlier group is asked again:
+  first phrasing, which no method ever sees (the ``oracle`` ceiling trains on it on purpose).
+* Rows: ``base`` (no update) and ``in-context`` (passages in the prompt: the ceiling) are
+  evaluated without training, first. The trained rows (:mod:`sleepcore.tasks.knowledge_methods`:
+  ``sft``, ``gkd``, ``ks``, ``ks-memory`` and the ceilings ``oracle`` and ``paraphrase-oracle``)
+  each start from the unchanged model and run the sleeps in order, each sleep adding one expert to
+  the consolidated memory level and keeping the earlier ones. Every trained row stops at the same
+  token budget per sleep, ``tokens_per_document * multiplier * documents``; it runs once per
+  multiplier of ``budgets`` (the budget curves), each run from the unchanged model. The fast
+  level's wake training (``ks-memory``) is not counted in the budget.
+* After each sleep, on that group's questions (:mod:`sleepcore.tasks.knowledge_eval`): closed-book
+  contains (the primary score), EM and token F1 on the 1-hop questions and contains/EM on the 2-hop
+  ones, each question's contains, and the gold answers' teacher-forced log-probability. Then
+  (:func:`~sleepcore.tasks.knowledge_metrics.add_derived`) gap closure and the teachable subset
+  against ``base`` and ``in-context``. After the last sleep, every earlier group is asked again:
   retention is that score minus the score right after its own sleep.
+* Costs per sleep: trained tokens, forward-only tokens, seconds, and the stage's per-step history.
 * Drift: mean per-token KL(original || updated) on the original model's own greedy answers to
   generic chat prompts (none about the biographies), after the last sleep.
+
+Report: ``results[row]`` holds ``sleeps`` (and for trained rows ``retention``, ``drift_kl``,
+``seconds``, ``budget``) of its run at the largest multiplier, the one the table's targets use;
+trained rows also hold ``runs``, every multiplier's run in order, each with its ``history``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,17 +46,21 @@ from sleepcore.lm import chat_turn, encode, head_weight, pad_id, response_hidden
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.ops import fused_linear_jsd
 from sleepcore.rollout import Engine, SamplingParams
-from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig, SleepConfig
-from sleepcore.sleep.sleeper import Sleeper
+from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.train import OptimizerConfig
 from sleepcore.tasks.biographies import BiographyConfig, BiographyDataset, generate_biographies
 from sleepcore.tasks.knowledge_eval import evaluate
+from sleepcore.tasks.knowledge_methods import (CONSOLIDATED_LEVEL, FAST_LEVEL, ORACLE_METHODS, SLEEPER_METHODS,
+                                               TrainedRow, documents_of, wake_questions_of)
+from sleepcore.tasks.knowledge_metrics import add_derived, compact_history, sleep_costs
+
+__all__ = ["DEFAULT_METHODS", "METHODS", "TRAINED_METHODS", "UNTRAINED_METHODS",
+           "KnowledgeSuite", "KnowledgeSuiteConfig", "documents_of", "sleep_groups", "wake_questions_of"]
 
 UNTRAINED_METHODS = ("base", "in-context")
-TRAINED_METHODS = ("sft", "gkd", "ks", "ks-memory")
+TRAINED_METHODS = SLEEPER_METHODS + ORACLE_METHODS
 METHODS = UNTRAINED_METHODS + TRAINED_METHODS
 DEFAULT_METHODS = ("base", "in-context", "sft", "gkd", "ks")
-FAST_LEVEL, CONSOLIDATED_LEVEL = 0, 1
 DRIFT_PROMPTS = (
     "Give me three tips for staying healthy.", "Explain what photosynthesis is.", "Write a haiku about autumn.",
     "What is the capital of France?", "How do I boil an egg?", "Why is the sky blue?",
@@ -66,13 +76,17 @@ class KnowledgeSuiteConfig:
 
     Args:
         sleeps: people consolidated per sleep, in order (retention is measured on all but the last).
-        methods: a subset of :data:`METHODS` (default :data:`DEFAULT_METHODS`).
+        methods: a subset of :data:`METHODS` (default :data:`DEFAULT_METHODS`); ``oracle`` and
+            ``paraphrase-oracle`` are the capacity and transfer ceilings.
         tokens_per_document: the sleep budget: trained tokens per document in the sleep.
+        budgets: multipliers of ``tokens_per_document`` (> 0, distinct); each trained row runs once
+            per multiplier, from the unchanged model (the budget curves).
         seeding: Knowledge Seeding's settings for ``ks``; ``gkd`` is the same with ``alpha = 1``.
-            Its ``optimizer`` is SFT's too; ``steps`` only caps a sleep (the budget ends it); its
+            Its ``optimizer`` is SFT's and the oracles' too; ``steps`` only caps a sleep at
+            multiplier 1 (the cap scales with the multiplier; the budget ends a sleep); its
             ``max_prompts`` is replaced by ``prompts_per_document`` per document plus every wake
             question.
-        sft_batch_size: documents per step of ``sft``.
+        sft_batch_size: examples per step of ``sft`` (documents) and of the oracles (questions).
         wake_questions: whether the second phrasing of each fact is asked while awake.
         fast_period, fast_steps, fast_learning_rate: ``ks-memory``'s fast level (``C_1`` in tokens,
             AdamW steps per update, learning rate).
@@ -84,6 +98,7 @@ class KnowledgeSuiteConfig:
     sleeps: tuple[int, ...] = (1, 50)
     methods: tuple[str, ...] = DEFAULT_METHODS
     tokens_per_document: int = 200
+    budgets: tuple[float, ...] = (1.0,)
     seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
         steps=5000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1,
         optimizer=OptimizerConfig(learning_rate=2e-3)))
@@ -105,6 +120,11 @@ class KnowledgeSuiteConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods!r}")
+        budgets = tuple(self.budgets) if isinstance(self.budgets, (list, tuple)) else ()
+        if (not budgets or len(set(budgets)) != len(budgets)
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in budgets)):
+            raise ValueError(f"budgets must be a non-empty list of distinct numbers > 0, got {self.budgets!r}")
+        self.budgets = tuple(float(b) for b in budgets)
         for name in ("tokens_per_document", "prompts_per_document", "drift_prompts", "drift_tokens", "fast_period",
                      "fast_steps", "sft_batch_size"):
             value = getattr(self, name)
@@ -121,16 +141,6 @@ def sleep_groups(config: KnowledgeSuiteConfig) -> list[BiographyDataset]:
     return [dataset.subset(n, start) for n, start in zip(config.sleeps, starts)]
 
 
-def documents_of(group: BiographyDataset) -> list[str]:
-    return group.passages + group.company_passages
-
-
-def wake_questions_of(group: BiographyDataset) -> list[list[str]]:
-    """Per document of :func:`documents_of`: the second phrasing of each of the person's facts
-    (none for company passages)."""
-    return [[fact.questions[1] for fact in person.facts] for person in group.people] + [[] for _ in group.companies]
-
-
 class KnowledgeSuite:
     """Runs the protocol on one model, wrapped here with two memory levels: the fast level (one
     slot, used by ``ks-memory`` only) and the consolidated level (one slot per sleep).
@@ -138,7 +148,7 @@ class KnowledgeSuite:
     Args:
         model, tokenizer: a Hugging Face causal LM of a supported family, and its tokenizer.
         config: :class:`KnowledgeSuiteConfig`.
-        output_dir: sleep checkpoints and metrics go to ``<output_dir>/<method>/``.
+        output_dir: sleep checkpoints and metrics go to ``<output_dir>/<method>/x<multiplier>/``.
     """
 
     def __init__(self, model, tokenizer, config: KnowledgeSuiteConfig, output_dir, *, kv_memory_bytes: int = 1 << 30,
@@ -152,59 +162,48 @@ class KnowledgeSuite:
         self.groups = sleep_groups(config)
 
     def run(self) -> dict:
-        """Every method; returns the report (also what :func:`write_report` writes)."""
+        """Every row (the untrained ones first); returns the report (also what
+        :func:`~sleepcore.tasks.knowledge_report.write_report` writes)."""
         started = time.perf_counter()
-        drift_set = self._drift_set()
-        results = {}
-        for method in self.config.methods:
-            if method in UNTRAINED_METHODS:
-                results[method] = {"sleeps": [self._scores(group, in_context=method == "in-context")
-                                              for group in self.groups]}
-            else:
-                results[method] = self._trained(method, drift_set)
-        return {"config": to_dict(self.config), "groups": [len(g.people) for g in self.groups],
-                "documents": [len(documents_of(g)) for g in self.groups], "results": results,
-                "seconds": time.perf_counter() - started}
+        methods = self.config.methods
+        results = {method: self._untrained(method) for method in methods if method in UNTRAINED_METHODS}
+        trained = [method for method in methods if method in TRAINED_METHODS]
+        drift_set = self._drift_set() if trained else []
+        for method in trained:
+            runs = [self._run(method, multiplier, drift_set) for multiplier in self.config.budgets]
+            primary = max(runs, key=lambda run: run["budget"])
+            results[method] = {**{k: v for k, v in primary.items() if k != "history"}, "runs": runs}
+        report = {"config": to_dict(self.config), "groups": [len(g.people) for g in self.groups],
+                  "documents": [len(documents_of(g)) for g in self.groups],
+                  "results": {method: results[method] for method in methods},
+                  "seconds": time.perf_counter() - started}
+        add_derived(report)
+        return report
 
-    # ------------------------------------------------------------------ methods
-    def _trained(self, method: str, drift_set) -> dict:
+    # ------------------------------------------------------------------ rows
+    def _reset(self) -> None:
         self.memory.reset(FAST_LEVEL)
         self.memory.reset(CONSOLIDATED_LEVEL)
-        shutil.rmtree(self.output_dir / method, ignore_errors=True)  # a run starts afresh (its own folder only)
-        sleeps, started = [], time.perf_counter()
-        sleeper = None
-        for group in self.groups:
-            documents = documents_of(group)
-            budget = self.config.tokens_per_document * len(documents)
-            began = time.perf_counter()
-            questions = wake_questions_of(group) if self.config.wake_questions and method != "sft" else None
-            config = self._sleep_config(method, len(documents), sum(map(len, questions or [])))
-            if sleeper is None:
-                sleeper = Sleeper(self.model, self.tokenizer, self.memory, config, engine=self.engine)
-            sleeper.config = config
-            sleeper.wake(documents, questions=questions)
-            summary = sleeper.sleep(progress=self.progress)["stages"][config.stages[0]]
-            tokens = summary["tokens"]
-            extra = {key: summary[key] for key in ("kl_before", "kl_after", "replay_samples", "steps") if key in summary}
-            sleeps.append({"tokens": tokens, "budget": budget, "train_seconds": time.perf_counter() - began, **extra,
-                           **self._scores(group)})
-        retention = [{"group": index, **self._scores(group)} for index, group in enumerate(self.groups[:-1])]
-        return {"sleeps": sleeps, "retention": retention, "drift_kl": self._drift(drift_set),
-                "seconds": time.perf_counter() - started}
 
-    def _sleep_config(self, method: str, documents: int, questions: int) -> SleepConfig:
-        """``sft``, ``ks``, ``gkd`` (alpha = 1) or ``ks-memory`` at this sleep's budget and prompt count."""
-        c = self.config
-        budget = c.tokens_per_document * documents
-        seeding = dataclasses.replace(c.seeding, alpha=1.0 if method == "gkd" else c.seeding.alpha,
-                                      token_budget=budget, max_prompts=c.prompts_per_document * documents + questions)
-        sft = NextTokenConfig(steps=c.seeding.steps, batch_size=c.sft_batch_size, token_budget=budget,
-                              optimizer=c.seeding.optimizer)
-        memory_teacher = {"teacher": "memory", "wake_updates": True, "wake_level": FAST_LEVEL,
-                          "wake_steps": c.fast_steps, "wake_learning_rate": c.fast_learning_rate}
-        return SleepConfig(stages=("sft",) if method == "sft" else ("seeding",), seeding=seeding, sft=sft,
-                           receiver_level=CONSOLIDATED_LEVEL, output_dir=str(self.output_dir / method), seed=c.seed,
-                           **(memory_teacher if method == "ks-memory" else {}))
+    def _untrained(self, method: str) -> dict:
+        self._reset()
+        return {"sleeps": [self._scores(group, in_context=method == "in-context") for group in self.groups]}
+
+    def _run(self, method: str, multiplier: float, drift_set) -> dict:
+        """One trained row at one budget multiplier, from the unchanged model."""
+        self._reset()
+        folder = self.output_dir / method / f"x{multiplier:g}"
+        shutil.rmtree(folder, ignore_errors=True)  # a run starts afresh (its own folder only)
+        row, sleeps, history, started = TrainedRow(self, method, multiplier, folder), [], [], time.perf_counter()
+        for group in self.groups:
+            began = time.perf_counter()
+            summary, budget = row.sleep(group)
+            sleeps.append({**sleep_costs(summary, budget, time.perf_counter() - began), **self._scores(group)})
+            history.append(compact_history(summary["history"]))
+        retention = [{"group": index, **self._scores(group)} for index, group in enumerate(self.groups[:-1])]
+        return {"budget": multiplier, "tokens_per_document": self.config.tokens_per_document * multiplier,
+                "sleeps": sleeps, "retention": retention, "drift_kl": self._drift(drift_set),
+                "seconds": time.perf_counter() - started, "history": history}
 
     def _scores(self, group: BiographyDataset, *, in_context: bool = False) -> dict:
         scores = evaluate(self.engine, self.tokenizer, group, in_context=in_context, progress=self.progress)

@@ -1,0 +1,122 @@
+"""The knowledge suite's trained rows: how one row runs one sleep per group at a token budget.
+
+* ``sft``, ``gkd``, ``ks`` and ``ks-memory`` run a :class:`~sleepcore.sleep.sleeper.Sleeper`
+  (wake on the group's documents, and with ``wake_questions`` its second phrasings; then sleep):
+  ``sft`` is next-token training on the documents, ``gkd`` Knowledge Seeding with ``alpha = 1``,
+  ``ks`` full Knowledge Seeding (both with the in-context teacher), ``ks-memory`` full Knowledge
+  Seeding from the memory teacher (the fast level learns the documents online while awake).
+* ``oracle`` and ``paraphrase-oracle`` are ceilings, not methods: SFT of a fresh expert of the
+  consolidated level on the group's 1-hop facts asked closed-book with their gold answers, the
+  loss on the answer only. ``oracle`` trains on the evaluation phrasing (``questions[0]``): can
+  the expert hold the facts at this budget (capacity)? ``paraphrase-oracle`` trains on the wake
+  phrasing (``questions[1]``) and is evaluated on the other: does a fact learned in one phrasing
+  answer another (transfer)? Items are ``(qa_prompt ids, answer ids)`` with the answer tokenised
+  as the model writes it after the prompt (right after a chat template's opened assistant turn,
+  else after one space; :func:`~sleepcore.tasks.knowledge_metrics.answer_text`), without an
+  end-of-turn token. They run :class:`~sleepcore.sleep.sft.NextTokenStage` through
+  :func:`~sleepcore.sleep.stage.run_stage`, in ``<run folder>/sleep-<n>/sft``.
+
+Every row's sleep stops at the same budget, ``tokens_per_document * multiplier * documents``
+trained tokens (tokens that received a gradient); the step cap (``seeding.steps``) scales with the
+multiplier, so the budget, not the cap, ends a sleep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from sleepcore.lm import qa_prompt
+from sleepcore.sleep.config import NextTokenConfig, SleepConfig
+from sleepcore.sleep.sft import NextTokenStage
+from sleepcore.sleep.sleeper import Sleeper
+from sleepcore.sleep.stage import StageContext, run_stage
+from sleepcore.tasks.biographies import BiographyDataset
+from sleepcore.tasks.knowledge_metrics import qa_examples
+
+SLEEPER_METHODS = ("sft", "gkd", "ks", "ks-memory")
+ORACLE_METHODS = ("oracle", "paraphrase-oracle")
+FAST_LEVEL, CONSOLIDATED_LEVEL = 0, 1
+
+
+def documents_of(group: BiographyDataset) -> list[str]:
+    return group.passages + group.company_passages
+
+
+def wake_questions_of(group: BiographyDataset) -> list[list[str]]:
+    """Per document of :func:`documents_of`: the second phrasing of each of the person's facts
+    (none for company passages)."""
+    return [[fact.questions[1] for fact in person.facts] for person in group.people] + [[] for _ in group.companies]
+
+
+def oracle_examples(tokenizer, group: BiographyDataset, *, paraphrase: bool) -> list[tuple[list[int], list[int]]]:
+    """``(prompt ids, gold answer ids)`` per 1-hop fact of ``group``, asked closed-book in the
+    evaluation phrasing, or with ``paraphrase`` in the wake phrasing."""
+    facts = [fact for person in group.people for fact in person.facts]
+    prompts = [qa_prompt(tokenizer, fact.questions[1 if paraphrase else 0]) for fact in facts]
+    return qa_examples(tokenizer, prompts, [fact.value for fact in facts])
+
+
+def sleep_budget(config, documents: int, multiplier: float) -> int:
+    """Trained tokens of one sleep: ``tokens_per_document * multiplier * documents`` (at least 1)."""
+    return max(1, round(config.tokens_per_document * multiplier * documents))
+
+
+def step_cap(config, multiplier: float) -> int:
+    return math.ceil(config.seeding.steps * max(1.0, multiplier))
+
+
+class TrainedRow:
+    """One trained row of ``suite`` at one budget ``multiplier``, checkpointing under ``folder``:
+    :meth:`sleep` runs the next group's sleep and returns ``(stage summary, budget)``. The suite
+    resets the memory levels before a row starts."""
+
+    def __init__(self, suite, method: str, multiplier: float, folder):
+        if method not in SLEEPER_METHODS + ORACLE_METHODS:
+            raise ValueError(f"method must be one of {SLEEPER_METHODS + ORACLE_METHODS}, got {method!r}")
+        self.suite, self.method, self.multiplier, self.folder = suite, method, multiplier, folder
+        self.sleeper, self.sleeps = None, 0
+
+    def sleep(self, group: BiographyDataset) -> tuple[dict, int]:
+        budget = sleep_budget(self.suite.config, len(documents_of(group)), self.multiplier)
+        summary = self._oracle(group, budget) if self.method in ORACLE_METHODS else self._sleeper(group, budget)
+        self.sleeps += 1
+        return summary, budget
+
+    def _sleeper(self, group: BiographyDataset, budget: int) -> dict:
+        s, c = self.suite, self.suite.config
+        documents = documents_of(group)
+        questions = wake_questions_of(group) if c.wake_questions and self.method != "sft" else None
+        config = self.sleep_config(budget, len(documents) * c.prompts_per_document + sum(map(len, questions or [])))
+        if self.sleeper is None:
+            self.sleeper = Sleeper(s.model, s.tokenizer, s.memory, config, engine=s.engine)
+        self.sleeper.config = config
+        self.sleeper.wake(documents, questions=questions)
+        return self.sleeper.sleep(progress=s.progress)["stages"][config.stages[0]]
+
+    def _oracle(self, group: BiographyDataset, budget: int) -> dict:
+        s, c = self.suite, self.suite.config
+        slot = s.memory.new_expert(CONSOLIDATED_LEVEL)
+        context = StageContext(s.model, s.tokenizer, s.memory, s.engine, CONSOLIDATED_LEVEL, slot,
+                               seed=c.seed + self.sleeps)
+        stage = NextTokenStage(context, self.next_token_config(budget))
+        examples = oracle_examples(s.tokenizer, group, paraphrase=self.method == "paraphrase-oracle")
+        return run_stage(stage, examples, memory=s.memory, root=self.folder / f"sleep-{self.sleeps:03d}" / "sft",
+                         seed=c.seed, progress=s.progress, desc=f"sleep {self.sleeps} {self.method}")
+
+    def next_token_config(self, budget: int) -> NextTokenConfig:
+        c = self.suite.config
+        return NextTokenConfig(steps=step_cap(c, self.multiplier), batch_size=c.sft_batch_size, token_budget=budget,
+                               optimizer=c.seeding.optimizer)
+
+    def sleep_config(self, budget: int, prompts: int) -> SleepConfig:
+        """``sft``, ``ks``, ``gkd`` (alpha = 1) or ``ks-memory`` at this sleep's budget and with at most
+        ``prompts`` replay prompts."""
+        c, method = self.suite.config, self.method
+        seeding = dataclasses.replace(c.seeding, alpha=1.0 if method == "gkd" else c.seeding.alpha,
+                                      steps=step_cap(c, self.multiplier), token_budget=budget, max_prompts=prompts)
+        memory_teacher = {"teacher": "memory", "wake_updates": True, "wake_level": FAST_LEVEL,
+                          "wake_steps": c.fast_steps, "wake_learning_rate": c.fast_learning_rate}
+        return SleepConfig(stages=("sft",) if method == "sft" else ("seeding",), seeding=seeding,
+                           sft=self.next_token_config(budget), receiver_level=CONSOLIDATED_LEVEL,
+                           output_dir=str(self.folder), seed=c.seed, **(memory_teacher if method == "ks-memory" else {}))
