@@ -87,7 +87,7 @@ class TrainedRow:
         s, c = self.suite, self.suite.config
         documents = documents_of(group)
         questions = wake_questions_of(group) if c.wake_questions and self.method != "sft" else None
-        config = self.sleep_config(budget, len(documents) * c.prompts_per_document + sum(map(len, questions or [])))
+        config = self.sleep_config(budget)
         if self.sleeper is None:
             self.sleeper = Sleeper(s.model, s.tokenizer, s.memory, config, engine=s.engine)
         self.sleeper.config = config
@@ -109,12 +109,13 @@ class TrainedRow:
         return NextTokenConfig(steps=step_cap(c, self.multiplier), batch_size=c.sft_batch_size, token_budget=budget,
                                optimizer=c.seeding.optimizer)
 
-    def sleep_config(self, budget: int, prompts: int) -> SleepConfig:
-        """``sft``, ``ks``, ``gkd`` (alpha = 1) or ``ks-memory`` at this sleep's budget and with at most
-        ``prompts`` replay prompts."""
+    def sleep_config(self, budget: int) -> SleepConfig:
+        """``sft``, ``ks``, ``gkd`` (alpha = 1) or ``ks-memory`` at this sleep's budget, with the suite's
+        replay quota per document (every wake question on top)."""
         c, method = self.suite.config, self.method
         seeding = dataclasses.replace(c.seeding, alpha=1.0 if method == "gkd" else c.seeding.alpha,
-                                      steps=step_cap(c, self.multiplier), token_budget=budget, max_prompts=prompts)
+                                      steps=step_cap(c, self.multiplier), token_budget=budget,
+                                      prompts_per_document=c.prompts_per_document, max_prompts=None)
         memory_teacher = {"teacher": "memory", "wake_updates": True, "wake_level": FAST_LEVEL,
                           "wake_steps": c.fast_steps, "wake_learning_rate": c.fast_learning_rate}
         return SleepConfig(stages=("sft",) if method == "sft" else ("seeding",), seeding=seeding,

@@ -83,9 +83,8 @@ class KnowledgeSuiteConfig:
             per multiplier, from the unchanged model (the budget curves).
         seeding: Knowledge Seeding's settings for ``ks``; ``gkd`` is the same with ``alpha = 1``.
             Its ``optimizer`` is SFT's and the oracles' too; ``steps`` only caps a sleep at
-            multiplier 1 (the cap scales with the multiplier; the budget ends a sleep); its
-            ``max_prompts`` is replaced by ``prompts_per_document`` per document plus every wake
-            question.
+            multiplier 1 (the cap scales with the multiplier; the budget ends a sleep); its replay
+            quota is replaced by ``prompts_per_document`` (every wake question on top, no global cap).
         sft_batch_size: examples per step of ``sft`` (documents) and of the oracles (questions).
         wake_questions: whether the second phrasing of each fact is asked while awake.
         fast_period, fast_steps, fast_learning_rate: ``ks-memory``'s fast level (``C_1`` in tokens,
