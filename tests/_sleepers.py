@@ -16,8 +16,9 @@ DATASET = generate_biographies(BiographyConfig(num_people=3, seed=1))
 
 
 def seeding(learning_rate: float = 1e-3, **options) -> KnowledgeSeedingConfig:
-    """A small Knowledge Seeding config (at most 6 replay prompts)."""
-    return KnowledgeSeedingConfig(max_prompts=6, optimizer=OptimizerConfig(learning_rate=learning_rate), **options)
+    """A small Knowledge Seeding config (2 generated prompts per document, at most 6 in all)."""
+    options = {"max_prompts": 6, "prompts_per_document": 2, **options}
+    return KnowledgeSeedingConfig(optimizer=OptimizerConfig(learning_rate=learning_rate), **options)
 
 
 def make_sleeper(seeding_config: KnowledgeSeedingConfig, *, levels: int = 1, **options) -> Sleeper:

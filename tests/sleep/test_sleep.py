@@ -12,7 +12,7 @@ import torch
 
 from sleepcore.lm import response_hidden
 from sleepcore.sleep import replay
-from sleepcore.sleep.config import KnowledgeSeedingConfig, SleepConfig
+from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig, SleepConfig
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -81,7 +81,7 @@ def test_interrupted_sleep_resumes_to_the_uninterrupted_state(tmp_path, monkeypa
 
 def test_stages_run_in_order_and_a_crash_in_the_second_resumes_after_the_first(tmp_path, monkeypatch):
     config = seeding(steps=2, batch_size=3, max_new_tokens=6, completions=2, samples_per_prompt=1)
-    options = dict(stages=("seeding", "sft"), checkpoint_every=1)
+    options = dict(stages=("seeding", "sft"), sft=NextTokenConfig(steps=4, batch_size=2), checkpoint_every=1)
     reference = woken(config, output_dir=str(tmp_path / "reference"), **options)
     summary = reference.sleep(progress=False)
     assert list(summary["stages"]) == ["seeding", "sft"] and summary["stages"]["sft"]["steps"] > 0
