@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sleepcore.lm import as_examples, encode, next_token_loss, next_token_sum, pad_id
+from sleepcore.lm import (Branch, as_examples, encode, final_hidden, next_token_loss, next_token_sum, pad_id,
+                          response_hidden, tree_attention_mask, tree_batch)
 from sleepcore.models import tiny_model
+from _tiny_models import CONFIGS, random_prompts, tiny_model as family_model
 
 CORPUS = ["Ada Lovelace wrote the first program.", "The river runs north to the sea.", "Bread needs flour and time."]
 
@@ -47,3 +49,42 @@ def test_bad_examples_are_refused():
         as_examples(tokenizer, [([], [5, 6])])
     with pytest.raises(ValueError, match="texts\\[0\\] token"):
         as_examples(tokenizer, [[3, -1]])
+
+
+@pytest.mark.parametrize("family", list(CONFIGS) + ["gemma3-eager"])
+def test_token_trees_give_each_path_its_plain_forward(family):
+    """Branches that fork mid-parent, siblings beside a response, an empty branch, several roots in
+    one row and a padded row: every branch's predicting rows equal a plain causal forward over its
+    path (response_hidden of that path alone), for every supported family (gemma3: sliding window 5,
+    so the window applies on the trees' positions; eager attention takes the additive mask)."""
+    model = family_model(family.removesuffix("-eager"))
+    if family.endswith("-eager"):
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == "eager"
+    prompt, response, other = random_prompts([5, 7, 4])
+    completions = [[11, 12, 13], [14], [], [15, 16]]
+    trees = [[Branch(prompt), Branch(response, 0)] + [Branch(c, 1, 3) for c in completions],
+             [Branch(prompt), Branch(response, 0), Branch(other, 0)] + [Branch(c, 2) for c in completions],
+             [Branch(prompt[:2]), Branch([7, 8], 0), Branch(other), Branch([9], 2, 1)]]
+    paths = {(0, 1): (prompt, response), (1, 1): (prompt, response), (1, 2): (prompt, other),
+             (2, 1): (prompt[:2], [7, 8]), (2, 3): (other[:1], [9])}
+    for j, c in enumerate(completions):
+        paths[(0, 2 + j)] = (prompt + response[:3], c)
+        paths[(1, 3 + j)] = (prompt + other, c)
+    batch = tree_batch(trees, 0, model.device)
+    with torch.no_grad():
+        hidden = final_hidden(model, batch.input_ids, tree_attention_mask(model, batch), batch.position_ids)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        assert batch.tokens == sum(len(b.tokens) for tree in trees for b in tree) < batch.input_ids.numel()
+        for (tree, branch), (before, tokens) in paths.items():
+            rows = batch.rows(tree, branch)
+            assert len(rows) == len(tokens)
+            if tokens:
+                want = response_hidden(model, [before], [tokens], 0)
+                torch.testing.assert_close(hidden[rows], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="empty context"):
+        batch.rows(2, 2)  # a root: nothing before its first token
+    with pytest.raises(ValueError, match=r"trees\[0\]\[1\].fork"):
+        tree_batch([[Branch([1, 2]), Branch([3], 0, 5)]], 0, "cpu")
+    with pytest.raises(ValueError, match=r"trees\[0\]\[0\].parent"):
+        tree_batch([[Branch([1, 2], 0)]], 0, "cpu")

@@ -372,3 +372,20 @@ def test_rollout_engine_sees_the_memory_and_the_noise_hook():
         engine.generate(prompts, greedy, progress=False)
     handle.remove()
     assert calls
+
+
+def test_experts_compute_in_their_own_dtype_under_autocast():
+    model, memory = _memory_with_experts()
+    mlp = next(iter(memory.layers.values()))
+    x = torch.randn(2, 5, mlp.levels[0].A[0].shape[1])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mlp(x)
+        base = mlp.base(x)
+    assert base.dtype == torch.bfloat16 and out.dtype == torch.float32
+    with torch.no_grad():
+        expected = base.float()
+        for level, config in enumerate(memory.config.levels):
+            for slot in memory.active_slots(level):
+                down, up = mlp.levels[level].A[slot], mlp.levels[level].B[slot]
+                expected = expected + (config.alpha / config.rank) * (x @ down.T @ up.T)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

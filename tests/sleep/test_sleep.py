@@ -1,21 +1,24 @@
 """The sleep cycle end to end on a tiny random model: Knowledge Seeding lowers the teacher's KL to
-the student on the replay set, every loss term runs, a crashed sleep resumes to the same state,
-stages run in order, and checkpoints are never unpickled."""
+the student on the replay set, every loss term runs and logs its metrics, the shared-prefix student
+forward computes what separate rows compute, a crashed sleep resumes to the same state, stages run
+in order, and checkpoints are never unpickled."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
+import random
 
 import pytest
 import torch
 
-from sleepcore.lm import response_hidden
 from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig, SleepConfig
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
+from sleepcore.train import OptimizerConfig
 from _crash import sleep_until_crash
 from _sleepers import DATASET, make_sleeper, seeding
 
@@ -40,13 +43,54 @@ def test_distillation_lowers_the_teachers_kl_on_the_replay_set():
 
 def test_full_objective_runs_every_term_and_logs_json_lines(tmp_path):
     config = seeding(steps=2, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
-    summary = woken(config, output_dir=str(tmp_path), checkpoint_every=1).sleep(progress=False)
-    lines = [json.loads(line) for line in (tmp_path / "sleep-000" / "seeding" / "metrics.jsonl").read_text().splitlines()]
+    sleeper = woken(config, output_dir=str(tmp_path), checkpoint_every=1, stages=("seeding", "sft"),
+                    sft=NextTokenConfig(steps=2))
+    summary = sleeper.sleep(progress=False)
+    metrics = (tmp_path / "sleep-000" / "seeding" / "metrics.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in metrics]
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
-        assert set(line) >= {"loss", "gkd", "lti", "reward", "kl_teacher", "tokens_per_s", "lr", "grad_norm", "sleep"}
-        assert 0.0 <= line["reward"] <= 1.0 and line["gkd"] >= 0.0
-    assert summary["stages"]["seeding"]["replay_samples"] > 0
+        assert set(line) >= {"loss", "gkd", "lti", "reward", "reward_std", "zero_advantage_fraction", "kl_teacher",
+                             "tokens", "forward_tokens", "seconds", "tokens_per_s", "lr", "grad_norm", "sleep"}
+        assert 0.0 <= line["reward"] <= 1.0 and line["gkd"] >= 0.0 and line["reward_std"] >= 0.0
+        assert 0.0 <= line["zero_advantage_fraction"] <= 1.0
+        assert line["tokens"] > 0 and line["forward_tokens"] > 0
+    seeding_summary, sft = summary["stages"]["seeding"], summary["stages"]["sft"]
+    assert seeding_summary["replay_samples"] > 0 and seeding_summary["prepare_forward_tokens"] > 0
+    assert all(step["forward_tokens"] == 0 and step["tokens"] > 0 for step in sft["history"])
+    assert len(sleeper.buffer) == 0 and sleeper.memory.active_slots(0) == [summary["slot"]]
+
+
+def test_shared_prefixes_compute_what_separate_rows_compute():
+    """The LTI completions inside their prefix's tree give the loss terms and the expert's gradient
+    of the plain computation (each completion with its whole prefix), on-policy samples included."""
+    config = seeding(steps=1, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1, on_policy=0.5)
+    config = dataclasses.replace(config, optimizer=OptimizerConfig(compute_dtype="float32"))
+    sleeper = woken(config)
+    slot = sleeper.memory.new_expert(0)
+    context = StageContext(sleeper.model, sleeper.tokenizer, sleeper.memory, sleeper.engine, 0, slot)
+    stages = [KnowledgeSeeding(context, config, share_prefixes=share) for share in (True, False)]
+    stages[0].prepare(sleeper.buffer, progress=False)
+    expert = sleeper.memory.trainable(0, slot)
+    with torch.no_grad():
+        for parameter in expert:
+            parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
+    start = [parameter.detach().clone() for parameter in expert]
+    results = []
+    for stage in stages:
+        with torch.no_grad():
+            for parameter, value in zip(expert, start):
+                parameter.copy_(value)
+        stage.rng, grads = random.Random(5), []
+        real = stage.runtime.step
+        stage.runtime.step = lambda: grads.append([p.grad.clone() for p in expert]) or real()
+        results.append((stage.step(stages[0].items[:3]), grads[0]))
+    (shared, shared_grads), (plain, plain_grads) = results
+    assert shared["forward_tokens"] == plain["forward_tokens"] and shared["tokens"] == plain["tokens"]
+    for key in ("loss", "gkd", "lti", "kl_teacher", "reward", "zero_advantage_fraction"):
+        assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    for got, want in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
 
 
 def test_epochs_cover_the_replay_set_before_repeating(monkeypatch):
@@ -150,10 +194,11 @@ def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_for
     run = KnowledgeSeeding(context, config)
     prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, run.teacher, seed=0)
     samples = replay.sample_replay(sleeper.model, sleeper.tokenizer, sleeper.engine, prompts[:3], config, run.teacher,
-                                   run.rng, progress=False)
-    with torch.no_grad(), run.teacher():
-        fresh = response_hidden(sleeper.model, [s.teacher_prompt for s in samples], [s.response for s in samples],
-                                run.pad_id)
+                                   run.rng, progress=False,
+                                   forward=lambda _, ids, mask: run.runtime.hidden_states(ids, mask))
+    with torch.no_grad(), run.teacher():  # the runtime's forward, at its compute dtype
+        fresh = run.runtime.response_hidden([s.teacher_prompt for s in samples], [s.response for s in samples],
+                                            run.pad_id)
     torch.testing.assert_close(torch.cat([s.teacher_hidden for s in samples]), fresh, rtol=1e-5, atol=1e-5)
 
 

@@ -112,3 +112,38 @@ def test_bad_arguments_name_themselves():
         OptimizerConfig(warmup_steps=1.5)
     with pytest.raises(ValueError, match="batch_size"):
         EpochBatches(3, 0)
+
+
+def test_compute_dtype_autocasts_the_frozen_base_only(monkeypatch):
+    from _tiny_models import random_prompts, tiny_model
+    from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+    from sleepcore.train import precision
+
+    model = tiny_model("llama")
+    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=4, slots=1),)))
+    expert = memory.trainable(0, memory.new_expert(0))
+    with torch.no_grad():
+        for parameter in expert:
+            parameter.normal_(0, 0.1)
+    prompts, responses = random_prompts([6, 3]), random_prompts([4, 5], seed=2)
+    hidden = {}
+    for dtype in ("float32", "bfloat16"):
+        runtime = LocalRuntime(model, expert, OptimizerConfig(compute_dtype=dtype))
+        hidden[dtype] = runtime.response_hidden(prompts, responses, 0)
+        hidden[dtype].square().sum().backward()
+        assert hidden[dtype].dtype == torch.float32
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in expert)
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+        runtime.zero_grad()
+    assert not torch.equal(hidden["float32"], hidden["bfloat16"])
+    torch.testing.assert_close(hidden["bfloat16"], hidden["float32"], rtol=0.05, atol=0.05)
+
+    parameter = torch.zeros(1)
+    assert precision.autocast_dtype("float32", parameter) is None
+    assert precision.autocast_dtype("bfloat16", parameter) is torch.bfloat16
+    assert precision.autocast_dtype("bfloat16", parameter.bfloat16()) is None  # a bf16 model computes in bf16
+    for flags, want in ((frozenset({"avx512f"}), None), (frozenset({"avx512f", "avx512_bf16"}), torch.bfloat16)):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+        assert precision.autocast_dtype("auto", parameter) is want
+    with pytest.raises(ValueError, match="compute_dtype"):
+        OptimizerConfig(compute_dtype="half")

@@ -17,9 +17,13 @@ def padded_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[torch
     return ids.to(device), mask.to(device)
 
 
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The last layer's (normed) hidden states ``[B, T, H]`` of the model's body, before the head."""
-    return model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+def final_hidden(model, input_ids: torch.Tensor, attention_mask, position_ids: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """The last layer's (normed) hidden states ``[B, T, H]`` of the model's body, before the head.
+    ``attention_mask``: ``[B, T]`` padding mask, or a prepared 4D mask (see :mod:`sleepcore.lm.tree`)
+    with its ``position_ids`` ``[B, T]``. No KV cache is built."""
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state
 
 
 def response_rows(prompts: list[list[int]], responses: list[list[int]], width: int) -> list[int]:

@@ -6,6 +6,9 @@ Every active expert ``e`` adds ``s_e * B_e @ A_e @ x`` with ``A_e: [r_e, d]``, `
     sum_e s_e B_e A_e x = [B_1 | ... | B_E] @ (diag(s) @ [A_1; ...; A_E] @ x),
 
 so all active experts of all levels (whatever their ranks) cost two matmuls per layer.
+Under autocast (bf16 training forwards of an fp32 model) the experts still compute in their own
+dtype: the low-rank terms cost little, and their gradients, the only ones a sleep keeps, stay fp32.
+
 Each slot's ``A`` and ``B`` are separate parameters: the concatenation routes gradients only
 into the slots that took part, and an optimizer over one slot's parameters touches nothing else.
 """
@@ -100,4 +103,7 @@ class MemoryMLP(nn.Module):
         if self._scales is None or self._scales.device != down.device or self._scales.dtype != down.dtype:
             values = [scale for scale, rank in scales for _ in range(rank)]
             self._scales = torch.tensor(values, dtype=down.dtype, device=down.device)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return out + F.linear(F.linear(x.to(down.dtype), down) * self._scales, up)
         return out + F.linear(F.linear(x, down) * self._scales, up)

@@ -14,6 +14,11 @@ Loss form of the objective (minimised):
   ``losses.FusedLinearPolicyLoss`` (GRPO clipping, importance ratio against the rollout policy,
   which is the student at sampling time).
 
+One step: one rollout-engine call draws the on-policy samples and the LTI completions; then one
+student forward runs each sequence with its completions as a token tree (:mod:`sleepcore.lm.tree`):
+a completion attends to its prefix inside the distillation sequence (or beside an on-policy
+sample) instead of recomputing it, the same hidden states up to rounding at ~0.4x the tokens.
+
 The teacher is the current model (new expert off): with the wake document in its context (the
 in-context teacher), or with the fast level's experts on (``teacher_experts``, the memory teacher).
 The student is the same model with the new expert on, the teacher experts off and no document.
@@ -25,11 +30,12 @@ from __future__ import annotations
 import random
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from sleepcore.lm import head_weight, pad_id
+from sleepcore.lm import Branch, head_weight, pad_id
 from sleepcore.losses import FusedLinearPolicyLoss
 from sleepcore.ops import fused_linear_jsd, group_advantages
 from sleepcore.rollout import SamplingParams
@@ -43,6 +49,18 @@ from sleepcore.train import LocalRuntime
 from sleepcore.train.checkpoint import random_state, restore_random_state
 
 
+@dataclass
+class Rollouts:
+    """One step's samples: each item's distillation response (the student's for ``on_policy``
+    items), LTI cut and completions (none at ``alpha = 1``); the engine's prefill + sampled tokens."""
+
+    responses: list[list[int]]
+    on_policy: list[int]
+    cuts: list[int] = field(default_factory=list)
+    completions: list[list] = field(default_factory=list)
+    forward_tokens: int = 0
+
+
 class KnowledgeSeeding:
     """The consolidation stage: a replay set of teacher samples, then optimisation steps on the new
     expert ``(context.level, context.slot)``.
@@ -52,12 +70,14 @@ class KnowledgeSeeding:
             experts (on in the teacher only; switched off for the student here) and whether the
             teacher reads the documents.
         config: :class:`KnowledgeSeedingConfig`.
+        share_prefixes: the LTI completions in their prefix's tree (default); False: each in a row
+            of its own with its whole prefix (same maths, ~2.5x the tokens; tests and benchmarks).
     """
 
     name = "seeding"
 
-    def __init__(self, context: StageContext, config: KnowledgeSeedingConfig):
-        self.context, self.config = context, config
+    def __init__(self, context: StageContext, config: KnowledgeSeedingConfig, *, share_prefixes: bool = True):
+        self.context, self.config, self.share_prefixes = context, config, share_prefixes
         self.model, self.tokenizer, self.memory, self.engine = (context.model, context.tokenizer, context.memory,
                                                                 context.engine)
         self.level, self.slot = context.level, context.slot
@@ -75,6 +95,7 @@ class KnowledgeSeeding:
         self.judge = ModelJudge(self.model, self.tokenizer, context=self.teacher) if config.judge == "model" else None
         self.items: list[ReplaySample] = []
         self.kl_before: float | None = None
+        self.prepare_forward_tokens: int | None = None
 
     @contextmanager
     def teacher(self):
@@ -92,37 +113,60 @@ class KnowledgeSeeding:
     # ------------------------------------------------------------------ the stage protocol
     def prepare(self, buffer, *, progress: bool = True) -> None:
         """Draws the replay set from the buffer and measures the replay KL before training."""
+        self.engine.stats = {}
         prompts = replay_prompts(buffer, self.config, self.tokenizer, self.engine, self.teacher,
                                  seed=self.context.seed, teacher_reads_documents=self.context.teacher_reads_documents)
+        sampled = self._engine_tokens()
         self.items = sample_replay(self.model, self.tokenizer, self.engine, prompts, self.config, self.teacher,
-                                   self.rng, progress=progress)
+                                   self.rng, progress=progress,
+                                   forward=lambda _, ids, mask: self.runtime.hidden_states(ids, mask))
         if not self.items:
             raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")
         self.kl_before = self.replay_kl(self.items)
+        self.prepare_forward_tokens = sampled + self._engine_tokens() + sum(
+            len(s.teacher_prompt) + len(s.student_prompt) + 2 * len(s.response) for s in self.items)
 
     def step(self, batch: list[ReplaySample]) -> dict:
-        """One optimiser step on a batch of replay samples; returns the step's metrics."""
+        """One optimiser step on a batch of replay samples; returns the step's metrics: the loss and
+        its terms, the reward's mean and std over the completions and the fraction of LTI groups with
+        equal rewards (zero advantage: no signal), KL(teacher || student) on the distillation tokens,
+        ``tokens`` (tokens that receive a gradient), ``forward_tokens`` (tokens run without one: the
+        engine's prefill and samples, the teacher's forward over the on-policy samples; the model
+        judge's forward is not counted), seconds, tokens/s, and the runtime's ``lr``, ``grad_norm``."""
         c = self.config
         started = time.perf_counter()
-        gkd, kl, gkd_tokens = self._distillation_term(batch)
-        lti, reward, lti_tokens = self._imitation_term(batch) if c.alpha < 1 else (torch.zeros(()), None, 0)
+        rollouts = self._rollouts(batch)
+        teacher = self._teacher_hidden(batch, rollouts.responses, rollouts.on_policy)
+        teacher_tokens = sum(len(batch[i].teacher_prompt) + len(rollouts.responses[i]) for i in rollouts.on_policy)
+        trees, places = self._trees(batch, rollouts)
+        hidden, layout = self.runtime.tree_hidden(trees, self.pad_id)
+        gkd, kl, gkd_tokens = self._distillation_term(hidden, layout, len(batch), teacher)
+        lti, rewards, lti_tokens = torch.zeros(()), [], 0
+        if c.alpha < 1:
+            lti, rewards, lti_tokens = self._imitation_term(hidden, layout, places, batch, rollouts)
         loss = c.alpha * gkd + (1 - c.alpha) * lti
         self.runtime.backward(loss)
         update = self.runtime.step()
         seconds = time.perf_counter() - started
-        return {"loss": loss.item(), "gkd": gkd.item(), "lti": lti.item(), "reward": reward, "kl_teacher": kl,
-                "tokens": gkd_tokens + lti_tokens, "tokens_per_s": (gkd_tokens + lti_tokens) / seconds,
-                "seconds": seconds, **update}
+        loss, gkd, lti = torch.stack([loss, gkd, lti]).detach().tolist()
+        tokens = gkd_tokens + lti_tokens
+        return {"loss": loss, "gkd": gkd, "lti": lti, **_reward_metrics(rewards, c.completions), "kl_teacher": kl,
+                "tokens": tokens, "forward_tokens": rollouts.forward_tokens + teacher_tokens,
+                "tokens_per_s": tokens / seconds, "seconds": seconds, **update}
 
     def summary(self) -> dict:
-        return {"replay_samples": len(self.items), "kl_before": self.kl_before, "kl_after": self.replay_kl(self.items)}
+        """Replay samples, the replay KL before and after, and ``prepare_forward_tokens``: the tokens
+        the preparation ran without a gradient (teacher sampling with its prefill, the teacher-state
+        caching, the student forward of the replay-KL measurement; ``kl_after`` costs that again)."""
+        return {"replay_samples": len(self.items), "kl_before": self.kl_before, "kl_after": self.replay_kl(self.items),
+                "prepare_forward_tokens": self.prepare_forward_tokens}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, replay = replay_state(self.items)
         runtime_tensors, runtime_state = self.runtime.state_dict()
         tensors.update({f"runtime.{name}": value for name, value in runtime_tensors.items()})
         return tensors, {"replay": replay, "runtime": runtime_state, "rng": random_state(self.rng),
-                         "kl_before": self.kl_before}
+                         "kl_before": self.kl_before, "prepare_forward_tokens": self.prepare_forward_tokens}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         self.items = replay_from_state(tensors, state["replay"])
@@ -130,6 +174,7 @@ class KnowledgeSeeding:
                                      state["runtime"])
         restore_random_state(state["rng"], self.rng)
         self.kl_before = state["kl_before"]
+        self.prepare_forward_tokens = state.get("prepare_forward_tokens")
 
     # ------------------------------------------------------------------ measurements
     @torch.no_grad()
@@ -146,22 +191,74 @@ class KnowledgeSeeding:
             tokens += student.shape[0]
         return total / max(tokens, 1)
 
-    # ------------------------------------------------------------------ the two terms
-    def _distillation_term(self, batch):
+    def _engine_tokens(self) -> int:
+        """Tokens the engine's last ``generate`` ran (prefill + sampled; 0 after ``stats`` was cleared)."""
+        stats = self.engine.stats
+        return stats.get("prompt_tokens_computed", 0) + stats.get("generated_tokens", 0)
+
+    # ------------------------------------------------------------------ sampling and the student forward
+    def _rollouts(self, batch: list[ReplaySample]) -> Rollouts:
+        """The on-policy samples and the LTI completions, in one engine call (the same draws from
+        ``self.rng``, in the same order, as sampling them separately)."""
         c = self.config
-        responses = [sample.response for sample in batch]
-        on_policy = [i for i in range(len(batch)) if self.rng.random() < c.on_policy]
-        if on_policy:
-            params = SamplingParams(temperature=c.sample_temperature, max_tokens=c.max_new_tokens,
-                                    seed=self.rng.randrange(1 << 62))
-            outputs = self.engine.generate([batch[i].student_prompt for i in on_policy], params, progress=False)
-            for i, output in zip(on_policy, outputs):
-                if output.completions[0].token_ids:
-                    responses[i] = list(output.completions[0].token_ids)
-        teacher = self._teacher_hidden(batch, responses, on_policy)
-        student = self.runtime.response_hidden([s.student_prompt for s in batch], responses, self.pad_id)
+        rollouts = Rollouts([sample.response for sample in batch],
+                            [i for i in range(len(batch)) if self.rng.random() < c.on_policy])
+        prompts, params = [], []
+        if rollouts.on_policy:
+            on_policy = SamplingParams(temperature=c.sample_temperature, max_tokens=c.max_new_tokens,
+                                       seed=self.rng.randrange(1 << 62))
+            prompts += [batch[i].student_prompt for i in rollouts.on_policy]
+            params += [on_policy] * len(rollouts.on_policy)
+        if c.alpha < 1:
+            rollouts.cuts = [self.rng.randint(1, len(sample.response) - 1) for sample in batch]
+            prompts += [sample.student_prompt + sample.response[:cut] for sample, cut in zip(batch, rollouts.cuts)]
+            params += [SamplingParams(n=c.completions, temperature=c.sample_temperature, max_tokens=len(s.response) - k,
+                                      seed=self.rng.randrange(1 << 62)) for s, k in zip(batch, rollouts.cuts)]
+        if not prompts:
+            return rollouts
+        outputs = self.engine.generate(prompts, params, progress=False)
+        rollouts.forward_tokens = self._engine_tokens()
+        for i, output in zip(rollouts.on_policy, outputs):
+            if output.completions[0].token_ids:
+                rollouts.responses[i] = list(output.completions[0].token_ids)
+        rollouts.completions = [output.completions for output in outputs[len(rollouts.on_policy):]]
+        return rollouts
+
+    def _trees(self, batch: list[ReplaySample], rollouts: Rollouts):
+        """Per item a tree: prompt, distillation response (branch 1), and the LTI completions, which
+        continue the response at the cut if it starts with the teacher's prefix, else a branch of
+        that prefix beside it (unshared: a row of their own each, after the items' trees). Also the
+        ``(tree, branch)`` of each item's completions."""
+        trees, rows, places = [], [], []
+        for i, sample in enumerate(batch):
+            tree = [Branch(sample.student_prompt), Branch(rollouts.responses[i], 0)]
+            trees.append(tree)
+            if not rollouts.cuts:
+                continue
+            cut, done = rollouts.cuts[i], [list(completion.token_ids) for completion in rollouts.completions[i]]
+            if not self.share_prefixes:
+                prefix = sample.student_prompt + sample.response[:cut]
+                places.append([(len(batch) + len(rows) + j, 1) for j in range(len(done))])
+                rows += [[Branch(prefix), Branch(tokens, 0)] for tokens in done]
+                continue
+            parent, fork = 1, cut
+            if rollouts.responses[i][:cut] != sample.response[:cut]:
+                tree.append(Branch(sample.response[:cut], 0))
+                parent, fork = 2, None
+            places.append([(i, len(tree) + j) for j in range(len(done))])
+            tree += [Branch(tokens, parent, fork) for tokens in done]
+        return trees + rows, places
+
+    # ------------------------------------------------------------------ the two terms
+    def _distillation_term(self, hidden, layout, items: int, teacher):
+        c = self.config
+        rows = [row for i in range(items) for row in layout.rows(i, 1)]  # trees 0..items-1 hold the responses
+        student = hidden.index_select(0, torch.tensor(rows, device=hidden.device))
+        count = self.runtime.token_count(student.shape[0])
         loss = fused_linear_jsd(student, self.head, teacher, self.head, beta=c.beta, temperature=c.temperature,
-                                num_items_in_batch=self.runtime.token_count(student.shape[0]))
+                                num_items_in_batch=count)
+        if c.beta == 0.0:  # the loss is the KL itself
+            return loss, float(loss.detach()) * count / student.shape[0], student.shape[0]
         with torch.no_grad():
             kl = fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
                                   temperature=c.temperature)
@@ -181,37 +278,40 @@ class KnowledgeSeeding:
             raise ValueError("replay samples need teacher_hidden (draw them with sample_replay)")
         return torch.cat([row.to(self.head.device, self.head.dtype) for row in rows])
 
-    def _imitation_term(self, batch):
+    def _imitation_term(self, hidden, layout, places, batch, rollouts: Rollouts):
         c = self.config
-        prefixes, targets = [], []
-        for sample in batch:
-            cut = self.rng.randint(1, len(sample.response) - 1)
-            prefixes.append(sample.student_prompt + sample.response[:cut])
-            targets.append(sample.response[cut:])
-        params = [SamplingParams(n=c.completions, temperature=c.sample_temperature, max_tokens=len(target),
-                                 seed=self.rng.randrange(1 << 62)) for target in targets]
-        outputs = self.engine.generate(prefixes, params, progress=False)
-        prompts, completions, old_logp, references = [], [], [], []
-        for prefix, target, output in zip(prefixes, targets, outputs):
-            for completion in output.completions:
-                prompts.append(prefix)
+        completions, old_logp, references, rows = [], [], [], []
+        for i, (sample, cut) in enumerate(zip(batch, rollouts.cuts)):
+            for (tree, branch), completion in zip(places[i], rollouts.completions[i]):
                 completions.append(list(completion.token_ids))
                 old_logp.append(list(completion.logprobs))
-                references.append(target)
+                references.append(sample.response[cut:])
+                rows += layout.rows(tree, branch)
         decode = self.tokenizer.decode
         rewards = imitation_reward(completions, references, gamma=c.gamma, z0=c.z0, judge=self.judge,
                                    completion_texts=[decode(x, skip_special_tokens=True) for x in completions],
                                    reference_texts=[decode(x, skip_special_tokens=True) for x in references])
         advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), c.completions)
-        hidden = self.runtime.response_hidden(prompts, completions, self.pad_id)
         device, lengths = hidden.device, [len(x) for x in completions]
+        selected = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=device))
 
         def padded(rows, value=0):  # [B, T] (or [B, T, H]) from one row per completion
             return pad_sequence(rows, batch_first=True, padding_value=value)
 
-        token_ids = padded([torch.tensor(x, device=device) for x in completions])
+        token_ids = padded([torch.tensor(x, dtype=torch.long, device=device) for x in completions])
         mask = padded([torch.ones(n, dtype=torch.bool, device=device) for n in lengths], False)
-        old = padded([torch.tensor(x, device=device) for x in old_logp])
-        loss = self.policy_loss(padded(hidden.split(lengths)), self.head, token_ids, old, advantages.to(device), mask)
+        old = padded([torch.tensor(x, dtype=torch.float32, device=device) for x in old_logp])
+        loss = self.policy_loss(padded(selected.split(lengths)), self.head, token_ids, old, advantages.to(device), mask)
         loss = loss[0] if isinstance(loss, tuple) else loss
-        return loss, sum(rewards) / len(rewards), hidden.shape[0]
+        return loss, rewards, selected.shape[0]
+
+
+def _reward_metrics(rewards: list[float], group: int) -> dict:
+    """Mean, population std and the fraction of groups with all-equal rewards; None without LTI."""
+    if not rewards:
+        return {"reward": None, "reward_std": None, "zero_advantage_fraction": None}
+    values = torch.tensor(rewards, dtype=torch.float64)
+    groups = values.reshape(-1, group)
+    flat = (groups == groups[:, :1]).all(dim=1)
+    return {"reward": float(values.mean()), "reward_std": float(values.std(correction=0)),
+            "zero_advantage_fraction": float(flat.double().mean())}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from sleepcore.lm import encode, pad_id, response_hidden
+from sleepcore.lm import encode, final_hidden, pad_id, response_hidden
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, question_requests,
@@ -72,9 +72,10 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
 
 
 def sample_replay(model, tokenizer, engine, prompts: list[ReplayPrompt], config: KnowledgeSeedingConfig, teacher,
-                  rng: random.Random, *, progress: bool = True) -> list[ReplaySample]:
+                  rng: random.Random, *, progress: bool = True, forward=final_hidden) -> list[ReplaySample]:
     """Teacher samples of every prompt (``samples_per_prompt`` each, 2 tokens or longer), with the
-    teacher's hidden states on them."""
+    teacher's hidden states on them, computed by ``forward(model, ids, mask)`` (a training runtime
+    passes its own, so they come at its compute dtype)."""
     temperature = config.sample_temperature if config.replay_temperature is None else config.replay_temperature
     params = SamplingParams(n=config.samples_per_prompt, temperature=temperature,
                             max_tokens=config.max_new_tokens, seed=rng.randrange(1 << 62))
@@ -93,7 +94,7 @@ def sample_replay(model, tokenizer, engine, prompts: list[ReplayPrompt], config:
         for start in starts:
             chunk = by_length[start:start + TEACHER_BATCH]
             hidden = response_hidden(model, [s.teacher_prompt for s in chunk], [s.response for s in chunk],
-                                     pad_id(tokenizer)).float().cpu()
+                                     pad_id(tokenizer), forward=forward).float().cpu()
             for sample, rows in zip(chunk, hidden.split([len(s.response) for s in chunk])):
                 sample.teacher_hidden = rows.clone()
     return samples

@@ -36,6 +36,8 @@ class NextTokenStage:
         self.items = as_examples(self.context.tokenizer, texts)
 
     def step(self, batch) -> dict:
+        """One optimiser step; metrics ``loss``, ``tokens`` (response tokens, all with a gradient),
+        ``forward_tokens`` (0: nothing runs without one), seconds, tokens/s, ``lr``, ``grad_norm``."""
         started = time.perf_counter()
         total, count = next_token_sum(self.model, batch, self.pad_id,
                                       forward=lambda _, ids, mask: self.runtime.hidden_states(ids, mask))
@@ -43,7 +45,8 @@ class NextTokenStage:
         self.runtime.backward(loss)
         update = self.runtime.step()
         seconds = time.perf_counter() - started
-        return {"loss": loss.item(), "tokens": count, "tokens_per_s": count / seconds, "seconds": seconds, **update}
+        return {"loss": loss.item(), "tokens": count, "forward_tokens": 0, "tokens_per_s": count / seconds,
+                "seconds": seconds, **update}
 
     def summary(self) -> dict:
         return {"examples": len(self.items)}

@@ -1,4 +1,4 @@
-"""Optimiser settings shared by every training stage."""
+"""Optimiser and precision settings shared by every training stage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sleepcore.validation import choice, fraction, integer, number, positive
 
 SCHEDULES = ("constant", "cosine")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -22,6 +23,14 @@ class OptimizerConfig:
             ``min_learning_rate_ratio * learning_rate`` at the stage's last step).
         max_grad_norm: clip the global gradient norm to this (> 0); None: no clipping (the norm is
             still measured and reported).
+        compute_dtype: what the frozen base model computes in during the runtime's forwards (student
+            and teacher) of an fp32 model: ``"float32"`` (exact), ``"bfloat16"`` (autocast: its
+            matmuls and attention in bf16 with fp32 accumulation; the experts, their gradients,
+            the fp32 masters, the optimiser, the final hidden states and every loss stay fp32) or
+            ``"auto"`` (bfloat16 where the hardware multiplies bf16 natively: a CUDA GPU with bf16,
+            or a CPU with ``avx512_bf16``/``amx_bf16``; else float32). A model loaded in bf16/fp16
+            computes in its own dtype whatever this says. The rollout engine (sampling) is not
+            affected.
     """
 
     learning_rate: float = 1e-3
@@ -32,6 +41,7 @@ class OptimizerConfig:
     schedule: str = "constant"
     min_learning_rate_ratio: float = 0.0
     max_grad_norm: float | None = None
+    compute_dtype: str = "auto"
 
     def __post_init__(self):
         positive("learning_rate", self.learning_rate)
@@ -42,3 +52,4 @@ class OptimizerConfig:
         choice("schedule", self.schedule, SCHEDULES)
         fraction("min_learning_rate_ratio", self.min_learning_rate_ratio)
         positive("max_grad_norm", self.max_grad_norm, optional=True)
+        choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)

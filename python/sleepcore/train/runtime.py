@@ -8,6 +8,11 @@ Schedule at step ``s`` (0-based) of ``total_steps``: linear warm-up ``lr * (s + 
 ``s < warmup``, then ``lr`` (constant) or ``lr * (m + (1 - m) * (1 + cos(pi * p)) / 2)`` (cosine)
 with ``p = (s - warmup) / max(1, total_steps - warmup)`` and ``m = min_learning_rate_ratio``.
 
+Precision: with ``OptimizerConfig.compute_dtype`` bf16 (or ``"auto"`` on hardware with native bf16)
+the forwards of an fp32 model run under bf16 autocast and return fp32 hidden states; the experts
+compute in fp32 inside it (:class:`~sleepcore.memory.layer.MemoryMLP`), so only the frozen base's
+matmuls and attention round to bf16.
+
 Loss normalisation: a stage sums its per-token losses and divides by :meth:`token_count` of its
 local count, which here is the count itself and in a distributed runtime the all-reduced count
 over ranks, so the summed gradient equals the single-process one.
@@ -19,8 +24,9 @@ import math
 
 import torch
 
-from sleepcore.lm import final_hidden, response_hidden
+from sleepcore.lm import TreeBatch, final_hidden, response_hidden, tree_attention_mask, tree_batch
 from sleepcore.train.config import OptimizerConfig
+from sleepcore.train.precision import autocast, autocast_dtype
 from sleepcore.validation import integer
 
 
@@ -48,11 +54,24 @@ class LocalRuntime:
         self.optimizer = torch.optim.AdamW(self.masters, lr=c.learning_rate, betas=(c.beta1, c.beta2),
                                            weight_decay=c.weight_decay)
         self.steps = 0
+        self.device = self.parameters[0].device  # an expert's: the base model's dtype and device
+        self.autocast_dtype = autocast_dtype(c.compute_dtype, self.parameters[0])
 
     # ------------------------------------------------------------------ forwards
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The model body's final hidden states ``[B, T, H]``."""
-        return final_hidden(self.model, input_ids, attention_mask)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask, position_ids: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """The model body's final hidden states ``[B, T, H]`` (fp32 under autocast). ``attention_mask``
+        is a ``[B, T]`` padding mask or a prepared 4D mask with its ``position_ids``."""
+        with autocast(self.autocast_dtype, self.device):
+            hidden = final_hidden(self.model, input_ids, attention_mask, position_ids)
+        return hidden if self.autocast_dtype is None else hidden.float()
+
+    def tree_hidden(self, trees, pad_id: int) -> tuple[torch.Tensor, TreeBatch]:
+        """Final hidden states ``[B * L, H]`` of token trees (:mod:`sleepcore.lm.tree`) and their
+        layout; ``batch.rows(tree, branch)`` index the rows that predict a branch's tokens."""
+        batch = tree_batch(trees, pad_id, self.device)
+        hidden = self.hidden_states(batch.input_ids, tree_attention_mask(self.model, batch), batch.position_ids)
+        return hidden.reshape(-1, hidden.shape[-1]), batch
 
     def response_hidden(self, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> torch.Tensor:
         """Final hidden states ``[N, H]`` predicting the response tokens (see :func:`sleepcore.lm.response_hidden`)."""
