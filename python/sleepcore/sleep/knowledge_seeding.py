@@ -23,6 +23,9 @@ The teacher is the current model (new expert off): with the wake document in its
 in-context teacher), or with the fast level's experts on (``teacher_experts``, the memory teacher).
 The student is the same model with the new expert on, the teacher experts off and no document.
 Only the new expert trains, through the stage's :class:`~sleepcore.train.LocalRuntime`.
+
+Length: about 320 lines, a little over the ~300 guideline: the stage protocol, the two terms and
+the shared student forward that feeds both belong together; the replay set is already apart.
 """
 
 from __future__ import annotations
