@@ -195,7 +195,7 @@ def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_for
     prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, run.teacher, seed=0)
     samples = replay.sample_replay(sleeper.model, sleeper.tokenizer, sleeper.engine, prompts[:3], config, run.teacher,
                                    run.rng, progress=False,
-                                   forward=lambda _, ids, mask: run.runtime.hidden_states(ids, mask))
+                                   forward=run.runtime.forward)
     with torch.no_grad(), run.teacher():  # the runtime's forward, at its compute dtype
         fresh = run.runtime.response_hidden([s.teacher_prompt for s in samples], [s.response for s in samples],
                                             run.pad_id)

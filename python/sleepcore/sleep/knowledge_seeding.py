@@ -122,7 +122,7 @@ class KnowledgeSeeding:
         sampled = self._engine_tokens()
         self.items = sample_replay(self.model, self.tokenizer, self.engine, prompts, self.config, self.teacher,
                                    self.rng, progress=progress,
-                                   forward=lambda _, ids, mask: self.runtime.hidden_states(ids, mask))
+                                   forward=self.runtime.forward)
         if not self.items:
             raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")
         self.kl_before = self.replay_kl(self.items)

@@ -39,8 +39,7 @@ class NextTokenStage:
         """One optimiser step; metrics ``loss``, ``tokens`` (response tokens, all with a gradient),
         ``forward_tokens`` (0: nothing runs without one), seconds, tokens/s, ``lr``, ``grad_norm``."""
         started = time.perf_counter()
-        total, count = next_token_sum(self.model, batch, self.pad_id,
-                                      forward=lambda _, ids, mask: self.runtime.hidden_states(ids, mask))
+        total, count = next_token_sum(self.model, batch, self.pad_id, forward=self.runtime.forward)
         loss = total / self.runtime.token_count(count)
         self.runtime.backward(loss)
         update = self.runtime.step()

@@ -73,10 +73,14 @@ class LocalRuntime:
         hidden = self.hidden_states(batch.input_ids, tree_attention_mask(self.model, batch), batch.position_ids)
         return hidden.reshape(-1, hidden.shape[-1]), batch
 
+    def forward(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`hidden_states` in the ``forward(model, ids, mask)`` form the :mod:`sleepcore.lm`
+        helpers take (``model`` is the runtime's own)."""
+        return self.hidden_states(input_ids, attention_mask)
+
     def response_hidden(self, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> torch.Tensor:
         """Final hidden states ``[N, H]`` predicting the response tokens (see :func:`sleepcore.lm.response_hidden`)."""
-        return response_hidden(self.model, prompts, responses, pad_id,
-                               forward=lambda _, ids, mask: self.hidden_states(ids, mask))
+        return response_hidden(self.model, prompts, responses, pad_id, forward=self.forward)
 
     def token_count(self, local: int) -> int:
         """The normaliser for a loss summed over ``local`` tokens: the global count (here: ``local``)."""
