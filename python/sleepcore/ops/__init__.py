@@ -5,6 +5,7 @@ dispatches by device (CPU: the ``_C`` kernels; CUDA: Triton) and passes
 ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``.
 """
 
+from sleepcore.ops.batched_lora import batched_lora
 from sleepcore.ops.fused_linear_jsd import fused_linear_jsd
 from sleepcore.ops.fused_linear_logprobs import fused_linear_logprobs
 from sleepcore.ops.fused_linear_policy_loss import fused_linear_policy_loss
@@ -16,4 +17,4 @@ from sleepcore.ops.sampling import sample_tokens
 
 __all__ = ["generalized_jsd", "fused_linear_jsd", "fused_linear_topk_jsd", "fused_linear_logprobs",
            "fused_linear_policy_loss", "policy_loss", "group_advantages", "write_kv", "copy_blocks", "paged_attention",
-           "sample_tokens"]
+           "sample_tokens", "batched_lora"]
