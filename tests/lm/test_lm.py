@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sleepcore.lm import (Branch, as_examples, encode, final_hidden, next_token_loss, next_token_sum, pad_id,
-                          response_hidden, tree_attention_mask, tree_batch)
+from sleepcore.lm import (Branch, as_examples, encode, end_of_turn, final_hidden, next_token_loss, next_token_sum,
+                          pad_id, response_hidden, tree_attention_mask, tree_batch)
 from sleepcore.models import tiny_model
 from _tiny_models import CONFIGS, random_prompts, tiny_model as family_model
 
@@ -39,6 +39,19 @@ def test_encode_adds_no_second_bos():
 
     assert encode(Tokenizer(), "hi") == [1, ord("h"), ord("i")]
     assert encode(Tokenizer(), "<s>hi") == [1, ord("h"), ord("i")]
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_end_of_turn_is_what_closes_an_answer():
+    """A chat template's closing special token (not the newline after it); a line break without one."""
+    _, tokenizer = tiny_model(CORPUS, seed=0)
+    assert tokenizer.decode(end_of_turn(tokenizer)) == "\n"
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    assert end_of_turn(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
 def test_bad_examples_are_refused():

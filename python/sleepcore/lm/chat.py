@@ -15,6 +15,26 @@ def chat_turn(tokenizer, content: str) -> str | None:
                                          add_generation_prompt=True)
 
 
+def end_of_turn(tokenizer) -> list[int]:
+    """The token ids that close an answer, as the model writes them right after its last word:
+    what the chat template puts after an assistant message (``<|im_end|>`` for ChatML; cut at the
+    first special token so a following newline is left out), else one line break, where
+    :func:`qa_prompt`'s plain ``Answer:`` format stops."""
+    marker = "\u2063answer\u2063"
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}],
+                                             tokenize=False)
+        suffix = text.split(marker, 1)[1] if marker in text else ""
+        ids = list(tokenizer(suffix, add_special_tokens=False)["input_ids"])
+        special = set(getattr(tokenizer, "all_special_ids", ()))
+        first_special = next((i for i, token in enumerate(ids) if token in special), None)
+        if first_special is not None:
+            return ids[:first_special + 1]
+        if ids:
+            return ids
+    return list(tokenizer("\n", add_special_tokens=False)["input_ids"])
+
+
 def qa_prompt(tokenizer, question: str, context: str | None = None) -> str:
     """A question (closed-book, or after ``context``): a chat turn asking for a short answer, or
     without a chat template ``[context]\\n\\nQuestion: ...\\nAnswer:``."""

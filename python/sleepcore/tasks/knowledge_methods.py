@@ -12,8 +12,11 @@
   phrasing (``questions[1]``) and is evaluated on the other: does a fact learned in one phrasing
   answer another (transfer)? Items are ``(qa_prompt ids, answer ids)`` with the answer tokenised
   as the model writes it after the prompt (right after a chat template's opened assistant turn,
-  else after one space; :func:`~sleepcore.tasks.knowledge_metrics.answer_text`), without an
-  end-of-turn token. They run :class:`~sleepcore.sleep.sft.NextTokenStage` through
+  else after one space; :func:`~sleepcore.tasks.knowledge_metrics.answer_text`), then the
+  end-of-turn token (:func:`~sleepcore.lm.end_of_turn`). Without it the expert learns the answer
+  but not where it ends, and greedy answers run on into the next guess ("17 August 195619 August"):
+  on SmolLM2-135M (10 people) the oracle held the facts (gold answer log-probability -0.12 per
+  answer) yet scored 0.67 contains. They run :class:`~sleepcore.sleep.sft.NextTokenStage` through
   :func:`~sleepcore.sleep.stage.run_stage`, in ``<run folder>/sleep-<n>/sft``.
 
 Every row's sleep stops at the same budget, ``tokens_per_document * multiplier * documents``
@@ -26,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from sleepcore.lm import qa_prompt
+from sleepcore.lm import end_of_turn, qa_prompt
 from sleepcore.sleep.config import NextTokenConfig, SleepConfig
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.sleeper import Sleeper
@@ -50,11 +53,12 @@ def wake_questions_of(group: BiographyDataset) -> list[list[str]]:
 
 
 def oracle_examples(tokenizer, group: BiographyDataset, *, paraphrase: bool) -> list[tuple[list[int], list[int]]]:
-    """``(prompt ids, gold answer ids)`` per 1-hop fact of ``group``, asked closed-book in the
-    evaluation phrasing, or with ``paraphrase`` in the wake phrasing."""
+    """``(prompt ids, gold answer ids + end of turn)`` per 1-hop fact of ``group``, asked
+    closed-book in the evaluation phrasing, or with ``paraphrase`` in the wake phrasing."""
     facts = [fact for person in group.people for fact in person.facts]
     prompts = [qa_prompt(tokenizer, fact.questions[1 if paraphrase else 0]) for fact in facts]
-    return qa_examples(tokenizer, prompts, [fact.value for fact in facts])
+    closing = end_of_turn(tokenizer)
+    return [(prompt, answer + closing) for prompt, answer in qa_examples(tokenizer, prompts, [f.value for f in facts])]
 
 
 def sleep_budget(config, documents: int, multiplier: float) -> int:
