@@ -15,6 +15,8 @@ into the slots that took part, and an optimizer over one slot's parameters touch
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,7 +48,8 @@ class MemoryMLP(nn.Module):
     """``y = base(x) + sum over active experts e of (alpha_e / r_e) * B_e(A_e(x))``.
 
     ``x``: ``[..., d]`` in the parameters' dtype; ``y`` has the same shape. With no active
-    expert and no noise the forward is exactly ``base(x)`` (a Python-side check, no tensor op).
+    expert, no noise and no batched adapters (:mod:`sleepcore.memory.batched`) the forward is
+    exactly ``base(x)`` (a Python-side check, no tensor op).
 
     Args:
         base: the original MLP (kept as ``.base``, called with every forward argument).
@@ -61,6 +64,7 @@ class MemoryMLP(nn.Module):
         self.base = base
         self.levels = nn.ModuleList(ExpertSlots(level, d, dtype, device) for level in levels)
         self.noise: tuple[Tensor, Tensor, float] | None = None  # (A [r, d], B [d, r], scale) while dreaming
+        self.batched: Callable[[Tensor], Tensor] | None = None  # x -> K adapters' term (memory.batched)
         self._num_terms = 0
         self._scales: Tensor | None = None  # [R] per-rank-row scales, rebuilt when the active set changes
 
@@ -95,6 +99,8 @@ class MemoryMLP(nn.Module):
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         out = self.base(x, *args, **kwargs)
+        if self.batched is not None:
+            out = out + self.batched(x)
         if self._num_terms == 0:
             return out
         downs, ups, scales = self._terms()

@@ -1,0 +1,112 @@
+"""K batched adapters trained together end with the weights of K separate single-expert runs
+(LocalRuntime over one expert slot), with per-adapter normalisation, clipping, AdamW step counts
+and schedules; also reset and state round trips."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from _tiny_models import tiny_model
+from sleepcore.lm import next_token_sum
+from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+from sleepcore.memory.batched import batched_adapters
+from sleepcore.train import LocalRuntime, OptimizerConfig
+from sleepcore.train.batched import BatchedRuntime
+
+CONFIG = MemoryConfig(levels=(LevelConfig(rank=4, slots=1, period=8),))
+PAD = 0
+
+
+def _data(seed: int, adapters: int, steps: int):
+    """``data[step][k]``: adapter k's examples at ``step`` (different sizes; adapter 2 skips step 1)."""
+    rng = random.Random(seed)
+
+    def example():
+        return [rng.randrange(3, 131) for _ in range(rng.randint(1, 4))], \
+               [rng.randrange(3, 131) for _ in range(rng.randint(2, 9))]
+
+    return [[[] if (k == 2 and step == 1) else [example() for _ in range(1 + (k + step) % 3)]
+             for k in range(adapters)] for step in range(steps)]
+
+
+def _batched_run(model, memory, data, config, adapters):
+    with batched_adapters(memory, adapters, generator=torch.Generator().manual_seed(1)) as batched:
+        initial = [batched.weights(k) for k in range(adapters)]
+        runtime = BatchedRuntime(model, batched, config, total_steps=len(data))
+        for batch in data:
+            loss, per_adapter = runtime.next_token_loss(batch, PAD)
+            runtime.backward(loss)
+            metrics = runtime.step()
+            assert [m is None for m in metrics] == [not b for b in batch]
+            torch.testing.assert_close(loss, per_adapter.sum())
+        return initial, [batched.weights(k) for k in range(adapters)], runtime.steps()
+
+
+def _separate_run(model, memory, data, config, k, initial):
+    slot = memory.new_expert(0)
+    with torch.no_grad():
+        for layer, (A, _) in initial.items():
+            memory.layers[layer].levels[0].A[slot].copy_(A)
+    runtime = LocalRuntime(model, memory.trainable(0, slot), config, total_steps=len(data))
+    for batch in data:
+        if batch[k]:
+            total, count = next_token_sum(model, batch[k], PAD, forward=runtime.forward)
+            runtime.backward(total / count)
+            runtime.step()
+    weights = {layer: (mlp.levels[0].A[slot].detach().clone(), mlp.levels[0].B[slot].detach().clone())
+               for layer, mlp in memory.layers.items()}
+    memory.reset(0)
+    return weights
+
+
+@pytest.mark.parametrize("options", [dict(), dict(max_grad_norm=0.05, weight_decay=0.1, warmup_steps=2,
+                                                  schedule="cosine")])
+def test_batched_adapters_equal_separate_runs(seed, options):
+    model = tiny_model("llama")
+    memory = ContinuumMemory.wrap(model, CONFIG)
+    config = OptimizerConfig(learning_rate=1e-2, compute_dtype="float32", **options)
+    data = _data(seed, adapters=3, steps=4)
+    initial, trained, steps = _batched_run(model, memory, data, config, 3)
+    assert steps == [4, 4, 3]
+    for k in range(3):
+        separate = _separate_run(model, memory, data, config, k, initial[k])
+        for layer, (A, B) in trained[k].items():
+            assert not torch.equal(B, torch.zeros_like(B))
+            torch.testing.assert_close(A, separate[layer][0], rtol=1e-4, atol=1e-5, msg=f"adapter {k} A")
+            torch.testing.assert_close(B, separate[layer][1], rtol=1e-4, atol=1e-5, msg=f"adapter {k} B")
+
+
+def test_reset_and_state_round_trip(seed):
+    model = tiny_model("llama")
+    memory = ContinuumMemory.wrap(model, CONFIG)
+    config = OptimizerConfig(learning_rate=1e-2, compute_dtype="float32")
+    data = _data(seed, adapters=2, steps=3)
+    with batched_adapters(memory, 2) as batched:
+        runtime = BatchedRuntime(model, batched, config)
+        for batch in data[:2]:
+            runtime.backward(runtime.next_token_loss(batch, PAD)[0])
+            runtime.step()
+        runtime.reset(1)
+        assert runtime.steps() == [2, 0] and torch.all(batched.B[0][1] == 0)
+        tensors, state = runtime.state_dict()
+        tensors = {name: value.clone() for name, value in tensors.items()}  # as written to disk: the next step moves them
+        saved = [p.detach().clone() for p in batched.parameters()]
+        runtime.backward(runtime.next_token_loss(data[2], PAD)[0])
+        runtime.step()
+        expected = [p.detach().clone() for p in batched.parameters()]
+        with torch.no_grad():
+            for p, value in zip(batched.parameters(), saved):
+                p.copy_(value)
+        resumed = BatchedRuntime(model, batched, config)
+        resumed.load_state_dict(tensors, state)
+        resumed.backward(resumed.next_token_loss(data[2], PAD)[0])
+        resumed.step()
+        for p, value in zip(batched.parameters(), expected):
+            torch.testing.assert_close(p, value, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="one list per adapter"):
+            runtime.next_token_loss(data[0][:1], PAD)
+        with pytest.raises(ValueError, match="no response token"):
+            runtime.next_token_loss([[], []], PAD)
