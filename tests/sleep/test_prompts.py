@@ -8,7 +8,8 @@ import pytest
 
 from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig
-from sleepcore.sleep.prompts import entity_prompts, named_entities, replay_coverage
+from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities, replay_coverage,
+                                     sentence_question_prompts, sentence_question_requests, split_sentences)
 from _sleepers import DATASET, make_sleeper, seeding
 
 
@@ -27,9 +28,24 @@ def test_entity_prompts_reach_every_fact_of_a_biography():
     assert replay_coverage([passage], []) == 0.0
 
 
+def test_sentence_questions_keep_questions_about_their_sentence():
+    passage = DATASET.passages[0]
+    name, sentences = DATASET.people[0].name, split_sentences(passage)
+    requests = sentence_question_requests([passage])
+    assert [(d, s) for d, s, _ in requests] == [(0, i) for i in range(len(sentences))]
+    assert requests[1][2] == SENTENCE_QUESTION_EXAMPLES.format(sentence=sentences[1])
+    asked = [[f"Where does {name} come from?", "What is the base of the femur?", f"Where does {name} come from?"]]
+    asked += [["Why?"]] * (len(requests) - 1)  # too short to be a question
+    prompts = sentence_question_prompts([passage], requests, asked)
+    assert [(p.student.split("Question: ")[1].split("\n")[0], p.sentence) for p in prompts] == [
+        (f"Where does {name} come from?", 0)]  # off-topic and repeated questions are dropped
+    assert passage in prompts[0].teacher and passage not in prompts[0].student
+    assert replay_coverage([passage], prompts) == pytest.approx(1 / len(sentences))
+
+
 def test_per_document_quota_and_wake_questions_on_top():
-    config = seeding(prompt_builders=("continuation", "entity_questions", "wake_questions"), prompts_per_document=3,
-                     max_new_tokens=4, samples_per_prompt=1)
+    config = seeding(prompt_builders=("continuation", "entity_questions", "sentence_questions", "wake_questions"),
+                     prompts_per_document=3, max_new_tokens=4, samples_per_prompt=1)
     config = KnowledgeSeedingConfig(**{**config.__dict__, "max_prompts": None})
     sleeper = make_sleeper(config)
     sleeper.wake(DATASET.passages, questions=[[f"Which fact is number {i}?"] for i in range(3)])

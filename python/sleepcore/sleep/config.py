@@ -11,7 +11,7 @@ from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, fraction, instance, integer, number, positive
 
 #: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
-PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "entity_questions")
+PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "entity_questions", "sentence_questions")
 #: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
 STAGE_NAMES = ("seeding", "sft")
 

@@ -44,6 +44,7 @@ from sleepcore.ops import fused_linear_jsd, group_advantages
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.judge import ModelJudge
+from sleepcore.sleep.prompts import replay_coverage
 from sleepcore.sleep.replay import (TEACHER_BATCH, ReplaySample, replay_from_state, replay_prompts, replay_state,
                                     sample_replay)
 from sleepcore.sleep.rewards import imitation_reward
@@ -99,6 +100,7 @@ class KnowledgeSeeding:
         self.items: list[ReplaySample] = []
         self.kl_before: float | None = None
         self.prepare_forward_tokens: int | None = None
+        self.coverage: float | None = None
 
     @contextmanager
     def teacher(self):
@@ -119,6 +121,7 @@ class KnowledgeSeeding:
         self.engine.stats = {}
         prompts = replay_prompts(buffer, self.config, self.tokenizer, self.engine, self.teacher,
                                  seed=self.context.seed, teacher_reads_documents=self.context.teacher_reads_documents)
+        self.coverage = replay_coverage(buffer.documents, prompts)
         sampled = self._engine_tokens()
         self.items = sample_replay(self.model, self.tokenizer, self.engine, prompts, self.config, self.teacher,
                                    self.rng, progress=progress,
@@ -158,18 +161,21 @@ class KnowledgeSeeding:
                 "tokens_per_s": tokens / seconds, "seconds": seconds, **update}
 
     def summary(self) -> dict:
-        """Replay samples, the replay KL before and after, and ``prepare_forward_tokens``: the tokens
-        the preparation ran without a gradient (teacher sampling with its prefill, the teacher-state
-        caching, the student forward of the replay-KL measurement; ``kl_after`` costs that again)."""
+        """Replay samples, the replay KL before and after, the documents' sentences the replay
+        prompts reach (``coverage``, :func:`~sleepcore.sleep.prompts.replay_coverage`), and
+        ``prepare_forward_tokens``: the tokens the preparation ran without a gradient (teacher
+        sampling with its prefill, the teacher-state caching, the student forward of the replay-KL
+        measurement; ``kl_after`` costs that again)."""
         return {"replay_samples": len(self.items), "kl_before": self.kl_before, "kl_after": self.replay_kl(self.items),
-                "prepare_forward_tokens": self.prepare_forward_tokens}
+                "coverage": self.coverage, "prepare_forward_tokens": self.prepare_forward_tokens}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, replay = replay_state(self.items)
         runtime_tensors, runtime_state = self.runtime.state_dict()
         tensors.update({f"runtime.{name}": value for name, value in runtime_tensors.items()})
         return tensors, {"replay": replay, "runtime": runtime_state, "rng": random_state(self.rng),
-                         "kl_before": self.kl_before, "prepare_forward_tokens": self.prepare_forward_tokens}
+                         "kl_before": self.kl_before, "prepare_forward_tokens": self.prepare_forward_tokens,
+                         "coverage": self.coverage}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         self.items = replay_from_state(tensors, state["replay"])
@@ -178,6 +184,7 @@ class KnowledgeSeeding:
         restore_random_state(state["rng"], self.rng)
         self.kl_before = state["kl_before"]
         self.prepare_forward_tokens = state.get("prepare_forward_tokens")
+        self.coverage = state.get("coverage")
 
     # ------------------------------------------------------------------ measurements
     @torch.no_grad()

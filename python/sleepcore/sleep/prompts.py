@@ -15,6 +15,15 @@ student's prompt does not. Builders:
   merely open a sentence), "What do you know about <entity>?"; the teacher answers with the
   document in context, the student learns the answer without it. Every sentence naming such an
   entity is reached by some prompt, which is what replay coverage counts.
+* ``sentence_questions``: self-study sentence by sentence: the teacher, shown one sentence of a
+  document after three worked examples (:data:`SENTENCE_QUESTION_EXAMPLES`, about no document),
+  writes a question that the sentence answers; a question is kept when it names one of the
+  sentence's named entities (one about nothing in the sentence teaches nothing). The teacher then
+  answers it with the whole document in context; the student learns the answer without it.
+  Coverage counts each sentence with a kept question. Measured on SmolLM2-135M-Instruct: asked
+  zero-shot ("Write one question that the sentence above answers") it wrote questions about
+  nothing in the sentence ("What is the base of the femur?"); with the examples most questions
+  name the sentence's person, company or place ("Who attended University of Vubaron?").
 """
 
 from __future__ import annotations
@@ -26,18 +35,27 @@ from dataclasses import dataclass
 from sleepcore.lm import chat_turn, qa_prompt
 
 QUESTION_REQUEST = "Write one short question about a fact in the text above."
+#: The few-shot request of ``sentence_questions`` (generic examples; ``{sentence}`` is filled in).
+SENTENCE_QUESTION_EXAMPLES = (
+    "Sentence: Marie Curie was born in Warsaw in 1867.\nQuestion: Where was Marie Curie born?\n\n"
+    "Sentence: The Eiffel Tower was designed by the company of Gustave Eiffel.\n"
+    "Question: Whose company designed the Eiffel Tower?\n\n"
+    "Sentence: Tom's favourite food is lasagne.\nQuestion: What is Tom's favourite food?\n\n"
+    "Sentence: {sentence}\nQuestion:")
 ENTITY_REQUEST = "What do you know about {entity}?"
 _CAPITALISED = re.compile(r"[A-Z][a-z]+(?:[ -][A-Z][a-z]+)*")
 
 
 @dataclass(frozen=True)
 class ReplayPrompt:
-    """``student`` and ``teacher`` prompt texts; ``document`` is the wake document it came from."""
+    """``student`` and ``teacher`` prompt texts; ``document`` is the wake document it came from and
+    ``sentence`` the index of the sentence it asks about, where the builder knows it."""
 
     student: str
     teacher: str
     document: int
     builder: str
+    sentence: int | None = None
 
 
 def split_sentences(text: str) -> list[str]:
@@ -84,6 +102,32 @@ def self_question_prompts(documents: list[str], questions: list[list[str]], toke
     return prompts
 
 
+def sentence_question_requests(documents: list[str]) -> list[tuple[int, int, str]]:
+    """``(document, sentence, request)`` for every sentence of every document (``sentence_questions``)."""
+    return [(index, position, SENTENCE_QUESTION_EXAMPLES.format(sentence=sentence))
+            for index, document in enumerate(documents) for position, sentence in enumerate(split_sentences(document))]
+
+
+def sentence_question_prompts(documents: list[str], requests: list[tuple[int, int, str]], asked: list[list[str]],
+                              tokenizer=None) -> list[ReplayPrompt]:
+    """Replay prompts from the questions written for the requests of :func:`sentence_question_requests`
+    (``asked[i]``: the samples for request i): the first line of each, kept when it names a named
+    entity of its sentence (or the sentence names none), once per distinct question and document."""
+    prompts, seen = [], set()
+    for (index, position, _), questions in zip(requests, asked):
+        entities = named_entities(split_sentences(documents[index])[position])
+        for question in questions:
+            question = question.strip().split("\n")[0].strip()
+            if len(question) < 8 or (index, question) in seen:
+                continue
+            if entities and not any(entity in question for entity in entities):
+                continue
+            seen.add((index, question))
+            prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, documents[index]),
+                                        index, "sentence_questions", position))
+    return prompts
+
+
 def named_entities(document: str) -> list[str]:
     """Capitalised phrases of ``document`` in order of first appearance, without duplicates. A single
     capitalised word that opens a sentence ("She", "The") counts only when it also appears elsewhere
@@ -116,8 +160,9 @@ def entity_prompts(documents: list[str], tokenizer=None, *, per_document: int) -
 
 def replay_coverage(documents: list[str], prompts: list[ReplayPrompt]) -> float:
     """Fraction of the documents' sentences that some prompt reaches: the sentence right after a
-    continuation prompt's prefix, and every sentence naming the entity of an entity prompt. Prompts
-    of other builders are not counted (their reach is not known)."""
+    continuation prompt's prefix, every sentence naming the entity of an entity prompt, and the
+    sentence a prompt was written about (``sentence_questions``). Prompts of other builders are not
+    counted (their reach is not known)."""
     reached, total = 0, 0
     for index, document in enumerate(documents):
         sentences = split_sentences(document)
@@ -128,6 +173,7 @@ def replay_coverage(documents: list[str], prompts: list[ReplayPrompt]) -> float:
             after_prefix = any(prefix == " ".join(sentences[:position]) for prefix in prefixes) and position > 0
             named = any(entity in sentence and ENTITY_REQUEST.format(entity=entity) in question
                         for question in asked for entity in named_entities(sentence))
-            reached += after_prefix or named
+            about = any(p.sentence == position for p in mine)
+            reached += after_prefix or named or about
         total += len(sentences)
     return reached / max(total, 1)

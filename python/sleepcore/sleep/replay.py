@@ -20,7 +20,7 @@ from sleepcore.lm import encode, final_hidden, pad_id, response_hidden
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, question_requests,
-                                     self_question_prompts)
+                                     self_question_prompts, sentence_question_prompts, sentence_question_requests)
 
 TEACHER_BATCH = 16  # replay samples per teacher forward when caching its hidden states
 
@@ -39,8 +39,8 @@ class ReplaySample:
 def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, teacher, *, seed: int,
                    teacher_reads_documents: bool = True) -> list[ReplayPrompt]:
     """Prompts from ``config.prompt_builders`` over the buffer: at most ``prompts_per_document``
-    generated prompts (continuation, self_question, entity_questions) per document, plus every
-    wake question, shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a
+    generated prompts (continuation, self_question, entity_questions, sentence_questions) per
+    document, plus every wake question, shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a
     context manager factory under which the engine samples as the teacher (the ``self_question``
     builder's questions). Without ``teacher_reads_documents`` (the memory teacher) the teacher's
     prompt is the student's."""
@@ -57,6 +57,13 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
         generated += self_question_prompts(documents, asked, tokenizer)
     if "entity_questions" in builders:
         generated += entity_prompts(documents, tokenizer, per_document=quota)
+    if "sentence_questions" in builders:
+        requests = sentence_question_requests(documents)
+        params = SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=seed)
+        with teacher():
+            outputs = engine.generate([request for _, _, request in requests], params, progress=False)
+        asked = [[completion.text or "" for completion in output.completions] for output in outputs]
+        generated += sentence_question_prompts(documents, requests, asked, tokenizer)
     rng.shuffle(generated)
     taken, prompts = Counter(), []
     for prompt in generated:

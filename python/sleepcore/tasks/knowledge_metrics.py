@@ -125,6 +125,6 @@ def sleep_costs(summary: dict, budget: int, seconds: float) -> dict:
     (replay KL before/after, replay samples) where present."""
     forward = summary.get("prepare_forward_tokens", 0) + sum(step.get("forward_tokens", 0) or 0
                                                              for step in summary["history"])
-    extra = {key: summary[key] for key in ("kl_before", "kl_after", "replay_samples", "examples") if key in summary}
+    extra = {key: summary[key] for key in ("kl_before", "kl_after", "replay_samples", "coverage", "examples") if key in summary}
     return {"tokens": summary["tokens"], "forward_tokens": forward, "budget": budget, "train_seconds": seconds,
             "steps": summary["steps"], **extra}
