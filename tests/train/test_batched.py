@@ -32,16 +32,21 @@ def _data(seed: int, adapters: int, steps: int):
              for k in range(adapters)] for step in range(steps)]
 
 
-def _batched_run(model, memory, data, config, adapters):
+def _batched_run(model, memory, data, config, adapters, max_tokens=None):
+    """One forward per step, or (``max_tokens``) ``train_step``'s length-sorted chunks."""
     with batched_adapters(memory, adapters, generator=torch.Generator().manual_seed(1)) as batched:
         initial = [batched.weights(k) for k in range(adapters)]
         runtime = BatchedRuntime(model, batched, config, total_steps=len(data))
         for batch in data:
-            loss, per_adapter = runtime.next_token_loss(batch, PAD)
-            runtime.backward(loss)
-            metrics = runtime.step()
+            if max_tokens is None:
+                loss, per_adapter = runtime.next_token_loss(batch, PAD)
+                runtime.backward(loss)
+                metrics = runtime.step()
+                torch.testing.assert_close(loss, per_adapter.sum())
+            else:
+                per_adapter, metrics = runtime.train_step(batch, PAD, max_tokens=max_tokens)
             assert [m is None for m in metrics] == [not b for b in batch]
-            torch.testing.assert_close(loss, per_adapter.sum())
+            assert [bool(value) for value in per_adapter] == [bool(b) for b in batch]
         return initial, [batched.weights(k) for k in range(adapters)], runtime.steps()
 
 
@@ -62,14 +67,15 @@ def _separate_run(model, memory, data, config, k, initial):
     return weights
 
 
+@pytest.mark.parametrize("max_tokens", [None, 20])
 @pytest.mark.parametrize("options", [dict(), dict(max_grad_norm=0.05, weight_decay=0.1, warmup_steps=2,
                                                   schedule="cosine")])
-def test_batched_adapters_equal_separate_runs(seed, options):
+def test_batched_adapters_equal_separate_runs(seed, options, max_tokens):
     model = tiny_model("llama")
     memory = ContinuumMemory.wrap(model, CONFIG)
     config = OptimizerConfig(learning_rate=1e-2, compute_dtype="float32", **options)
     data = _data(seed, adapters=3, steps=4)
-    initial, trained, steps = _batched_run(model, memory, data, config, 3)
+    initial, trained, steps = _batched_run(model, memory, data, config, 3, max_tokens)
     assert steps == [4, 4, 3]
     for k in range(3):
         separate = _separate_run(model, memory, data, config, k, initial[k])

@@ -1,5 +1,5 @@
 """``BatchedRuntime``: trains the ``K`` adapters of :func:`sleepcore.memory.batched.batched_adapters`
-in one forward and backward per step, so that each ends with the weights of a separate run.
+in shared forwards and backwards, so that each ends with the weights of a separate run.
 
 Three things would mix the adapters if one optimiser took the stacked ``[K, ...]`` tensors:
 
@@ -15,6 +15,9 @@ So each adapter gets its own :class:`~sleepcore.train.runtime.LocalRuntime` over
 slices of the stacked tensors: its own clipping, AdamW moments, step count, schedule and fp32
 masters, with no logic copied. An adapter without tokens in a batch is not stepped (a separate
 run would not have seen the batch).
+
+:meth:`BatchedRuntime.train_step` is the whole step: the adapters' examples sorted by length and
+cut into chunks (several adapters per forward, little padding), backward per chunk, then the step.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class BatchedRuntime:
         adapters: the open :class:`BatchedAdapters`.
         config: :class:`OptimizerConfig`, shared by the adapters (each applies it alone).
         total_steps: each adapter's step count for the cosine schedule; None: no decay.
+
+    The loss methods raise ``ValueError`` when ``examples`` does not hold one list per adapter or
+    holds no response token, and ``TypeError`` when it is not a list.
     """
 
     def __init__(self, model, adapters: BatchedAdapters, config: OptimizerConfig | None = None, *,
@@ -56,19 +62,45 @@ class BatchedRuntime:
         self.adapters.reset(k)
         self.runtimes[k] = self._runtime(k)
 
-    def next_token_loss(self, examples: list[list[tuple[list[int], list[int]]]], pad_id: int
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward over every adapter's ``(prompt ids, response ids)`` examples (``examples[k]``,
-        possibly empty). Returns ``(loss, per_adapter)``: the differentiable sum over adapters of each
-        adapter's mean response-token NLL, and those K means (float32 ``[K]``, detached; 0 where an
-        adapter has no token). Adapters with tokens are the ones :meth:`step` steps next."""
+    def train_step(self, examples: list[list[tuple[list[int], list[int]]]], pad_id: int, *,
+                   max_tokens: int | None = None) -> tuple[torch.Tensor, list[dict | None]]:
+        """One optimiser step of every adapter with tokens in ``examples`` (as in :meth:`next_token_loss`).
+
+        The examples of all adapters are sorted by length and cut into chunks of at most
+        ``max_tokens`` padded tokens (None: one chunk), each one forward and backward over several
+        adapters, so sequences of unlike length are not padded to one width; every chunk is
+        normalised by the adapters' token counts over all of ``examples``, so the gradients are
+        those of one forward. Returns ``(per_adapter, metrics)``: the K mean losses and :meth:`step`'s list.
+        """
+        integer("max_tokens", max_tokens, minimum=1, optional=True)
+        counts = self._counts(examples)
+        per_adapter = 0
+        for chunk in _length_chunks(examples, max_tokens):
+            loss, part = self.next_token_loss(chunk, pad_id, counts=counts)
+            self.backward(loss)
+            per_adapter = per_adapter + part
+        self.stepping = [k for k, count in enumerate(counts) if count]
+        return per_adapter, self.step()
+
+    def _counts(self, examples) -> list[int]:
         instance("examples", examples, (list, tuple))
         if len(examples) != self.adapters.adapters:
             raise ValueError(f"examples must hold one list per adapter ({self.adapters.adapters}), got {len(examples)}")
-        pairs = [(example, k) for k, batch in enumerate(examples) for example in batch]
         counts = [sum(len(response) for _, response in batch) for batch in examples]
         if not any(counts):
             raise ValueError("examples hold no response token")
+        return counts
+
+    def next_token_loss(self, examples: list[list[tuple[list[int], list[int]]]], pad_id: int, *,
+                        counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over every adapter's ``(prompt ids, response ids)`` examples (``examples[k]``,
+        possibly empty). Returns ``(loss, per_adapter)``: the differentiable sum over adapters of each
+        adapter's summed response-token NLL over its token count (``counts[k]``, default its own
+        count: the mean), and those K terms (float32 ``[K]``, detached; 0 where an adapter has no
+        token). Adapters with tokens are the ones :meth:`step` steps next."""
+        own = self._counts(examples)
+        counts = own if counts is None else counts
+        pairs = [(example, k) for k, batch in enumerate(examples) for example in batch]
         device = self.runtimes[0].device
         self.adapters.set_index(torch.tensor([k for _, k in pairs], device=device))
         prompts, responses = [p for (p, _), _ in pairs], [r for (_, r), _ in pairs]
@@ -78,7 +110,7 @@ class BatchedRuntime:
         logp, _ = fused_linear_logprobs(hidden, head_weight(self.model), targets, return_entropy=False)
         inverse = torch.tensor([1.0 / c if c else 0.0 for c in counts], device=device)
         nll = -logp * inverse[token_adapter]
-        self.stepping = [k for k, count in enumerate(counts) if count]
+        self.stepping = [k for k, count in enumerate(own) if count]
         per_adapter = torch.zeros(len(counts), device=device).index_add_(0, token_adapter, nll.detach())
         return nll.sum(), per_adapter
 
@@ -119,3 +151,20 @@ class BatchedRuntime:
             prefix = f"adapter.{k}."
             runtime.load_state_dict({name[len(prefix):]: value for name, value in tensors.items()
                                      if name.startswith(prefix)}, own)
+
+
+def _length_chunks(examples, max_tokens: int | None):
+    """``examples`` (one list per adapter) in chunks of the same form: all examples sorted by length,
+    longest first, cut so that a chunk's count times its longest length is at most ``max_tokens``."""
+    ordered = sorted(((len(p) + len(r), k, (p, r)) for k, batch in enumerate(examples) for p, r in batch),
+                     key=lambda item: -item[0])
+    chunks: list[list] = []
+    for length, k, example in ordered:
+        if not chunks or max_tokens is not None and (len(chunks[-1]) + 1) * chunks[-1][0][0] > max_tokens:
+            chunks.append([])
+        chunks[-1].append((length, k, example))
+    for chunk in chunks:
+        split = [[] for _ in examples]
+        for _, k, example in chunk:
+            split[k].append(example)
+        yield split
