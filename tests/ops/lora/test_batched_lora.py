@@ -125,15 +125,16 @@ def test_rejects_bad_input(match, error, change):
         ops.batched_lora(**kwargs)
 
 
-def test_opcheck_and_compile(seed):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_and_compile(seed, backend):
     x, A, B, index = make(n=20, d_in=12, d_out=10, rank=2, adapters=3)
-    torch.library.opcheck(torch.ops.sleepcore.batched_lora.default, (x, A, B, index, 0.5, "auto"))
+    torch.library.opcheck(torch.ops.sleepcore.batched_lora.default, (x, A, B, index, 0.5, backend))
     torch.library.opcheck(torch.ops.sleepcore.batched_lora_backward.default,
-                          (torch.randn(20, 10, device=DEVICE), x.detach(), A.detach(), B.detach(), index, 0.5, "auto",
+                          (torch.randn(20, 10, device=DEVICE), x.detach(), A.detach(), B.detach(), index, 0.5, backend,
                            True, True, False))
 
     def fn(x, A, B):
-        return (ops.batched_lora(x, A, B, index, 0.5) ** 2).sum()
+        return (ops.batched_lora(x, A, B, index, 0.5, backend=backend) ** 2).sum()
 
     eager = fn(x, A, B)
     compiled = torch.compile(fn, fullgraph=True)(x, A, B)
