@@ -122,8 +122,8 @@ def batched_adapters(memory: ContinuumMemory, adapters: int, *, rank: int | None
     Args:
         memory: a wrapped :class:`ContinuumMemory`.
         adapters: K >= 1.
-        rank, alpha: the adapters' rank and scale numerator (``scale = alpha / rank``); default
-            level 0's (so an adapter's weights fit one of its expert slots).
+        rank: the adapters' rank; default level 0's (so an adapter's weights fit one of its slots).
+        alpha: the scale numerator (``scale = alpha / rank``); default level 0's scale times ``rank``.
         generator: draws the initial ``A`` (``N(0, config.init_std)``); default the global RNG.
 
     Yields the :class:`BatchedAdapters`; on exit the layers no longer apply them. Raises
