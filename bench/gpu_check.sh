@@ -6,9 +6,10 @@
 #   3. runs the distillation benchmarks at the anchors' shapes (Llama-3-8B head, Gemma-3 head),
 #      the GRPO policy-loss benchmark at N=8192, H=4096, V=131072, and the rollout engine's decode
 #      throughput and KV read bandwidth at batch 64 and 256 (SmolLM2-135M architecture, bf16);
-#      the loss benchmarks time forward, backward and full (sleepcore/benchmarks/driver.py);
+#      the loss benchmarks time forward, backward and full (sleepcore/benchmarks/driver.py); and Dreaming's
+#      batched multi-adapter step at K = 64 against sequential PEFT LoRA runs;
 # and writes build_info.json, logs and one CSV per benchmark family (<family>-<gpu>.csv) into OUTDIR.
-# Budget: under 10 minutes even if every step hits its timeout (build ~1 min + 120 + 90 + 5 x 60 s).
+# Budget: under 10 minutes even if every step hits its timeout (build ~1 min + 120 + 90 + 5 x 60 + 90 s).
 set -uo pipefail
 out="${1:?usage: bench/gpu_check.sh OUTDIR}"
 mkdir -p "$out"
@@ -30,7 +31,7 @@ timeout 120 python3 -m pytest -m cuda tests -q -p no:cacheprovider 2>&1 | tee "$
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # The Triton kernel tests run on the GPU here (no interpreter): every Triton kernel family.
 timeout 90 python3 -m pytest tests/ops/jsd/test_triton_jsd.py tests/ops/logprobs/test_triton_logprobs.py tests/ops/test_triton_backend.py \
-  tests/ops/test_sampling.py tests/ops/test_paged_attention.py -q -p no:cacheprovider 2>&1 | tee -a "$out/tests_cuda.log" | tail -5
+  tests/ops/test_sampling.py tests/ops/test_paged_attention.py tests/ops/lora/test_batched_lora.py -q -p no:cacheprovider 2>&1 | tee -a "$out/tests_cuda.log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 for bench in distill:h100 distill:gemma policy:h100 rollout:gpu-decode-64 rollout:gpu-decode-256; do
@@ -40,5 +41,9 @@ for bench in distill:h100 distill:gemma policy:h100 rollout:gpu-decode-64 rollou
     2>&1 | tee "$out/bench_${bench%%:*}_${bench##*:}.log" | tail -8
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
+# Dreaming's inner loop: K = 64 batched adapters against K sequential PEFT runs (PEFT rows only where
+# peft is installed; the machine has no network, so a wheel under .whl/ brings it).
+timeout 90 python3 bench/bench_dream.py --cases gpu-k64 --results-dir "$out" 2>&1 | tee "$out/bench_dream_gpu-k64.log" | tail -8
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "gpu_check finished in $(( $(date +%s) - start )) s, status $status"
 exit $status
