@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, fraction, instance, integer, number, positive
 
 #: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
 PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "entity_questions", "sentence_questions")
 #: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
-STAGE_NAMES = ("seeding", "sft")
+STAGE_NAMES = ("seeding", "sft", "dreaming")
 
 
 def _loop_fields(config) -> None:
@@ -106,7 +107,8 @@ class SleepConfig:
 
     ``stages`` run in order, each with its nested config: ``seeding`` (Knowledge Seeding,
     :class:`KnowledgeSeedingConfig`) or ``sft`` (next-token training on the documents,
-    :class:`NextTokenConfig`). ``teacher`` is ``"context"`` (the wake documents in the teacher's
+    :class:`NextTokenConfig`), then ``dreaming`` (:class:`DreamingConfig`, METHOD.md §4).
+    ``teacher`` is ``"context"`` (the wake documents in the teacher's
     context: the zeroth memory level) or ``"memory"`` (the fast level's experts, without the
     documents; it needs ``wake_updates`` and a ``receiver_level`` other than ``wake_level``). Every
     ``checkpoint_every`` optimisation steps the state is written atomically to ``output_dir``.
@@ -121,6 +123,7 @@ class SleepConfig:
     stages: tuple[str, ...] = ("seeding",)
     seeding: KnowledgeSeedingConfig = field(default_factory=KnowledgeSeedingConfig)
     sft: NextTokenConfig = field(default_factory=NextTokenConfig)
+    dreaming: DreamingConfig = field(default_factory=DreamingConfig)
     receiver_level: int = 0
     teacher: str = "context"
     checkpoint_every: int = 10
@@ -141,6 +144,7 @@ class SleepConfig:
             choice("stages item", stage, STAGE_NAMES)
         instance("seeding", self.seeding, KnowledgeSeedingConfig, what="a KnowledgeSeedingConfig")
         instance("sft", self.sft, NextTokenConfig, what="a NextTokenConfig")
+        instance("dreaming", self.dreaming, DreamingConfig, what="a DreamingConfig")
         integer("receiver_level", self.receiver_level, minimum=0)
         choice("teacher", self.teacher, ("context", "memory"))
         integer("checkpoint_every", self.checkpoint_every, minimum=1)

@@ -2,7 +2,8 @@
 
 A sleep runs ``SleepConfig.stages`` in order through :func:`~sleepcore.sleep.stage.run_stage`,
 each stage training the sleep's new expert of ``receiver_level``: ``seeding`` (Knowledge Seeding)
-or ``sft`` (next-token training on the documents, the baseline). Dreaming will be the next stage.
+or ``sft`` (next-token training on the documents, the baseline), then ``dreaming`` (the model's
+own restatements of the documents, selected by gradient importance: :mod:`sleepcore.sleep.dreaming`).
 
 With the in-context teacher (``SleepConfig.teacher = "context"``) the wake buffer is the zeroth
 memory level: a sleep seeds its documents into the new expert, then activates that expert for
@@ -23,13 +24,14 @@ from pathlib import Path
 from sleepcore.rollout import Engine
 from sleepcore.sleep.buffer import WakeBuffer
 from sleepcore.sleep.config import SleepConfig
+from sleepcore.sleep.dreaming import DreamingStage
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, resume_point, run_stage
 from sleepcore.sleep.wake import FastLevelLearner
 
 #: Stage name -> class; a stage's config is the ``SleepConfig`` field of the same name.
-STAGES = {"seeding": KnowledgeSeeding, "sft": NextTokenStage}
+STAGES = {"seeding": KnowledgeSeeding, "sft": NextTokenStage, "dreaming": DreamingStage}
 
 
 class Sleeper:

@@ -1,0 +1,131 @@
+"""Configuration of Dreaming (METHOD.md §4): the dream prompts, how many dreams are written and
+kept, the random-expert noise, the selection score, the inner loop, the reward rule and ReST-EM,
+and the sleep-time training of the expert on the kept dreams. Nested in ``SleepConfig.dreaming``
+(``[sleep.dreaming]`` in TOML) and read by ``sleepcore dream train``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sleepcore.train import OptimizerConfig
+from sleepcore.validation import boolean, choice, instance, integer, number, positive, text
+
+DOCUMENT = "{document}"
+
+#: The default dream prompts (our wording; SEAL's "implications" prompt is the model for the first).
+IMPLICATIONS = ("Read the passage below and write a list of implications that follow from it, directly or "
+                "indirectly. Put each implication on its own line as a complete sentence that names who or what "
+                "it is about.\n\n" + DOCUMENT)
+REWRITE = ("Rewrite the passage below in your own words, one fact per line. Each line must be a full sentence "
+           "that names the person or thing it is about.\n\n" + DOCUMENT)
+QUESTION_ANSWERS = ("Write questions about the passage below, each followed by its answer on the same line, "
+                    "in the form 'Question? Answer.' Name the person in every question.\n\n" + DOCUMENT)
+
+SELECTION_SCORES = ("norm", "cosine", "random")
+REWARD_RULES = ("improves", "best_of_m")
+EXPERTS = ("consolidated", "new")
+NOISE_RESAMPLING = ("step", "call")
+
+
+@dataclass
+class DreamingConfig:
+    """Dreaming: write, select, learn (METHOD.md §4; every "we decide" of issue 12 is a field).
+
+    Writing: for each document ``dreams_per_document`` (m) dreams are sampled from ``prompts``
+    (each holds ``{document}``; dream i uses prompt ``i % len(prompts)``), at ``temperature``, at
+    most ``max_new_tokens`` tokens each, with random-expert ``noise`` of ``noise_scale`` redrawn
+    every engine step (``noise_resample = "step"``) or once per generate call (``"call"``). A dream
+    is split into lines, each its own example, the document last (SEAL's sequence builder).
+
+    Selection: each dream's SFT-loss gradient on a fresh inner-loop adapter, scalarised by
+    ``selection``: ``"norm"`` (default), ``"cosine"`` (with the document's gradient) or ``"random"``
+    (no gradient: the ablation); the ``top_k`` best plus ``random_kept`` (b) others at random are kept.
+
+    Inner loop (meta-training): one fresh adapter of rank ``inner_rank`` (scale numerator
+    ``inner_alpha``; None: level 0's scale times the rank) per kept dream, SFT on its lines plus
+    the document for ``inner_epochs`` epochs of ``inner_batch_size`` examples (at most
+    ``inner_steps`` steps when set) at ``inner_learning_rate``; ``inner_adapters`` adapters train
+    at once, in chunks of at most ``inner_max_tokens`` padded tokens.
+
+    Reward (meta-training): closed-book score of the adapted model on the document's questions,
+    against the unadapted model's: ``"improves"`` rewards every dream that beats it, ``"best_of_m"``
+    (SEAL) the best dream of each document when it beats it. ReST-EM: ``rounds`` (R) rounds, each
+    ending with ``generator_steps`` steps of SFT (batches of ``generator_batch_size``, at
+    ``generator_learning_rate``) of the generator's own expert on (dream prompt, rewarded dream).
+
+    Sleep time: the generator is ``generator_path`` (a file ``Dreamer`` wrote; None: the untrained
+    model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes. The kept
+    dreams train the ``expert``: ``"consolidated"`` (the sleep's expert, after consolidation) or
+    ``"new"`` (a new expert of the same level), for at most ``steps`` steps of ``batch_size``
+    examples of ``optimizer``, stopping at ``token_budget`` trained tokens when set.
+    """
+
+    prompts: tuple[str, ...] = (IMPLICATIONS, REWRITE, QUESTION_ANSWERS)
+    dreams_per_document: int = 6
+    top_k: int = 2
+    random_kept: int = 1
+    noise: bool = True
+    noise_scale: float = 1.0
+    noise_resample: str = "step"
+    selection: str = "norm"
+    max_new_tokens: int = 192
+    temperature: float = 1.0
+    inner_rank: int = 16
+    inner_alpha: float | None = None
+    inner_epochs: int = 3
+    inner_batch_size: int = 4
+    inner_steps: int | None = None
+    inner_learning_rate: float = 1e-3
+    inner_adapters: int = 16
+    inner_max_tokens: int | None = 4096
+    reward: str = "improves"
+    rounds: int = 2
+    generator_learning_rate: float = 1e-3
+    generator_steps: int = 20
+    generator_batch_size: int = 4
+    generator_path: str | None = None
+    generator_level: int = 0
+    expert: str = "consolidated"
+    steps: int = 40
+    batch_size: int = 8
+    token_budget: int | None = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def __post_init__(self):
+        if isinstance(self.prompts, str) or not isinstance(self.prompts, (list, tuple)):
+            raise TypeError(f"prompts must be a list of strings, got {type(self.prompts).__name__}")
+        self.prompts = tuple(self.prompts)
+        if not self.prompts:
+            raise ValueError("prompts must not be empty")
+        for index, prompt in enumerate(self.prompts):
+            text(f"prompts[{index}]", prompt)
+            if DOCUMENT not in prompt:
+                raise ValueError(f"prompts[{index}] must contain {DOCUMENT} (where the document goes), got {prompt!r}")
+        for name in ("dreams_per_document", "top_k", "max_new_tokens", "inner_rank", "inner_epochs",
+                     "inner_batch_size", "inner_adapters", "rounds", "generator_steps", "generator_batch_size",
+                     "steps", "batch_size"):
+            integer(name, getattr(self, name), minimum=1)
+        integer("random_kept", self.random_kept, minimum=0)
+        if self.top_k + self.random_kept > self.dreams_per_document:
+            raise ValueError(f"top_k + random_kept must be <= dreams_per_document ({self.dreams_per_document}), got "
+                             f"{self.top_k} + {self.random_kept}")
+        for name in ("inner_steps", "inner_max_tokens", "token_budget"):
+            integer(name, getattr(self, name), minimum=1, optional=True)
+        integer("generator_level", self.generator_level, minimum=0)
+        boolean("noise", self.noise)
+        for name in ("noise_scale", "inner_learning_rate", "generator_learning_rate"):
+            positive(name, getattr(self, name))
+        positive("inner_alpha", self.inner_alpha, optional=True)
+        number("temperature", self.temperature, minimum=0.0)
+        choice("noise_resample", self.noise_resample, NOISE_RESAMPLING)
+        choice("selection", self.selection, SELECTION_SCORES)
+        choice("reward", self.reward, REWARD_RULES)
+        choice("expert", self.expert, EXPERTS)
+        instance("generator_path", self.generator_path, (str, type(None)), what="a string or None")
+        instance("optimizer", self.optimizer, OptimizerConfig, what="an OptimizerConfig")
+
+    @property
+    def kept(self) -> int:
+        """Dreams kept per document: ``top_k + random_kept``."""
+        return self.top_k + self.random_kept

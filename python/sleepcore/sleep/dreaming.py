@@ -1,0 +1,99 @@
+"""The Dreaming stage (METHOD.md §4, "Dreaming during sleep"): after consolidation, for each
+buffered document the dream generator (with random-expert noise) writes ``m`` dreams
+(:mod:`sleepcore.sleep.dreams`), gradient importance keeps ``k + b`` of them
+(:mod:`sleepcore.sleep.dream_selection`), and an expert learns them by next-token training: the
+sleep's consolidated expert, or a new expert of the same level (``DreamingConfig.expert``). No
+gold answer is used. The training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on the
+kept dreams' lines and the documents, run by :func:`~sleepcore.sleep.stage.run_stage` like any
+stage (progress, metrics, budget, checkpoints, resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from sleepcore.lm import as_examples, pad_id
+from sleepcore.sleep.config import NextTokenConfig
+from sleepcore.sleep.dream_config import DreamingConfig
+from sleepcore.sleep.dream_selection import select_dreams
+from sleepcore.sleep.dreams import dream_examples, generator_expert, load_generator, write_dreams
+from sleepcore.sleep.sft import NextTokenStage
+from sleepcore.sleep.stage import StageContext
+
+SAMPLES = 3  # dream texts kept in the summary (per sleep) as quality samples
+
+
+class DreamingStage:
+    """Writes, selects and learns dreams of the wake buffer's documents.
+
+    Args:
+        context: the sleep's model, tokenizer, memory, engine, its expert ``(level, slot)`` and seed.
+        config: :class:`DreamingConfig`; ``generator_path`` (None: the model itself writes, SEAL's
+            round 0) is loaded into a free slot of ``generator_level`` while it writes.
+    """
+
+    name = "dreaming"
+
+    def __init__(self, context: StageContext, config: DreamingConfig):
+        self.context, self.config = context, config
+        self.items: list[tuple[list[int], list[int]]] = []
+        self.slot: int | None = None
+        self.trainer: NextTokenStage | None = None
+        self.report: dict = {}
+
+    def _train(self, slot: int) -> None:
+        c = self.config
+        self.slot = slot
+        loop = NextTokenConfig(steps=c.steps, batch_size=c.batch_size, token_budget=c.token_budget,
+                               optimizer=c.optimizer)
+        self.trainer = NextTokenStage(dataclasses.replace(self.context, slot=slot), loop)
+        self.trainer.items = self.items
+
+    # ------------------------------------------------------------------ the stage protocol
+    def prepare(self, buffer, *, progress: bool = True) -> None:
+        """Dreams of every document of ``buffer`` (a wake buffer or a list of texts), the kept ones'
+        lines and the documents as items, and the expert that learns them."""
+        c, context = self.config, self.context
+        documents = list(buffer.documents if hasattr(buffer, "documents") else buffer)
+        if not documents:
+            raise ValueError("dreaming needs documents: the wake buffer is empty")
+        weights = load_generator(c.generator_path) if c.generator_path else None
+        with generator_expert(context.memory, c.generator_level, weights):
+            dreams = write_dreams(context.engine, context.tokenizer, context.memory, documents, c, seed=context.seed,
+                                  progress=progress)
+        pad = pad_id(context.tokenizer)
+        items, kept, scores, samples = [], 0, [], []
+        for index, (document, own) in enumerate(zip(documents, dreams)):
+            examples = [dream_examples(context.tokenizer, dream.text) for dream in own]
+            selection = select_dreams(context.model, context.memory, examples,
+                                      as_examples(context.tokenizer, [document]), pad, c,
+                                      seed=context.seed * 100_003 + index)
+            for k in selection.kept:
+                items += examples[k]
+                if len(samples) < SAMPLES:
+                    samples.append(own[k].text)
+            items += as_examples(context.tokenizer, [document])
+            kept += len(selection.kept)
+            scores += [selection.scores[k] for k in selection.kept]
+        self.items = items
+        self.report = {"dreams": sum(map(len, dreams)), "kept": kept, "documents": len(documents),
+                       "kept_score_mean": sum(scores) / len(scores) if scores else 0.0, "samples": samples}
+        self._train(context.slot if c.expert == "consolidated" else context.memory.new_expert(context.level))
+
+    def step(self, batch) -> dict:
+        return self.trainer.step(batch)
+
+    def summary(self) -> dict:
+        return {**self.report, "examples": len(self.items), "expert": [self.context.level, self.slot]}
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, state = self.trainer.state_dict()
+        return tensors, {**state, "slot": self.slot, "report": self.report}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        self.items = [(list(p), list(r)) for p, r in state["items"]]
+        self.report = state["report"]
+        self._train(int(state["slot"]))
+        self.trainer.load_state_dict(tensors, state)

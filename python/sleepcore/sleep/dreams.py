@@ -1,0 +1,180 @@
+"""Writing dreams (METHOD.md §4, step 1): the model, through the rollout engine, writes ``m`` dreams
+per document from the dream prompts, with random-expert noise as an engine step hook; a dream is
+split into lines, each its own training example, with the document last (SEAL's sequence builder).
+
+Also the dream generator's file: the generator is one low-rank expert (``A``, ``B`` per wrapped
+layer) that :class:`~sleepcore.sleep.dreamer.Dreamer` trains; :func:`save_generator` writes it
+atomically to safetensors, and :func:`generator_expert` puts it into a free slot of a memory level
+only while it writes (the slot is released afterwards, so consolidation never sees it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sleepcore.lm import as_examples, chat_turn, encode
+from sleepcore.rollout import SamplingParams
+from sleepcore.sleep.dream_config import DOCUMENT, DreamingConfig
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+
+
+@dataclass
+class Dream:
+    """One dream of document ``document`` from prompt variant ``prompt``: the prompt's token ids,
+    the sampled ``token_ids`` (stop token included) and their ``text``."""
+
+    document: int
+    prompt: int
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def dream_prompt(tokenizer, template: str, document: str) -> str:
+    """``template`` with the document in place of ``{document}``, as one chat turn when the tokenizer
+    has a template (else the plain text followed by a blank line)."""
+    content = template.replace(DOCUMENT, document.strip())
+    return chat_turn(tokenizer, content) or content + "\n\n"
+
+
+def dream_lines(text: str) -> list[str]:
+    """The dream's non-empty lines, stripped of list markers ("- ", "3. ")."""
+    return [line for line in (_LIST_MARKER.sub("", raw).strip() for raw in text.splitlines()) if line]
+
+
+def dream_examples(tokenizer, text: str, document: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """Next-token examples of a dream: each line its own example, then ``document`` (when given).
+    Lines of fewer than 2 tokens are dropped; an empty list when nothing is left."""
+    texts = dream_lines(text) + ([document] if document else [])
+    texts = [t for t in texts if len(encode(tokenizer, t)) >= 2]
+    return as_examples(tokenizer, texts) if texts else []
+
+
+@contextlib.contextmanager
+def dreaming_noise(memory, engine, config: DreamingConfig, *, seed: int) -> Iterator[None]:
+    """Random-expert noise for the context when ``config.noise``: every wrapped MLP applies one random
+    expert (:meth:`ContinuumMemory.random_expert_noise`), redrawn before every engine forward (an
+    engine step hook) or once (``noise_resample = "call"``), from a generator seeded by ``seed``."""
+    if not config.noise:
+        yield
+        return
+    generator = torch.Generator().manual_seed(seed)
+    with memory.random_expert_noise(config.noise_scale, generator):
+        handle = None
+        if config.noise_resample == "step":
+            handle = engine.add_step_hook(lambda engine, batch: memory.resample_noise())
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+
+
+def write_dreams(engine, tokenizer, memory, documents: list[str], config: DreamingConfig, *, seed: int,
+                 progress: bool = False) -> list[list[Dream]]:
+    """``config.dreams_per_document`` dreams of every document (dream ``i`` from prompt
+    ``i % len(config.prompts)``), in one engine call under :func:`dreaming_noise`. Returns one list
+    per document, ordered by prompt then sample. Deterministic given ``seed`` and the weights."""
+    prompts, params, owners = [], [], []
+    variants = len(config.prompts)
+    for index, document in enumerate(documents):
+        for variant, template in enumerate(config.prompts):
+            count = len(range(variant, config.dreams_per_document, variants))
+            if count:
+                prompts.append(encode(tokenizer, dream_prompt(tokenizer, template, document)))
+                params.append(SamplingParams(n=count, temperature=config.temperature, max_tokens=config.max_new_tokens,
+                                             seed=seed))
+                owners.append((index, variant))
+    with dreaming_noise(memory, engine, config, seed=seed):
+        outputs = engine.generate(prompts, params, progress=progress)
+    dreams: list[list[Dream]] = [[] for _ in documents]
+    for (index, variant), ids, output in zip(owners, prompts, outputs):
+        for completion in output.completions:
+            text = completion.text if completion.text is not None else tokenizer.decode(completion.token_ids,
+                                                                                        skip_special_tokens=True)
+            dreams[index].append(Dream(index, variant, list(ids), list(completion.token_ids), text))
+    return dreams
+
+
+# ---------------------------------------------------------------------- the generator's expert
+def expert_weights(memory, level: int, slot: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Expert ``(level, slot)``'s ``(A, B)`` per wrapped layer (detached copies)."""
+    return {layer: (mlp.levels[level].A[slot].detach().clone(), mlp.levels[level].B[slot].detach().clone())
+            for layer, mlp in memory.layers.items()}
+
+
+def save_generator(path, weights: dict[int, tuple[torch.Tensor, torch.Tensor]], info: dict | None = None) -> None:
+    """Writes a generator's weights (``{layer: (A [r, d], B [d, r])}``) and ``info`` (JSON) to one
+    safetensors file, atomically (a temporary sibling, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for layer, (down, up) in weights.items():
+        tensors[f"layer.{layer}.A"], tensors[f"layer.{layer}.B"] = down.contiguous(), up.contiguous()
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(temporary),
+              metadata={"sleepcore": "dream-generator", "info": json.dumps(info or {})})
+    os.replace(temporary, path)
+
+
+def load_generator(path) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The weights :func:`save_generator` wrote. ``FileNotFoundError`` when ``path`` is missing,
+    ``ValueError`` when it is not a generator file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generator_path {str(path)!r} does not exist (train one: sleepcore dream train)")
+    with safe_open(str(path), framework="pt") as handle:
+        if (handle.metadata() or {}).get("sleepcore") != "dream-generator":
+            raise ValueError(f"generator_path {str(path)!r} is not a dream generator file")
+        names = list(handle.keys())
+        tensors = {name: handle.get_tensor(name) for name in names}
+    layers = sorted({int(name.split(".")[1]) for name in names})
+    return {layer: (tensors[f"layer.{layer}.A"], tensors[f"layer.{layer}.B"]) for layer in layers}
+
+
+def set_expert(memory, level: int, slot: int, weights: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copies ``weights`` into expert ``(level, slot)``; ``ValueError`` when the layers or shapes differ."""
+    if set(weights) != set(memory.layers):
+        raise ValueError(f"the generator has layers {sorted(weights)}, the memory wraps {sorted(memory.layers)}")
+    with torch.no_grad():
+        for layer, (down, up) in weights.items():
+            slots = memory.layers[layer].levels[level]
+            if down.shape != slots.A[slot].shape or up.shape != slots.B[slot].shape:
+                raise ValueError(f"generator rank/width {tuple(down.shape)} does not fit level {level}'s experts "
+                                 f"{tuple(slots.A[slot].shape)}: set generator_level to a level of the generator's rank")
+            slots.A[slot].copy_(down)
+            slots.B[slot].copy_(up)
+
+
+@contextlib.contextmanager
+def generator_expert(memory, level: int, weights) -> Iterator[int | None]:
+    """Inside the context the generator ``weights`` (None: no generator, the model as it is) are an
+    active expert in a free slot of ``level``; on exit that slot is zeroed and released. Yields the
+    slot (or None)."""
+    if weights is None:
+        yield None
+        return
+    slot = memory.new_expert(level)
+    try:
+        set_expert(memory, level, slot, weights)
+        yield slot
+    finally:
+        with torch.no_grad():
+            for mlp in memory.layers.values():
+                mlp.levels[level].A[slot].zero_()
+                mlp.levels[level].B[slot].zero_()
+        memory.deactivate(level, slot)
