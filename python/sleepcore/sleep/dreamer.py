@@ -1,0 +1,262 @@
+"""Learning to dream (METHOD.md §4): ``Dreamer.fit(tasks)`` meta-trains the dream generator by ReST-EM.
+
+A task is a training document with its questions and gold answers (:class:`DreamTask`). Each round:
+
+1. **generate**: the generator (its own expert, active only while it writes) with random-expert
+   noise writes ``m`` dreams per document (:func:`~sleepcore.sleep.dreams.write_dreams`);
+2. **select**: gradient importance keeps ``k + b`` per document (:mod:`~sleepcore.sleep.dream_selection`);
+3. **inner loop**: one fresh adapter per kept dream, all trained at once on the dream's lines plus
+   the document (:mod:`~sleepcore.sleep.inner_loop`, :class:`~sleepcore.train.batched.BatchedRuntime`);
+4. **reward**: the closed-book score (``metric(prediction, gold)``, e.g. the tasks' "contains",
+   passed in so that ``sleep`` does not import ``tasks``) of each adapted model on its document's
+   questions against the unadapted model's: ``"improves"`` or ``"best_of_m"``;
+5. **ReST-EM**: next-token training of the generator's expert on (dream prompt, rewarded dream),
+   through :class:`~sleepcore.sleep.sft.NextTokenStage` and :func:`~sleepcore.sleep.stage.run_stage`.
+
+The generator keeps training from round to round (SEAL continues from the previous round's model).
+Resumable: a round's dreams, selection and rewards are written atomically to
+``round-<r>/dreams.json`` before its generator update (whose steps are checkpointed by
+``run_stage``), and a checkpoint (memory with the generator, history, base scores) closes each
+round; ``generator.safetensors`` is rewritten atomically after each round. ``metrics.jsonl`` has
+one line per round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from sleepcore.lm import as_examples, pad_id, qa_prompt
+from sleepcore.memory.batched import batched_adapters
+from sleepcore.rollout import Engine
+from sleepcore.sleep.config import NextTokenConfig
+from sleepcore.sleep.dream_config import REWARD_RULES, DreamingConfig
+from sleepcore.sleep.dream_selection import select_dreams
+from sleepcore.sleep.dreams import dream_examples, expert_weights, save_generator, write_dreams
+from sleepcore.sleep.inner_loop import answer_with_adapters, train_adapters
+from sleepcore.sleep.sft import NextTokenStage
+from sleepcore.sleep.stage import StageContext, run_stage
+from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from sleepcore.train.batched import BatchedRuntime
+from sleepcore.validation import choice, instance, integer, text
+
+GENERATOR_FILE = "generator.safetensors"
+
+
+@dataclass(frozen=True)
+class DreamTask:
+    """A meta-training task ``(C, tau)``: a ``document`` and its ``questions`` as (question, gold answer) pairs."""
+
+    document: str
+    questions: tuple[tuple[str, str], ...]
+
+
+def check_tasks(tasks) -> list[DreamTask]:
+    """``tasks`` as a list of :class:`DreamTask`; ``ValueError``/``TypeError`` name the bad field."""
+    if not isinstance(tasks, (list, tuple)):
+        raise TypeError(f"tasks must be a list of DreamTask, got {type(tasks).__name__}")
+    if not tasks:
+        raise ValueError("tasks must not be empty (no documents to dream about)")
+    for index, task in enumerate(tasks):
+        instance(f"tasks[{index}]", task, DreamTask)
+        text(f"tasks[{index}].document", task.document)
+        if not task.questions:
+            raise ValueError(f"tasks[{index}].questions must not be empty (the reward asks them)")
+        for number, pair in enumerate(task.questions):
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise TypeError(f"tasks[{index}].questions[{number}] must be a (question, answer) pair")
+            text(f"tasks[{index}].questions[{number}] question", pair[0])
+            text(f"tasks[{index}].questions[{number}] answer", pair[1])
+    return list(tasks)
+
+
+def assign_rewards(records: list[list[dict]], base: list[float], rule: str, done: list[dict] | None = None) -> float:
+    """Sets ``reward`` (0/1) on every kept dream of ``records`` (per task, dicts with ``kept`` and
+    ``score``: None until its inner loop ran) by ``rule``: ``"improves"`` rewards each dream whose
+    score beats its task's ``base``; ``"best_of_m"`` only the best scored dream of each task (the first
+    of equal scores) when it beats ``base``. Returns the mean reward over ``done`` (default: all kept)."""
+    choice("rule", rule, REWARD_RULES)
+    for t, own in enumerate(records):
+        scored = [r for r in own if r["kept"] and r["score"] is not None]
+        for r in scored:
+            r["reward"] = int(rule == "improves" and r["score"] > base[t])
+        if rule == "best_of_m" and scored:
+            best = max(scored, key=lambda r: r["score"])
+            best["reward"] = int(best["score"] > base[t])
+    done = done if done is not None else [r for own in records for r in own if r["kept"]]
+    return sum(r["reward"] for r in done) / max(1, len(done))
+
+
+class Dreamer:
+    """Meta-trains a dream generator (see the module docstring).
+
+    Args:
+        model, tokenizer, memory: a wrapped causal LM; the generator is an expert of
+            ``config.generator_level`` (a free slot is taken on a fresh start).
+        config: :class:`DreamingConfig`.
+        metric: ``metric(prediction, gold) -> float`` in [0, 1] (the tasks' "contains").
+        output_dir: checkpoints, ``metrics.jsonl``, ``round-<r>/`` and ``generator.safetensors``.
+        engine: a rollout engine on ``model`` (default: a new one). seed: every draw of the run.
+    """
+
+    def __init__(self, model, tokenizer, memory, config: DreamingConfig, *, metric: Callable[[str, str], float],
+                 output_dir, engine: Engine | None = None, seed: int = 0):
+        self.config = instance("config", config, DreamingConfig)
+        integer("generator_level", config.generator_level, maximum=len(memory.config.levels) - 1)
+        if not callable(metric):
+            raise TypeError(f"metric must be callable (prediction, gold) -> float, got {type(metric).__name__}")
+        self.model, self.tokenizer, self.memory, self.metric = model, tokenizer, memory, metric
+        self.engine = engine or Engine(model, tokenizer)
+        self.root, self.seed = Path(output_dir), integer("seed", seed)
+        self.level, self.slot = config.generator_level, None
+        self.pad = pad_id(tokenizer)
+
+    @contextlib.contextmanager
+    def generator_on(self):
+        self.memory.activate(self.level, self.slot)
+        try:
+            yield
+        finally:
+            self.memory.deactivate(self.level, self.slot)
+
+    def fit(self, tasks, *, progress: bool = True) -> dict:
+        """Runs (or resumes) ``config.rounds`` ReST-EM rounds; returns ``{"rounds": [per-round metrics],
+        "base_scores", "generator": path}``."""
+        tasks = check_tasks(tasks)
+        checkpoint = latest_checkpoint(self.root / "rounds")
+        if checkpoint is not None:
+            _, state = load_checkpoint(checkpoint, self.memory)
+            self.slot, history, base = state["slot"], state["history"], state["base_scores"]
+        else:
+            self.slot = self.memory.new_expert(self.level)  # B = 0: round 0's generator is the model itself
+            self.memory.deactivate(self.level, self.slot)
+            draws = torch.Generator().manual_seed(self.seed)  # a seeded A, so a restarted round 0 is the same
+            with torch.no_grad():
+                for layer in sorted(self.memory.layers):
+                    self.memory.layers[layer].levels[self.level].A[self.slot].normal_(
+                        0.0, self.memory.config.init_std, generator=draws)
+            history, base = [], self.base_scores(tasks)
+        if len(base) != len(tasks):
+            raise ValueError(f"the run in {self.root} has {len(base)} tasks, got {len(tasks)}")
+        atomic_write_text(self._metrics_path(), "".join(json.dumps(record) + "\n" for record in history))
+        for index in range(len(history), self.config.rounds):
+            started = time.perf_counter()
+            round_dir = self.root / f"round-{index:02d}"
+            measured = self._measured(round_dir, tasks, base, index, progress)
+            update = self._rest_em(round_dir, measured, index, progress)
+            record = {"round": index, **measured["summary"], **update, "seconds": time.perf_counter() - started}
+            history.append(record)
+            save_checkpoint(self.root / "rounds", index + 1, tensors={"rng.torch": torch.get_rng_state()},
+                            memory=self.memory, state={"slot": self.slot, "history": history, "base_scores": base})
+            with open(self._metrics_path(), "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            save_generator(self.root / GENERATOR_FILE, expert_weights(self.memory, self.level, self.slot),
+                           info={"rounds": index + 1, "level": self.level})
+        return {"rounds": history, "base_scores": base, "generator": str(self.root / GENERATOR_FILE)}
+
+    def _metrics_path(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / "metrics.jsonl"
+
+    def _measured(self, round_dir: Path, tasks, base, index: int, progress: bool) -> dict:
+        saved = round_dir / "dreams.json"
+        if saved.is_file():
+            return json.loads(saved.read_text())
+        measured = self.measure(tasks, base, seed=self.seed * 1000 + index, progress=progress, desc=f"round {index}")
+        round_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, json.dumps(measured))
+        return measured
+
+    # ------------------------------------------------------------------ one round's measurement
+    def base_scores(self, tasks) -> list[float]:
+        """The unadapted model's closed-book score per task (experts as they are, generator off)."""
+        tasks = check_tasks(tasks)
+        with batched_adapters(self.memory, 1, rank=self.config.inner_rank) as adapters:
+            return self._scores(adapters, tasks, [-1] * len(tasks))
+
+    def _scores(self, adapters, tasks, index: list[int]) -> list[float]:
+        prompts, rows = [], []
+        for row, (task, k) in enumerate(zip(tasks, index)):
+            for question, gold in task.questions:
+                prompts.append(qa_prompt(self.tokenizer, question))
+                rows.append((row, k, gold))
+        answers = answer_with_adapters(self.model, self.tokenizer, adapters, prompts, [k for _, k, _ in rows])
+        totals = [0.0] * len(tasks)
+        for (row, _, gold), prediction in zip(rows, answers):
+            totals[row] += float(self.metric(prediction, gold))
+        return [total / len(task.questions) for total, task in zip(totals, tasks)]
+
+    def measure(self, tasks, base: list[float], *, seed: int, progress: bool = False, desc: str = "dreams") -> dict:
+        """Generate, select, inner loop and reward with the current generator (no update): per task
+        its dreams with ``selection_score``, ``kept``, ``score`` (adapted) and ``reward``, and a
+        ``summary`` (means over kept dreams; ``reward`` is the fraction rewarded)."""
+        c, tasks = self.config, check_tasks(tasks)
+        documents = [task.document for task in tasks]
+        with self.generator_on():
+            dreams = write_dreams(self.engine, self.tokenizer, self.memory, documents, c, seed=seed)
+        records = [[{**dream.to_json(), "kept": False, "selection_score": 0.0, "score": None, "reward": 0}
+                    for dream in own] for own in dreams]
+        kept = []  # (task, dream)
+        for t, (task, own) in enumerate(zip(tasks, dreams)):
+            examples = [dream_examples(self.tokenizer, dream.text) for dream in own]
+            selection = select_dreams(self.model, self.memory, examples, as_examples(self.tokenizer, [task.document]),
+                                      self.pad, c, seed=seed * 100_003 + t)
+            for k, value in enumerate(selection.scores):
+                records[t][k]["selection_score"] = value
+            for k in selection.kept:
+                records[t][k]["kept"] = True
+                kept.append((t, k))
+        bar = tqdm(total=len(kept), desc=f"{desc} inner loops", unit="dream", disable=not progress)
+        for start in range(0, len(kept), c.inner_adapters):
+            chunk = kept[start:start + c.inner_adapters]
+            examples = [dream_examples(self.tokenizer, dreams[t][k].text, tasks[t].document) for t, k in chunk]
+            scores = self._inner_loop(examples, [tasks[t] for t, _ in chunk], seed=seed * 7919 + start)
+            for (t, k), score in zip(chunk, scores):
+                records[t][k]["score"] = score
+            bar.update(len(chunk))
+            done = [records[t][k] for t, k in kept[:start + len(chunk)]]
+            bar.set_postfix(reward=f"{assign_rewards(records, base, c.reward, done):.2f}")
+        bar.close()
+        assign_rewards(records, base, c.reward)
+        scored = [records[t][k] for t, k in kept]
+        best = [max(r["score"] for r in own if r["kept"]) for own in records]
+        summary = {"documents": len(tasks), "dreams": sum(map(len, records)), "kept": len(kept),
+                   "base_score": sum(base) / len(base), "adapted_score": sum(r["score"] for r in scored) / len(scored),
+                   "best_score": sum(best) / len(best), "rewarded": sum(r["reward"] for r in scored),
+                   "reward": sum(r["reward"] for r in scored) / len(scored)}
+        return {"dreams": records, "summary": summary}
+
+    def _inner_loop(self, examples, tasks, *, seed: int) -> list[float]:
+        c = self.config
+        optimizer = OptimizerConfig(learning_rate=c.inner_learning_rate, compute_dtype=c.optimizer.compute_dtype)
+        with batched_adapters(self.memory, len(examples), rank=c.inner_rank, alpha=c.inner_alpha,
+                              generator=torch.Generator().manual_seed(seed)) as adapters:
+            runtime = BatchedRuntime(self.model, adapters, optimizer)
+            train_adapters(runtime, examples, self.pad, epochs=c.inner_epochs, batch_size=c.inner_batch_size,
+                           max_steps=c.inner_steps, max_tokens=c.inner_max_tokens, seed=seed)
+            return self._scores(adapters, tasks, list(range(len(tasks))))
+
+    # ------------------------------------------------------------------ ReST-EM
+    def _rest_em(self, round_dir: Path, measured: dict, index: int, progress: bool) -> dict:
+        pairs = [(r["prompt_ids"], r["token_ids"]) for own in measured["dreams"] for r in own if r["reward"]]
+        if not pairs:
+            return {"generator_steps": 0, "generator_loss": None}
+        c = self.config
+        loop = NextTokenConfig(steps=c.generator_steps, batch_size=c.generator_batch_size, optimizer=OptimizerConfig(
+            learning_rate=c.generator_learning_rate, compute_dtype=c.optimizer.compute_dtype))
+        context = StageContext(self.model, self.tokenizer, self.memory, self.engine, self.level, self.slot,
+                               seed=self.seed * 1000 + index)
+        with self.generator_on():
+            stage = NextTokenStage(context, loop)
+            summary = run_stage(stage, pairs, memory=self.memory, root=round_dir / "generator", seed=context.seed,
+                                progress=progress, desc=f"round {index} generator", log_fields={"round": index})
+        self.memory.deactivate(self.level, self.slot)
+        history = summary["history"]
+        return {"generator_steps": summary["steps"], "generator_loss": history[-1]["loss"] if history else None}

@@ -1,0 +1,290 @@
+"""Dreaming (issue 12) on tiny models: the config refuses bad input by field, selection keeps k + b
+and its batched gradient scores equal per-dream separate gradients, noise is an engine step hook,
+a Sleeper runs seeding then dreaming, and Dreamer.fit runs ReST-EM rounds, resumes to the same
+result and writes its metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import pytest
+import torch
+
+from sleepcore.configuration import from_dict
+from sleepcore.lm import as_examples, pad_id
+from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+from sleepcore.memory.batched import batched_adapters
+from sleepcore.models import tiny_model
+from sleepcore.rollout import Engine
+from sleepcore.sleep.config import SleepConfig
+from sleepcore.sleep.dream_config import DreamingConfig
+from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
+from sleepcore.sleep.dreamer import Dreamer, DreamTask, assign_rewards, check_tasks
+from sleepcore.sleep.dreams import dream_examples, dream_lines, load_generator, save_generator, write_dreams
+from sleepcore.sleep.inner_loop import answer_with_adapters
+from sleepcore.sleep.sft import NextTokenStage
+from sleepcore.train import OptimizerConfig
+from sleepcore.train.batched import BatchedRuntime
+from _sleepers import DATASET, make_sleeper, seeding
+
+FP32 = OptimizerConfig(compute_dtype="float32")
+
+
+def tiny_dreaming(**options) -> DreamingConfig:
+    values = dict(dreams_per_document=4, top_k=1, random_kept=1, max_new_tokens=16, inner_rank=4, inner_epochs=2,
+                  inner_learning_rate=0.05, rounds=2, generator_steps=2, generator_batch_size=2, steps=3,
+                  batch_size=4, optimizer=FP32)
+    return DreamingConfig(**{**values, **options})
+
+
+@pytest.fixture
+def wrapped():
+    model, tokenizer = tiny_model(DATASET.passages + DATASET.company_passages, seed=0)
+    torch.manual_seed(0)
+    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=4, slots=2),)))
+    return model, tokenizer, memory, Engine(model, tokenizer, kv_memory_bytes=32 << 20)
+
+
+def tasks(count: int = 3) -> list[DreamTask]:
+    return [DreamTask(passage, tuple((q.text, q.answer) for q in DATASET.questions_of(person)[:2]))
+            for passage, person in zip(DATASET.passages[:count], DATASET.people)]
+
+
+# ---------------------------------------------------------------------- config and input
+@pytest.mark.parametrize("options, error, field", [
+    (dict(dreams_per_document=3, top_k=2, random_kept=2), ValueError, "top_k + random_kept"),
+    (dict(prompts=("Summarise this.",)), ValueError, "prompts[0]"),
+    (dict(prompts=()), ValueError, "prompts"),
+    (dict(prompts="{document}"), TypeError, "prompts"),
+    (dict(dreams_per_document="4"), TypeError, "dreams_per_document"),
+    (dict(top_k=0), ValueError, "top_k"),
+    (dict(noise=1), TypeError, "noise"),
+    (dict(noise_scale=0.0), ValueError, "noise_scale"),
+    (dict(selection="entropy"), ValueError, "selection"),
+    (dict(reward="always"), ValueError, "reward"),
+    (dict(expert="old"), ValueError, "expert"),
+    (dict(rounds=0), ValueError, "rounds"),
+    (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
+    (dict(generator_path=3), TypeError, "generator_path"),
+])
+def test_bad_config_raises_naming_the_field(options, error, field):
+    with pytest.raises(error, match=field.replace("[", r"\[").replace("+", r"\+")):
+        DreamingConfig(**options)
+
+
+def test_dreaming_is_a_sleep_stage_read_from_toml():
+    config = from_dict(SleepConfig, {"stages": ["seeding", "dreaming"], "dreaming": {"top_k": 1, "selection": "cosine"}})
+    assert config.stages == ("seeding", "dreaming") and config.dreaming.selection == "cosine"
+    with pytest.raises(ValueError, match="dreaming.top_kk"):
+        from_dict(SleepConfig, {"dreaming": {"top_kk": 1}})
+    with pytest.raises(ValueError, match="dreaming.*top_k \\+ random_kept"):
+        from_dict(SleepConfig, {"dreaming": {"dreams_per_document": 2, "top_k": 2, "random_kept": 1}})
+
+
+def test_bad_tasks_raise_naming_the_field():
+    with pytest.raises(ValueError, match="tasks must not be empty"):
+        check_tasks([])
+    with pytest.raises(ValueError, match=r"tasks\[1\].questions"):
+        check_tasks([DreamTask("A.", (("Q?", "a"),)), DreamTask("B.", ())])
+    with pytest.raises(ValueError, match=r"tasks\[0\].document"):
+        check_tasks([DreamTask(" ", (("Q?", "a"),))])
+    with pytest.raises(TypeError, match=r"tasks\[0\]"):
+        check_tasks(["a document"])
+
+
+def test_a_dream_is_split_into_lines_with_the_document_last(wrapped):
+    _, tokenizer, _, _ = wrapped
+    assert dream_lines("- Ada was born in Lyon.\n\n2. She moved.\n  \n* Done") == ["Ada was born in Lyon.", "She moved.",
+                                                                                  "Done"]
+    examples = dream_examples(tokenizer, "First line here.\nSecond line here.", "The document.")
+    decoded = [tokenizer.decode(p + r) for p, r in examples]
+    assert decoded == ["First line here.", "Second line here.", "The document."]
+
+
+# ---------------------------------------------------------------------- writing and selection
+def test_noise_is_an_engine_step_hook_and_is_removed(wrapped):
+    model, tokenizer, memory, engine = wrapped
+    calls = []
+    real = memory.resample_noise
+    memory.resample_noise = lambda: calls.append(1) or real()
+    documents = DATASET.passages[:2]
+    noisy = write_dreams(engine, tokenizer, memory, documents, tiny_dreaming(noise_scale=200.0), seed=3)
+    quiet = write_dreams(engine, tokenizer, memory, documents, tiny_dreaming(noise=False), seed=3)
+    assert len(calls) > 2 and not engine._step_hooks
+    assert all(mlp.noise is None for mlp in memory.layers.values())
+    assert [len(own) for own in noisy] == [4, 4] and [d.prompt for d in noisy[0]] == [0, 0, 1, 2]
+    assert [d.token_ids for own in noisy for d in own] != [d.token_ids for own in quiet for d in own]
+    again = write_dreams(engine, tokenizer, memory, documents, tiny_dreaming(noise_scale=200.0), seed=3)
+    assert [d.token_ids for own in again for d in own] == [d.token_ids for own in noisy for d in own]
+
+
+def _dream_sets(tokenizer):
+    rng = random.Random(0)
+    words = " ".join(DATASET.passages).split()
+    return [[as_examples(tokenizer, [" ".join(rng.sample(words, rng.randint(3, 9)))])[0]
+             for _ in range(rng.randint(1, 3))] for _ in range(5)]
+
+
+def test_batched_gradient_scores_equal_separate_per_dream_gradients(wrapped):
+    model, tokenizer, memory, _ = wrapped
+    dreams, pad = _dream_sets(tokenizer), pad_id(tokenizer)
+    document = as_examples(tokenizer, [DATASET.passages[0]])
+    batched = dream_gradient_scores(model, memory, dreams, pad, score="norm", rank=4, optimizer=FP32, seed=5)
+    cosine = dream_gradient_scores(model, memory, dreams, pad, score="cosine", document=document, rank=4,
+                                   optimizer=FP32, seed=5)
+
+    def gradient(examples):
+        with batched_adapters(memory, 1, rank=4, generator=torch.Generator().manual_seed(5)) as adapters:
+            loss, _ = BatchedRuntime(model, adapters, FP32).next_token_loss([examples], pad)
+            loss.backward()
+            return torch.cat([p.grad.reshape(-1) for p in adapters.parameters()]).double()
+
+    separate = [gradient(examples) for examples in dreams]
+    norms = [g.norm().item() for g in separate]
+    assert batched == pytest.approx(norms, rel=1e-5)
+    assert sorted(range(5), key=lambda i: -batched[i]) == sorted(range(5), key=lambda i: -norms[i])
+    reference = gradient(document)
+    cosines = [(g @ reference / (g.norm() * reference.norm())).item() for g in separate]
+    assert cosine == pytest.approx(cosines, rel=1e-5, abs=1e-7)
+
+
+def test_selection_keeps_top_k_plus_b_random(wrapped):
+    model, tokenizer, memory, _ = wrapped
+    scores = [0.1, 0.9, 0.5, 0.9, 0.2, 0.3]
+    kept = keep(scores, 2, 2, random.Random(0))
+    assert kept[:2] == [1, 3] and len(set(kept)) == 4 and set(kept[2:]) <= {0, 2, 4, 5}
+    with pytest.raises(ValueError, match="exceeds"):
+        keep(scores, 5, 2, random.Random(0))
+    dreams = _dream_sets(tokenizer)
+    document = as_examples(tokenizer, [DATASET.passages[0]])
+    for selection in ("norm", "cosine", "random"):
+        config = tiny_dreaming(dreams_per_document=5, top_k=2, random_kept=1, selection=selection)
+        chosen = select_dreams(model, memory, dreams, document, pad_id(tokenizer), config, seed=1)
+        assert len(chosen.kept) == 3 and len(set(chosen.kept)) == 3 and len(chosen.scores) == 5
+        if selection != "random":
+            best = sorted(range(5), key=lambda i: (-chosen.scores[i], i))[:2]
+            assert chosen.kept[:2] == best
+
+
+# ---------------------------------------------------------------------- the stage in a sleep
+@pytest.mark.parametrize("expert", ["consolidated", "new"])
+def test_a_sleeper_runs_seeding_then_dreaming(tmp_path, expert):
+    config = seeding(steps=2, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
+    sleeper = make_sleeper(config, stages=("seeding", "dreaming"), output_dir=str(tmp_path), checkpoint_every=1,
+                           dreaming=tiny_dreaming(expert=expert))
+    sleeper.wake(DATASET.passages)
+    summary = sleeper.sleep(progress=False)
+    dreaming = summary["stages"]["dreaming"]
+    assert dreaming["steps"] == 3 and dreaming["dreams"] == 12 and dreaming["kept"] == 6
+    assert dreaming["examples"] >= 3 and dreaming["tokens"] > 0 and dreaming["samples"]
+    slot = summary["slot"] if expert == "consolidated" else 1 - summary["slot"]
+    assert dreaming["expert"] == [0, slot]
+    assert sorted(sleeper.memory.active_slots(0)) == sorted({summary["slot"], slot})
+    lines = (tmp_path / "sleep-000" / "dreaming" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stage"] for line in lines] == ["dreaming"] * 3
+
+
+def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, monkeypatch):
+    sleeper = make_sleeper(seeding(), stages=("dreaming",), dreaming=tiny_dreaming())
+    weights = {layer: (torch.randn(8, 64) * 0.1, torch.randn(64, 8) * 0.1) for layer in sleeper.memory.layers}
+    save_generator(tmp_path / "generator.safetensors", weights, info={"rounds": 1})
+    loaded = load_generator(tmp_path / "generator.safetensors")
+    assert all(torch.equal(loaded[k][0], weights[k][0]) for k in weights)
+    seen = []
+    import sleepcore.sleep.dreaming as dreaming_module
+    real_write = dreaming_module.write_dreams
+
+    def spy(engine, tokenizer, memory, *args, **kwargs):
+        seen.append(memory.active_slots(0))
+        return real_write(engine, tokenizer, memory, *args, **kwargs)
+
+    monkeypatch.setattr(dreaming_module, "write_dreams", spy)
+    generator = str(tmp_path / "generator.safetensors")
+    sleeper.config = dataclasses.replace(sleeper.config, dreaming=tiny_dreaming(generator_path=generator))
+    sleeper.wake(DATASET.passages)
+    summary = sleeper.sleep(progress=False)
+    assert seen == [[0, 1]] and sleeper.memory.active_slots(0) == [summary["slot"]]
+    with pytest.raises(FileNotFoundError, match="generator_path"):
+        load_generator(tmp_path / "missing.safetensors")
+
+
+# ---------------------------------------------------------------------- meta-training
+def _changed_answer_metric(model, tokenizer, memory):
+    """A stand-in for "contains" on a random model: 1 when the answer differs from the unadapted one."""
+    from sleepcore.lm import qa_prompt
+    prompts = [qa_prompt(tokenizer, q) for task in tasks() for q, _ in task.questions]
+    with batched_adapters(memory, 1, rank=4) as adapters:
+        base = set(answer_with_adapters(model, tokenizer, adapters, prompts, [-1] * len(prompts)))
+    return lambda prediction, gold: float(prediction not in base)
+
+
+def _fit(wrapped, root, rounds, **options):
+    model, tokenizer, memory, engine = wrapped
+    dreamer = Dreamer(model, tokenizer, memory, tiny_dreaming(rounds=rounds, **options),
+                      metric=_changed_answer_metric(model, tokenizer, memory), output_dir=root, engine=engine, seed=2)
+    return dreamer, dreamer.fit(tasks(), progress=False)
+
+
+def _weights(memory, slot):
+    return torch.cat([p.detach().reshape(-1) for p in memory.trainable(0, slot)])
+
+
+def test_dreamer_fit_runs_two_rounds_and_writes_metrics(wrapped, tmp_path):
+    dreamer, result = _fit(wrapped, tmp_path, 2)
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1] and all(r["kept"] == 6 and r["dreams"] == 12 for r in rounds)
+    assert rounds[0]["rewarded"] > 0 and rounds[0]["generator_steps"] == 2
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [0, 1] and {"reward", "base_score", "adapted_score"} <= set(lines[0])
+    generator = load_generator(result["generator"])
+    memory = dreamer.memory
+    assert all(torch.equal(generator[k][1], memory.layers[k].levels[0].B[dreamer.slot]) for k in generator)
+    assert dreamer.slot not in memory.active_slots(0)
+    saved = json.loads((tmp_path / "round-00" / "dreams.json").read_text())
+    assert sum(d["kept"] for own in saved["dreams"] for d in own) == 6
+
+
+def test_dreamer_resumes_to_the_same_result(tmp_path, monkeypatch):
+    fresh = lambda: tiny_model(DATASET.passages + DATASET.company_passages, seed=0)  # noqa: E731
+
+    def wrapped_again():
+        model, tokenizer = fresh()
+        memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=4, slots=2),)))
+        return model, tokenizer, memory, Engine(model, tokenizer, kv_memory_bytes=32 << 20)
+
+    straight, result = _fit(wrapped_again(), tmp_path / "a", 2)
+    _fit(wrapped_again(), tmp_path / "b", 1)  # stopped after round 1 ...
+    real_step, calls = NextTokenStage.step, {"n": 0}
+
+    def crash(self, batch):  # ... and crashed in round 2's generator update
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(NextTokenStage, "step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(wrapped_again(), tmp_path / "b", 2)
+    monkeypatch.setattr(NextTokenStage, "step", real_step)
+    resumed, again = _fit(wrapped_again(), tmp_path / "b", 2)
+    strip = lambda rounds: [{k: v for k, v in r.items() if k != "seconds"} for r in rounds]  # noqa: E731
+    assert strip(again["rounds"]) == strip(result["rounds"])
+    assert torch.equal(_weights(resumed.memory, resumed.slot), _weights(straight.memory, straight.slot))
+
+
+def test_reward_rules():
+    def records():
+        return [[{"kept": True, "score": 0.5}, {"kept": True, "score": 1.0}, {"kept": False, "score": None},
+                 {"kept": True, "score": 1.0}],
+                [{"kept": True, "score": 0.0}, {"kept": True, "score": 0.2}]]
+
+    improves = records()
+    assert assign_rewards(improves, [0.5, 0.2], "improves") == pytest.approx(2 / 5)
+    assert [[r.get("reward") for r in own] for own in improves] == [[0, 1, None, 1], [0, 0]]
+    best = records()
+    assert assign_rewards(best, [0.5, 0.1], "best_of_m") == pytest.approx(2 / 5)
+    assert [[r.get("reward") for r in own] for own in best] == [[0, 1, None, 0], [0, 1]]
+    with pytest.raises(ValueError, match="rule"):
+        assign_rewards(records(), [0, 0], "best")
