@@ -1,7 +1,7 @@
 """sleepcore: fused kernels and a wake/sleep cycle that turns what a language model read into
 lasting weights. `sleepcore COMMAND --help` describes each command.
 
-One module per command (demo, run, eval, bench, info), each with add_arguments(parser) and
+One module per command (demo, run, eval, dream, bench, info), each with add_arguments(parser) and
 run(args) -> int, in the registry COMMANDS. A command's config is a dataclass loaded from
 --config FILE.toml by one loader (sleepcore.configuration, unknown keys refused by path), with
 the command's flags and --set KEY.PATH=VALUE on top.
@@ -13,10 +13,10 @@ import argparse
 import sys
 from typing import Callable
 
-from sleepcore.cli import bench, demo, eval as evaluation, info, run
+from sleepcore.cli import bench, demo, dream, eval as evaluation, info, run
 from sleepcore.cli.options import describe
 
-COMMANDS = {"demo": demo, "run": run, "eval": evaluation, "bench": bench, "info": info}
+COMMANDS = {"demo": demo, "run": run, "eval": evaluation, "dream": dream, "bench": bench, "info": info}
 
 
 def build_parser() -> argparse.ArgumentParser:
