@@ -37,6 +37,12 @@ class DreamingConfig:
     most ``max_new_tokens`` tokens each, with random-expert ``noise`` of ``noise_scale`` redrawn
     every engine step (``noise_resample = "step"``) or once per generate call (``"call"``). A dream
     is split into lines, each its own example, the document last (SEAL's sequence builder).
+    The noise expert's ``A`` and ``B`` are both ``N(0, (init_std * noise_scale)^2)``, so its effect
+    grows as the square of the scale. Measured on SmolLM2-135M-Instruct (one draw, a biography
+    passage; KL(base || noisy) per token of the next-token distribution): scale 1: 3e-4 nats
+    (dreams identical token for token to those without noise), 2: 0.005, 3: 0.02, 4: 0.065,
+    5: 0.14, 10: 5.0 (gibberish). The default 4 is a perturbation a sampler notices; its effect
+    on the reward is not measured yet.
 
     Selection: each dream's SFT-loss gradient on a fresh inner-loop adapter, scalarised by
     ``selection``: ``"norm"`` (default), ``"cosine"`` (with the document's gradient) or ``"random"``
@@ -66,7 +72,7 @@ class DreamingConfig:
     top_k: int = 2
     random_kept: int = 1
     noise: bool = True
-    noise_scale: float = 1.0
+    noise_scale: float = 4.0
     noise_resample: str = "step"
     selection: str = "norm"
     max_new_tokens: int = 192
