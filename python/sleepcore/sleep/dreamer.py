@@ -197,6 +197,9 @@ class Dreamer:
         """Generate, select, inner loop and reward with the current generator (no update): per task
         its dreams with ``selection_score``, ``kept``, ``score`` (adapted) and ``reward``, and a
         ``summary`` (means over kept dreams; ``reward`` is the fraction rewarded)."""
+        if self.slot is None:
+            raise RuntimeError("measure() needs the generator: call fit() first (rounds = 0 is not allowed; "
+                               "an untrained generator is fit's round 0)")
         c, tasks = self.config, check_tasks(tasks)
         documents = [task.document for task in tasks]
         with self.generator_on():
