@@ -1,4 +1,4 @@
-"""Sleep benchmark (issue 5's targets): the knowledge suite on SmolLM2-135M-Instruct, CPU, fixed seed.
+"""Sleep benchmark (issues 5, 11 and 12's targets): the knowledge suite on SmolLM2-135M-Instruct, CPU, fixed seed.
 
 It runs ``sleepcore.tasks.knowledge_suite`` (base, in-context, SFT, GKD only, full Knowledge
 Seeding at one token budget; a 1-person sleep, then a 50-person sleep), prints the table and the
@@ -7,18 +7,34 @@ last sleep; retention of the earlier sleep within 5 points; drift KL no larger t
 knowledge.json/.png to ``--output-dir`` and appends one row per method and sleep to
 ``bench/results/sleep-knowledge-<device>.csv``.
 
-Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--tiny]``
+Issue 12 (Dreaming; ``--dreaming``): the methods base, in-context, ks (= Sleep without Dreaming),
+seal, sleep, sleep-no-selection, sleep-no-noise and dreaming-round0, every row from documents alone
+(``wake_questions`` off, so ks sees no question either), on held-out people; the generators are
+meta-trained once by ReST-EM on 20 training people of another seed (names disjoint). Targets
+(``tasks.knowledge_report.check_targets``, last sleep, 1-hop "contains"): Sleep closes >= 0.5 of
+the closed-book gap ((sleep - base) / (in-context - base)) and >= 2x Knowledge Seeding's gap
+closure; the ordering sleep >= seal > ks >= base; Sleep's retention within 5 points and its drift
+KL against SFT's (add sft to ``--methods`` for that one); each generator's ReST-EM reward higher
+after the last round than at round 0. The CSV gets one row per generator and round too
+(``case = rest-em``). Budget: the whole run under 2 hours on the 2-core machine (not measured yet).
+
+Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--dreaming] [--tiny]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from sleepcore.benchmarks import harness
 from sleepcore.cli.eval import config_from_arguments, run_knowledge_eval
 from sleepcore.models import DEFAULT_MODEL
 from sleepcore.tasks.knowledge_report import check_targets, retention_delta
+
+#: Issue 12's table (``--dreaming``).
+DREAMING_TABLE = ("base", "in-context", "ks", "seal", "sleep", "sleep-no-selection", "sleep-no-noise",
+                  "dreaming-round0")
 
 
 def rows_of(report: dict) -> list[dict]:
@@ -32,6 +48,10 @@ def rows_of(report: dict) -> list[dict]:
                          "contains": sleep["one_hop"]["contains"], "two_hop_contains": sleep["two_hop"]["contains"],
                          "retention_df1": min(deltas) if deltas and index == len(entry["sleeps"]) - 1 else "",
                          "drift_kl": entry.get("drift_kl", ""), "seconds": sleep.get("train_seconds", "")})
+    for name, generator in (report.get("dreaming") or {}).get("generators", {}).items():
+        for index, reward in enumerate(generator["reward_per_round"]):
+            rows.append({"bench": "sleep", "case": "rest-em", "model": report["model"], "provider": f"{name}-generator",
+                         "round": index, "reward": reward})
     return rows
 
 
@@ -41,10 +61,15 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default=None)
     parser.add_argument("--tokens-per-document", type=int, default=None)
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke run)")
+    parser.add_argument("--dreaming", action="store_true",
+                        help=f"issue 12: methods {','.join(DREAMING_TABLE)} (unless --methods), documents only")
     parser.add_argument("--output-dir", default="bench-sleep")
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args(argv)
-    config = config_from_arguments(args.tiny, args.sleeps, args.methods, args.tokens_per_document)
+    methods = args.methods or (",".join(DREAMING_TABLE) if args.dreaming else None)
+    config = config_from_arguments(args.tiny, args.sleeps, methods, args.tokens_per_document)
+    if args.dreaming:
+        config = dataclasses.replace(config, wake_questions=False)
     report = run_knowledge_eval("tiny" if args.tiny else DEFAULT_MODEL, config, output_dir=args.output_dir)
     for check in check_targets(report):
         print(check)

@@ -16,13 +16,15 @@ from sleepcore.cli.options import add_config_arguments, by_tiny, configure, desc
 from sleepcore.configuration import with_overrides
 from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
 from sleepcore.sleep.config import KnowledgeSeedingConfig
+from sleepcore.tasks.knowledge_dreaming import TINY_DREAMING, DreamTraining
 from sleepcore.tasks.knowledge_report import format_table, write_report
 from sleepcore.tasks.knowledge_suite import KnowledgeSuite, KnowledgeSuiteConfig, documents_of, sleep_groups
 
 #: ``--tiny``: the same protocol on a tiny random model in seconds (for tests).
 TINY_CONFIG = KnowledgeSuiteConfig(
     sleeps=(1, 3), tokens_per_document=24, prompts_per_document=2, drift_prompts=4, drift_tokens=8, fast_period=32,
-    seeding=KnowledgeSeedingConfig(steps=1000, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1))
+    seeding=KnowledgeSeedingConfig(steps=1000, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1),
+    dreaming=TINY_DREAMING, dream_training=DreamTraining(people=2))
 
 KNOWLEDGE_DESCRIPTION = """\
 The knowledge suite (sleepcore.tasks.knowledge_suite): base, in-context, SFT, GKD and Knowledge
@@ -30,7 +32,10 @@ Seeding at the same sleep budgets (each trained row once per multiplier of --bud
 ceilings oracle and paraphrase-oracle (SFT on the gold answers), on a packaged model, a local model
 folder or (--tiny) a tiny random model. Prints the table (closed-book contains first, gold-answer
 log-prob, teachable subset, gap closure, costs) and writes knowledge.json (with per-step history),
-knowledge.png and knowledge_budgets.png (contains against trained tokens and seconds).
+knowledge.png and knowledge_budgets.png (contains against trained tokens and seconds). Issue 12's
+Dreaming rows (seal, sleep, sleep-no-selection, sleep-no-noise, dreaming-round0) see documents only
+and dream with generators meta-trained once per run (ReST-EM, on training people disjoint from the
+evaluated ones); their reward per round is in the table, knowledge.json and knowledge_dreaming.png.
 """
 
 KNOWLEDGE_EXAMPLE = """\
@@ -39,11 +44,17 @@ output_dir = "sleepcore-eval"     # checkpoints, knowledge.json, knowledge.png
 tiny = false                      # true: the tiny random model and the small protocol (TINY_CONFIG)
 [suite]                           # KnowledgeSuiteConfig fields
 sleeps = [1, 50]                  # people per sleep, in order
-methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-memory, oracle, paraphrase-oracle
+methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-memory, oracle, paraphrase-oracle, and
+                                  # seal, sleep, sleep-no-selection, sleep-no-noise, dreaming-round0
 tokens_per_document = 200         # the sleep budget
 budgets = [1.0]                   # multipliers of it: one run of each trained row per multiplier
 [suite.seeding]                   # KnowledgeSeedingConfig fields
 max_new_tokens = 40
+[suite.dreaming]                  # DreamingConfig fields (the Dreaming rows and their generators)
+rounds = 2
+[suite.dream_training]            # generators' training people (seed 1000) and Sleep's dreaming share
+people = 20
+share = 0.5
 """
 
 
@@ -110,7 +121,8 @@ def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", default=None, help="a tiny random model and a small protocol")
     parser.add_argument("--sleeps", help="people per sleep, in order, e.g. 1,50 (suite.sleeps)")
     parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-memory,oracle,"
-                                          "paraphrase-oracle (suite.methods)")
+                                          "paraphrase-oracle and issue 12's seal,sleep,sleep-no-selection,"
+                                          "sleep-no-noise,dreaming-round0 (suite.methods)")
     parser.add_argument("--tokens-per-document", type=int, help="the sleep budget (suite.tokens_per_document)")
     parser.add_argument("--budgets", help="multipliers of the sleep budget, e.g. 1,4,16: each trained row runs once "
                                           "per multiplier (suite.budgets)")

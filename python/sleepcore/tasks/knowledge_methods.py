@@ -75,9 +75,11 @@ class TrainedRow:
     :meth:`sleep` runs the next group's sleep and returns ``(stage summary, budget)``. The suite
     resets the memory levels before a row starts."""
 
+    methods = SLEEPER_METHODS + ORACLE_METHODS  # a subclass's rows (the Dreaming rows) name their own
+
     def __init__(self, suite, method: str, multiplier: float, folder):
-        if method not in SLEEPER_METHODS + ORACLE_METHODS:
-            raise ValueError(f"method must be one of {SLEEPER_METHODS + ORACLE_METHODS}, got {method!r}")
+        if method not in self.methods:
+            raise ValueError(f"method must be one of {self.methods}, got {method!r}")
         self.suite, self.method, self.multiplier, self.folder = suite, method, multiplier, folder
         self.sleeper, self.sleeps = None, 0
 

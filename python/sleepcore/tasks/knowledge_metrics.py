@@ -119,12 +119,16 @@ def compact_history(history: list[dict]) -> dict[str, list]:
     return {name: [step.get(name) for step in history] for name in fields}
 
 
+#: A sleep summary's own figures that its costs keep (``dreaming``: the Dreaming rows' stages and dreams).
+EXTRA_FIELDS = ("kl_before", "kl_after", "replay_samples", "coverage", "examples", "dreaming")
+
+
 def sleep_costs(summary: dict, budget: int, seconds: float) -> dict:
     """A sleep's budget and costs from its stage summary: ``tokens`` (trained), ``forward_tokens``,
     ``seconds`` (the whole sleep: replay sampling included), ``steps`` and the stage's own figures
     (replay KL before/after, replay samples) where present."""
     forward = summary.get("prepare_forward_tokens", 0) + sum(step.get("forward_tokens", 0) or 0
                                                              for step in summary["history"])
-    extra = {key: summary[key] for key in ("kl_before", "kl_after", "replay_samples", "coverage", "examples") if key in summary}
+    extra = {key: summary[key] for key in EXTRA_FIELDS if key in summary}
     return {"tokens": summary["tokens"], "forward_tokens": forward, "budget": budget, "train_seconds": seconds,
             "steps": summary["steps"], **extra}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sleepcore.tasks.knowledge_dreaming import dreaming_targets, plot_rewards, reward_lines
 from sleepcore.tasks.knowledge_plots import plot_budgets, plot_report
 
 #: Ratio targets (issue 5 on EM; issue 11 on contains): (name, metric, method, baseline, factor).
@@ -24,7 +25,8 @@ RETENTION_POINTS = 5.0
 
 def write_report(report: dict, output_dir) -> Path:
     """Writes ``knowledge.json`` (atomically), ``knowledge.png`` and ``knowledge_budgets.png``
-    (:mod:`sleepcore.tasks.knowledge_plots`); returns the JSON's path."""
+    (:mod:`sleepcore.tasks.knowledge_plots`), and with Dreaming rows ``knowledge_dreaming.png`` (the
+    ReST-EM reward per round); returns the JSON's path."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     path = output / "knowledge.json"
@@ -33,6 +35,7 @@ def write_report(report: dict, output_dir) -> Path:
     temporary.replace(path)
     plot_report(report, output / "knowledge.png")
     plot_budgets(report, output / "knowledge_budgets.png")
+    plot_rewards(report, output / "knowledge_dreaming.png")
     return path
 
 
@@ -75,7 +78,7 @@ def check_targets(report: dict) -> list[dict]:
     if "ks" in report["results"] and "sft" in report["results"]:
         ks, sft = report["results"]["ks"]["drift_kl"], report["results"]["sft"]["drift_kl"]
         checks.append({"target": "ks drift KL <= sft drift KL", "value": ks, "baseline": sft, "met": ks <= sft})
-    return checks
+    return checks + dreaming_targets(report)  # issue 12
 
 
 def runs_of(entry: dict) -> list[dict]:
@@ -122,6 +125,7 @@ def format_table(report: dict) -> str:
                 tail = _cell(min(deltas) if deltas else None, "+.1f", 10) + _cell(
                     run.get("drift_kl") if last else None, ".4f", 10)
                 lines.append(f"{method:<18}{budget:>7}{index:>6}{cells}{tail}")
+    lines += reward_lines(report)
     for check in check_targets(report):
         verdict = {True: "met", False: "NOT met", None: "undefined"}[check["met"]]
         ratio = f", ratio {check['ratio']:.2f}" if check.get("ratio") is not None else ""

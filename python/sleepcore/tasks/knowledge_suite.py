@@ -16,7 +16,10 @@ Protocol:
   the consolidated memory level and keeping the earlier ones. Every trained row stops at the same
   token budget per sleep, ``tokens_per_document * multiplier * documents``; it runs once per
   multiplier of ``budgets`` (the budget curves), each run from the unchanged model. The fast
-  level's wake training (``ks-memory``) is not counted in the budget.
+  level's wake training (``ks-memory``) is not counted in the budget. The Dreaming rows (issue 12:
+  ``seal``, ``sleep``, its ablations, ``dreaming-round0``; :mod:`sleepcore.tasks.knowledge_dreaming`)
+  see documents only, at the same budget, with generators meta-trained once per run on training
+  people disjoint from these (their ReST-EM rewards per round are the report's ``dreaming``).
 * After each sleep, on that group's questions (:mod:`sleepcore.tasks.knowledge_eval`): closed-book
   contains (the primary score), EM and token F1 on the 1-hop questions and contains/EM on the 2-hop
   ones, each question's contains, and the gold answers' teacher-forced log-probability. Then
@@ -47,8 +50,11 @@ from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.ops import fused_linear_jsd
 from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
+from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.train import OptimizerConfig
 from sleepcore.tasks.biographies import BiographyConfig, BiographyDataset, generate_biographies
+from sleepcore.tasks.knowledge_dreaming import (DREAMING_METHODS, DreamingRow, DreamTraining, check_suite_dreaming,
+                                                experts_per_sleep, train_generators)
 from sleepcore.tasks.knowledge_eval import evaluate
 from sleepcore.tasks.knowledge_methods import (CONSOLIDATED_LEVEL, FAST_LEVEL, ORACLE_METHODS, SLEEPER_METHODS,
                                                TrainedRow, documents_of, wake_questions_of)
@@ -58,7 +64,7 @@ __all__ = ["DEFAULT_METHODS", "METHODS", "TRAINED_METHODS", "UNTRAINED_METHODS",
            "KnowledgeSuite", "KnowledgeSuiteConfig", "documents_of", "sleep_groups", "wake_questions_of"]
 
 UNTRAINED_METHODS = ("base", "in-context")
-TRAINED_METHODS = SLEEPER_METHODS + ORACLE_METHODS
+TRAINED_METHODS = SLEEPER_METHODS + ORACLE_METHODS + DREAMING_METHODS
 METHODS = UNTRAINED_METHODS + TRAINED_METHODS
 DEFAULT_METHODS = ("base", "in-context", "sft", "gkd", "ks")
 DRIFT_PROMPTS = (
@@ -92,6 +98,9 @@ class KnowledgeSuiteConfig:
         rank: the experts' rank (None: the memory's default for the model's size).
         drift_prompts, drift_tokens: how many generic prompts (of :data:`DRIFT_PROMPTS`) and the
             length of the original model's answers that drift is measured on.
+        dreaming, dream_training: the Dreaming rows' config (their generators are meta-trained with it
+            and it runs at sleep time) and how the generators are meta-trained and a Sleep row's budget
+            shared (:mod:`sleepcore.tasks.knowledge_dreaming`).
     """
 
     sleeps: tuple[int, ...] = (1, 50)
@@ -111,6 +120,8 @@ class KnowledgeSuiteConfig:
     drift_prompts: int = len(DRIFT_PROMPTS)
     drift_tokens: int = 48
     seed: int = 0
+    dreaming: DreamingConfig = field(default_factory=DreamingConfig)
+    dream_training: DreamTraining = field(default_factory=DreamTraining)
 
     def __post_init__(self):
         self.sleeps, self.methods = tuple(self.sleeps), tuple(self.methods)
@@ -131,6 +142,7 @@ class KnowledgeSuiteConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.drift_prompts > len(DRIFT_PROMPTS):
             raise ValueError(f"drift_prompts must be at most {len(DRIFT_PROMPTS)}, got {self.drift_prompts}")
+        check_suite_dreaming(self.dreaming, self.dream_training)
 
 
 def sleep_groups(config: KnowledgeSuiteConfig) -> list[BiographyDataset]:
@@ -155,10 +167,11 @@ class KnowledgeSuite:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.output_dir, self.progress = Path(output_dir), progress
         levels = (LevelConfig(rank=config.rank, slots=1, period=config.fast_period),
-                  LevelConfig(rank=config.rank, slots=len(config.sleeps)))
+                  LevelConfig(rank=config.rank, slots=len(config.sleeps) * experts_per_sleep(config)))
         self.memory = ContinuumMemory.wrap(model, MemoryConfig(levels=levels))
         self.engine = Engine(model, tokenizer, kv_memory_bytes=kv_memory_bytes)
         self.groups = sleep_groups(config)
+        self.dreaming = None  # the Dreaming rows' generators (train_generators), once per run
 
     def run(self) -> dict:
         """Every row (the untrained ones first); returns the report (also what
@@ -168,6 +181,8 @@ class KnowledgeSuite:
         results = {method: self._untrained(method) for method in methods if method in UNTRAINED_METHODS}
         trained = [method for method in methods if method in TRAINED_METHODS]
         drift_set = self._drift_set() if trained else []
+        if any(method in DREAMING_METHODS for method in trained):
+            self.dreaming = train_generators(self)
         for method in trained:
             runs = [self._run(method, multiplier, drift_set) for multiplier in self.config.budgets]
             primary = max(runs, key=lambda run: run["budget"])
@@ -176,6 +191,8 @@ class KnowledgeSuite:
                   "documents": [len(documents_of(g)) for g in self.groups],
                   "results": {method: results[method] for method in methods},
                   "seconds": time.perf_counter() - started}
+        if self.dreaming is not None:
+            report["dreaming"] = self.dreaming
         add_derived(report)
         return report
 
@@ -193,7 +210,8 @@ class KnowledgeSuite:
         self._reset()
         folder = self.output_dir / method / f"x{multiplier:g}"
         shutil.rmtree(folder, ignore_errors=True)  # a run starts afresh (its own folder only)
-        row, sleeps, history, started = TrainedRow(self, method, multiplier, folder), [], [], time.perf_counter()
+        row = (DreamingRow if method in DREAMING_METHODS else TrainedRow)(self, method, multiplier, folder)
+        sleeps, history, started = [], [], time.perf_counter()
         for group in self.groups:
             began = time.perf_counter()
             summary, budget = row.sleep(group)

@@ -1,0 +1,283 @@
+"""The knowledge suite's Dreaming rows (issue 12): SEAL, Sleep and its ablations, and Dreaming with
+the untrained generator, on the held-out people, from documents alone (no question is asked while
+awake in these rows).
+
+* **Generators**, meta-trained once per suite run (:func:`train_generators`) by
+  :class:`~sleepcore.sleep.dreamer.Dreamer` (ReST-EM, "contains" as the reward metric) on
+  ``dream_training.people`` training people of another biography seed, any of them whose name is an
+  evaluation person's dropped (so the two sets are disjoint by name). The generator is an expert of
+  the suite's fast level (level 0, unused by these rows), so it has the sleep experts' rank. Two
+  generators: Sleep's (the suite's ``dreaming`` config as it is) and SEAL's (the same without noise
+  and without selection: every dream kept, ``top_k = dreams_per_document``, ``random_kept = 0``).
+  After the last round the trained generator is measured once more (``Dreamer.measure``), so
+  ``reward_per_round`` is round 0 (the untrained model) ... round R (after R updates).
+* **Rows** (:class:`DreamingRow`, each a :class:`~sleepcore.sleep.sleeper.Sleeper`):
+  ``sleep`` = Knowledge Seeding then Dreaming with Sleep's generator; ``sleep-no-selection`` the
+  same with ``selection = "random"``; ``sleep-no-noise`` with ``noise = False`` (both ablations
+  switch the component off at sleep time; the generator is Sleep's); ``dreaming-round0`` the same
+  as ``sleep`` with the untrained generator (SEAL reports its base model's self-edits the same
+  way); ``seal`` = Dreaming alone with SEAL's generator, without noise or selection.
+* **Budget**: the other rows' rule, ``tokens_per_document * multiplier * documents`` trained tokens
+  per sleep. A Sleep row gives ``dream_training.share`` of it to the dreaming stage and the rest to
+  Knowledge Seeding; ``seal`` gives it all to dreaming. Each stage stops at the first step that
+  reaches its share (so a sleep may pass the budget by one batch per stage, as the other rows pass
+  it by one batch); the step caps scale with the multiplier as the other rows' do, so the budget,
+  not the cap, ends a sleep. Dream writing and selection are forward-only: not in the budget, and
+  not in the table's forward tokens either (the stage does not count them); their time is in the
+  sleep's seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sleepcore.sleep.config import SleepConfig
+from sleepcore.sleep.dream_config import DreamingConfig
+from sleepcore.sleep.dreamer import Dreamer, DreamTask
+from sleepcore.sleep.sleeper import Sleeper
+from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
+from sleepcore.tasks.knowledge_methods import FAST_LEVEL, TrainedRow, documents_of, step_cap
+from sleepcore.tasks.metrics import contains_match
+from sleepcore.train import OptimizerConfig
+from sleepcore.validation import instance, integer, number
+
+DREAMING_METHODS = ("seal", "sleep", "sleep-no-selection", "sleep-no-noise", "dreaming-round0")
+#: The generator each row dreams with (None: the untrained model).
+GENERATOR_OF = {"seal": "seal", "sleep": "sleep", "sleep-no-selection": "sleep", "sleep-no-noise": "sleep",
+                "dreaming-round0": None}
+#: ``--tiny``'s Dreaming: a few short dreams, one ReST-EM round (seconds on the tiny model).
+TINY_DREAMING = DreamingConfig(dreams_per_document=2, top_k=1, random_kept=0, max_new_tokens=16, inner_rank=4,
+                               inner_epochs=1, rounds=1, generator_steps=1, generator_batch_size=2, batch_size=4,
+                               optimizer=OptimizerConfig(compute_dtype="float32"))
+
+
+@dataclass
+class DreamTraining:
+    """How the suite meta-trains its generators and shares a Sleep row's budget.
+
+    Args:
+        people: training people (biographies of ``seed``; any sharing an evaluation person's name is dropped).
+        seed: their biography seed (the suite's evaluation people use ``KnowledgeSuiteConfig.seed``).
+        share: the fraction of a Sleep row's budget for the dreaming stage (the rest: Knowledge Seeding).
+    """
+
+    people: int = 20
+    seed: int = 1000
+    share: float = 0.5
+
+    def __post_init__(self):
+        integer("dream_training.people", self.people, minimum=1)
+        integer("dream_training.seed", self.seed)
+        number("dream_training.share", self.share, above=0.0, maximum=1.0)
+        if self.share >= 1.0:
+            raise ValueError(f"dream_training.share must be strictly between 0 and 1, got {self.share!r}")
+
+
+def check_suite_dreaming(dreaming: DreamingConfig, training: DreamTraining) -> None:
+    """The suite's ``dreaming`` and ``dream_training``: their types, and a generator that lives on the
+    fast level and is trained by the suite."""
+    instance("dreaming", dreaming, DreamingConfig, what="a DreamingConfig")
+    instance("dream_training", training, DreamTraining, what="a DreamTraining")
+    if dreaming.generator_level != FAST_LEVEL:
+        raise ValueError(f"dreaming.generator_level must be {FAST_LEVEL} (the suite's fast level holds the "
+                         f"generator), got {dreaming.generator_level}")
+    if dreaming.generator_path is not None:
+        raise ValueError("dreaming.generator_path must be unset: the suite meta-trains its own generators")
+
+
+def experts_per_sleep(config) -> int:
+    """Consolidated-level slots one sleep takes: 2 when a Dreaming row trains a new expert, else 1."""
+    dreams = any(method in DREAMING_METHODS for method in config.methods)
+    return 2 if dreams and config.dreaming.expert == "new" else 1
+
+
+def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
+    """SEAL's variant: no noise, no selection, every dream kept."""
+    return dataclasses.replace(dreaming, noise=False, selection="random", top_k=dreaming.dreams_per_document,
+                               random_kept=0)
+
+
+def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
+    """The sleep-time Dreaming config of ``method``."""
+    changes = {"seal": {}, "sleep": {}, "sleep-no-selection": {"selection": "random"},
+               "sleep-no-noise": {"noise": False}, "dreaming-round0": {}}[method]
+    base = seal_dreaming(dreaming) if method == "seal" else dreaming
+    return dataclasses.replace(base, generator_path=generator_path, **changes)
+
+
+def training_tasks(training: DreamTraining, excluded: set[str]) -> list[DreamTask]:
+    """Meta-training tasks (passage, its 1-hop questions) of the training people not named in ``excluded``."""
+    dataset = generate_biographies(BiographyConfig(num_people=training.people, seed=training.seed))
+    tasks = [DreamTask(passage, tuple((q.text, q.answer) for q in dataset.questions if q.person == person.name))
+             for person, passage in zip(dataset.people, dataset.passages) if person.name not in excluded]
+    if not tasks:
+        raise ValueError("dream_training.people: every training person is also an evaluation person")
+    return tasks
+
+
+def train_generators(suite) -> dict:
+    """Meta-trains the generators the suite's rows need, each from the unchanged model, into
+    ``<output_dir>/generators/<name>/`` (afresh). Returns the report's ``dreaming`` entry:
+    ``training_people``, ``share`` and per generator ``rounds`` (Dreamer's per-round metrics),
+    ``final`` (the trained generator measured after the last round), ``reward_per_round``, ``path``
+    and ``seconds`` (the meta-training and the final measurement: in no row's sleep costs)."""
+    c = suite.config
+    names = sorted({GENERATOR_OF[m] for m in c.methods if m in DREAMING_METHODS} - {None})
+    excluded = {person.name for group in suite.groups for person in group.people}
+    tasks = training_tasks(c.dream_training, excluded)
+    generators = {}
+    for name in names:
+        started = time.perf_counter()
+        suite._reset()
+        folder = suite.output_dir / "generators" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        config = seal_dreaming(c.dreaming) if name == "seal" else c.dreaming
+        dreamer = Dreamer(suite.model, suite.tokenizer, suite.memory, config, metric=contains_match,
+                          output_dir=folder, engine=suite.engine, seed=c.seed)
+        fitted = dreamer.fit(tasks, progress=suite.progress)
+        final = dreamer.measure(tasks, fitted["base_scores"], seed=c.seed * 1000 + config.rounds,
+                                progress=suite.progress, desc=f"{name} generator after round {config.rounds - 1}")
+        rounds = fitted["rounds"]
+        generators[name] = {"rounds": rounds, "final": final["summary"], "path": fitted["generator"],
+                            "reward_per_round": [r["reward"] for r in rounds] + [final["summary"]["reward"]],
+                            "seconds": time.perf_counter() - started}
+    suite._reset()
+    return {"training_people": len(tasks), "share": c.dream_training.share, "generators": generators}
+
+
+def merge_stages(stages: dict) -> dict:
+    """One summary of a sleep's stages (the suite's costs read it): tokens, steps, history and
+    forward tokens summed over the stages, Knowledge Seeding's own figures as they are, and
+    ``dreaming``: per stage its tokens and steps, and the dreaming stage's dreams, kept, examples and samples."""
+    merged = {key: value for summary in stages.values() for key, value in summary.items() if key != "examples"}
+    merged.update(tokens=sum(s["tokens"] for s in stages.values()), steps=sum(s["steps"] for s in stages.values()),
+                  history=[step for s in stages.values() for step in s["history"]],
+                  prepare_forward_tokens=sum(s.get("prepare_forward_tokens") or 0 for s in stages.values()))
+    dreams = stages["dreaming"]
+    merged["dreaming"] = {"stages": {name: {"tokens": s["tokens"], "steps": s["steps"]} for name, s in stages.items()},
+                          **{key: dreams[key] for key in ("dreams", "kept", "examples", "kept_score_mean", "samples")}}
+    return merged
+
+
+class DreamingRow(TrainedRow):
+    """A Dreaming row of ``suite`` at one budget ``multiplier`` (see the module docstring)."""
+
+    methods = DREAMING_METHODS
+
+    def _sleeper(self, group, budget: int) -> dict:
+        s = self.suite
+        config = self.sleep_config(budget)
+        if self.sleeper is None:
+            self.sleeper = Sleeper(s.model, s.tokenizer, s.memory, config, engine=s.engine)
+        self.sleeper.config = config
+        self.sleeper.wake(documents_of(group))  # documents alone: no question asked while awake
+        return merge_stages(self.sleeper.sleep(progress=s.progress)["stages"])
+
+    def sleep_config(self, budget: int) -> SleepConfig:
+        c, method = self.suite.config, self.method
+        name = GENERATOR_OF[method]
+        path = self.suite.dreaming["generators"][name]["path"] if name else None
+        dreaming_budget = budget if method == "seal" else max(1, round(budget * c.dream_training.share))
+        dreaming = dataclasses.replace(row_dreaming(c.dreaming, method, path), token_budget=dreaming_budget,
+                                       steps=step_cap(c, self.multiplier))
+        seeding = super().sleep_config(max(1, budget - dreaming_budget))  # Knowledge Seeding as the ks row's
+        stages = ("dreaming",) if method == "seal" else ("seeding", "dreaming")
+        return dataclasses.replace(seeding, stages=stages, dreaming=dreaming)
+
+
+# ---------------------------------------------------------------------- report
+def reward_lines(report: dict) -> list[str]:
+    """The table's ReST-EM lines: each generator's reward per round (round R: after the last update)."""
+    entry = report.get("dreaming")
+    if not entry:
+        return []
+    lines = [f"ReST-EM reward (fraction of kept dreams rewarded; {entry['training_people']} training people; "
+             f"round R: the generator after R updates)"]
+    for name, generator in entry["generators"].items():
+        rewards = ", ".join(f"round {index} {value:.3f}" for index, value in enumerate(generator["reward_per_round"]))
+        lines.append(f"  {name} generator: {rewards}")
+    return lines
+
+
+def _one_hop(report: dict, method: str) -> dict | None:
+    entry = report["results"].get(method)
+    return entry["sleeps"][-1]["one_hop"] if entry else None
+
+
+def _compare(name: str, ours, theirs, *, strict: bool = False, factor: float = 1.0) -> dict:
+    if ours is None or theirs is None:
+        return {"target": name, "value": ours, "baseline": theirs, "met": None}
+    return {"target": name, "value": ours, "baseline": theirs,
+            "met": ours > factor * theirs if strict else ours >= factor * theirs}
+
+
+def dreaming_targets(report: dict, minimum_gap: float = 0.5) -> list[dict]:
+    """Issue 12's targets on the last sleep's 1-hop contains: Sleep's gap closure >= ``minimum_gap``
+    and >= 2x Knowledge Seeding's; the ordering sleep >= seal > ks >= base; Sleep's retention within
+    5 points and drift KL against SFT's; each generator's ReST-EM reward higher after the last round
+    than at round 0. Targets whose rows are missing are left out."""
+    checks, results = [], report["results"]
+    sleep = _one_hop(report, "sleep")
+    if sleep is not None and "gap_closure" in sleep:
+        checks.append(_compare(f"sleep gap closure >= {minimum_gap:g} (contains)", sleep["gap_closure"], minimum_gap))
+        ks = _one_hop(report, "ks")
+        if ks is not None and "gap_closure" in ks:
+            check = _compare("sleep gap closure >= 2x ks (contains)", sleep["gap_closure"], ks["gap_closure"],
+                             factor=2.0)
+            if check["baseline"] is not None and check["baseline"] <= 0 and check["value"] is not None:
+                check["met"] = None if check["value"] <= 0 else True  # no ks gain: any positive gain is >= 2x
+            checks.append(check)
+    ordering = (("sleep", "seal", False), ("seal", "ks", True), ("ks", "base", False))
+    for ours, theirs, strict in ordering if any(method in results for method in DREAMING_METHODS) else ():
+        if ours in results and theirs in results:
+            sign = ">" if strict else ">="
+            checks.append(_compare(f"{ours} {sign} {theirs} (contains)", _one_hop(report, ours)["contains"],
+                                   _one_hop(report, theirs)["contains"], strict=strict))
+    if "sleep" in results and results["sleep"].get("retention"):
+        run = results["sleep"]
+        worst = min(100.0 * (later["one_hop"]["contains"] - run["sleeps"][later["group"]]["one_hop"]["contains"])
+                    for later in run["retention"])
+        checks.append({"target": "sleep retention within 5 points (contains)", "value": worst, "met": worst >= -5.0})
+    if "sleep" in results and "sft" in results:
+        ours, theirs = results["sleep"]["drift_kl"], results["sft"]["drift_kl"]
+        checks.append({"target": "sleep drift KL <= sft drift KL", "value": ours, "baseline": theirs,
+                       "met": ours <= theirs})
+    for name, generator in (report.get("dreaming") or {}).get("generators", {}).items():
+        rewards = generator["reward_per_round"]
+        checks.append({"target": f"{name} generator ReST-EM reward rises (round 0 -> {len(rewards) - 1})",
+                       "value": rewards[-1], "baseline": rewards[0], "met": rewards[-1] > rewards[0]})
+    return checks
+
+
+def plot_rewards(report: dict, path) -> bool:
+    """``knowledge_dreaming.png``: each generator's ReST-EM reward per round, and its inner-loop
+    adapted score against the base score. Returns False (and writes nothing) without generators."""
+    generators = (report.get("dreaming") or {}).get("generators")
+    if not generators:
+        return False
+    from sleepcore.tasks.knowledge_plots import _pyplot
+
+    plt = _pyplot()
+    figure, (rewards, scores) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, generator in generators.items():
+        values = generator["reward_per_round"]
+        rewards.plot(range(len(values)), values, marker="o", label=name)
+        measured = generator["rounds"] + [generator["final"]]
+        scores.plot(range(len(measured)), [m["adapted_score"] for m in measured], marker="o", label=f"{name} adapted")
+        scores.plot(range(len(measured)), [m["best_score"] for m in measured], marker="^", linestyle=":",
+                    label=f"{name} best of m")
+    first = next(iter(generators.values()))["rounds"][0]
+    scores.axhline(first["base_score"], color="gray", linestyle="--", label="base (unadapted)")
+    for axis, title in ((rewards, "ReST-EM reward (fraction of kept dreams rewarded)"),
+                        (scores, "inner-loop closed-book contains")):
+        axis.set_xlabel("round (R: after R generator updates)")
+        axis.set_title(title, fontsize=9)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(Path(path), dpi=110)
+    plt.close(figure)
+    return True
