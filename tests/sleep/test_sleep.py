@@ -42,7 +42,8 @@ def test_distillation_lowers_the_teachers_kl_on_the_replay_set():
 
 
 def test_full_objective_runs_every_term_and_logs_json_lines(tmp_path):
-    config = seeding(steps=2, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
+    config = seeding(steps=2, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1, alpha=0.5,
+                     on_policy=0.5)  # the paper's mix (LTI and on-policy samples on; not the default)
     sleeper = woken(config, output_dir=str(tmp_path), checkpoint_every=1, stages=("seeding", "sft"),
                     sft=NextTokenConfig(steps=2))
     summary = sleeper.sleep(progress=False)
@@ -64,7 +65,8 @@ def test_full_objective_runs_every_term_and_logs_json_lines(tmp_path):
 def test_shared_prefixes_compute_what_separate_rows_compute():
     """The LTI completions inside their prefix's tree give the loss terms and the expert's gradient
     of the plain computation (each completion with its whole prefix), on-policy samples included."""
-    config = seeding(steps=1, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1, on_policy=0.5)
+    config = seeding(steps=1, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1, on_policy=0.5,
+                     alpha=0.5)
     config = dataclasses.replace(config, optimizer=OptimizerConfig(compute_dtype="float32"))
     sleeper = woken(config)
     slot = sleeper.memory.new_expert(0)

@@ -11,7 +11,7 @@ import torch
 
 from sleepcore.cli import main
 from sleepcore.cli.eval import TINY_CONFIG, config_from_arguments
-from sleepcore.lm import qa_prompt
+from sleepcore.lm import end_of_turn, qa_prompt
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import tiny_model
 from sleepcore.rollout import Engine
@@ -133,14 +133,15 @@ def test_knowledge_seeding_with_forward_kl_raises_the_gold_log_probability(tiny)
         memory.unwrap()
 
 
-def test_oracle_items_are_the_questions_with_the_answer_as_the_model_writes_it(tiny):
+def test_oracle_items_are_the_questions_with_the_answer_as_the_model_writes_it_and_its_end(tiny):
     group, _, tokenizer = tiny
     evaluation, wake = (oracle_examples(tokenizer, group, paraphrase=p) for p in (False, True))
     expected = qa_examples(tokenizer, [qa_prompt(tokenizer, q.text) for q in group.questions],
                            [q.answer for q in group.questions])
+    expected = [(prompt, answer + end_of_turn(tokenizer)) for prompt, answer in expected]  # where the answer ends
     assert evaluation == expected and [a for _, a in wake] == [a for _, a in evaluation]
     assert all(p != q for (p, _), (q, _) in zip(wake, evaluation))
-    assert tokenizer.decode(evaluation[0][1]) == " " + group.questions[0].answer  # after "...\nAnswer:"
+    assert tokenizer.decode(evaluation[0][1]) == " " + group.questions[0].answer + "\n"  # after "...\nAnswer:"
     assert answer_text("<|im_start|>assistant\n", "Meridale") == "Meridale"
     assert answer_text("Answer:", "Meridale") == " Meridale"
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 
 import pytest
 
 from sleepcore.cli import main
 from sleepcore.cli.eval import TINY_CONFIG, config_from_arguments
+from sleepcore.tasks.knowledge_methods import ROW_SEEDING, TrainedRow
 from sleepcore.tasks.knowledge_report import check_targets, format_table, retention_delta
 from sleepcore.tasks.knowledge_suite import DEFAULT_METHODS, KnowledgeSuiteConfig, documents_of, sleep_groups
 
@@ -42,6 +44,15 @@ def test_trained_methods_meet_the_same_budget(report):
             assert sleep["budget"] == budget and sleep["tokens"] >= budget, (method, sleep)
         for method in ("gkd", "ks"):  # a sleep stops at the first step that reaches the budget
             assert report["results"][method]["sleeps"][index]["steps"] >= 1
+
+
+def test_rows_differ_only_in_their_knowledge_seeding_settings(tmp_path):
+    suite = types.SimpleNamespace(config=TINY_CONFIG)
+    seeding = {m: TrainedRow(suite, m, 2.0, tmp_path).sleep_config(500).seeding for m in ("ks", "ks-lti", "gkd")}
+    assert seeding["ks"].alpha == TINY_CONFIG.seeding.alpha and seeding["ks"].token_budget == 500
+    assert seeding["gkd"] == dataclasses.replace(seeding["ks"], alpha=1.0, on_policy=0.5, beta=0.5)
+    assert seeding["ks-lti"] == dataclasses.replace(seeding["ks"], alpha=0.5)
+    assert set(ROW_SEEDING) == {"gkd", "ks-lti"}
 
 
 def test_the_memory_teacher_method_runs(tmp_path):

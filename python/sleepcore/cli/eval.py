@@ -44,7 +44,7 @@ output_dir = "sleepcore-eval"     # checkpoints, knowledge.json, knowledge.png
 tiny = false                      # true: the tiny random model and the small protocol (TINY_CONFIG)
 [suite]                           # KnowledgeSuiteConfig fields
 sleeps = [1, 50]                  # people per sleep, in order
-methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-memory, oracle, paraphrase-oracle, and
+methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-lti, ks-memory, oracle, paraphrase-oracle, and
                                   # seal, sleep, sleep-no-selection, sleep-no-noise, dreaming-round0
 tokens_per_document = 200         # the sleep budget
 budgets = [1.0]                   # multipliers of it: one run of each trained row per multiplier
@@ -120,8 +120,8 @@ def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
                                         "tiny with --tiny)")
     parser.add_argument("--tiny", action="store_true", default=None, help="a tiny random model and a small protocol")
     parser.add_argument("--sleeps", help="people per sleep, in order, e.g. 1,50 (suite.sleeps)")
-    parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-memory,oracle,"
-                                          "paraphrase-oracle and issue 12's seal,sleep,sleep-no-selection,"
+    parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-lti,ks-memory,"
+                                          "oracle,paraphrase-oracle and issue 12's seal,sleep,sleep-no-selection,"
                                           "sleep-no-noise,dreaming-round0 (suite.methods)")
     parser.add_argument("--tokens-per-document", type=int, help="the sleep budget (suite.tokens_per_document)")
     parser.add_argument("--budgets", help="multipliers of the sleep budget, e.g. 1,4,16: each trained row runs once "

@@ -1,10 +1,13 @@
 """The knowledge suite's trained rows: how one row runs one sleep per group at a token budget.
 
-* ``sft``, ``gkd``, ``ks`` and ``ks-memory`` run a :class:`~sleepcore.sleep.sleeper.Sleeper`
+* ``sft``, ``gkd``, ``ks``, ``ks-lti`` and ``ks-memory`` run a :class:`~sleepcore.sleep.sleeper.Sleeper`
   (wake on the group's documents, and with ``wake_questions`` its second phrasings; then sleep):
-  ``sft`` is next-token training on the documents, ``gkd`` Knowledge Seeding with ``alpha = 1``,
-  ``ks`` full Knowledge Seeding (both with the in-context teacher), ``ks-memory`` full Knowledge
-  Seeding from the memory teacher (the fast level learns the documents online while awake).
+  ``sft`` is next-token training on the documents; ``ks`` is Knowledge Seeding as the suite's
+  ``seeding`` config gives it (by default the library's: off-policy forward KL, no LTI);
+  ``ks-lti`` the same with the paper's mix ``alpha = 0.5`` (LTI on); ``gkd`` the same replay
+  distilled as TRL's ``GKDTrainer`` does by default (``lambda = 0.5`` on-policy, ``beta = 0.5``,
+  ``alpha = 1``): the GKD anchor; ``ks-memory`` is ``ks`` from the memory teacher (the fast level
+  learns the documents online while awake). All but ``ks-memory`` use the in-context teacher.
 * ``oracle`` and ``paraphrase-oracle`` are ceilings, not methods: SFT of a fresh expert of the
   consolidated level on the group's 1-hop facts asked closed-book with their gold answers, the
   loss on the answer only. ``oracle`` trains on the evaluation phrasing (``questions[0]``): can
@@ -37,7 +40,9 @@ from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.tasks.biographies import BiographyDataset
 from sleepcore.tasks.knowledge_metrics import qa_examples
 
-SLEEPER_METHODS = ("sft", "gkd", "ks", "ks-memory")
+SLEEPER_METHODS = ("sft", "gkd", "ks", "ks-lti", "ks-memory")
+#: Knowledge Seeding settings a row imposes on the suite's ``seeding`` config.
+ROW_SEEDING = {"gkd": {"alpha": 1.0, "on_policy": 0.5, "beta": 0.5}, "ks-lti": {"alpha": 0.5}}
 ORACLE_METHODS = ("oracle", "paraphrase-oracle")
 FAST_LEVEL, CONSOLIDATED_LEVEL = 0, 1
 
@@ -116,10 +121,10 @@ class TrainedRow:
                                optimizer=c.seeding.optimizer)
 
     def sleep_config(self, budget: int) -> SleepConfig:
-        """``sft``, ``ks``, ``gkd`` (alpha = 1) or ``ks-memory`` at this sleep's budget, with the suite's
-        replay quota per document (every wake question on top)."""
+        """``sft``, ``ks``, ``ks-lti``, ``gkd`` (:data:`ROW_SEEDING`) or ``ks-memory`` at this sleep's
+        budget, with the suite's replay quota per document (every wake question on top)."""
         c, method = self.suite.config, self.method
-        seeding = dataclasses.replace(c.seeding, alpha=1.0 if method == "gkd" else c.seeding.alpha,
+        seeding = dataclasses.replace(c.seeding, **ROW_SEEDING.get(method, {}),
                                       steps=step_cap(c, self.multiplier), token_budget=budget,
                                       prompts_per_document=c.prompts_per_document, max_prompts=None)
         memory_teacher = {"teacher": "memory", "wake_updates": True, "wake_level": FAST_LEVEL,
