@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from sleepcore.rollout.prompts import encode  # the engine tokenises prompts with it too
 
-__all__ = ["encode", "pad_id", "head_weight"]
+__all__ = ["encode", "newline_ids", "pad_id", "head_weight"]
+
+
+def newline_ids(tokenizer) -> tuple[int, ...]:
+    """Token ids that are exactly a line break (short answers stop there)."""
+    return tuple(i for i in {tokenizer.convert_tokens_to_ids(t) for t in ("\n", "Ċ", "<0x0A>")}
+                 if isinstance(i, int) and i != tokenizer.unk_token_id and tokenizer.decode([i]) == "\n")
 
 
 def pad_id(tokenizer) -> int:

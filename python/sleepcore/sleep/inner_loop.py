@@ -16,8 +16,9 @@ import random
 
 import torch
 
-from sleepcore.lm import encode, end_of_turn, pad_id
+from sleepcore.lm import encode, end_of_turn, newline_ids, pad_id
 from sleepcore.memory.batched import BatchedAdapters
+from sleepcore.rollout.prompts import eos_token_ids
 from sleepcore.train.batched import BatchedRuntime
 
 ANSWER_TOKENS = 16
@@ -65,17 +66,14 @@ def train_adapters(runtime: BatchedRuntime, examples: list[Examples], pad: int, 
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
-    """Ids that end an answer: EOS (tokenizer and generation config), the end of a chat turn and a
-    line break when it is one token."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids |= set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
+    """Ids that end an answer: EOS (the engine's, and the tokenizer's), the end of a chat turn and
+    every line-break token."""
+    ids = set(eos_token_ids(model, tokenizer)) | set(newline_ids(tokenizer))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
     turn = end_of_turn(tokenizer)
     if turn:
         ids.add(turn[-1])
-    newline = encode(tokenizer, "\n")
-    if len(newline) == 1:
-        ids.add(newline[0])
     return sorted(ids)
 
 

@@ -14,18 +14,12 @@ log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`)
 from __future__ import annotations
 
 from sleepcore.rollout import Engine, SamplingParams
-from sleepcore.lm import qa_prompt
+from sleepcore.lm import newline_ids, qa_prompt
 from sleepcore.tasks.biographies import BiographyDataset
 from sleepcore.tasks.knowledge_metrics import gold_logprobs, logprob_scores, qa_examples
 from sleepcore.tasks.metrics import aggregate, contains_match
 
 ANSWER_TOKENS = 16
-
-
-def newline_ids(tokenizer) -> tuple[int, ...]:
-    """Token ids that are exactly a line break (answers stop there)."""
-    return tuple(i for i in {tokenizer.convert_tokens_to_ids(t) for t in ("\n", "Ċ", "<0x0A>")}
-                 if isinstance(i, int) and i != tokenizer.unk_token_id and tokenizer.decode([i]) == "\n")
 
 
 def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = False) -> list[str]:
