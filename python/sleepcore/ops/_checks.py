@@ -17,6 +17,8 @@ from sleepcore import validation
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REDUCTIONS = ("batchmean", "sum", "none")
+#: ``generalized_jsd`` also has TRL's ``"mean"`` (the mean of the per-element terms).
+TRL_REDUCTIONS = ("batchmean", "sum", "mean", "none")
 BACKENDS = ("auto", "cpu", "triton")
 
 
@@ -61,8 +63,8 @@ def temperature(value) -> float:
     return validation.positive("temperature", value)
 
 
-def reduction(value) -> str:
-    return _option("reduction", value, REDUCTIONS)
+def reduction(value, options: tuple[str, ...] = REDUCTIONS) -> str:
+    return _option("reduction", value, options)
 
 
 def chunk_size(value) -> int | None:
@@ -83,10 +85,12 @@ def num_items(value) -> None:
         raise ValueError(f"num_items_in_batch must be a 1-element tensor, got shape {tuple(value.shape)}")
 
 
-def loss_options(beta_value, temperature_value, reduction_value, backend_value, num_items_in_batch):
+def loss_options(beta_value, temperature_value, reduction_value, backend_value, num_items_in_batch,
+                 reductions: tuple[str, ...] = REDUCTIONS):
     """Check the options every divergence op shares; returns ``(beta, temperature, reduction, backend)``."""
     num_items(num_items_in_batch)
-    return beta(beta_value), temperature(temperature_value), reduction(reduction_value), backend(backend_value)
+    return (beta(beta_value), temperature(temperature_value), reduction(reduction_value, reductions),
+            backend(backend_value))
 
 
 def labels(value, leading_shape: torch.Size, device: torch.device) -> torch.Tensor | None:
