@@ -11,6 +11,12 @@ The op runs the chunk loop of :mod:`sleepcore.ops._linear_chunks`: per row chunk
 GEMMs into reused buffers, the per-row kernel (``_C`` on CPU, Triton on CUDA) writing the loss and,
 in place, the logit gradient, then the two gradient GEMMs. Gradients are computed during the
 forward pass (for the scalar reductions) so backward only scales them.
+
+With a ``process_group`` (or DTensor weights) both weights are this rank's vocabulary shard: the
+``sleepcore::vocab_parallel_linear_jsd`` ops run the same loop with
+:func:`sleepcore.ops.vocab_parallel_rows.jsd_rows` (per chunk, one all-gather of both sides'
+log-normalisers and one all-reduce of the loss and gradient sums) and all-reduce the student's
+hidden-state gradient; see :mod:`sleepcore.ops._vocab_parallel`.
 """
 
 from __future__ import annotations
@@ -20,27 +26,35 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from sleepcore.ops import _checks
+from sleepcore.ops import _checks, _vocab_parallel, vocab_parallel_rows
 from sleepcore.ops._linear_chunks import default_chunk_size, grad_flags, linear_divergence
 from sleepcore.ops._reduction import keep_mask, row_scale as reduction_row_scale
 from sleepcore.ops._row_weighted import RowWeightedSpec, register_row_weighted
+from sleepcore.ops._vocab_parallel import VocabShard
 from sleepcore.ops.divergence_rows import jsd_rows
 
 
 def _run(student_hidden, student_weight, teacher_hidden, teacher_weight, row_scale, student_bias, teacher_bias,
-         beta, temperature, chunk_size, backend, grad_hidden, grad_weight, grad_bias):
+         beta, temperature, chunk_size, backend, grad_hidden, grad_weight, grad_bias, shard=None):
     teacher_buffer = teacher_hidden.new_empty(min(chunk_size, teacher_hidden.shape[0]), teacher_weight.shape[0])
 
     def rows_kernel(student_logits, rows, loss, grad):
         teacher_logits = torch.mm(teacher_hidden[rows], teacher_weight.t(), out=teacher_buffer[: rows.stop - rows.start])
         if teacher_bias is not None:
             teacher_logits += teacher_bias
-        jsd_rows(student_logits, teacher_logits, row_scale[rows], loss, grad, beta=beta, temperature=temperature,
-                 backend=backend)
+        if shard is None:
+            jsd_rows(student_logits, teacher_logits, row_scale[rows], loss, grad, beta=beta, temperature=temperature,
+                     backend=backend)
+        else:
+            vocab_parallel_rows.jsd_rows(student_logits, teacher_logits, row_scale[rows], loss, grad, beta=beta,
+                                         temperature=temperature, shard=shard)
 
-    return linear_divergence(student_hidden, student_weight, student_bias, row_scale, rows_kernel,
-                             chunk_size=chunk_size, grad_hidden=grad_hidden, grad_weight=grad_weight,
-                             grad_bias=grad_bias)
+    result = linear_divergence(student_hidden, student_weight, student_bias, row_scale, rows_kernel,
+                               chunk_size=chunk_size, grad_hidden=grad_hidden, grad_weight=grad_weight,
+                               grad_bias=grad_bias)
+    if shard is not None:
+        shard.sum_(result[2])
+    return result
 
 
 @torch.library.custom_op("sleepcore::fused_linear_jsd", mutates_args=())
@@ -65,8 +79,34 @@ def _fused_linear_jsd_rows(
                     teacher_bias, beta, temperature, chunk_size, backend, False, False, False)[1]
 
 
-register_row_weighted(_fused_linear_jsd, _fused_linear_jsd_rows,
-                      RowWeightedSpec(grad_inputs=(0, 1, 5), row_scale_input=4))
+@torch.library.custom_op("sleepcore::vocab_parallel_linear_jsd", mutates_args=())
+def _vocab_parallel_linear_jsd(
+    student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+    row_scale: Tensor, student_bias: Optional[Tensor], teacher_bias: Optional[Tensor], beta: float,
+    temperature: float, chunk_size: int, backend: str, group_name: str, vocab_start: int, vocab_size: int,
+    grad_hidden: bool, grad_weight: bool, grad_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    shard = VocabShard(group_name, vocab_start, student_weight.shape[0], vocab_size)
+    with torch.no_grad():
+        return _run(student_hidden, student_weight, teacher_hidden, teacher_weight, row_scale, student_bias,
+                    teacher_bias, beta, temperature, chunk_size, backend, grad_hidden, grad_weight, grad_bias, shard)
+
+
+@torch.library.custom_op("sleepcore::vocab_parallel_linear_jsd_rows", mutates_args=())
+def _vocab_parallel_linear_jsd_rows(
+    student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+    row_scale: Tensor, student_bias: Optional[Tensor], teacher_bias: Optional[Tensor], beta: float,
+    temperature: float, chunk_size: int, backend: str, group_name: str, vocab_start: int, vocab_size: int,
+) -> Tensor:
+    shard = VocabShard(group_name, vocab_start, student_weight.shape[0], vocab_size)
+    with torch.no_grad():
+        return _run(student_hidden, student_weight, teacher_hidden, teacher_weight, row_scale, student_bias,
+                    teacher_bias, beta, temperature, chunk_size, backend, False, False, False, shard)[1]
+
+
+for _main, _rows in ((_fused_linear_jsd, _fused_linear_jsd_rows),
+                     (_vocab_parallel_linear_jsd, _vocab_parallel_linear_jsd_rows)):
+    register_row_weighted(_main, _rows, RowWeightedSpec(grad_inputs=(0, 1, 5), row_scale_input=4))
 
 
 def prepare_linear_inputs(hidden, weight, bias, *, hidden_name: str, weight_name: str, bias_name: str):
@@ -86,7 +126,8 @@ def prepare_linear_inputs(hidden, weight, bias, *, hidden_name: str, weight_name
 
 def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, labels=None, *, beta=0.5,
                      temperature=1.0, ignore_index=-100, reduction="batchmean", num_items_in_batch=None,
-                     student_bias=None, teacher_bias=None, chunk_size=None, backend="auto"):
+                     student_bias=None, teacher_bias=None, chunk_size=None, backend="auto", process_group=None,
+                     vocab_start=None):
     """Generalized JSD between student and teacher ``lm_head`` distributions, fused with the GEMMs.
 
     Args:
@@ -106,6 +147,10 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
         student_bias, teacher_bias: optional ``[V]``.
         chunk_size: rows per chunk; default from V, the dtype and the device.
         backend: ``"auto"`` (CPU: ``_C``; CUDA: Triton), ``"cpu"`` or ``"triton"``.
+        process_group, vocab_start: vocabulary-parallel ``lm_head`` as in
+            :func:`sleepcore.ops.fused_linear_logprobs`: both weights and biases are this rank's
+            rows ``[V_local, ...]`` of the same split (or DTensors placed ``(Shard(0),)``), and
+            every rank passes the same hidden states and labels.
 
     Returns:
         A float32 scalar (or per-token tensor for ``"none"``).
@@ -113,6 +158,10 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
     Raises:
         TypeError / ValueError naming the argument on a bad shape, dtype, device or option.
     """
+    group, (student_weight, student_bias, teacher_weight, teacher_bias) = _vocab_parallel.local_shards(
+        process_group, vocab_start, {"student_hidden": student_hidden, "teacher_hidden": teacher_hidden},
+        {"student_weight": student_weight, "student_bias": student_bias, "teacher_weight": teacher_weight,
+         "teacher_bias": teacher_bias})
     s_hidden, s_weight = prepare_linear_inputs(student_hidden, student_weight, student_bias,
                                                hidden_name="student_hidden", weight_name="student_weight",
                                                bias_name="student_bias")
@@ -132,12 +181,20 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
     labels = _checks.labels(labels, leading, device)
     beta, temperature, reduction, backend = _checks.loss_options(beta, temperature, reduction, backend,
                                                                  num_items_in_batch)
-    rows, vocab = s_hidden.shape[0], s_weight.shape[0]
-    chunk = _checks.chunk_size(chunk_size) or default_chunk_size(rows, vocab, s_hidden.dtype, device)
+    chunk = _checks.chunk_size(chunk_size)
+    shard = _vocab_parallel.layout(group, vocab_start, s_weight.shape[0], hidden=s_hidden,
+                                   hidden_name="student_hidden", weight_name="student_weight", chunk_size=chunk)
+    rows, vocab = s_hidden.shape[0], s_weight.shape[0] if shard is None else shard.vocab
+    chunk = chunk or default_chunk_size(rows, vocab, s_hidden.dtype, device)
     mask = keep_mask(labels, rows, ignore_index, device)
     inputs = (s_hidden, s_weight, t_hidden.detach(), t_weight.detach(),
               reduction_row_scale(mask, reduction, num_items_in_batch), student_bias,
               None if teacher_bias is None else teacher_bias.detach(), beta, temperature, chunk, backend)
+    if shard is None:
+        main, per_row = torch.ops.sleepcore.fused_linear_jsd, torch.ops.sleepcore.fused_linear_jsd_rows
+    else:
+        main, per_row = torch.ops.sleepcore.vocab_parallel_linear_jsd, torch.ops.sleepcore.vocab_parallel_linear_jsd_rows
+        inputs += shard.op_args
     if reduction == "none":
-        return torch.ops.sleepcore.fused_linear_jsd_rows(*inputs).reshape(leading)
-    return torch.ops.sleepcore.fused_linear_jsd(*inputs, *grad_flags(s_hidden, s_weight, student_bias))[0]
+        return per_row(*inputs).reshape(leading)
+    return main(*inputs, *grad_flags(s_hidden, s_weight, student_bias))[0]

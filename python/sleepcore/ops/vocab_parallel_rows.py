@@ -130,7 +130,8 @@ def jsd_rows(student, teacher, row_scale, loss, grad, *, beta, temperature, shar
 def _topk_bins(student_topk, student_rest, teacher_logprobs):
     """The k + 1 bins' log-probs ``[C, k+1]`` of both sides and whether the student's rest is floored."""
     floored = ~(student_rest >= REST_LOG_FLOOR)
-    teacher_rest = (1 - teacher_logprobs.double().exp().sum(-1)).clamp_min(0).log().clamp_min(REST_LOG_FLOOR)
+    # as the kernels do: float32 exps, their sum and 1 - sum in float64
+    teacher_rest = (1 - teacher_logprobs.exp().double().sum(-1)).clamp_min(0).log().clamp_min(REST_LOG_FLOOR)
     student_bins = torch.cat([student_topk, student_rest.clamp_min(REST_LOG_FLOOR)[:, None]], -1)
     return student_bins, torch.cat([teacher_logprobs, teacher_rest.float()[:, None]], -1), floored
 
