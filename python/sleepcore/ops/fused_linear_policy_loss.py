@@ -7,6 +7,11 @@ tokens, whose gradient w.r.t. ``logp_t`` is local to the token (closed form in
 three logits-sized GEMMs in all, against four for the primitive plus autograd, and ``N x V`` is
 never materialised. Aggregation weights come precomputed from the mask and the global counts,
 so chunking does not change the loss.
+
+With a ``process_group`` (or a DTensor weight) the weight is this rank's vocabulary shard: the
+``sleepcore::vocab_parallel_linear_policy_loss`` op uses the vocab-parallel log-prob rows of
+:mod:`sleepcore.ops.vocab_parallel_rows` (one all-gather per chunk; the policy terms are then
+computed identically on every rank) and all-reduces the hidden-state gradient.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from sleepcore.ops import _checks
+from sleepcore.ops import _checks, _vocab_parallel
 from sleepcore.ops._linear_chunks import default_chunk_size, grad_flags, linear_chunks
+from sleepcore.ops._vocab_parallel import VocabShard
 from sleepcore.ops.fused_linear_jsd import prepare_linear_inputs
-from sleepcore.ops.fused_linear_logprobs import MIN_GEMM_ROWS
-from sleepcore.ops.logprob_rows import logprob_grad_rows, logprob_rows
+from sleepcore.ops.fused_linear_logprobs import MIN_GEMM_ROWS, row_functions
 from sleepcore.ops.policy_loss import (PolicyLossConfig, _check_count, _check_inputs, _check_mask,
                                        aggregation_weights, metrics, token_terms)
 
@@ -50,19 +55,15 @@ def _chunk_rows(chunk_size: int, seq_len: int) -> int:
     return max(1, chunk_size // seq_len) * seq_len
 
 
-@torch.library.custom_op("sleepcore::fused_linear_policy_loss", mutates_args=())
-def _fused_linear_policy_loss(
-    hidden: Tensor, weight: Tensor, bias: Optional[Tensor], token_ids: Tensor, old_logp: Tensor, advantages: Tensor,
-    mask: Tensor, weights: Tensor, ref_logp: Optional[Tensor], rollout_logp: Optional[Tensor], temperature: float,
-    chunk_size: int, backend: str, loss_type: str, eps_low: float, eps_high: float, clip_ratio_c: Optional[float],
-    kl_coef: float, kl_estimator: str, entropy_coef: float, tis_cap: Optional[float], grad_hidden: bool,
-    grad_weight: bool, grad_bias: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _policy_loss(hidden, weight, bias, token_ids, old_logp, advantages, mask, weights, ref_logp, rollout_logp,
+                 temperature, chunk_size, backend, loss_type, eps_low, eps_high, clip_ratio_c, kl_coef, kl_estimator,
+                 entropy_coef, tis_cap, grad_hidden, grad_weight, grad_bias, shard=None):
     config = PolicyLossConfig(loss_type, eps_low, eps_high, clip_ratio_c, kl_coef, kl_estimator, entropy_coef,
                               tis_cap, "token-mean")
     seq_len = mask.shape[1]
     logp, entropy, lse = (hidden.new_empty(hidden.shape[0], dtype=torch.float32) for _ in range(3))
     total = hidden.new_zeros((), dtype=torch.float32)
+    logprob_rows, logprob_grad_rows = row_functions(shard)
 
     def rows_kernel(logits, rows, grad):
         nonlocal total
@@ -84,13 +85,40 @@ def _fused_linear_policy_loss(
         grads = linear_chunks(hidden, weight, bias, rows_kernel, chunk_size=_chunk_rows(chunk_size, seq_len),
                               grad_hidden=grad_hidden, grad_weight=grad_weight, grad_bias=grad_bias,
                               min_gemm_rows=MIN_GEMM_ROWS)
+    if shard is not None:
+        shard.sum_(grads[0])
     return (total, logp.view(mask.shape), entropy.view(mask.shape), *grads)
 
 
-@_fused_linear_policy_loss.register_fake
-def _(hidden, weight, bias, token_ids, old_logp, advantages, mask, weights, ref_logp, rollout_logp, temperature,
-      chunk_size, backend, loss_type, eps_low, eps_high, clip_ratio_c, kl_coef, kl_estimator, entropy_coef, tis_cap,
-      grad_hidden, grad_weight, grad_bias):
+@torch.library.custom_op("sleepcore::fused_linear_policy_loss", mutates_args=())
+def _fused_linear_policy_loss(
+    hidden: Tensor, weight: Tensor, bias: Optional[Tensor], token_ids: Tensor, old_logp: Tensor, advantages: Tensor,
+    mask: Tensor, weights: Tensor, ref_logp: Optional[Tensor], rollout_logp: Optional[Tensor], temperature: float,
+    chunk_size: int, backend: str, loss_type: str, eps_low: float, eps_high: float, clip_ratio_c: Optional[float],
+    kl_coef: float, kl_estimator: str, entropy_coef: float, tis_cap: Optional[float], grad_hidden: bool,
+    grad_weight: bool, grad_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _policy_loss(hidden, weight, bias, token_ids, old_logp, advantages, mask, weights, ref_logp, rollout_logp,
+                        temperature, chunk_size, backend, loss_type, eps_low, eps_high, clip_ratio_c, kl_coef,
+                        kl_estimator, entropy_coef, tis_cap, grad_hidden, grad_weight, grad_bias)
+
+
+@torch.library.custom_op("sleepcore::vocab_parallel_linear_policy_loss", mutates_args=())
+def _vocab_parallel_linear_policy_loss(
+    hidden: Tensor, weight: Tensor, bias: Optional[Tensor], token_ids: Tensor, old_logp: Tensor, advantages: Tensor,
+    mask: Tensor, weights: Tensor, ref_logp: Optional[Tensor], rollout_logp: Optional[Tensor], temperature: float,
+    chunk_size: int, backend: str, loss_type: str, eps_low: float, eps_high: float, clip_ratio_c: Optional[float],
+    kl_coef: float, kl_estimator: str, entropy_coef: float, tis_cap: Optional[float], group_name: str,
+    vocab_start: int, vocab_size: int, grad_hidden: bool, grad_weight: bool, grad_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    shard = VocabShard(group_name, vocab_start, weight.shape[0], vocab_size)
+    return _policy_loss(hidden, weight, bias, token_ids, old_logp, advantages, mask, weights, ref_logp, rollout_logp,
+                        temperature, chunk_size, backend, loss_type, eps_low, eps_high, clip_ratio_c, kl_coef,
+                        kl_estimator, entropy_coef, tis_cap, grad_hidden, grad_weight, grad_bias, shard)
+
+
+def _fake(hidden, weight, bias, token_ids, old_logp, advantages, mask, *options_shard_and_flags):
+    grad_hidden, grad_weight, grad_bias = options_shard_and_flags[-3:]
     empty = hidden.new_empty(0)
     return (hidden.new_empty((), dtype=torch.float32), old_logp.new_empty(mask.shape, dtype=torch.float32),
             old_logp.new_empty(mask.shape, dtype=torch.float32),
@@ -114,7 +142,9 @@ def _backward(ctx, grad_loss, *_unused):
     return tuple(result)
 
 
-_fused_linear_policy_loss.register_autograd(_backward, setup_context=_setup_context)
+for _op in (_fused_linear_policy_loss, _vocab_parallel_linear_policy_loss):
+    _op.register_fake(_fake)
+    _op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_tensors(hidden, weight, bias, token_ids, old_logp, advantages, mask, config, ref_logp, rollout_logp):
@@ -139,7 +169,7 @@ def fused_linear_policy_loss(hidden, weight, token_ids, old_logp, advantages, ma
                              rollout_logp=None, loss_type="grpo", temperature=1.0, eps_low=None, eps_high=None,
                              clip_ratio_c=None, kl_coef=0.0, kl_estimator="k3", entropy_coef=0.0, tis_cap=None,
                              agg=None, global_tokens=None, global_seqs=None, max_len=None, chunk_size=None,
-                             backend="auto"):
+                             backend="auto", process_group=None, vocab_start=None):
     """GRPO / DAPO / Dr. GRPO / GSPO / CISPO loss straight from hidden states, without ``N x V``.
 
     The maths of :func:`sleepcore.ops.policy_loss` on ``fused_linear_logprobs(hidden, weight,
@@ -172,6 +202,9 @@ def fused_linear_policy_loss(hidden, weight, token_ids, old_logp, advantages, ma
         chunk_size: tokens per chunk, rounded down to whole sequences (at least one); None lets
             the op choose from V, the dtype and the device. The result does not depend on it.
         backend: ``"auto"`` (CPU: ``_C``; CUDA: Triton), ``"cpu"`` or ``"triton"``.
+        process_group, vocab_start: vocabulary-parallel ``lm_head`` as in
+            :func:`sleepcore.ops.fused_linear_logprobs`: ``weight`` and ``bias`` are this rank's
+            rows, every rank passes the same other inputs and gets the same loss and metrics.
 
     Returns:
         ``(loss, metrics)``: a float32 scalar, differentiable w.r.t. hidden, weight and bias, and
@@ -181,26 +214,34 @@ def fused_linear_policy_loss(hidden, weight, token_ids, old_logp, advantages, ma
 
     Raises:
         TypeError for an argument of the wrong type or dtype, ValueError for a wrong shape,
-        device or value; the message names the argument. On CPU, ValueError for a kept token id
-        outside ``[0, V)``.
+        device or value; the message names the argument. On CPU (and on every device with
+        ``process_group``), ValueError for a kept token id outside ``[0, V)``.
     """
     config = FusedLinearPolicyLossConfig(loss_type, eps_low, eps_high, clip_ratio_c, kl_coef, kl_estimator,
                                          entropy_coef, tis_cap, agg, temperature, chunk_size, backend)
+    group, (weight, bias) = _vocab_parallel.local_shards(process_group, vocab_start, {"hidden": hidden},
+                                                         {"weight": weight, "bias": bias})
     flat_hidden, weight, mask = _check_tensors(hidden, weight, bias, token_ids, old_logp, advantages, mask, config,
                                                ref_logp, rollout_logp)
     for name, value in (("global_tokens", global_tokens), ("global_seqs", global_seqs), ("max_len", max_len)):
         _check_count(name, value)
     weights = aggregation_weights(mask, config.agg, global_tokens, global_seqs, max_len)
-    chunk = config.chunk_size or default_chunk_size(flat_hidden.shape[0], weight.shape[0], flat_hidden.dtype,
-                                                    flat_hidden.device)
     ids = torch.where(mask, token_ids, torch.full_like(token_ids, -1)).reshape(-1).to(torch.int64).contiguous()
+    shard = _vocab_parallel.layout(group, vocab_start, weight.shape[0], hidden=flat_hidden, hidden_name="hidden",
+                                   weight_name="weight", chunk_size=config.chunk_size, ids=ids)
+    vocab = weight.shape[0] if shard is None else shard.vocab
+    chunk = config.chunk_size or default_chunk_size(flat_hidden.shape[0], vocab, flat_hidden.dtype, flat_hidden.device)
     as_float = lambda t: None if t is None else t.detach().float().contiguous()  # noqa: E731
     old_logp, ref_logp, rollout_logp = as_float(old_logp), as_float(ref_logp), as_float(rollout_logp)
-    loss, logp, entropy, *_ = torch.ops.sleepcore.fused_linear_policy_loss(
-        flat_hidden, weight, bias, ids, old_logp, as_float(advantages), mask.contiguous(), weights, ref_logp,
-        rollout_logp, config.temperature, chunk, config.backend, config.loss_type, config.eps_low, config.eps_high,
-        config.clip_ratio_c, config.kl_coef, config.kl_estimator, config.entropy_coef, config.tis_cap,
-        *grad_flags(flat_hidden, weight, bias))
+    inputs = (flat_hidden, weight, bias, ids, old_logp, as_float(advantages), mask.contiguous(), weights, ref_logp,
+              rollout_logp, config.temperature, chunk, config.backend, config.loss_type, config.eps_low,
+              config.eps_high, config.clip_ratio_c, config.kl_coef, config.kl_estimator, config.entropy_coef,
+              config.tis_cap)
+    if shard is None:
+        op = torch.ops.sleepcore.fused_linear_policy_loss
+    else:
+        op, inputs = torch.ops.sleepcore.vocab_parallel_linear_policy_loss, inputs + shard.op_args
+    loss, logp, entropy, *_ = op(*inputs, *grad_flags(flat_hidden, weight, bias))
     with torch.no_grad():
         _, _, clipped, rho = token_terms(logp, old_logp, advantages, mask, config, ref_logp, rollout_logp, entropy)
     return loss, metrics(rho, clipped, mask, old_logp, logp, entropy)
