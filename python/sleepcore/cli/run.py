@@ -5,6 +5,9 @@ sleeps once (Knowledge Seeding into a new expert of one memory level). It writes
 checkpoints and metrics.jsonl (under sleep-000/, ...), memory.safetensors and report.json to the
 output directory. Documents: a .txt (blank-line-separated documents), a .jsonl ({"text": ...} per
 line) or a folder of both.
+
+Under torchrun (``torchrun --nproc-per-node N -m sleepcore.cli run --config FILE``) the same run is
+data parallel over the ranks (:mod:`sleepcore.distributed`); rank 0 writes the report and memory.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from sleepcore import validation
 from sleepcore.cli.options import add_config_arguments, configure
+from sleepcore.distributed import world
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
 from sleepcore.rollout import Engine
@@ -129,13 +135,16 @@ def _jsonl_texts(file: Path) -> list[str]:
     return texts
 
 
-def run_schedule(config: RunConfig, *, progress: bool = True) -> dict:
-    """Runs the configured wake/sleep schedule; returns the report (also ``report.json``)."""
+def run_schedule(config: RunConfig, *, progress: bool = True, device: torch.device | None = None) -> dict:
+    """Runs the configured wake/sleep schedule with the model on ``device`` (None: where it loads);
+    returns the report (also ``report.json``, written by rank 0 of a distributed run)."""
     documents = read_documents(config.documents.path)
     per_sleep = config.schedule.documents_per_sleep or len(documents)
     output = Path(config.output_dir)
     sleep_config = dataclasses.replace(config.sleep, output_dir=str(output))
     model, tokenizer = load_model_or_tiny(config.model.name, documents)
+    if device is not None:
+        model.to(device)
     memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(config.memory,)))
     sleeper = Sleeper(model, tokenizer, memory, sleep_config, engine=Engine(model, tokenizer))
     sleeps = []
@@ -143,10 +152,11 @@ def run_schedule(config: RunConfig, *, progress: bool = True) -> dict:
         sleeper.wake(documents[start:start + per_sleep])
         summary = sleeper.sleep(progress=progress)
         sleeps.append({key: value for key, value in summary.items() if key != "history"})
-    output.mkdir(parents=True, exist_ok=True)
-    memory.save(output / "memory.safetensors")
     report = {"documents": len(documents), "sleeps": sleeps}
-    (output / "report.json").write_text(json.dumps(report, indent=2))
+    if world.is_main():
+        output.mkdir(parents=True, exist_ok=True)
+        memory.save(output / "memory.safetensors")
+        (output / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -167,5 +177,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_schedule(run_config(args))
+    device = world.init_from_environment()  # under torchrun: the process group and this rank's device
+    try:
+        run_schedule(run_config(args), device=device)
+    finally:
+        world.shutdown()
     return 0

@@ -14,6 +14,7 @@ import dataclasses
 
 import torch
 
+from sleepcore.distributed import world
 from sleepcore.lm import as_examples, pad_id
 from sleepcore.sleep.config import NextTokenConfig
 from sleepcore.sleep.dream_config import DreamingConfig
@@ -54,33 +55,35 @@ class DreamingStage:
     # ------------------------------------------------------------------ the stage protocol
     def prepare(self, buffer, *, progress: bool = True) -> None:
         """Dreams of every document of ``buffer`` (a wake buffer or a list of texts), the kept ones'
-        lines and the documents as items, and the expert that learns them."""
+        lines and the documents as items, and the expert that learns them. Under torchrun each rank
+        dreams and selects for its block of the documents, and the items are gathered in order."""
         c, context = self.config, self.context
         documents = list(buffer.documents if hasattr(buffer, "documents") else buffer)
         if not documents:
             raise ValueError("dreaming needs documents: the wake buffer is empty")
+        mine = world.block(list(enumerate(documents)))
         weights = load_generator(c.generator_path) if c.generator_path else None
         with generator_expert(context.memory, c.generator_level, weights):
-            dreams = write_dreams(context.engine, context.tokenizer, context.memory, documents, c, seed=context.seed,
-                                  progress=progress)
-        pad = pad_id(context.tokenizer)
-        items, kept, scores, samples = [], 0, [], []
-        for index, (document, own) in enumerate(zip(documents, dreams)):
-            examples = [dream_examples(context.tokenizer, dream.text) for dream in own]
-            selection = select_dreams(context.model, context.memory, examples,
-                                      as_examples(context.tokenizer, [document]), pad, c,
-                                      seed=context.seed * 100_003 + index)
-            for k in selection.kept:
-                items += examples[k]
-                if len(samples) < SAMPLES:
-                    samples.append(own[k].text)
-            items += as_examples(context.tokenizer, [document])
-            kept += len(selection.kept)
-            scores += [selection.scores[k] for k in selection.kept]
-        self.items = items
-        self.report = {"dreams": sum(map(len, dreams)), "kept": kept, "documents": len(documents),
-                       "kept_score_mean": sum(scores) / len(scores) if scores else 0.0, "samples": samples}
+            dreams = write_dreams(context.engine, context.tokenizer, context.memory, [d for _, d in mine], c,
+                                  seed=context.seed, progress=progress) if mine else []
+        records = world.gather([self._select(index, document, own) for (index, document), own in zip(mine, dreams)])
+        scores = [score for record in records for score in record["scores"]]
+        self.items = [item for record in records for item in record["items"]]
+        self.report = {"dreams": sum(record["dreams"] for record in records), "kept": len(scores),
+                       "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
+                       "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
         self._train(context.slot if c.expert == "consolidated" else context.memory.new_expert(context.level))
+
+    def _select(self, index: int, document: str, own: list) -> dict:
+        """Document ``index``'s kept dreams: their lines then the document as items, their scores and
+        texts, and how many dreams it had."""
+        context, tokenizer = self.context, self.context.tokenizer
+        examples = [dream_examples(tokenizer, dream.text) for dream in own]
+        selection = select_dreams(context.model, context.memory, examples, as_examples(tokenizer, [document]),
+                                  pad_id(tokenizer), self.config, seed=context.seed * 100_003 + index)
+        items = [item for k in selection.kept for item in examples[k]] + as_examples(tokenizer, [document])
+        return {"items": items, "scores": [selection.scores[k] for k in selection.kept], "dreams": len(own),
+                "samples": [own[k].text for k in selection.kept]}
 
     def step(self, batch) -> dict:
         return self.trainer.step(batch)

@@ -17,15 +17,19 @@ Loss form of the objective (minimised):
 One step: one rollout-engine call draws the on-policy samples and the LTI completions; then one
 student forward runs each sequence with its completions as a token tree (:mod:`sleepcore.lm.tree`):
 a completion attends to its prefix inside the distillation sequence (or beside an on-policy
-sample) instead of recomputing it, the same hidden states up to rounding at ~0.4x the tokens.
+sample) instead of recomputing it, the same hidden states up to rounding at ~0.4x the tokens
+(both in :mod:`sleepcore.sleep.seeding_rollouts`).
 
 The teacher is the current model (new expert off): with the wake document in its context (the
 in-context teacher), or with the fast level's experts on (``teacher_experts``, the memory teacher).
 The student is the same model with the new expert on, the teacher experts off and no document.
-Only the new expert trains, through the stage's :class:`~sleepcore.train.LocalRuntime`.
+Only the new expert trains, through the stage's runtime (:func:`~sleepcore.distributed.training_runtime`).
 
-Length: about 320 lines, a little over the ~300 guideline: the stage protocol, the two terms and
-the shared student forward that feeds both belong together; the replay set is already apart.
+Under torchrun each rank samples the replay set for its block of the prompts (gathered, so every
+rank holds all of it), and runs its block of each step's batch; the step's random choices
+(on-policy items, LTI cuts, sampling seeds) are drawn for the whole batch on every rank first, so
+the ranks together compute exactly the single-process step. The KL metric is each rank's sum over
+the global token count (summed by ``reduce_metrics``).
 """
 
 from __future__ import annotations
@@ -33,36 +37,23 @@ from __future__ import annotations
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from sleepcore.lm import Branch, head_weight, pad_id
+from sleepcore.distributed import training_runtime, world
+from sleepcore.lm import head_weight, pad_id
 from sleepcore.losses import FusedLinearPolicyLoss
 from sleepcore.ops import fused_linear_jsd, group_advantages
-from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.judge import ModelJudge
 from sleepcore.sleep.prompts import replay_coverage
 from sleepcore.sleep.replay import (TEACHER_BATCH, ReplaySample, replay_from_state, replay_prompts, replay_state,
                                     sample_replay)
 from sleepcore.sleep.rewards import imitation_reward
+from sleepcore.sleep.seeding_rollouts import Rollouts, draw_rollouts, engine_tokens, rollout_trees
 from sleepcore.sleep.stage import StageContext
-from sleepcore.train import LocalRuntime
 from sleepcore.train.checkpoint import random_state, restore_random_state
-
-
-@dataclass
-class Rollouts:
-    """One step's samples: each item's distillation response (the student's for ``on_policy``
-    items), LTI cut and completions (none at ``alpha = 1``); the engine's prefill + sampled tokens."""
-
-    responses: list[list[int]]
-    on_policy: list[int]
-    cuts: list[int] = field(default_factory=list)
-    completions: list[list] = field(default_factory=list)
-    forward_tokens: int = 0
 
 
 class KnowledgeSeeding:
@@ -94,8 +85,8 @@ class KnowledgeSeeding:
         self.pad_id, self.head = pad_id(self.tokenizer), head_weight(self.model)
         self.policy_loss = FusedLinearPolicyLoss("grpo", temperature=config.sample_temperature,
                                                  eps_low=config.clip_eps, eps_high=config.clip_eps)
-        self.runtime = LocalRuntime(self.model, self.memory.trainable(self.level, self.slot), config.optimizer,
-                                    total_steps=config.steps)
+        self.runtime = training_runtime(self.model, self.memory.trainable(self.level, self.slot), config.optimizer,
+                                        total_steps=config.steps)
         self.judge = ModelJudge(self.model, self.tokenizer, context=self.teacher) if config.judge == "model" else None
         self.items: list[ReplaySample] = []
         self.kl_before: float | None = None
@@ -122,15 +113,16 @@ class KnowledgeSeeding:
         prompts = replay_prompts(buffer, self.config, self.tokenizer, self.engine, self.teacher,
                                  seed=self.context.seed, teacher_reads_documents=self.context.teacher_reads_documents)
         self.coverage = replay_coverage(buffer.documents, prompts)
-        sampled = self._engine_tokens()
-        self.items = sample_replay(self.model, self.tokenizer, self.engine, prompts, self.config, self.teacher,
-                                   self.rng, progress=progress,
-                                   forward=self.runtime.forward)
+        sampled, self.engine.stats = engine_tokens(self.engine), {}
+        share = sample_replay(self.model, self.tokenizer, self.engine, world.block(prompts), self.config,
+                              self.teacher, self.rng, progress=progress, forward=self.runtime.forward)
+        self.items = world.gather(share)
         if not self.items:
             raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")
         self.kl_before = self.replay_kl(self.items)
-        self.prepare_forward_tokens = sampled + self._engine_tokens() + sum(
-            len(s.teacher_prompt) + len(s.student_prompt) + 2 * len(s.response) for s in self.items)
+        local = sampled + engine_tokens(self.engine) + sum(
+            len(s.teacher_prompt) + len(s.student_prompt) + 2 * len(s.response) for s in share)
+        self.prepare_forward_tokens = int(world.all_sum([local])[0])
 
     def step(self, batch: list[ReplaySample]) -> dict:
         """One optimiser step on a batch of replay samples; returns the step's metrics: the loss and
@@ -141,10 +133,10 @@ class KnowledgeSeeding:
         judge's forward is not counted), seconds, tokens/s, and the runtime's ``lr``, ``grad_norm``."""
         c = self.config
         started = time.perf_counter()
-        rollouts = self._rollouts(batch)
+        batch, rollouts = draw_rollouts(batch, c, self.rng, self.runtime, self.engine)
         teacher = self._teacher_hidden(batch, rollouts.responses, rollouts.on_policy)
         teacher_tokens = sum(len(batch[i].teacher_prompt) + len(rollouts.responses[i]) for i in rollouts.on_policy)
-        trees, places = self._trees(batch, rollouts)
+        trees, places = rollout_trees(batch, rollouts, share_prefixes=self.share_prefixes)
         hidden, layout = self.runtime.tree_hidden(trees, self.pad_id)
         gkd, kl, gkd_tokens = self._distillation_term(hidden, layout, len(batch), teacher)
         lti, rewards, lti_tokens = torch.zeros(()), [], 0
@@ -156,9 +148,11 @@ class KnowledgeSeeding:
         seconds = time.perf_counter() - started
         loss, gkd, lti = torch.stack([loss, gkd, lti]).detach().tolist()
         tokens = gkd_tokens + lti_tokens
-        return {"loss": loss, "gkd": gkd, "lti": lti, **_reward_metrics(rewards, c.completions), "kl_teacher": kl,
-                "tokens": tokens, "forward_tokens": rollouts.forward_tokens + teacher_tokens,
-                "tokens_per_s": tokens / seconds, "seconds": seconds, **update}
+        rewards = _reward_metrics(self.runtime.gather(rewards), c.completions)
+        return self.runtime.reduce_metrics({
+            "loss": loss, "gkd": gkd, "lti": lti, **rewards, "kl_teacher": kl, "tokens": tokens,
+            "forward_tokens": rollouts.forward_tokens + teacher_tokens, "tokens_per_s": tokens / seconds,
+            "seconds": seconds, **update})
 
     def summary(self) -> dict:
         """Replay samples, the replay KL before and after, the documents' sentences the replay
@@ -189,8 +183,9 @@ class KnowledgeSeeding:
     # ------------------------------------------------------------------ measurements
     @torch.no_grad()
     def replay_kl(self, samples: list[ReplaySample]) -> float:
-        """Mean per-token KL(teacher || student) on the teacher's own responses (the replay set)."""
-        total, tokens = 0.0, 0
+        """Mean per-token KL(teacher || student) on the teacher's own responses (the replay set; each
+        rank measures its block)."""
+        total, tokens, samples = 0.0, 0, world.block(samples)
         for start in range(0, len(samples), TEACHER_BATCH):
             chunk = samples[start:start + TEACHER_BATCH]
             responses = [sample.response for sample in chunk]
@@ -199,65 +194,8 @@ class KnowledgeSeeding:
             total += float(fused_linear_jsd(student, self.head, teacher, self.head, beta=0.0,
                                             temperature=self.config.temperature, reduction="sum"))
             tokens += student.shape[0]
+        total, tokens = world.all_sum([total, tokens])
         return total / max(tokens, 1)
-
-    def _engine_tokens(self) -> int:
-        """Tokens the engine's last ``generate`` ran (prefill + sampled; 0 after ``stats`` was cleared)."""
-        stats = self.engine.stats
-        return stats.get("prompt_tokens_computed", 0) + stats.get("generated_tokens", 0)
-
-    # ------------------------------------------------------------------ sampling and the student forward
-    def _rollouts(self, batch: list[ReplaySample]) -> Rollouts:
-        """The on-policy samples and the LTI completions, in one engine call (the same draws from
-        ``self.rng``, in the same order, as sampling them separately)."""
-        c = self.config
-        rollouts = Rollouts([sample.response for sample in batch],
-                            [i for i in range(len(batch)) if self.rng.random() < c.on_policy])
-        prompts, params = [], []
-        if rollouts.on_policy:
-            on_policy = SamplingParams(temperature=c.sample_temperature, max_tokens=c.max_new_tokens,
-                                       seed=self.rng.randrange(1 << 62))
-            prompts += [batch[i].student_prompt for i in rollouts.on_policy]
-            params += [on_policy] * len(rollouts.on_policy)
-        if c.alpha < 1:
-            rollouts.cuts = [self.rng.randint(1, len(sample.response) - 1) for sample in batch]
-            prompts += [sample.student_prompt + sample.response[:cut] for sample, cut in zip(batch, rollouts.cuts)]
-            params += [SamplingParams(n=c.completions, temperature=c.sample_temperature, max_tokens=len(s.response) - k,
-                                      seed=self.rng.randrange(1 << 62)) for s, k in zip(batch, rollouts.cuts)]
-        if not prompts:
-            return rollouts
-        outputs = self.engine.generate(prompts, params, progress=False)
-        rollouts.forward_tokens = self._engine_tokens()
-        for i, output in zip(rollouts.on_policy, outputs):
-            if output.completions[0].token_ids:
-                rollouts.responses[i] = list(output.completions[0].token_ids)
-        rollouts.completions = [output.completions for output in outputs[len(rollouts.on_policy):]]
-        return rollouts
-
-    def _trees(self, batch: list[ReplaySample], rollouts: Rollouts):
-        """Per item a tree: prompt, distillation response (branch 1), and the LTI completions, which
-        continue the response at the cut if it starts with the teacher's prefix, else a branch of
-        that prefix beside it (unshared: a row of their own each, after the items' trees). Also the
-        ``(tree, branch)`` of each item's completions."""
-        trees, rows, places = [], [], []
-        for i, sample in enumerate(batch):
-            tree = [Branch(sample.student_prompt), Branch(rollouts.responses[i], 0)]
-            trees.append(tree)
-            if not rollouts.cuts:
-                continue
-            cut, done = rollouts.cuts[i], [list(completion.token_ids) for completion in rollouts.completions[i]]
-            if not self.share_prefixes:
-                prefix = sample.student_prompt + sample.response[:cut]
-                places.append([(len(batch) + len(rows) + j, 1) for j in range(len(done))])
-                rows += [[Branch(prefix), Branch(tokens, 0)] for tokens in done]
-                continue
-            parent, fork = 1, cut
-            if rollouts.responses[i][:cut] != sample.response[:cut]:
-                tree.append(Branch(sample.response[:cut], 0))
-                parent, fork = 2, None
-            places.append([(i, len(tree) + j) for j in range(len(done))])
-            tree += [Branch(tokens, parent, fork) for tokens in done]
-        return trees + rows, places
 
     # ------------------------------------------------------------------ the two terms
     def _distillation_term(self, hidden, layout, items: int, teacher):
@@ -267,11 +205,11 @@ class KnowledgeSeeding:
         count = self.runtime.token_count(student.shape[0])
         loss = fused_linear_jsd(student, self.head, teacher, self.head, beta=c.beta, temperature=c.temperature,
                                 num_items_in_batch=count)
-        if c.beta == 0.0:  # the loss is the KL itself
-            return loss, float(loss.detach()) * count / student.shape[0], student.shape[0]
+        if c.beta == 0.0:  # the loss is the KL itself (this rank's sum over the global count)
+            return loss, float(loss.detach()), student.shape[0]
         with torch.no_grad():
             kl = fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
-                                  temperature=c.temperature)
+                                  temperature=c.temperature, num_items_in_batch=count)
         return loss, float(kl), student.shape[0]
 
     def _teacher_hidden(self, batch: list[ReplaySample], responses: list[list[int]], on_policy: list[int]):
@@ -311,7 +249,8 @@ class KnowledgeSeeding:
         token_ids = padded([torch.tensor(x, dtype=torch.long, device=device) for x in completions])
         mask = padded([torch.ones(n, dtype=torch.bool, device=device) for n in lengths], False)
         old = padded([torch.tensor(x, dtype=torch.float32, device=device) for x in old_logp])
-        loss = self.policy_loss(padded(selected.split(lengths)), self.head, token_ids, old, advantages.to(device), mask)
+        loss = self.policy_loss(padded(selected.split(lengths)), self.head, token_ids, old, advantages.to(device), mask,
+                                global_seqs=self.runtime.token_count(len(completions)))
         loss = loss[0] if isinstance(loss, tuple) else loss
         return loss, rewards, selected.shape[0]
 

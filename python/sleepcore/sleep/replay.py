@@ -3,7 +3,9 @@ no external data during sleep), with the teacher's final hidden states cached on
 
 The teacher never changes during a sleep, so its hidden states on its own samples are computed
 once, in batches of similar length, and reused by every step. Replay sets are checkpointed as
-token ids (JSON) and hidden states (safetensors).
+token ids (JSON) and hidden states (safetensors). Under torchrun the question writing is split
+over the ranks (:func:`shared_generate`), and so is the sampling (the stage gives each rank its
+block of the prompts).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from sleepcore.distributed import world
 from sleepcore.lm import encode, final_hidden, pad_id, response_hidden
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
@@ -36,6 +39,13 @@ class ReplaySample:
     teacher_hidden: torch.Tensor | None = None
 
 
+def shared_generate(engine, prompts: list, params: SamplingParams) -> list:
+    """``engine.generate(prompts, params)`` with each rank sampling its block of the prompts (the
+    outputs gathered in order; a prompt's samples depend on its seed alone, not on its batch)."""
+    mine = world.block(prompts)
+    return world.gather(engine.generate(mine, params, progress=False) if mine else [])
+
+
 def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, teacher, *, seed: int,
                    teacher_reads_documents: bool = True) -> list[ReplayPrompt]:
     """Prompts from ``config.prompt_builders`` over the buffer: at most ``prompts_per_document``
@@ -52,7 +62,7 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     if "self_question" in builders:
         params = SamplingParams(n=2, temperature=0.7, max_tokens=32, seed=seed)
         with teacher():
-            outputs = engine.generate(question_requests(documents, tokenizer), params, progress=False)
+            outputs = shared_generate(engine, question_requests(documents, tokenizer), params)
         asked = [[completion.text or "" for completion in output.completions] for output in outputs]
         generated += self_question_prompts(documents, asked, tokenizer)
     if "entity_questions" in builders:
@@ -61,7 +71,7 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
         requests = sentence_question_requests(documents)
         params = SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=seed)
         with teacher():
-            outputs = engine.generate([request for _, _, request in requests], params, progress=False)
+            outputs = shared_generate(engine, [request for _, _, request in requests], params)
         asked = [[completion.text or "" for completion in output.completions] for output in outputs]
         generated += sentence_question_prompts(documents, requests, asked, tokenizer)
     rng.shuffle(generated)
@@ -82,10 +92,13 @@ def sample_replay(model, tokenizer, engine, prompts: list[ReplayPrompt], config:
                   rng: random.Random, *, progress: bool = True, forward=final_hidden) -> list[ReplaySample]:
     """Teacher samples of every prompt (``samples_per_prompt`` each, 2 tokens or longer), with the
     teacher's hidden states on them, computed by ``forward(model, ids, mask)`` (a training runtime
-    passes its own, so they come at its compute dtype)."""
+    passes its own, so they come at its compute dtype). ``rng`` gives the sampling seed, drawn even
+    for no prompt (which gives no sample), so that ranks sampling blocks of one list stay in step."""
     temperature = config.sample_temperature if config.replay_temperature is None else config.replay_temperature
     params = SamplingParams(n=config.samples_per_prompt, temperature=temperature,
                             max_tokens=config.max_new_tokens, seed=rng.randrange(1 << 62))
+    if not prompts:
+        return []
     teacher_ids = [encode(tokenizer, p.teacher) for p in prompts]
     with teacher():
         outputs = engine.generate(teacher_ids, params, progress=progress)

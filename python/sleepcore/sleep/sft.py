@@ -9,11 +9,11 @@ import time
 
 import torch
 
+from sleepcore.distributed import training_runtime
 from sleepcore.lm import as_examples, pad_id
 from sleepcore.lm.next_token import next_token_sum
 from sleepcore.sleep.config import NextTokenConfig
 from sleepcore.sleep.stage import StageContext
-from sleepcore.train import LocalRuntime
 
 
 class NextTokenStage:
@@ -25,8 +25,8 @@ class NextTokenStage:
     def __init__(self, context: StageContext, config: NextTokenConfig):
         self.context, self.config = context, config
         self.model, self.pad_id = context.model, pad_id(context.tokenizer)
-        self.runtime = LocalRuntime(self.model, context.memory.trainable(context.level, context.slot),
-                                    config.optimizer, total_steps=config.steps)
+        self.runtime = training_runtime(self.model, context.memory.trainable(context.level, context.slot),
+                                        config.optimizer, total_steps=config.steps)
         self.items: list[tuple[list[int], list[int]]] = []
 
     def prepare(self, buffer, *, progress: bool = True) -> None:
@@ -36,16 +36,18 @@ class NextTokenStage:
         self.items = as_examples(self.context.tokenizer, texts)
 
     def step(self, batch) -> dict:
-        """One optimiser step; metrics ``loss``, ``tokens`` (response tokens, all with a gradient),
-        ``forward_tokens`` (0: nothing runs without one), seconds, tokens/s, ``lr``, ``grad_norm``."""
+        """One optimiser step (each rank on its block of ``batch``); metrics ``loss``, ``tokens``
+        (response tokens, all with a gradient), ``forward_tokens`` (0: nothing runs without one),
+        seconds, tokens/s, ``lr``, ``grad_norm``."""
         started = time.perf_counter()
+        batch = self.runtime.local_batch(batch)
         total, count = next_token_sum(self.model, batch, self.pad_id, forward=self.runtime.forward)
         loss = total / self.runtime.token_count(count)
         self.runtime.backward(loss)
         update = self.runtime.step()
         seconds = time.perf_counter() - started
-        return {"loss": loss.item(), "tokens": count, "forward_tokens": 0, "tokens_per_s": count / seconds,
-                "seconds": seconds, **update}
+        return self.runtime.reduce_metrics({"loss": loss.item(), "tokens": count, "forward_tokens": 0,
+                                            "tokens_per_s": count / seconds, "seconds": seconds, **update})
 
     def summary(self) -> dict:
         return {"examples": len(self.items)}

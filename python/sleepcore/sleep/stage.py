@@ -8,6 +8,10 @@ checkpoints every ``checkpoint_every`` steps and at the end, and resume: an inte
 restarts from its last checkpoint and draws the same batches an uninterrupted run would. A
 finished stage's final checkpoint holds its summary, so a sleep interrupted in a later stage skips
 it on resume.
+
+Under torchrun every rank runs this loop in step (the same global batches; the stage's runtime
+takes each rank's block of them), only rank 0 shows progress and writes ``metrics.jsonl``, and
+checkpoints are sharded (:mod:`sleepcore.distributed.checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from sleepcore.train import EpochBatches, atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from sleepcore.distributed import world
+from sleepcore.distributed.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sleepcore.train import EpochBatches, atomic_write_text
 from sleepcore.train.checkpoint import random_state, restore_random_state
 
 
@@ -96,6 +102,7 @@ def run_stage(stage: Stage, buffer=None, *, memory=None, root: Path | None = Non
     """
     c = stage.config
     root = Path(root) if root is not None else None
+    main, progress = world.is_main(), progress and world.is_main()
     if resumed is None and root is not None:
         resumed = resume_point(root, memory)
     history = []
@@ -108,7 +115,8 @@ def run_stage(stage: Stage, buffer=None, *, memory=None, root: Path | None = Non
         history = state["history"]
         restore_random_state(state["python_rng"])
         torch.set_rng_state(tensors["rng.torch"])
-        atomic_write_text(root / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        if main:
+            atomic_write_text(root / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
     else:
         stage.prepare(buffer, progress=progress)
     if not stage.items:
@@ -131,7 +139,8 @@ def run_stage(stage: Stage, buffer=None, *, memory=None, root: Path | None = Non
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         done = step + 1 == c.steps or (budget is not None and trained >= budget)
         if root is not None:
-            _append_line(root / "metrics.jsonl", metrics)
+            if main:
+                _append_line(root / "metrics.jsonl", metrics)
             if (step + 1) % checkpoint_every == 0 and not done:
                 _save(root, stage, memory, history, batches, owner_state)
     bar.close()

@@ -3,9 +3,10 @@
 A checkpoint is a directory ``<root>/step-<n>/`` holding ``tensors.safetensors`` (optimiser
 moments, fp32 master weights, cached tensors of a stage, the torch RNG state), ``state.json``
 (step, Python RNG state, sampler position, metrics, buffers) and, when a memory is given,
-``memory.safetensors``. It is written under a temporary name and renamed into place; then
-``<root>/LATEST`` (written to a temporary file and ``os.replace``-d) points at it, and older
-checkpoints are removed. A crash at any moment leaves either the previous checkpoint or the new
+``memory.safetensors`` (a distributed run writes the tensors as per-rank safetensors shards
+instead: :mod:`sleepcore.distributed.checkpoint`). It is written under a temporary name and
+renamed into place; then ``<root>/LATEST`` (written to a temporary file and ``os.replace``-d)
+points at it, and older checkpoints are removed. A crash at any moment leaves either the previous checkpoint or the new
 one. Nothing is ever unpickled: a directory in the old pickled format (``state.pt``) is refused
 with a ``ValueError`` instead of being loaded, since unpickling runs whatever code the file names.
 """
@@ -53,18 +54,35 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, tensors: dict[str, to
                     memory=None) -> Path:
     """Writes checkpoint ``step``: ``tensors`` (names to tensors), ``state`` (JSON-serialisable) and
     ``memory`` (anything with ``save(path)``; optional). Returns its directory."""
+
+    def write(directory: Path) -> None:
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()},
+                  str(directory / TENSORS))
+        write_state(directory, step, state, memory)
+
+    return publish_checkpoint(root, step, write)
+
+
+def write_state(directory: Path, step: int, state: dict, memory=None) -> None:
+    """``state.json`` (``state`` with its ``step``) and, when given, ``memory.safetensors`` in ``directory``."""
+    (directory / STATE).write_text(json.dumps({"step": step, **state}))
+    if memory is not None:
+        memory.save(directory / MEMORY)
+
+
+def publish_checkpoint(root: str | os.PathLike, step: int, write, *, temporary: Path | None = None) -> Path:
+    """Completes checkpoint ``step`` atomically: ``write(directory)`` fills a temporary directory
+    (``temporary``, which may already hold files, or a new one), which is then renamed to
+    ``<root>/step-<n>``; ``LATEST`` is pointed at it and older checkpoints are removed. Returns it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    temporary = root / f".step-{step:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
+    if temporary is None:
+        temporary = root / f".step-{step:06d}.tmp-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
     try:
-        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()},
-                  str(temporary / TENSORS))
-        (temporary / STATE).write_text(json.dumps({"step": step, **state}))
-        if memory is not None:
-            memory.save(temporary / MEMORY)
+        write(temporary)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
     finally:
@@ -84,7 +102,7 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
         return None
     directory = Path(root) / pointer.read_text().strip()
     _refuse_pickles(directory)
-    return directory if (directory / STATE).is_file() and (directory / TENSORS).is_file() else None
+    return directory if (directory / STATE).is_file() else None
 
 
 def load_checkpoint(directory: str | os.PathLike, memory=None) -> tuple[dict[str, torch.Tensor], dict]:

@@ -13,9 +13,13 @@ the forwards of an fp32 model run under bf16 autocast and return fp32 hidden sta
 compute in fp32 inside it (:class:`~sleepcore.memory.layer.MemoryMLP`), so only the frozen base's
 matmuls and attention round to bf16.
 
-Loss normalisation: a stage sums its per-token losses and divides by :meth:`token_count` of its
-local count, which here is the count itself and in a distributed runtime the all-reduced count
-over ranks, so the summed gradient equals the single-process one.
+Loss normalisation: a stage sums its per-token (or per-sequence) losses and divides by
+:meth:`token_count` of its local count, which here is the count itself and in a distributed
+runtime the all-reduced count over ranks, so the summed gradient equals the single-process one.
+
+Data: a stage runs :meth:`local_batch` of each step's batch (here all of it; a rank's block in
+:class:`~sleepcore.distributed.DistributedRuntime`), :meth:`gather`-s what it needs whole (e.g.
+rewards for their statistics) and returns :meth:`reduce_metrics` of its metrics.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class LocalRuntime:
         self.optimizer = torch.optim.AdamW(self.masters, lr=c.learning_rate, betas=(c.beta1, c.beta2),
                                            weight_decay=c.weight_decay)
         self.steps = 0
+        self.zero_grad()  # a gradient left by an earlier backward (e.g. a scoring pass) is not this runtime's
         self.device = self.parameters[0].device  # an expert's: the base model's dtype and device
         self.autocast_dtype = autocast_dtype(c.compute_dtype, self.parameters[0])
 
@@ -82,8 +87,17 @@ class LocalRuntime:
         """Final hidden states ``[N, H]`` predicting the response tokens (see :func:`sleepcore.lm.response_hidden`)."""
         return response_hidden(self.model, prompts, responses, pad_id, forward=self.forward)
 
+    def local_batch(self, batch: list) -> list:
+        """This process's part of a step's ``batch`` (here: all of it)."""
+        return batch
+
+    def gather(self, items: list) -> list:
+        """The items every process computed for this step, in batch order (here: ``items``)."""
+        return list(items)
+
     def token_count(self, local: int) -> int:
-        """The normaliser for a loss summed over ``local`` tokens: the global count (here: ``local``)."""
+        """The normaliser for a loss summed over ``local`` tokens (or sequences): the global count
+        (here: ``local``)."""
         return local
 
     def reduce_metrics(self, metrics: dict) -> dict:
