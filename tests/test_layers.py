@@ -19,7 +19,7 @@ LAYERS = {
     "train": 4, "distributed": 4,
     "sleep": 5,
     "tasks": 6,
-    "cli": 7, "benchmarks": 7, "__main__": 7, "__init__": 7,
+    "cli": 7, "benchmarks": 7, "integrations": 7, "__main__": 7, "__init__": 7,
 }
 
 
