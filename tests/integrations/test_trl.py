@@ -1,6 +1,11 @@
 """sleepcore.integrations.trl: one TRL step with sleepcore's fused loss equals TRL's own loss and
 gradients (GKD; GRPO for every supported loss_type and option), and unsupported options fail early."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -118,3 +123,14 @@ def test_grpo_unsupported_options_fail_at_construction(tiny, tmp_path, option, e
     policy, _, tokenizer = tiny
     with pytest.raises((NotImplementedError, ValueError), match=f"^{error}"):
         grpo_trainers(policy, tokenizer, tmp_path, **option)
+
+
+def test_gradients_are_all_reduced_under_two_rank_ddp(tmp_path):
+    """torchrun, 2 gloo ranks: see ``_trl_ddp_worker.py``."""
+    worker = Path(__file__).with_name("_trl_ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker),
+               str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+    assert done.stdout.count("gradients all-reduced") == 2, done.stdout
