@@ -65,3 +65,28 @@ POLICY_CASES = {
     "cpu": PolicyCase("cpu", 8, 256, "smollm2-135m", "float32", "cpu"),
     "h100": PolicyCase("h100", 8, 1024, "llama3-8b-131k", "bfloat16", "cuda"),
 }
+
+
+@dataclass(frozen=True)
+class GKDCase:
+    """A GKD step: ``sequences x seq_len`` tokens, the first ``prompt_len`` of each a prompt (label
+    -100), through a head; the whole-step providers load ``model`` as student and teacher."""
+
+    name: str
+    sequences: int
+    seq_len: int
+    prompt_len: int
+    head: str
+    model: str
+    dtype: str
+    device: str
+
+    @property
+    def tokens(self) -> int:
+        return self.sequences * self.seq_len
+
+
+GKD_CASES = {
+    "tiny": GKDCase("tiny", 2, 16, 4, "smollm2-135m", "smollm2-135m-instruct", "float32", "cpu"),
+    "cpu": GKDCase("cpu", 8, 256, 64, "smollm2-135m", "smollm2-135m-instruct", "float32", "cpu"),
+}

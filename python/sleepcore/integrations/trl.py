@@ -78,6 +78,33 @@ def _check_logits_unscaled(model) -> None:
                                       "losses take plain lm_head logits; use TRL's own trainer for this model")
 
 
+def generalized_jsd_from_hidden(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, *, beta,
+                                num_items_in_batch=None, student_bias=None, teacher_bias=None):
+    """TRL's ``generalized_jsd_loss(student_logits, teacher_logits, labels, beta=beta,
+    num_items_in_batch=num_items_in_batch)`` without the logits: GKD's loss from hidden states.
+
+    Args:
+        student_hidden: ``[B, T, Hs]`` fp32/bf16/fp16, already shifted (row ``t`` predicts
+            ``labels[:, t]``); gets a gradient. student_weight: ``[V, Hs]``, its dtype; student_bias: ``[V]``.
+        teacher_hidden, teacher_weight, teacher_bias: ``[B, T, Ht]``, ``[V, Ht]``, ``[V]``; no gradient,
+            cast to the student weight's dtype.
+        labels: int ``[B, T]``; only tokens with ``labels != -100`` are projected (a host sync).
+        beta: in [0, 1]; temperature 1, as in TRL's ``GKDTrainer.compute_loss``.
+        num_items_in_batch: None (divide by the kept-token count), a number or a 1-element tensor.
+
+    Returns:
+        A float32 scalar: :func:`sleepcore.ops.fused_linear_jsd` run with autocast off.
+    """
+    keep = labels != -100
+    dtype = student_weight.dtype
+    teacher_bias = None if teacher_bias is None else teacher_bias.detach().to(dtype)
+    with _autocast_off(student_hidden):
+        return ops.fused_linear_jsd(student_hidden[keep].to(dtype), student_weight,
+                                    teacher_hidden.detach()[keep].to(dtype), teacher_weight.detach().to(dtype),
+                                    beta=beta, num_items_in_batch=num_items_in_batch, student_bias=student_bias,
+                                    teacher_bias=teacher_bias)
+
+
 class _FusedHeadMixin:
     def _completion_hidden(self, model, input_ids, attention_mask, completion_length: int, dtype: torch.dtype):
         """Final hidden states ``[B, completion_length, H]`` predicting the last ``completion_length`` tokens."""
@@ -109,20 +136,19 @@ class SleepcoreGKDMixin(_FusedHeadMixin):
 
     def _sleepcore_distillation_loss(self, student, inputs, num_items_in_batch):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
-        keep = inputs["labels"][:, 1:] != -100
         width = input_ids.shape[1] - 1
         student_weight, student_bias = _head(student)
-        student_hidden = self._completion_hidden(student, input_ids, attention_mask, width, student_weight.dtype)[keep]
+        student_hidden = self._completion_hidden(student, input_ids, attention_mask, width, student_weight.dtype)
         self.teacher_model.eval()
         teacher = self.accelerator.unwrap_model(self.teacher_model)
         with torch.no_grad():
             teacher_hidden = _redirect(self.teacher_model, teacher, self._completion_hidden, teacher, input_ids,
-                                       attention_mask, width, student_weight.dtype)[keep]
-            teacher_weight, teacher_bias = (None if t is None else t.to(student_weight.dtype) for t in _head(teacher))
-        with _autocast_off(student_hidden):
-            return ops.fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_weight, beta=self.beta,
-                                        num_items_in_batch=num_items_in_batch, student_bias=student_bias,
-                                        teacher_bias=teacher_bias)
+                                       attention_mask, width, student_weight.dtype)
+        teacher_weight, teacher_bias = _head(teacher)
+        return generalized_jsd_from_hidden(student_hidden, student_weight, teacher_hidden, teacher_weight,
+                                           inputs["labels"][:, 1:], beta=self.beta,
+                                           num_items_in_batch=num_items_in_batch, student_bias=student_bias,
+                                           teacher_bias=teacher_bias)
 
 
 class SleepcoreGRPOMixin(_FusedHeadMixin):
