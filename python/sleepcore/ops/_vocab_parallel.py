@@ -119,11 +119,14 @@ def local_shards(process_group, vocab_start, hidden: dict, shards: dict):
         group and no DTensor) and the tensors of ``shards``, DTensors replaced by their local
         shard, in order.
     """
+    dtensor = _dtensor_class()
+    if process_group is None and vocab_start is None and (
+            dtensor is None or not any(isinstance(value, dtensor) for value in shards.values())):
+        return None, list(shards.values())  # one device: the fast path
     if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
         raise TypeError(f"process_group must be a torch.distributed.ProcessGroup or None, "
                         f"got {type(process_group).__name__}")
     validation.integer("vocab_start", vocab_start, minimum=0, optional=True)
-    dtensor = _dtensor_class()
     group, local = process_group, []
     for name, value in shards.items():
         value, mesh_group = _unwrap(name, value, dtensor)

@@ -5,7 +5,9 @@ never gets one)."""
 import pytest
 import torch
 
-from _vp_cases import check_against_single, run_jsd, run_topk_jsd
+from _tolerance import assert_low_precision
+from _vp_cases import check_against_single, parts, run_jsd, run_topk_jsd, sharded_job, whole
+from sleepcore import reference
 
 V = 1271
 REDUCTIONS = ["batchmean", "sum", "none"]
@@ -43,6 +45,25 @@ def test_jsd_every_token_ignored(seed, ranks):
     inputs["labels"].fill_(-100)
     single = check_against_single(ranks, run_jsd, inputs, (636, 635))
     assert single["loss"] == 0 and torch.all(single["hidden"] == 0)
+
+
+def test_jsd_bf16(seed, ranks):
+    """DESIGN.md's 16-bit rule on every rank: error vs the fp32 reference <= 2 x plain PyTorch's + 1e-2."""
+    inputs = jsd_inputs(h=64, teacher_h=64, bias=False)
+    low = {name: value.bfloat16() if name in ("hidden", "weight", "teacher_hidden", "teacher_weight") else value
+           for name, value in inputs.items()}
+    sizes = (636, 635)
+    results = ranks.run(sharded_job, run=run_jsd, inputs=low, parts=parts(sizes), options=dict(beta=0.5))
+    expected = run_jsd(inputs, whole, dict(beta=0.5))
+    hidden, weight = whole(low["hidden"]), whole(low["weight"])
+    plain_loss = reference.fused_linear_jsd(hidden, weight, low["teacher_hidden"], low["teacher_weight"],
+                                            low["labels"], beta=0.5, upcast=False)
+    plain = dict(loss=plain_loss, **dict(zip(("hidden", "weight"),
+                                             torch.autograd.grad(1.7 * plain_loss.float(), (hidden, weight)))))
+    for rank, (result, (start, stop)) in enumerate(zip(results, parts(sizes))):
+        for name in ("loss", "hidden", "weight"):
+            part = (lambda t: t[start:stop]) if name == "weight" else (lambda t: t)  # noqa: E731
+            assert_low_precision(result[name], part(expected[name]), part(plain[name]), f"rank {rank} {name}")
 
 
 def topk_inputs(k, n=37, h=24, vocab=V, *, split=636, bias=True):

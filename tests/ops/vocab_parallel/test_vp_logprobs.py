@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from _vp_cases import check_against_single, run_logprobs
+from _tolerance import assert_low_precision
+from _vp_cases import check_against_single, parts, run_logprobs, sharded_job, whole
 
 V = 1271
 
@@ -45,3 +46,31 @@ def test_every_token_ignored(seed, ranks):
     inputs["token_ids"].fill_(-100)
     single = check_against_single(ranks, run_logprobs, inputs, (636, 635))
     assert torch.all(single["logp"] == 0) and torch.all(single["hidden"] == 0)
+
+
+def plain_torch(inputs):
+    """Log-probs, entropies and gradients by plain PyTorch in the inputs' dtype (the 16-bit rule's baseline)."""
+    hidden, weight, ids = whole(inputs["hidden"]), whole(inputs["weight"]), inputs["token_ids"]
+    logp_all = torch.log_softmax(hidden @ weight.T, -1)
+    keep = ids != -100
+    logp = logp_all.gather(-1, ids.clamp_min(0)[:, None])[:, 0] * keep
+    entropy = -(logp_all.exp() * logp_all).sum(-1) * keep
+    total = (logp.float() * inputs["grad_logp"]).sum() + (entropy.float() * inputs["grad_entropy"]).sum()
+    grad_hidden, grad_weight = torch.autograd.grad(total, (hidden, weight))
+    return dict(logp=logp, entropy=entropy, hidden=grad_hidden, weight=grad_weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision(seed, ranks, dtype):
+    """DESIGN.md's 16-bit rule on every rank: error vs the fp32 reference <= 2 x plain PyTorch's + 1e-2."""
+    inputs = logprobs_inputs(n=33, h=64, bias=False, targets=[0, 635, 636, 1270])
+    low = dict(inputs, hidden=inputs["hidden"].to(dtype), weight=inputs["weight"].to(dtype))
+    sizes = (636, 635)
+    results = ranks.run(sharded_job, run=run_logprobs, inputs=low, parts=parts(sizes), options={})
+    reference = run_logprobs(inputs, whole, {})
+    plain = plain_torch(low)
+    for rank, (result, (start, stop)) in enumerate(zip(results, parts(sizes))):
+        assert result["weight"].dtype == dtype
+        for name in ("logp", "entropy", "hidden", "weight"):
+            part = (lambda t: t[start:stop]) if name == "weight" else (lambda t: t)  # noqa: E731
+            assert_low_precision(result[name], part(reference[name]), part(plain[name]), f"rank {rank} {name}")
