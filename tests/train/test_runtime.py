@@ -48,6 +48,17 @@ def test_bf16_parameters_keep_fp32_masters():
     torch.testing.assert_close(weight.float(), master.to(torch.bfloat16).float())
 
 
+def test_a_new_runtime_drops_a_gradient_it_did_not_compute():
+    """A backward before the runtime exists (e.g. the dream selection's, through a trained expert)
+    must not leak into its first step."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    (weight * 5.0).sum().backward()
+    runtime = LocalRuntime(None, [weight], OptimizerConfig(learning_rate=0.1))
+    assert weight.grad is None
+    runtime.backward(weight.sum())
+    torch.testing.assert_close(weight.grad, torch.ones(3))
+
+
 def test_schedule_warmup_and_cosine():
     _, runtime = _runtime(learning_rate=1.0, warmup_steps=2, schedule="cosine", min_learning_rate_ratio=0.1)
     rates = [runtime.learning_rate(step) for step in range(10)]

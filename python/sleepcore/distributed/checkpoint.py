@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -73,7 +74,9 @@ def load_checkpoint(directory: str | os.PathLike, memory=None) -> tuple[dict[str
         raise ValueError(f"{directory} holds neither {local.TENSORS} nor {SHARDS}/: not a sleepcore checkpoint")
     metadata = dcp.HuggingFaceStorageReader(str(shards)).read_metadata().state_dict_metadata
     tensors = {name: torch.empty(entry.size, dtype=entry.properties.dtype) for name, entry in metadata.items()}
-    dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(str(shards)), no_dist=not world.active())
+    with warnings.catch_warnings():  # DCP warns whenever it reads without a process group: intended here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(str(shards)), no_dist=not world.active())
     state = json.loads((directory / local.STATE).read_text())
     if memory is not None:
         memory.load(directory / local.MEMORY)
