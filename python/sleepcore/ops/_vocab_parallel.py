@@ -141,6 +141,8 @@ def local_shards(process_group, vocab_start, hidden: dict, shards: dict):
         local.append(value)
     if group is None and vocab_start is not None:
         raise ValueError("vocab_start needs process_group (or a DTensor weight)")
+    if group is not None and dist.get_rank(group) < 0:
+        raise ValueError(f"this process (global rank {dist.get_rank()}) is not in process_group")
     if group is not None and dtensor is not None:
         for name, value in hidden.items():
             if isinstance(value, dtensor):
@@ -164,7 +166,7 @@ def _record(size, vocab_start, chunk_size, hidden, ids):
         return torch.cat([sizes, id_range, checksum.to(torch.float64)])
 
 
-def _starts(records, vocab_start, weight_name):
+def _starts(records, weight_name):
     """Each rank's first id, after checking that the shards tile ``[0, V)``."""
     sizes = [int(r["size"]) for r in records]
     if min(sizes) < 1:
@@ -210,7 +212,8 @@ def layout(group, vocab_start, size, *, hidden, hidden_name, weight_name, chunk_
         vocab_start: this rank's first id or None (group-rank order).
         size: this rank's shard size (``weight.shape[0]`` of the local shard).
         hidden: the flat ``[N, H]`` hidden states; every rank must hold the same ones (checked
-            by row count and a checksum: sum and norm within a relative ``1e-6``).
+            by row count and a checksum: sum and norm within a relative ``1e-6``). Other
+            replicated inputs (labels, a teacher's hidden states) are not checked.
         chunk_size: the caller's chunk size or None; it must be the same on every rank, since each
             chunk is one round of collectives.
         ids: optional integer target ids (``[N]`` or ``[N, k]``) that must lie in ``[0, V)``;
@@ -225,9 +228,9 @@ def layout(group, vocab_start, size, *, hidden, hidden_name, weight_name, chunk_
     gathered = _all_gather(_record(size, vocab_start, chunk_size, hidden, ids), group)
     records = [dict(zip(_FIELDS, row)) for row in gathered.tolist()]
     _check_same(records, "rows", f"{hidden_name} must have the same number of rows on every rank (vocab-parallel)")
-    _check_same(records, "chunk", "chunk_size must be the same on every rank (None everywhere is)")
+    _check_same(records, "chunk", "chunk_size must be the same on every rank (or None on every rank)")
     _check_checksums(records, hidden_name)
-    starts = _starts(records, vocab_start, weight_name)
+    starts = _starts(records, weight_name)
     vocab = sum(int(r["size"]) for r in records)
     if ids is not None:
         low, high = min(r["id_min"] for r in records), max(r["id_max"] for r in records)

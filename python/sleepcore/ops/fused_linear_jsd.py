@@ -193,7 +193,8 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
     if shard is None:
         main, per_row = torch.ops.sleepcore.fused_linear_jsd, torch.ops.sleepcore.fused_linear_jsd_rows
     else:
-        main, per_row = torch.ops.sleepcore.vocab_parallel_linear_jsd, torch.ops.sleepcore.vocab_parallel_linear_jsd_rows
+        main, per_row = (torch.ops.sleepcore.vocab_parallel_linear_jsd,
+                         torch.ops.sleepcore.vocab_parallel_linear_jsd_rows)
         inputs += shard.op_args
     if reduction == "none":
         return per_row(*inputs).reshape(leading)

@@ -85,7 +85,8 @@ def _fused_linear_logprobs(hidden: Tensor, weight: Tensor, token_ids: Tensor, bi
 @torch.library.custom_op("sleepcore::vocab_parallel_linear_logprobs", mutates_args=())
 def _vocab_parallel_linear_logprobs(hidden: Tensor, weight: Tensor, token_ids: Tensor, bias: Optional[Tensor],
                                     temperature: float, chunk_size: int, backend: str, with_entropy: bool,
-                                    group_name: str, vocab_start: int, vocab_size: int) -> tuple[Tensor, Tensor, Tensor]:
+                                    group_name: str, vocab_start: int,
+                                    vocab_size: int) -> tuple[Tensor, Tensor, Tensor]:
     shard = VocabShard(group_name, vocab_start, weight.shape[0], vocab_size)
     return _forward(hidden, weight, token_ids, bias, temperature, chunk_size, backend, with_entropy, shard)
 

@@ -44,16 +44,10 @@ import math
 
 import torch
 
-from sleepcore.ops import logprob_rows as rows
+from sleepcore.ops import logprob_rows as one_device
 from sleepcore.ops._vocab_parallel import VocabShard
 
 REST_LOG_FLOOR = math.log(1e-30)
-
-
-def _shifts(local_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """From the gathered ``l_r`` ``[world, C]``: ``(lse [C], s_r = l_r - lse [world, C])``."""
-    lse = torch.logsumexp(local_lse, 0)
-    return lse, local_lse - lse
 
 
 def logprob_rows(logits, token_ids, logp, entropy, lse, *, temperature, backend, shard: VocabShard) -> None:
@@ -66,11 +60,13 @@ def logprob_rows(logits, token_ids, logp, entropy, lse, *, temperature, backend,
     kept = token_ids >= 0
     make = lambda: torch.empty_like(logp)  # noqa: E731
     shard_logp, shard_lse, shard_entropy = make(), make(), None if entropy is None else make()
-    rows.logprob_rows(logits, torch.where(on, local, torch.where(kept, 0, -1)), shard_logp, shard_entropy, shard_lse,
-                      temperature=temperature, backend=backend)
+    local_ids = torch.where(on, local, torch.where(kept, 0, -1))
+    one_device.logprob_rows(logits, local_ids, shard_logp, shard_entropy, shard_lse, temperature=temperature,
+                            backend=backend)
     stats = [shard_lse, torch.where(on, shard_logp, 0.0), on.float()]
     gathered = shard.gather(torch.stack(stats if entropy is None else [*stats, shard_entropy], -1))
-    row_lse, shift = _shifts(gathered[..., 0])
+    row_lse = torch.logsumexp(gathered[..., 0], 0)
+    shift = gathered[..., 0] - row_lse  # s_r, [world, C]
     lse.copy_(torch.where(kept, row_lse, 0.0))
     # logp <= 0 exactly; the rounding of the sum can leave 1 ulp above it
     logp.copy_(torch.where(kept, (gathered[..., 1] + gathered[..., 2] * shift).sum(0).clamp_max(0.0), 0.0))
@@ -87,8 +83,9 @@ def logprob_grad_rows(logits, token_ids, lse, entropy, grad_logp, grad_entropy, 
     log_p0 = logits[:, 0].float() / temperature - lse  # read before the kernel overwrites the logits
     slope = grad_logp if grad_entropy is None else grad_logp + grad_entropy * (log_p0 + entropy)
     column0 = -slope * log_p0.exp() / temperature
-    rows.logprob_grad_rows(logits, torch.where(on, local, torch.where(elsewhere, 0, -1)), lse, entropy, grad_logp,
-                           grad_entropy, grad, temperature=temperature, backend=backend)
+    local_ids = torch.where(on, local, torch.where(elsewhere, 0, -1))
+    one_device.logprob_grad_rows(logits, local_ids, lse, entropy, grad_logp, grad_entropy, grad,
+                                 temperature=temperature, backend=backend)
     grad[:, 0] = torch.where(elsewhere, column0.to(grad.dtype), grad[:, 0])
 
 
@@ -143,10 +140,10 @@ def topk_jsd_rows(student, teacher_ids, teacher_logprobs, row_scale, loss, grad,
     ``teacher_ids`` are global ids ``[C, k]``, any of them on any shard.
     """
     z = student.float() / temperature
-    rows_, size = z.shape
+    count, size = z.shape
     local, on = shard.localise(teacher_ids)
     spare = torch.where(on, local, size)  # ids held elsewhere point at a spare column past the shard
-    in_topk = torch.zeros(rows_, size + 1, dtype=torch.bool, device=z.device).scatter_(1, spare, True)[:, :size]
+    in_topk = torch.zeros(count, size + 1, dtype=torch.bool, device=z.device).scatter_(1, spare, True)[:, :size]
     z_topk = torch.where(on, z.gather(1, local.clamp(0, size - 1)), 0.0)
     stats = torch.cat([z.logsumexp(-1, keepdim=True), z.masked_fill(in_topk, -math.inf).logsumexp(-1, keepdim=True),
                        z_topk], -1)
@@ -162,7 +159,7 @@ def topk_jsd_rows(student, teacher_ids, teacher_logprobs, row_scale, loss, grad,
     a_sum = a[:, :-1].sum(-1) + a_rest
     scale = row_scale / temperature
     rest_slope = (a_rest / student_bins[:, -1].exp() - a_sum) * scale
-    padded = z.new_empty(rows_, size + 1)
+    padded = z.new_empty(count, size + 1)
     torch.sub(z, lse[:, None], out=padded[:, :size]).exp_().mul_(rest_slope[:, None])
     padded.scatter_(1, spare, (a[:, :-1] - student_bins[:, :-1].exp() * a_sum[:, None]) * scale[:, None])
     grad.copy_(padded[:, :size])

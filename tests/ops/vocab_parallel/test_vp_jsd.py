@@ -16,8 +16,8 @@ REDUCTIONS = ["batchmean", "sum", "none"]
 def jsd_inputs(n=37, h=24, teacher_h=20, vocab=V, *, bias=True):
     labels = torch.randint(0, vocab, (n,)).masked_fill(torch.rand(n) < 0.25, -100)
     inputs = dict(hidden=torch.randn(n, h) * 2, weight=torch.randn(vocab, h) / h**0.5,
-                  teacher_hidden=torch.randn(n, teacher_h) * 2, teacher_weight=torch.randn(vocab, teacher_h) / teacher_h**0.5,
-                  labels=labels, grad_rows=torch.randn(n))
+                  teacher_hidden=torch.randn(n, teacher_h) * 2,
+                  teacher_weight=torch.randn(vocab, teacher_h) / teacher_h**0.5, labels=labels, grad_rows=torch.randn(n))
     if bias:
         inputs.update(bias=torch.randn(vocab), teacher_bias=torch.randn(vocab))
     return inputs
