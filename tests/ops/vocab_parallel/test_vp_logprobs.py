@@ -74,3 +74,9 @@ def test_low_precision(seed, ranks, dtype):
         for name in ("logp", "entropy", "hidden", "weight"):
             part = (lambda t: t[start:stop]) if name == "weight" else (lambda t: t)  # noqa: E731
             assert_low_precision(result[name], part(reference[name]), part(plain[name]), f"rank {rank} {name}")
+
+
+def test_triton_backend(seed, ranks):
+    """The Triton row kernels (under the interpreter on CPU) on shards, against the one-device op."""
+    inputs = logprobs_inputs(n=12, targets=[0, 635, 636, 1270, -100])
+    check_against_single(ranks, run_logprobs, inputs, (636, 635), options=dict(backend="triton", temperature=0.7))

@@ -60,3 +60,10 @@ def test_dtensor_weight(seed, ranks):
     inputs = policy_inputs()
     del inputs["ref_logp"], inputs["rollout_logp"]
     check_against_single(ranks, run_policy, inputs, (636, 635), how="dtensor", options=dict(loss_type="dapo"))
+
+
+def test_triton_backend(seed, ranks):
+    inputs = policy_inputs(B=3, T=4)
+    del inputs["ref_logp"], inputs["rollout_logp"]
+    options = dict(loss_type="dapo", entropy_coef=0.01, backend="triton")
+    check_against_single(ranks, run_policy, inputs, (636, 635), options=options)
