@@ -150,7 +150,8 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
         process_group, vocab_start: vocabulary-parallel ``lm_head`` as in
             :func:`sleepcore.ops.fused_linear_logprobs`: both weights and biases are this rank's
             rows ``[V_local, ...]`` of the same split (or DTensors placed ``(Shard(0),)``), and
-            every rank passes the same hidden states and labels.
+            every rank passes the same hidden states and labels. The divergence maths then runs
+            as PyTorch ops on the shard (``backend`` chooses no kernel there).
 
     Returns:
         A float32 scalar (or per-token tensor for ``"none"``).

@@ -135,6 +135,7 @@ def fused_linear_topk_jsd(student_hidden, student_weight, teacher_topk_ids, teac
             as in :func:`sleepcore.ops.fused_linear_jsd`; temperature divides the student only.
         process_group, vocab_start: vocabulary-parallel ``lm_head`` as in
             :func:`sleepcore.ops.fused_linear_logprobs`; the top-k ids are global ids, on any shard.
+            The divergence maths then runs as PyTorch ops (``backend`` chooses no kernel there).
 
     Returns:
         A float32 scalar (or per-token values for ``"none"``).

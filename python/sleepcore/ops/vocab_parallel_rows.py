@@ -36,6 +36,13 @@ rank forms ``lse = logsumexp_r l_r`` and the shift ``s_r = l_r - lse <= 0`` (the
 
 Temperature and ``row_scale`` scale the raw-logit gradient by ``row_scale / T``; a row whose
 ``row_scale`` is 0 gets loss 0 and a zero gradient row.
+
+Cost per chunk of C rows: log-probs one all-gather of ``[C, 3-4]`` floats (their gradient none),
+the JSD an all-gather of ``[C, 2]`` and an all-reduce of ``[C, 2]``, the top-k JSD an all-gather
+of ``[C, k + 2]``. The log-prob rows run the fused row kernels (``_C`` or Triton) on the shard;
+the two divergences have no shard kernel and run as PyTorch ops, holding about six float32
+``[C, size]`` temporaries (the JSD) or four (top-k): pass a smaller ``chunk_size`` when that is
+too much.
 """
 
 from __future__ import annotations
