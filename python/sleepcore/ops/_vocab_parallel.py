@@ -9,11 +9,12 @@ its chunk's local logits ``[C, size]`` and combines per-row statistics over the 
 
 How a rank learns its offset: :func:`layout` all-gathers one small float64 record per rank (shard
 size, ``vocab_start`` or -1, row count, requested chunk size, the range of the target ids, a
-checksum of the hidden states) and reads it on the host, once per call. Without ``vocab_start``
-the shards follow group-rank order (``start`` = the sizes of the lower ranks added up); with
-``vocab_start`` on every rank, the shards sorted by start must tile ``[0, V)`` exactly. Every rank
-sees every record, so all ranks make the same checks and raise the same error: none is left
-waiting in a collective. A DTensor weight placed ``(Shard(0),)`` on a 1-D device mesh brings its
+checksum of the hidden states) and reads it on the host, once per call (so on this path the
+public functions break a ``torch.compile`` graph there; the custom ops themselves compile with
+``fullgraph=True``). Without ``vocab_start`` the shards follow group-rank order (``start`` = the
+sizes of the lower ranks added up); with ``vocab_start`` on every rank, the shards sorted by start
+must tile ``[0, V)`` exactly. Every rank sees every record, so all ranks make the same checks and
+raise the same error: none is left waiting in a collective. A DTensor weight placed ``(Shard(0),)`` on a 1-D device mesh brings its
 group (the mesh's) and its layout (mesh order); :func:`local_shards` unwraps it with
 ``to_local()``, which routes the weight gradient back to the DTensor.
 
