@@ -30,6 +30,7 @@ def policy_inputs(B=5, T=9, H=24, vocab=V, *, bias=True):
 
 CASES = {
     "grpo": dict(loss_type="grpo", temperature=0.7),
+    "grpo-seq-mean-token-sum": dict(loss_type="grpo", agg="seq-mean-token-sum", global_seqs=7),
     "dapo-entropy": dict(loss_type="dapo", entropy_coef=0.01),
     "dr_grpo-kl-tis": dict(loss_type="dr_grpo", kl_coef=0.1, kl_estimator="k2", tis_cap=2.0),
     "gspo-dual-clip": dict(loss_type="gspo", clip_ratio_c=3.0, eps_low=0.2, eps_high=0.3, temperature=2.0),
