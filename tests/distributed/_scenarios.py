@@ -10,8 +10,9 @@ Scenarios (rank 0 writes the results to ``OUT``):
   ``gradient.json``); plus the pytorch #162338 check: a plain FSDP2 model on gloo with FSDP's
   default reduction (``average.json``);
 * ``sleep``: a sleep of two stages (seeding, then SFT on the 3 documents in batches of 2: one
-  batch of 1), checkpointing every step; ``--crash-at K`` kills rank 1 in its K-th seeding step
-  (SIGKILL, between two checkpoints);
+  batch of 1), checkpointing every step; ``--crash-at K`` kills rank 1 (SIGKILL) in its K-th
+  seeding step, between two checkpoints, and ``--crash-in-save K`` as it starts writing its
+  shards of the K-th checkpoint (rank 0 is then writing its own);
 * ``dreaming``: a sleep of seeding then dreaming (no noise).
 """
 
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -127,20 +129,27 @@ def fsdp_default_average(out: Path) -> None:
                                                       "torch": torch.__version__}))
 
 
-def sleep(out: Path, crash_at: int | None) -> None:
+def kill_rank_1_at_call(owner, name: str, call: int) -> None:
+    """Replaces ``owner.name`` by a function that SIGKILLs rank 1 at its ``call``-th call."""
+    real, calls = getattr(owner, name), []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call and world.rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    setattr(owner, name, crashing)
+
+
+def sleep(out: Path, crash_at: int | None, crash_in_save: int | None) -> None:
     config = fp32(seeding(steps=4, batch_size=3, max_new_tokens=8, samples_per_prompt=1))
     sleeper = woken(config, stages=("seeding", "sft"), sft=NextTokenConfig(steps=3, batch_size=2, optimizer=FP32),
                     output_dir=str(out / "run"), checkpoint_every=1)
     if crash_at is not None:
-        real, calls = KnowledgeSeeding.step, []
-
-        def step_then_crash(self, batch):
-            calls.append(1)
-            if len(calls) == crash_at and world.rank() == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(self, batch)
-
-        KnowledgeSeeding.step = step_then_crash
+        kill_rank_1_at_call(KnowledgeSeeding, "step", crash_at)
+    if crash_in_save is not None:
+        kill_rank_1_at_call(dcp, "save", crash_in_save)
     summary = sleeper.sleep(progress=False)
     finish(out, sleeper, summary)
 
@@ -167,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("scenario", choices=("gradient", "sleep", "dreaming"))
     parser.add_argument("out", type=Path)
     parser.add_argument("--crash-at", type=int)
+    parser.add_argument("--crash-in-save", type=int)
     args = parser.parse_args(argv)
     world.init_from_environment()
     try:
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.scenario == "gradient":
             gradient(args.out)
         elif args.scenario == "sleep":
-            sleep(args.out, args.crash_at)
+            sleep(args.out, args.crash_at, args.crash_in_save)
         else:
             dreaming(args.out)
     finally:

@@ -7,8 +7,8 @@ model (:mod:`_scenarios`) and comparing with the single-process run of the same 
 * FSDP2's default reduction on gloo averages on the installed torch (pytorch issue 162338: older
   releases summed; sleepcore itself asks for a SUM, so it is unaffected either way);
 * ``sleepcore run --config`` runs unchanged under torchrun and trains the single-process experts;
-* a sleep killed mid-run (rank 1 SIGKILLed between checkpoints) resumes from its sharded checkpoint
-  to the uninterrupted result, on 2 ranks and in a single process;
+* a sleep killed mid-run (rank 1 SIGKILLed between checkpoints, or while writing one) resumes
+  from its sharded checkpoint to the uninterrupted result, on 2 ranks and in a single process;
 * the Dreaming stage (dreams written and selected per rank, then trained) gives the single-process expert.
 """
 
@@ -131,13 +131,24 @@ def test_sleepcore_run_under_torchrun_trains_the_single_process_experts(tmp_path
     assert [sleep["slot"] for sleep in report["sleeps"]] == [0, 1]
 
 
-def test_a_sleep_killed_mid_run_resumes_from_its_sharded_checkpoint(tmp_path):
-    reference, crashed, single = tmp_path / "reference", tmp_path / "crashed", tmp_path / "single"
-    scenario(["sleep", str(reference)])
-    killed = torchrun(str(SCENARIOS), "sleep", str(crashed), "--crash-at", "3", succeed=False)
+@pytest.fixture(scope="module")
+def reference_sleep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    scenario(["sleep", str(out)])
+    return out
+
+
+@pytest.mark.parametrize("crash", ["--crash-at", "--crash-in-save"])
+def test_a_sleep_killed_mid_run_resumes_from_its_sharded_checkpoint(tmp_path, reference_sleep, crash):
+    """Rank 1 is killed in the third seeding step, or while the third checkpoint is being written:
+    the second checkpoint is intact, and resuming from it gives the uninterrupted result."""
+    reference, crashed, single = reference_sleep, tmp_path / "crashed", tmp_path / "single"
+    killed = torchrun(str(SCENARIOS), "sleep", str(crashed), crash, "3", succeed=False)
     assert killed.returncode != 0
     seeding = crashed / "run" / "sleep-000" / "seeding"
     assert (seeding / "LATEST").read_text() == "step-000002"
+    assert [path.name for path in seeding.glob("step-*")] == ["step-000002"]
+    assert (seeding / ".step-000003.tmp-sharded").is_dir() == (crash == "--crash-in-save")
     shards = sorted(path.name for path in (seeding / "step-000002" / "tensors").iterdir())
     assert shards == [f"shard-0000{rank}-model-00001-of-00001.safetensors" for rank in (1, 2)]
     shutil.copytree(crashed / "run", single / "run")
@@ -149,6 +160,7 @@ def test_a_sleep_killed_mid_run_resumes_from_its_sharded_checkpoint(tmp_path):
         assert_same_history(resumed / "summary.json", reference / "summary.json")
     lines = (seeding / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+    assert not [path.name for path in seeding.iterdir() if path.name.startswith(".")]  # no half-written save left
 
 
 def test_the_dreaming_stage_on_two_ranks_trains_the_single_process_expert(tmp_path):
