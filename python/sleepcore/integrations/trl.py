@@ -215,14 +215,16 @@ class SleepcoreGRPOMixin(_FusedHeadMixin):
                                              return_entropy=with_entropy)
 
     def _compute_loss(self, model, inputs):
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
-        mask = mask.bool()
+        mask = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:
+            mask = mask & inputs["tool_mask"].bool()
         unwrapped = self.accelerator.unwrap_model(model)
         loss, metrics = _redirect(model, unwrapped, self._sleepcore_policy_loss, unwrapped, inputs, mask)
         mode = "train" if self.model.training else "eval"
         count = mask.sum().float()
-        logged = {"entropy": "entropy"} if self.loss_type == "cispo" else {
-            "entropy": "entropy", "clip_ratio/region_mean": "clip_frac"}
+        logged = {"entropy": "entropy", "clip_ratio/region_mean": "clip_frac"}
+        if self.loss_type == "cispo":  # TRL's cispo_clip_ratio counts positive advantages only: not logged
+            del logged["clip_ratio/region_mean"]
         for name, key in logged.items():
             totals = self.accelerator.reduce(torch.stack([metrics[key] * count, count]), reduction="sum")
             self._metrics[mode][name].append((totals[0] / totals[1].clamp(min=1.0)).item())
