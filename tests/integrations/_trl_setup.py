@@ -64,14 +64,15 @@ def gkd_inputs(vocab, seed, batch=3, width=12):
     return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
-def grpo_trainers(policy, tokenizer, tmp_dir, **config):
-    """TRL's ``GRPOTrainer`` and ``SleepcoreGRPOTrainer`` on two copies of ``policy``."""
+def grpo_trainers(policy, tokenizer, tmp_dir, peft_config=None, **config):
+    """TRL's ``GRPOTrainer`` and ``SleepcoreGRPOTrainer`` on two copies of ``policy`` (with a PEFT
+    adapter when ``peft_config`` is given)."""
     args = GRPOConfig(**_common(tmp_dir), per_device_train_batch_size=4, num_generations=2, max_completion_length=9,
                       **config)
     dataset = Dataset.from_dict({"prompt": ["the cat", "a dog"] * 2})
     reward = lambda completions, **kwargs: [0.0] * len(completions)  # noqa: E731 - never called
     return [cls(model=copy.deepcopy(policy), reward_funcs=reward, args=args, train_dataset=dataset,
-                processing_class=tokenizer) for cls in (GRPOTrainer, SleepcoreGRPOTrainer)]
+                processing_class=tokenizer, peft_config=peft_config) for cls in (GRPOTrainer, SleepcoreGRPOTrainer)]
 
 
 def grpo_inputs(trainer, seed, *, batch=4, old=True, ref=False, sampling_ratio=None):

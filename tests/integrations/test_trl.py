@@ -96,6 +96,16 @@ def test_grpo_kl_vllm_ratio_and_accumulation_match_trl(tiny, tmp_path, loss_type
     assert_same_step(_grpo_step(reference, inputs, 2), reference.model, _grpo_step(ours, inputs, 2), ours.model)
 
 
+def test_grpo_with_a_lora_adapter_matches_trl(tiny, tmp_path):
+    peft = pytest.importorskip("peft")
+    policy, _, tokenizer = tiny
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    reference, ours = grpo_trainers(policy, tokenizer, tmp_path, peft_config=lora, loss_type="dapo")
+    inputs = grpo_inputs(reference, seed=9)
+    assert_same_step(_grpo_step(reference, inputs), reference.model, _grpo_step(ours, inputs), ours.model)
+    assert all("lora" in name for name in gradients(ours.model))
+
+
 def test_grpo_old_and_reference_logps_match_trls_kernel(tiny, tmp_path):
     policy, _, tokenizer = tiny
     reference, ours = grpo_trainers(policy, tokenizer, tmp_path, temperature=0.7)
