@@ -18,8 +18,8 @@ with the loss computed by sleepcore's fused ops straight from the final hidden s
 They plug in at TRL's documented points (``GKDTrainer.compute_loss``, ``GRPOTrainer._compute_loss``
 and its log-prob helper), and the mixins can be combined with a user's own subclass. The loss runs
 inside the wrapped model's forward (TRL's ``_ForwardRedirection``), so DDP's
-``prepare_for_backward`` and FSDP's unshard hooks fire and gradients are all-reduced. The
-backbone runs under the accelerator's autocast; the fused op runs with autocast off, in the
+``prepare_for_backward`` and FSDP's unshard hooks fire and gradients are all-reduced (tested
+under 2-rank DDP; FSDP2 and DeepSpeed are not tested). The backbone runs under the accelerator's autocast; the fused op runs with autocast off, in the
 ``lm_head`` weight's dtype (fp32 master weights: an fp32 head, where TRL's kernels run under bf16
 autocast), so under ``bf16=True`` the two agree only to bf16 precision.
 
