@@ -90,3 +90,23 @@ GKD_CASES = {
     "tiny": GKDCase("tiny", 2, 16, 4, "smollm2-135m", "smollm2-135m-instruct", "float32", "cpu"),
     "cpu": GKDCase("cpu", 8, 256, 64, "smollm2-135m", "smollm2-135m-instruct", "float32", "cpu"),
 }
+
+
+@dataclass(frozen=True)
+class BodyShape:
+    """A decoder's size for memory projections: layers, hidden H, MLP width, KV heads and their
+    dimension, and the whole model's parameter count (its head is ``HEADS[head]``)."""
+
+    model: str
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_heads: int
+    head_dim: int
+    parameters: float
+    head: str
+
+
+BODIES = {
+    "llama3-8b": BodyShape("Llama-3-8B", 32, 4096, 14336, 8, 128, 8.03e9, "llama3-8b"),
+}

@@ -2,15 +2,16 @@
 :mod:`sleepcore.train.checkpoint` (which a single process keeps using).
 
 In a distributed run every rank writes its shards of the DTensors (the experts' optimiser moments
-and masters) and rank 0 the replicated tensors (DCP de-duplicates them: the replay set, the RNG
-state), as safetensors files with their offsets in JSON metadata (DCP's Hugging Face storage
-layout, in ``step-<n>/tensors/``: ``shard-<rank+1>-model-00001-of-00001.safetensors``). DCP's default file-system layout is
-not used because its ``.metadata`` file is a pickle, and a sleepcore checkpoint is never unpickled.
-Rank 0 then adds ``state.json`` and ``memory.safetensors`` (the experts are whole on every rank
-between steps) and publishes the directory like a local checkpoint: written under a temporary
-name, renamed into place, then ``LATEST`` moved; a crash at any moment, on any rank, leaves the
-previous checkpoint or the new one. The checkpoint folder must be on a file system every rank
-sees (on several nodes: a shared one).
+and masters) and DCP has one rank write each plain tensor (the replay set, the RNG state: the same
+on every rank, since the stages gather their data and draw their random choices on every rank),
+as safetensors files with their offsets in JSON metadata (DCP's Hugging Face storage layout, in
+``step-<n>/tensors/``: ``shard-<rank+1>-model-00001-of-00001.safetensors``). DCP's default
+file-system layout is not used: its ``.metadata`` file is a pickle, and a sleepcore checkpoint is
+never unpickled. Rank 0 then adds ``state.json`` and ``memory.safetensors`` (the experts are
+whole on every rank between steps) and publishes the directory like a local checkpoint: written
+under a temporary name, renamed into place, then ``LATEST`` moved; a crash at any moment, on any
+rank, leaves the previous checkpoint or the new one. The checkpoint folder must be on a file
+system every rank sees (on several nodes: a shared one).
 
 Loading reads every tensor whole, in either layout, on any number of ranks (DCP reassembles
 shards from their offsets), and a :class:`~sleepcore.distributed.DistributedRuntime` keeps its own
@@ -55,11 +56,6 @@ def save_checkpoint(root: str | os.PathLike, step: int, *, tensors: dict[str, to
                                  temporary=temporary)
     world.barrier()
     return final
-
-
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The directory ``<root>/LATEST`` names (either layout), or None (see :func:`sleepcore.train.latest_checkpoint`)."""
-    return local.latest_checkpoint(root)
 
 
 def load_checkpoint(directory: str | os.PathLike, memory=None) -> tuple[dict[str, torch.Tensor], dict]:

@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sleepcore.distributed import world
-from sleepcore.distributed.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from sleepcore.train import EpochBatches, atomic_write_text
+from sleepcore.distributed.checkpoint import load_checkpoint, save_checkpoint
+from sleepcore.train import EpochBatches, atomic_write_text, latest_checkpoint
 from sleepcore.train.checkpoint import random_state, restore_random_state
 
 
