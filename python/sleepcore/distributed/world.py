@@ -59,6 +59,7 @@ def shutdown() -> None:
     """Destroys the default process group if one was started (the end of a torchrun launch)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        mesh.cache_clear()
 
 
 @functools.cache
