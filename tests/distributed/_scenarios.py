@@ -6,13 +6,14 @@ Scenarios (rank 0 writes the results to ``OUT``):
 * ``gradient``: two Knowledge Seeding steps (LTI and on-policy samples on; a stand-in reward that
   varies), on the replay set's first three samples then on its first one (a rank without data);
   the expert's gradients before each update, the replay responses, each rank's token count in the
-  first step, the error for a parameter that is not an expert's (``gradient.safetensors``,
-  ``gradient.json``); plus the pytorch #162338 check: a plain FSDP2 model on gloo with FSDP's
-  default reduction (``average.json``);
+  first step, the types the fused losses' head and the memory's experts have between steps, the
+  error for a parameter that is not an expert's (``gradient.safetensors``, ``gradient.json``);
+  plus the pytorch #162338 check: a plain FSDP2 model on gloo with FSDP's default reduction
+  (``average.json``);
 * ``sleep``: a sleep of two stages (seeding, then SFT on the 3 documents in batches of 2: one
   batch of 1), checkpointing every step; ``--crash-at K`` kills rank 1 (SIGKILL) in its K-th
   seeding step, between two checkpoints, and ``--crash-in-save K`` as it starts writing its
-  shards of the K-th checkpoint (rank 0 is then writing its own);
+  shards of the K-th checkpoint (rank 0 is then inside the same save);
 * ``dreaming``: a sleep of seeding then dreaming (no noise).
 """
 
@@ -95,6 +96,7 @@ def gradient(out: Path) -> None:
     stage.runtime.step = lambda: grads.append([full(p.grad).clone() for p in stage.runtime.parameters]) or real()
     metrics = [stage.step(batch), stage.step(batch[:1])]  # the second: one item, so rank 1 holds none
     counts = world.all_gather_objects(local_tokens)
+    plain = [type(stage.head).__name__] + sorted({type(p).__name__ for p in sleeper.memory.trainable(0, slot)})
     refused = ""
     try:
         DistributedRuntime(sleeper.model, [torch.nn.Parameter(torch.zeros(2))])
@@ -104,7 +106,7 @@ def gradient(out: Path) -> None:
         save_file({f"step{step}.grad{i}": g.contiguous() for step, own in enumerate(grads) for i, g in enumerate(own)},
                   str(out / "gradient.safetensors"))
         (out / "gradient.json").write_text(json.dumps({
-            "responses": [sample.response for sample in stage.items], "rank_tokens": counts, "refused": refused,
+            "responses": [sample.response for sample in stage.items], "rank_tokens": counts, "refused": refused, "plain": plain,
             "metrics": [{key: m[key] for key in ("loss", "gkd", "lti", "kl_teacher", "tokens", "reward")}
                         for m in metrics]}))
     if world.active():

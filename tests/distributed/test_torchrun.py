@@ -81,6 +81,7 @@ def test_a_seeding_step_on_two_ranks_gives_the_single_process_gradient(gradients
         assert grad.abs().max() > 1e-3, name  # large enough that a wrong scale could not hide in the tolerance
         torch.testing.assert_close(got_grads[name], grad, rtol=0, atol=1e-5, msg=name)
     assert "memory expert parameters" in got["refused"] and "torchrun" in want["refused"]
+    assert got["plain"] == ["Parameter", "Parameter"]  # the head (replicated) and the experts (whole between steps)
     for got_step, want_step in zip(got["metrics"], want["metrics"]):
         assert got_step["tokens"] == want_step["tokens"]
         for key in ("loss", "gkd", "kl_teacher", "reward"):
