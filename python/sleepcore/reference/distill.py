@@ -10,9 +10,10 @@ Conventions (TRL's ``generalized_jsd_loss``):
 * ``beta == 0``: forward KL(teacher || student); ``beta == 1``: reverse KL(student || teacher);
   otherwise ``beta * KL(T || M) + (1 - beta) * KL(S || M)`` with ``M = beta*T + (1-beta)*S``.
 * temperature divides both sides' logits (no ``T**2`` factor).
-* ``reduction``: ``"batchmean"`` divides the masked sum by the number of kept tokens, or by
-  ``num_items_in_batch`` when given; ``"sum"``; ``"none"`` returns per-token values with zeros
-  at ignored tokens.
+* ``reduction`` of the fused ops (rows ``[N, H]``): ``"batchmean"`` divides the masked sum by the
+  number of kept tokens, or by ``num_items_in_batch`` when given; ``"sum"``; ``"none"`` returns
+  per-token values with zeros at ignored tokens. :func:`generalized_jsd` on logits follows TRL
+  1.16's reductions instead (:func:`trl_reduce_token_losses`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,26 @@ def reduce_token_losses(per_token, mask, reduction, num_items_in_batch=None):
     return total / denominator.to(total.device).float().clamp_min(1)
 
 
+def trl_reduce_token_losses(per_token, mask, reduction, num_items_in_batch, *, labelled, vocab):
+    """TRL 1.16's reductions of masked per-token losses ``[...]`` (float32): with
+    ``num_items_in_batch`` every scalar reduction divides the sum by it; otherwise ``"batchmean"``
+    divides by the kept tokens (labelled) or by the first dimension (no labels: ``B`` of
+    ``[B, S]``), ``"mean"`` by the kept tokens times ``vocab``, ``"sum"`` not at all. No kept
+    token gives 0. ``"none"``: per-token values, zero at ignored tokens."""
+    per_token = torch.where(mask.to(per_token.device), per_token, torch.zeros_like(per_token)).float()
+    if reduction == "none":
+        return per_token
+    total = per_token.sum()
+    if num_items_in_batch is not None:
+        return total / torch.as_tensor(num_items_in_batch, dtype=torch.float32).reshape(())
+    kept = mask.sum().float().clamp_min(1)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / (kept * vocab)
+    return total / kept if labelled else total / max(per_token.shape[0] if per_token.dim() else 1, 1)
+
+
 def generalized_jsd(student_logits, teacher_logits, labels=None, *, beta=0.5, temperature=1.0,
                     ignore_index=-100, reduction="batchmean", num_items_in_batch=None, upcast=True):
     """Reference for :func:`sleepcore.ops.generalized_jsd`; logits ``[..., V]``."""
@@ -74,7 +95,8 @@ def generalized_jsd(student_logits, teacher_logits, labels=None, *, beta=0.5, te
     teacher_logp = torch.log_softmax(teacher_logits / temperature, dim=-1)
     per_token = jsd_from_logprobs(student_logp, teacher_logp, beta)
     mask = token_mask(labels, per_token.shape, ignore_index)
-    return reduce_token_losses(per_token, mask, reduction, num_items_in_batch)
+    return trl_reduce_token_losses(per_token, mask, reduction, num_items_in_batch, labelled=labels is not None,
+                                   vocab=student_logits.shape[-1])
 
 
 def _logits(hidden, weight, bias, upcast=True):
@@ -91,11 +113,11 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
     student_logits = _logits(student_hidden, student_weight, student_bias, upcast)
     with torch.no_grad():
         teacher_logits = _logits(teacher_hidden, teacher_weight, teacher_bias, upcast)
-    flat_labels = None if labels is None else labels.reshape(-1)
-    per_token = generalized_jsd(student_logits, teacher_logits, flat_labels, beta=beta, temperature=temperature,
-                                ignore_index=ignore_index, reduction=reduction,
-                                num_items_in_batch=num_items_in_batch, upcast=upcast)
-    return per_token.reshape(student_hidden.shape[:-1]) if reduction == "none" else per_token
+    per_token = jsd_from_logprobs(torch.log_softmax(student_logits / temperature, dim=-1),
+                                  torch.log_softmax(teacher_logits / temperature, dim=-1), beta)
+    mask = token_mask(None if labels is None else labels.reshape(-1), per_token.shape, ignore_index)
+    loss = reduce_token_losses(per_token, mask, reduction, num_items_in_batch)
+    return loss.reshape(student_hidden.shape[:-1]) if reduction == "none" else loss
 
 
 def topk_bins(student_logits, teacher_topk_ids, teacher_topk_logprobs, temperature):

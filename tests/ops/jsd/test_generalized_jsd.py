@@ -99,3 +99,17 @@ def test_all_ignored_is_zero(seed, reduction):
     loss = ops.generalized_jsd(student, torch.randn(4, 50), torch.full((4,), -100), reduction=reduction)
     loss.backward()
     assert loss.item() == 0 and torch.all(student.grad == 0)
+
+
+def test_reference_follows_the_same_trl_reductions(seed):
+    """The fp32 reference (used by other tests and benchmarks) and the op agree on every reduction,
+    without trl installed: [B, S, V] without labels divides by B, "mean" by tokens x V."""
+    for shape in SHAPES:
+        for labelled in (False, True):
+            student, teacher, labels = _inputs(shape, labelled)
+            for reduction in ("batchmean", "sum", "mean", "none"):
+                for num_items in (None, 50):
+                    kwargs = dict(beta=0.3, temperature=1.5, reduction=reduction, num_items_in_batch=num_items)
+                    case = f"{shape} labels={labelled} {reduction} num_items={num_items}"
+                    expected = reference.generalized_jsd(student, teacher, labels, **kwargs)
+                    assert_close_fp32(ops.generalized_jsd(student, teacher, labels, **kwargs), expected, case)
