@@ -93,7 +93,7 @@ def gradient(out: Path) -> None:
     local_tokens = sum(len(sample.response) for sample in batch[start:stop])
     stage.rng, grads = random.Random(5), []
     real = stage.runtime.step
-    stage.runtime.step = lambda: grads.append([full(p.grad).clone() for p in stage.runtime.parameters]) or real()
+    stage.runtime.step = lambda tokens=0: grads.append([full(p.grad).clone() for p in stage.runtime.parameters]) or real(tokens)
     metrics = [stage.step(batch), stage.step(batch[:1])]  # the second: one item, so rank 1 holds none
     counts = world.all_gather_objects(local_tokens)
     plain = [type(stage.head).__name__] + sorted({type(p).__name__ for p in sleeper.memory.trainable(0, slot)})

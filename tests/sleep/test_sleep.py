@@ -85,7 +85,7 @@ def test_shared_prefixes_compute_what_separate_rows_compute():
                 parameter.copy_(value)
         stage.rng, grads = random.Random(5), []
         real = stage.runtime.step
-        stage.runtime.step = lambda: grads.append([p.grad.clone() for p in expert]) or real()
+        stage.runtime.step = lambda tokens=0: grads.append([p.grad.clone() for p in expert]) or real(tokens)
         results.append((stage.step(stages[0].items[:3]), grads[0]))
     (shared, shared_grads), (plain, plain_grads) = results
     assert shared["forward_tokens"] == plain["forward_tokens"] and shared["tokens"] == plain["tokens"]

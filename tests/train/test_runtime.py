@@ -67,6 +67,25 @@ def test_schedule_warmup_and_cosine():
     assert all(a >= b for a, b in zip(rates[2:], rates[3:]))
 
 
+def test_cosine_follows_the_token_budget_when_it_ends_the_stage_first():
+    """A budget of 100 tokens at 25 per step ends the stage at step 4 of a cap of 1000: the cosine
+    reaches its floor there (a schedule over the cap alone would hardly have moved), and the
+    tokens trained survive a state round trip."""
+    weight = torch.nn.Parameter(torch.randn(5, 3))
+    config = OptimizerConfig(learning_rate=1.0, schedule="cosine", min_learning_rate_ratio=0.1)
+    runtime = LocalRuntime(None, [weight], config, total_steps=1000, token_budget=100)
+    rates = []
+    for _ in range(4):
+        runtime.backward((weight ** 2).sum())
+        rates.append(runtime.step(tokens=25)["lr"])
+    assert rates == pytest.approx([0.1 + 0.9 * (1 + math.cos(math.pi * p)) / 2 for p in (0, 0.25, 0.5, 0.75)])
+    assert runtime.learning_rate() == pytest.approx(0.1)
+    _, state = runtime.state_dict()
+    again = LocalRuntime(None, [weight], config, total_steps=1000, token_budget=100)
+    again.load_state_dict(runtime.state_dict()[0], state)
+    assert again.trained_tokens == 100 and again.learning_rate() == pytest.approx(0.1)
+
+
 def test_clipping_bounds_the_update_and_reports_the_norm():
     weight, runtime = _runtime(learning_rate=1.0, max_grad_norm=1e-3)
     runtime.backward((weight * 100).sum())
@@ -117,6 +136,8 @@ def test_epochs_see_every_item_once_and_resume_in_place():
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="parameters"):
         LocalRuntime(None, [torch.zeros(2)])
+    with pytest.raises(ValueError, match="token_budget"):
+        LocalRuntime(None, [torch.nn.Parameter(torch.zeros(2))], token_budget=0)
     with pytest.raises(ValueError, match="schedule"):
         OptimizerConfig(schedule="linear")
     with pytest.raises(TypeError, match="warmup_steps"):

@@ -51,13 +51,14 @@ class DistributedRuntime(LocalRuntime):
     Args:
         model: the wrapped causal LM (FSDP2 is applied to its body's experts on first use).
         parameters: the expert tensors to train (``ContinuumMemory.trainable``; at least one).
-        config, total_steps: as for :class:`LocalRuntime`.
+        config, total_steps, token_budget: as for :class:`LocalRuntime`.
 
     Raises ``RuntimeError`` outside a process group of two or more ranks, ``ValueError`` when a
     parameter is not a memory expert's (FSDP shards only those) or none requires a gradient.
     """
 
-    def __init__(self, model, parameters, config: OptimizerConfig | None = None, *, total_steps: int | None = None):
+    def __init__(self, model, parameters, config: OptimizerConfig | None = None, *, total_steps: int | None = None,
+                 token_budget: int | None = None):
         if not world.active():
             raise RuntimeError("DistributedRuntime needs an initialised process group of 2 or more ranks "
                                "(launch with torchrun; see sleepcore.distributed)")
@@ -71,7 +72,8 @@ class DistributedRuntime(LocalRuntime):
                              f"{len(others)} other tensor(s) of shapes {others[:3]}: only the experts train")
         self.body = shard_experts(model, world.mesh(parameters[0].device.type))
         shards = self._take_over()
-        super().__init__(model, [shards[names[id(p)]] for p in parameters], config, total_steps=total_steps)
+        super().__init__(model, [shards[names[id(p)]] for p in parameters], config, total_steps=total_steps,
+                         token_budget=token_budget)
         self.idle = False
 
     def _take_over(self) -> dict:
@@ -126,10 +128,10 @@ class DistributedRuntime(LocalRuntime):
         finally:
             self.body.set_requires_gradient_sync(False)
 
-    def step(self) -> dict:
+    def step(self, tokens: int = 0) -> dict:
         """:meth:`LocalRuntime.step` on the shards, then the updated experts all-gathered."""
         with resharded(self.body):
-            return super().step()
+            return super().step(tokens)
 
     # ------------------------------------------------------------------ state
     def load_state_dict(self, tensors, state: dict) -> None:
@@ -149,8 +151,8 @@ class DistributedRuntime(LocalRuntime):
 
 
 def training_runtime(model, parameters, config: OptimizerConfig | None = None, *,
-                     total_steps: int | None = None) -> LocalRuntime:
+                     total_steps: int | None = None, token_budget: int | None = None) -> LocalRuntime:
     """A :class:`DistributedRuntime` inside a process group of two or more ranks, else a
     :class:`LocalRuntime` (same arguments): the one place the stages choose their runtime."""
     kind = DistributedRuntime if world.active() else LocalRuntime
-    return kind(model, parameters, config, total_steps=total_steps)
+    return kind(model, parameters, config, total_steps=total_steps, token_budget=token_budget)

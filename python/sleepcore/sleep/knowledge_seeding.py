@@ -86,7 +86,7 @@ class KnowledgeSeeding:
         self.policy_loss = FusedLinearPolicyLoss("grpo", temperature=config.sample_temperature,
                                                  eps_low=config.clip_eps, eps_high=config.clip_eps)
         self.runtime = training_runtime(self.model, self.memory.trainable(self.level, self.slot), config.optimizer,
-                                        total_steps=config.steps)
+                                        total_steps=config.steps, token_budget=config.token_budget)
         self.judge = ModelJudge(self.model, self.tokenizer, context=self.teacher) if config.judge == "model" else None
         self.items: list[ReplaySample] = []
         self.kl_before: float | None = None
@@ -143,11 +143,11 @@ class KnowledgeSeeding:
         if c.alpha < 1:
             lti, rewards, lti_tokens = self._imitation_term(hidden, layout, places, batch, rollouts)
         loss = c.alpha * gkd + (1 - c.alpha) * lti
+        tokens = gkd_tokens + lti_tokens
         self.runtime.backward(loss)
-        update = self.runtime.step()
+        update = self.runtime.step(tokens)
         seconds = time.perf_counter() - started
         loss, gkd, lti = torch.stack([loss, gkd, lti]).detach().tolist()
-        tokens = gkd_tokens + lti_tokens
         rewards = _reward_metrics(self.runtime.gather(rewards), c.completions)
         return self.runtime.reduce_metrics({
             "loss": loss, "gkd": gkd, "lti": lti, **rewards, "kl_teacher": kl, "tokens": tokens,

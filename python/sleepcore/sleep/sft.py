@@ -26,7 +26,8 @@ class NextTokenStage:
         self.context, self.config = context, config
         self.model, self.pad_id = context.model, pad_id(context.tokenizer)
         self.runtime = training_runtime(self.model, context.memory.trainable(context.level, context.slot),
-                                        config.optimizer, total_steps=config.steps)
+                                        config.optimizer, total_steps=config.steps,
+                                        token_budget=config.token_budget)
         self.items: list[tuple[list[int], list[int]]] = []
 
     def prepare(self, buffer, *, progress: bool = True) -> None:
@@ -44,7 +45,7 @@ class NextTokenStage:
         total, count = next_token_sum(self.model, batch, self.pad_id, forward=self.runtime.forward)
         loss = total / self.runtime.token_count(count)
         self.runtime.backward(loss)
-        update = self.runtime.step()
+        update = self.runtime.step(count)
         seconds = time.perf_counter() - started
         return self.runtime.reduce_metrics({"loss": loss.item(), "tokens": count, "forward_tokens": 0,
                                             "tokens_per_s": count / seconds, "seconds": seconds, **update})

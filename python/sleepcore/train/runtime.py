@@ -6,7 +6,10 @@ fp32 parameters are their own masters.
 
 Schedule at step ``s`` (0-based) of ``total_steps``: linear warm-up ``lr * (s + 1) / warmup`` for
 ``s < warmup``, then ``lr`` (constant) or ``lr * (m + (1 - m) * (1 + cos(pi * p)) / 2)`` (cosine)
-with ``p = (s - warmup) / max(1, total_steps - warmup)`` and ``m = min_learning_rate_ratio``.
+with ``m = min_learning_rate_ratio`` and the progress ``p`` the larger of
+``(s - warmup) / max(1, total_steps - warmup)`` and, when the stage has a ``token_budget``, the
+fraction of it trained so far (a budget usually ends a sleep long before its step cap, so a cosine
+over the cap alone would hardly decay).
 
 Precision: with ``OptimizerConfig.compute_dtype`` bf16 (or ``"auto"`` on hardware with native bf16)
 the forwards of an fp32 model run under bf16 autocast and return fp32 hidden states; the experts
@@ -41,17 +44,22 @@ class LocalRuntime:
         model: the (wrapped) Hugging Face causal LM whose body gives the hidden states.
         parameters: the tensors to train (those with ``requires_grad``; at least one).
         config: :class:`OptimizerConfig`.
-        total_steps: the stage's step count (the cosine schedule's length); None: no decay.
+        total_steps: the stage's step count (the cosine schedule's length); None: no decay by steps.
+        token_budget: the stage's trained-token budget (the cosine's length in tokens, counted from
+            :meth:`step`'s ``tokens``); None: no decay by tokens.
 
     Raises ``ValueError`` when no parameter requires a gradient.
     """
 
-    def __init__(self, model, parameters, config: OptimizerConfig | None = None, *, total_steps: int | None = None):
+    def __init__(self, model, parameters, config: OptimizerConfig | None = None, *, total_steps: int | None = None,
+                 token_budget: int | None = None):
         self.model, self.config = model, config or OptimizerConfig()
         self.parameters = [p for p in parameters if p.requires_grad]
         if not self.parameters:
             raise ValueError("parameters must hold at least one tensor that requires a gradient")
         self.total_steps = integer("total_steps", total_steps, minimum=1, optional=True)
+        self.token_budget = integer("token_budget", token_budget, minimum=1, optional=True)
+        self.trained_tokens = 0
         self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_()
                         for p in self.parameters]
         c = self.config
@@ -113,19 +121,25 @@ class LocalRuntime:
         loss.backward()
 
     def learning_rate(self, step: int | None = None) -> float:
-        """The scheduled learning rate at ``step`` (default: the next step)."""
+        """The scheduled learning rate at ``step`` (default: the next step; the token progress is
+        always the tokens trained so far)."""
         c, step = self.config, self.steps if step is None else step
         if step < c.warmup_steps:
             return c.learning_rate * (step + 1) / c.warmup_steps
-        if c.schedule == "constant" or self.total_steps is None:
+        progresses = ([(step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)]
+                      if self.total_steps is not None else [])
+        progresses += [self.trained_tokens / self.token_budget] if self.token_budget is not None else []
+        if c.schedule == "constant" or not progresses:
             return c.learning_rate
-        progress = min(1.0, (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps))
+        progress = min(1.0, max(progresses))
         m = c.min_learning_rate_ratio
         return c.learning_rate * (m + (1 - m) * (1 + math.cos(math.pi * progress)) / 2)
 
-    def step(self) -> dict:
+    def step(self, tokens: int = 0) -> dict:
         """Clips, steps the optimiser at the scheduled rate, copies masters back and clears the
-        gradients. Returns ``{"lr", "grad_norm"}`` (the norm before clipping)."""
+        gradients; ``tokens``: this rank's trained tokens of the step (their global count advances
+        the schedule when there is a ``token_budget``). Returns ``{"lr", "grad_norm"}`` (the norm
+        before clipping)."""
         learning_rate = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
@@ -142,6 +156,8 @@ class LocalRuntime:
                     master.grad = None
         self.zero_grad()
         self.steps += 1
+        if self.token_budget is not None:
+            self.trained_tokens += self.token_count(tokens)
         return {"lr": learning_rate, "grad_norm": float(grad_norm)}
 
     # ------------------------------------------------------------------ state
@@ -154,7 +170,8 @@ class LocalRuntime:
                         in enumerate(zip(self.parameters, self.masters)) if master is not parameter})
         groups = [{key: list(value) if isinstance(value, tuple) else value for key, value in group.items()}
                   for group in state["param_groups"]]
-        return tensors, {"steps": self.steps, "param_groups": groups, "moments": sorted(state["state"])}
+        return tensors, {"steps": self.steps, "trained_tokens": self.trained_tokens, "param_groups": groups,
+                         "moments": sorted(state["state"])}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         moments = {}
@@ -169,4 +186,4 @@ class LocalRuntime:
             for index, (parameter, master) in enumerate(zip(self.parameters, self.masters)):
                 if master is not parameter:
                     master.copy_(tensors[f"master.{index}"])
-        self.steps = int(state["steps"])
+        self.steps, self.trained_tokens = int(state["steps"]), int(state.get("trained_tokens", 0))
