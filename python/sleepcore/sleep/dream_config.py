@@ -57,8 +57,11 @@ class DreamingConfig:
     Reward (meta-training): closed-book score of the adapted model on the document's questions,
     against the unadapted model's: ``"improves"`` rewards every dream that beats it, ``"best_of_m"``
     (SEAL) the best dream of each document when it beats it. ReST-EM: ``rounds`` (R) rounds, each
-    ending with ``generator_steps`` steps of SFT (batches of ``generator_batch_size``, at
-    ``generator_learning_rate``) of the generator's own expert on (dream prompt, rewarded dream).
+    ending with ``generator_epochs`` epochs of SFT (batches of ``generator_batch_size``, at
+    ``generator_learning_rate``, at most ``generator_steps`` steps) of the generator's own expert on
+    (dream prompt, rewarded dream). Epochs, not a fixed step count: with one or two rewarded dreams
+    a fixed 20 steps of 4 trained the generator 40 times on each and it collapsed onto them
+    (measured: SEAL's reward 0.062 -> 0.031, generator loss 0.05).
 
     Sleep time: the generator is ``generator_path`` (a file ``Dreamer`` wrote; None: the untrained
     model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes. The kept
@@ -88,6 +91,7 @@ class DreamingConfig:
     reward: str = "improves"
     rounds: int = 2
     generator_learning_rate: float = 1e-3
+    generator_epochs: int = 2
     generator_steps: int = 20
     generator_batch_size: int = 4
     generator_path: str | None = None
@@ -109,7 +113,7 @@ class DreamingConfig:
             if DOCUMENT not in prompt:
                 raise ValueError(f"prompts[{index}] must contain {DOCUMENT} (where the document goes), got {prompt!r}")
         for name in ("dreams_per_document", "top_k", "max_new_tokens", "inner_rank", "inner_epochs",
-                     "inner_batch_size", "inner_adapters", "rounds", "generator_steps", "generator_batch_size",
+                     "inner_batch_size", "inner_adapters", "rounds", "generator_epochs", "generator_steps", "generator_batch_size",
                      "steps", "batch_size"):
             integer(name, getattr(self, name), minimum=1)
         integer("random_kept", self.random_kept, minimum=0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +253,8 @@ class Dreamer:
         if not pairs:
             return {"generator_steps": 0, "generator_loss": None}
         c = self.config
-        loop = NextTokenConfig(steps=c.generator_steps, batch_size=c.generator_batch_size, optimizer=OptimizerConfig(
+        steps = min(c.generator_steps, math.ceil(c.generator_epochs * len(pairs) / c.generator_batch_size))
+        loop = NextTokenConfig(steps=steps, batch_size=c.generator_batch_size, optimizer=OptimizerConfig(
             learning_rate=c.generator_learning_rate, compute_dtype=c.optimizer.compute_dtype))
         context = StageContext(self.model, self.tokenizer, self.memory, self.engine, self.level, self.slot,
                                seed=self.seed * 1000 + index)
