@@ -109,11 +109,13 @@ def linear_chunks(
     return hidden_grad, weight_grad, bias_grad
 
 
-def linear_divergence(hidden, weight, bias, row_scale, rows_kernel, **chunk_options):
+def linear_divergence(hidden, weight, bias, row_scale, rows_kernel, *, shard=None, **chunk_options):
     """A row-weighted divergence over :func:`linear_chunks`.
 
     ``rows_kernel(logits, rows, loss, grad)`` also fills ``loss`` (float32 ``[C]``, the chunk's
-    per-row losses) and writes the row-scaled logit gradient when ``grad`` is given.
+    per-row losses) and writes the row-scaled logit gradient when ``grad`` is given. With a
+    vocab-parallel ``shard`` (:mod:`sleepcore.ops._vocab_parallel`) the hidden-state gradient, a
+    sum of partial products over the vocabulary shards, is all-reduced over them.
 
     Returns:
         ``(loss, row_loss, grad_hidden, grad_weight, grad_bias)``: ``loss = sum(row_scale * row_loss)``
@@ -122,4 +124,6 @@ def linear_divergence(hidden, weight, bias, row_scale, rows_kernel, **chunk_opti
     row_loss = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     grads = linear_chunks(hidden, weight, bias, lambda logits, rows, grad: rows_kernel(logits, rows, row_loss[rows], grad),
                           **chunk_options)
+    if shard is not None:
+        shard.sum_(grads[0])
     return (torch.dot(row_loss, row_scale), row_loss, *grads)

@@ -49,12 +49,9 @@ def _run(student_hidden, student_weight, teacher_hidden, teacher_weight, row_sca
             vocab_parallel_rows.jsd_rows(student_logits, teacher_logits, row_scale[rows], loss, grad, beta=beta,
                                          temperature=temperature, shard=shard)
 
-    result = linear_divergence(student_hidden, student_weight, student_bias, row_scale, rows_kernel,
-                               chunk_size=chunk_size, grad_hidden=grad_hidden, grad_weight=grad_weight,
-                               grad_bias=grad_bias)
-    if shard is not None:
-        shard.sum_(result[2])
-    return result
+    return linear_divergence(student_hidden, student_weight, student_bias, row_scale, rows_kernel, shard=shard,
+                             chunk_size=chunk_size, grad_hidden=grad_hidden, grad_weight=grad_weight,
+                             grad_bias=grad_bias)
 
 
 @torch.library.custom_op("sleepcore::fused_linear_jsd", mutates_args=())
