@@ -44,7 +44,10 @@ def torchrun(*arguments: str, succeed: bool = True, cwd: Path | None = None) -> 
     return result
 
 
-def assert_same_memory(got: Path, want: Path, tolerance: float = 1e-6) -> None:
+def assert_same_memory(got: Path, want: Path, tolerance: float = 1e-5) -> None:
+    """Experts equal to ``tolerance``: ranks sum gradients in another order than one process, and
+    AdamW's normalised step turns the rounding of near-zero gradients into weight differences that
+    grow with the learning rate (1e-6 held at lr 1e-3; the default is now 1e-2)."""
     got, want = load_file(str(got)), load_file(str(want))
     assert set(got) == set(want)
     for name in want:

@@ -51,7 +51,6 @@ from sleepcore.ops import fused_linear_jsd
 from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.dream_config import DreamingConfig
-from sleepcore.train import OptimizerConfig
 from sleepcore.tasks.biographies import BiographyConfig, BiographyDataset, generate_biographies
 from sleepcore.tasks.knowledge_dreaming import (DREAMING_METHODS, DreamingRow, DreamTraining, check_suite_dreaming,
                                                 experts_per_sleep, train_generators)
@@ -88,10 +87,9 @@ class KnowledgeSuiteConfig:
         budgets: multipliers of ``tokens_per_document`` (> 0, distinct); each trained row runs once
             per multiplier, from the unchanged model (the budget curves).
         seeding: Knowledge Seeding's settings for ``ks``; ``ks-lti`` and ``gkd`` change a few
-            (:data:`~sleepcore.tasks.knowledge_methods.ROW_SEEDING`). Its ``optimizer`` (default
-            lr 1e-2, 5 warm-up steps, clipping at 1: tuned on SmolLM2-135M, where the oracle
-            reached 0.96 contains with it; Gemma-3-270M diverged at 1e-2 and learned at 2e-3)
-            is SFT's and the oracles' too; ``steps`` only caps a sleep at
+            (:data:`~sleepcore.tasks.knowledge_methods.ROW_SEEDING`). Its ``optimizer`` (the library's
+            default, :data:`~sleepcore.sleep.config.MEASURED_OPTIMIZER`: tuned on SmolLM2-135M;
+            Gemma-3-270M diverged at lr 1e-2 and learned at 2e-3) is SFT's and the oracles' too; ``steps`` only caps a sleep at
             multiplier 1 (the cap scales with the multiplier; the budget ends a sleep); its replay
             quota is replaced by ``prompts_per_document`` (every wake question on top, no global cap).
         sft_batch_size: examples per step of ``sft`` (documents) and of the oracles (questions).
@@ -111,8 +109,7 @@ class KnowledgeSuiteConfig:
     tokens_per_document: int = 200
     budgets: tuple[float, ...] = (1.0,)
     seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
-        steps=5000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1,
-        optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=5, max_grad_norm=1.0)))
+        steps=5000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1))
     sft_batch_size: int = 16
     prompts_per_document: int = 4
     wake_questions: bool = True
