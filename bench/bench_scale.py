@@ -119,7 +119,7 @@ def worker(args) -> None:
     from sleepcore.train import OptimizerConfig
 
     device = world.init_from_environment()
-    try:
+    with world.process_group():
         torch.manual_seed(args.seed)
         documents = documents_of(generate_biographies(BiographyConfig(num_people=args.people, seed=args.seed)))
         model, tokenizer = load_model_or_tiny(args.model, documents)
@@ -146,8 +146,6 @@ def worker(args) -> None:
                               "tokens_per_s": sum(step["tokens"] for step in steps) / sum(seconds),
                               **harness.quantiles(seconds),
                               "prepare_s": wall - sum(step["seconds"] for step in summary["history"])}))
-    finally:
-        world.shutdown()
 
 
 def measure(ranks: int, args) -> dict:

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crash-in-save", type=int)
     args = parser.parse_args(argv)
     world.init_from_environment()
-    try:
+    with world.process_group():
         args.out.mkdir(parents=True, exist_ok=True)
         if args.scenario == "gradient":
             gradient(args.out)
@@ -189,8 +189,6 @@ def main(argv: list[str] | None = None) -> None:
             sleep(args.out, args.crash_at, args.crash_in_save)
         else:
             dreaming(args.out)
-    finally:
-        world.shutdown()
 
 
 if __name__ == "__main__":

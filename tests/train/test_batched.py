@@ -81,8 +81,10 @@ def test_batched_adapters_equal_separate_runs(seed, options, max_tokens):
         separate = _separate_run(model, memory, data, config, k, initial[k])
         for layer, (A, B) in trained[k].items():
             assert not torch.equal(B, torch.zeros_like(B))
-            torch.testing.assert_close(A, separate[layer][0], rtol=1e-4, atol=1e-5, msg=f"adapter {k} A")
-            torch.testing.assert_close(B, separate[layer][1], rtol=1e-4, atol=1e-5, msg=f"adapter {k} B")
+            # atol 5e-5 (weights ~0.07): AdamW's normalised step turns the summation-order rounding
+            # of a near-zero gradient into up to ~2e-5 (seed 1623294392 with clipping at 0.05)
+            torch.testing.assert_close(A, separate[layer][0], rtol=1e-4, atol=5e-5, msg=f"adapter {k} A")
+            torch.testing.assert_close(B, separate[layer][1], rtol=1e-4, atol=5e-5, msg=f"adapter {k} B")
 
 
 def test_reset_and_state_round_trip(seed):

@@ -178,8 +178,6 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     device = world.init_from_environment()  # under torchrun: the process group and this rank's device
-    try:
+    with world.process_group():
         run_schedule(run_config(args), device=device)
-    finally:
-        world.shutdown()
     return 0

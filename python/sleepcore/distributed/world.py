@@ -11,6 +11,7 @@ block-wise and gathered is ordered exactly like the single-process one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -53,6 +54,21 @@ def init_from_environment() -> torch.device | None:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+@contextlib.contextmanager
+def process_group():
+    """The body of a torchrun launch: on a normal end every rank meets at a barrier, then the default
+    process group (if one was started) is destroyed. Without the barrier a rank that tore gloo down
+    while rank 0 still wrote its files aborted once in CI ("terminate called without an active
+    exception"); after an exception there is no barrier, so the failing rank exits and torchrun
+    stops the others instead of leaving them waiting."""
+    try:
+        yield
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    finally:
+        shutdown()
 
 
 def shutdown() -> None:
