@@ -22,9 +22,9 @@ from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig
 
 DEMO_METHODS = ("base", "in-context", "sft", "ks")
 #: 20 people (27 documents, 140 wake questions), 1600 trained tokens per document (8x the suite's base
-#: budget). Measured on the idle 2-core machine with a constant learning rate: 10.5 minutes, Knowledge
-#: Seeding contains 0.114 (gap closure 0.37); at 800 tokens 7.4 minutes and 0.093 (0.30). With the
-#: cosine default (shared machine): 0.100 (0.33) at half the drift.
+#: budget). Measured on the idle 2-core machine: 10.5 minutes, Knowledge Seeding contains 0.114 (gap
+#: closure 0.37); at 800 tokens 7.4 minutes and 0.093 (0.30). With a cosine schedule (shared
+#: machine): 0.100 (0.33) at half the drift.
 DEMO_CONFIG = dataclasses.replace(KnowledgeSuiteConfig(), sleeps=(20,), methods=DEMO_METHODS, tokens_per_document=1600,
                                   drift_prompts=8)
 
