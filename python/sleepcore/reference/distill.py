@@ -43,6 +43,12 @@ def jsd_from_logprobs(student_logp: torch.Tensor, teacher_logp: torch.Tensor, be
     return terms.sum(-1)
 
 
+def jsd_per_token(student_logits, teacher_logits, beta: float, temperature: float) -> torch.Tensor:
+    """Per-token generalized JSD ``[...]`` of logits ``[..., V]`` at ``temperature``."""
+    return jsd_from_logprobs(torch.log_softmax(student_logits / temperature, dim=-1),
+                             torch.log_softmax(teacher_logits / temperature, dim=-1), beta)
+
+
 def token_mask(labels: torch.Tensor | None, shape: torch.Size, ignore_index: int) -> torch.Tensor:
     """Boolean keep-mask of ``shape`` from integer labels (``!= ignore_index``) or a bool mask."""
     if labels is None:
@@ -91,9 +97,7 @@ def generalized_jsd(student_logits, teacher_logits, labels=None, *, beta=0.5, te
     """Reference for :func:`sleepcore.ops.generalized_jsd`; logits ``[..., V]``."""
     if upcast:
         student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
-    student_logp = torch.log_softmax(student_logits / temperature, dim=-1)
-    teacher_logp = torch.log_softmax(teacher_logits / temperature, dim=-1)
-    per_token = jsd_from_logprobs(student_logp, teacher_logp, beta)
+    per_token = jsd_per_token(student_logits, teacher_logits, beta, temperature)
     mask = token_mask(labels, per_token.shape, ignore_index)
     return trl_reduce_token_losses(per_token, mask, reduction, num_items_in_batch, labelled=labels is not None,
                                    vocab=student_logits.shape[-1])
@@ -113,8 +117,7 @@ def fused_linear_jsd(student_hidden, student_weight, teacher_hidden, teacher_wei
     student_logits = _logits(student_hidden, student_weight, student_bias, upcast)
     with torch.no_grad():
         teacher_logits = _logits(teacher_hidden, teacher_weight, teacher_bias, upcast)
-    per_token = jsd_from_logprobs(torch.log_softmax(student_logits / temperature, dim=-1),
-                                  torch.log_softmax(teacher_logits / temperature, dim=-1), beta)
+    per_token = jsd_per_token(student_logits, teacher_logits, beta, temperature)
     mask = token_mask(None if labels is None else labels.reshape(-1), per_token.shape, ignore_index)
     loss = reduce_token_losses(per_token, mask, reduction, num_items_in_batch)
     return loss.reshape(student_hidden.shape[:-1]) if reduction == "none" else loss
