@@ -95,6 +95,59 @@ def test_shared_prefixes_compute_what_separate_rows_compute():
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("on_policy", [0.0, 1.0])
+def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy):
+    """``hard_label_weight`` adds w * CE(student, teacher's sampled tokens) over the token count to
+    the forward KL (loss and expert gradient against full logits in plain torch); on-policy items
+    (the student's own samples) get no hard-label term."""
+    weight, temperature = 0.7, 1.3
+    config = seeding(steps=1, batch_size=3, max_new_tokens=8, samples_per_prompt=1, alpha=1.0, on_policy=on_policy,
+                     hard_label_weight=weight, temperature=temperature)
+    config = dataclasses.replace(config, optimizer=OptimizerConfig(compute_dtype="float32"))
+    sleeper = woken(config)
+    slot = sleeper.memory.new_expert(0)
+    stage = KnowledgeSeeding(StageContext(sleeper.model, sleeper.tokenizer, sleeper.memory, sleeper.engine, 0, slot),
+                             config)
+    stage.prepare(sleeper.buffer, progress=False)
+    expert = sleeper.memory.trainable(0, slot)
+    with torch.no_grad():
+        for parameter in expert:
+            parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(3))
+    start = [parameter.detach().clone() for parameter in expert]
+    items, grads = stage.items[:3], []
+    real = stage.runtime.step
+    stage.runtime.step = lambda tokens=0: grads.append([p.grad.clone() for p in expert]) or real(tokens)
+    stage.rng = random.Random(5)
+    got = stage.step(items)
+    with torch.no_grad():
+        for parameter, value in zip(expert, start):
+            parameter.copy_(value)
+            parameter.grad = None
+    if on_policy:  # the student's samples: the plain KL (hard_label_weight 0) on the same draws
+        plain = KnowledgeSeeding(StageContext(sleeper.model, sleeper.tokenizer, sleeper.memory, sleeper.engine, 0,
+                                              slot), dataclasses.replace(config, hard_label_weight=0.0))
+        plain.items, plain.rng = stage.items, random.Random(5)
+        plain.runtime.step = lambda tokens=0: grads.append([p.grad.clone() for p in expert]) or real(tokens)
+        want = plain.step(items)["loss"]
+    else:
+        head = stage.head
+        student = stage.runtime.response_hidden([s.student_prompt for s in items], [s.response for s in items],
+                                                stage.pad_id)
+        teacher = torch.cat([s.teacher_hidden for s in items]).float()
+        log_q = torch.log_softmax(student @ head.T / temperature, dim=-1)
+        log_p = torch.log_softmax(teacher @ head.T / temperature, dim=-1)
+        targets = torch.tensor([t for s in items for t in s.response])
+        kl = (log_p.exp() * (log_p - log_q)).sum()
+        cross_entropy = -log_q.gather(1, targets[:, None]).sum()
+        loss = (kl + weight * cross_entropy) / targets.numel()
+        loss.backward()
+        want = float(loss.detach())
+        grads.append([p.grad.clone() for p in expert])
+    assert got["loss"] == pytest.approx(want, rel=1e-4)
+    for first, second in zip(*grads):
+        torch.testing.assert_close(first, second, rtol=1e-3, atol=1e-6)
+
+
 def test_epochs_cover_the_replay_set_before_repeating(monkeypatch):
     config = seeding(alpha=1.0, on_policy=0.0, steps=4, batch_size=2, max_new_tokens=6, samples_per_prompt=1,
                      prompt_builders=("continuation",))
@@ -212,6 +265,8 @@ def test_bad_input_is_refused():
         sleeper.sleep(progress=False)
     with pytest.raises(ValueError, match="alpha"):
         KnowledgeSeedingConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="hard_label_weight"):
+        KnowledgeSeedingConfig(hard_label_weight=-0.1)
     with pytest.raises(TypeError, match="alpha"):
         KnowledgeSeedingConfig(alpha="high")
     with pytest.raises(ValueError, match="teacher"):

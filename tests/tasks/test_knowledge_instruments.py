@@ -84,6 +84,7 @@ def test_scores_hold_the_gold_log_probability_and_each_answer(report):
         for index, sleep in enumerate(entry["sleeps"]):
             one = sleep["one_hop"]
             assert list(one)[0] == "contains" and len(one["contains_each"]) == one["count"]
+            assert len(one["answers"]) == one["count"] and all(isinstance(a, str) for a in one["answers"])
             assert one["logp_token"] < 0 and one["logp_answer"] <= one["logp_token"]
             assert one["teachable"]["count"] == sum(ceiling[index]["one_hop"]["contains_each"])
             assert "logp_token" in sleep["two_hop"]

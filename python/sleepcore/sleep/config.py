@@ -40,7 +40,9 @@ class KnowledgeSeedingConfig:
     Distillation (GKD): ``beta`` of the generalized JSD (0 forward KL, 1 reverse KL; default 0:
     METHOD.md §3, the JSD's gradient on a token the teacher is sure of vanishes like ``q log q`` as
     the student's probability ``q`` falls, which is exactly a new fact's token), ``on_policy``
-    (METHOD.md's lambda: the fraction of sequences sampled from the student), ``temperature``.
+    (METHOD.md's lambda: the fraction of sequences sampled from the student), ``temperature``;
+    ``hard_label_weight`` adds that times the student's cross-entropy on the teacher's sampled tokens
+    (sequence-level KD on the off-policy items; 0: the divergence alone).
     Learning to Imitate: ``completions`` per prefix (n), reward ``gamma * r_sem + (1 - gamma) *
     r_abs`` with the Levenshtein threshold ``z0`` (a fraction of the longer sequence), PPO clip
     ``clip_eps``; ``judge`` gives ``r_sem``: ``"exact_match"`` (normalised exact match) or
@@ -68,6 +70,7 @@ class KnowledgeSeedingConfig:
 
     alpha: float = 1.0
     beta: float = 0.0
+    hard_label_weight: float = 0.0
     on_policy: float = 0.0
     temperature: float = 1.0
     gamma: float = 0.5
@@ -90,6 +93,7 @@ class KnowledgeSeedingConfig:
     def __post_init__(self):
         for name in ("alpha", "beta", "on_policy", "gamma", "z0"):
             fraction(name, getattr(self, name))
+        number("hard_label_weight", self.hard_label_weight, minimum=0.0)
         for name in ("completions", "samples_per_prompt", "max_new_tokens", "prompts_per_document"):
             integer(name, getattr(self, name), minimum=1)
         integer("max_prompts", self.max_prompts, minimum=1, optional=True)

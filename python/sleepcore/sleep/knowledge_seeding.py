@@ -44,7 +44,7 @@ from torch.nn.utils.rnn import pad_sequence
 from sleepcore.distributed import training_runtime, world
 from sleepcore.lm import head_weight, pad_id
 from sleepcore.losses import FusedLinearPolicyLoss
-from sleepcore.ops import fused_linear_jsd, group_advantages
+from sleepcore.ops import fused_linear_jsd, fused_linear_logprobs, group_advantages
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.judge import ModelJudge
 from sleepcore.sleep.prompts import replay_coverage
@@ -138,7 +138,7 @@ class KnowledgeSeeding:
         teacher_tokens = sum(len(batch[i].teacher_prompt) + len(rollouts.responses[i]) for i in rollouts.on_policy)
         trees, places = rollout_trees(batch, rollouts, share_prefixes=self.share_prefixes)
         hidden, layout = self.runtime.tree_hidden(trees, self.pad_id)
-        gkd, kl, gkd_tokens = self._distillation_term(hidden, layout, len(batch), teacher)
+        gkd, kl, gkd_tokens = self._distillation_term(hidden, layout, batch, rollouts, teacher)
         lti, rewards, lti_tokens = torch.zeros(()), [], 0
         if c.alpha < 1:
             lti, rewards, lti_tokens = self._imitation_term(hidden, layout, places, batch, rollouts)
@@ -198,19 +198,34 @@ class KnowledgeSeeding:
         return total / max(tokens, 1)
 
     # ------------------------------------------------------------------ the two terms
-    def _distillation_term(self, hidden, layout, items: int, teacher):
+    def _distillation_term(self, hidden, layout, batch, rollouts: Rollouts, teacher):
+        """The divergence on every response token, plus ``hard_label_weight`` times the student's
+        cross-entropy on the teacher's own sampled tokens (off-policy items only: sequence-level
+        KD, a target sharpened to the teacher's choices), both over the global token count."""
         c = self.config
-        rows = [row for i in range(items) for row in layout.rows(i, 1)]  # trees 0..items-1 hold the responses
+        rows = [row for i in range(len(batch)) for row in layout.rows(i, 1)]  # trees 0..items-1 hold the responses
         student = hidden.index_select(0, torch.tensor(rows, device=hidden.device))
         count = self.runtime.token_count(student.shape[0])
         loss = fused_linear_jsd(student, self.head, teacher, self.head, beta=c.beta, temperature=c.temperature,
                                 num_items_in_batch=count)
         if c.beta == 0.0:  # the loss is the KL itself (this rank's sum over the global count)
-            return loss, float(loss.detach()), student.shape[0]
-        with torch.no_grad():
-            kl = fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
-                                  temperature=c.temperature, num_items_in_batch=count)
-        return loss, float(kl), student.shape[0]
+            kl = float(loss.detach())
+        else:
+            with torch.no_grad():
+                kl = float(fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
+                                            temperature=c.temperature, num_items_in_batch=count))
+        if c.hard_label_weight > 0:
+            loss = loss + c.hard_label_weight * self._teacher_token_loss(student, batch, rollouts, count)
+        return loss, kl, student.shape[0]
+
+    def _teacher_token_loss(self, student, batch, rollouts: Rollouts, count):
+        """``-sum log q(teacher's token)`` over the off-policy items' response tokens, over ``count``."""
+        on_policy = set(rollouts.on_policy)
+        targets = torch.tensor([-100 if i in on_policy else token for i, response in enumerate(rollouts.responses)
+                                for token in response], device=student.device)
+        logp, _ = fused_linear_logprobs(student, self.head, targets, temperature=self.config.temperature,
+                                        return_entropy=False)
+        return -logp.sum() / count
 
     def _teacher_hidden(self, batch: list[ReplaySample], responses: list[list[int]], on_policy: list[int]):
         """Teacher hidden states ``[sum(len(responses)), H]``: cached for the teacher's own samples, a

@@ -7,7 +7,8 @@ questions, the employer's passage) before the question; closed-book puts nothing
 
 Per question set (1-hop, 2-hop): EM, token F1 and "contains" (:mod:`sleepcore.tasks.metrics`;
 contains is the primary score, since a small model answers in sentences), each question's contains
-(``contains_each``, for the teachable subset), and the gold answer's teacher-forced
+(``contains_each``, for the teachable subset), the greedy answers themselves (``answers``: a score
+of 0 can be a wrong fact or a right one said too slowly for ``ANSWER_TOKENS``), and the gold answer's teacher-forced
 log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`).
 """
 
@@ -31,7 +32,7 @@ def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = Fa
 def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context: bool = False,
              progress: bool = False) -> dict:
     """Per question set (``one_hop``, ``two_hop``): ``contains``, ``em``, ``f1``, ``count``,
-    ``contains_each`` and the gold answer's ``logp_token`` / ``logp_answer`` under ``engine.model``
+    ``contains_each``, ``answers`` (the greedy answers, in question order) and the gold answer's ``logp_token`` / ``logp_answer`` under ``engine.model``
     as it is (its active experts)."""
     def context(question):
         if not in_context:
@@ -47,5 +48,6 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
         logprobs = gold_logprobs(engine.model, tokenizer, qa_examples(tokenizer, prompts, golds))
         matched = aggregate(predictions, golds)
         scores[name] = {"contains": matched.pop("contains"), **matched, **logprob_scores(logprobs),
-                        "contains_each": [int(contains_match(p, g)) for p, g in zip(predictions, golds)]}
+                        "contains_each": [int(contains_match(p, g)) for p, g in zip(predictions, golds)],
+                        "answers": predictions}
     return scores
