@@ -135,12 +135,37 @@ def test_grpo_unsupported_options_fail_at_construction(tiny, tmp_path, option, e
         grpo_trainers(policy, tokenizer, tmp_path, **option)
 
 
-def test_gradients_are_all_reduced_under_two_rank_ddp(tmp_path):
-    """torchrun, 2 gloo ranks: see ``_trl_ddp_worker.py``."""
-    worker = Path(__file__).with_name("_trl_ddp_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker),
-               str(tmp_path)]
+def _torchrun(worker: str, out_dir) -> str:
+    """The stdout of ``worker`` run by torchrun on 2 gloo ranks; fails the test on a non-zero exit."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(Path(__file__).with_name(worker)), str(out_dir)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
-    assert done.stdout.count("gradients all-reduced") == 2, done.stdout
+    return done.stdout
+
+
+def test_gradients_are_all_reduced_under_two_rank_ddp(tmp_path):
+    """torchrun, 2 gloo ranks: see ``_trl_ddp_worker.py``."""
+    stdout = _torchrun("_trl_ddp_worker.py", tmp_path)
+    assert stdout.count("gradients all-reduced") == 2, stdout
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """One torchrun launch of ``_trl_fsdp_worker.py`` (2 gloo ranks) serves the FSDP2 tests: its stdout."""
+    return _torchrun("_trl_fsdp_worker.py", tmp_path_factory.mktemp("fsdp"))
+
+
+def test_gradients_are_reduce_scattered_under_two_rank_fsdp2(fsdp_run):
+    """GKD and GRPO (dapo, with and without old log-probs) on FSDP2-sharded tied, untied and
+    apart-sharded ``lm_head`` models: loss and gathered gradients equal one process on the global batch."""
+    assert fsdp_run.count("equal one process on the global batch") == 2 * 9, fsdp_run
+    assert fsdp_run.count("sharded lm_head outside the FSDP forward: lm_head.weight is an FSDP2 shard") == 2, \
+        fsdp_run
+
+
+def test_fused_linear_jsd_on_a_replicated_dtensor_weight_works_or_fails_clearly(fsdp_run):
+    """A weight DTensor placed (Replicate(),): the plain weight's loss, or a ValueError naming
+    ``student_weight`` (today: the latter; checked by the worker)."""
+    assert fsdp_run.count("Replicate() weight:") == 2, fsdp_run

@@ -17,9 +17,20 @@ with the loss computed by sleepcore's fused ops straight from the final hidden s
 
 They plug in at TRL's documented points (``GKDTrainer.compute_loss``, ``GRPOTrainer._compute_loss``
 and its log-prob helper), and the mixins can be combined with a user's own subclass. The loss runs
-inside the wrapped model's forward (TRL's ``_ForwardRedirection``), so DDP's
-``prepare_for_backward`` and FSDP's unshard hooks fire and gradients are all-reduced (tested
-under 2-rank DDP; FSDP2 and DeepSpeed are not tested). The backbone runs under the accelerator's autocast; the fused op runs with autocast off, in the
+inside the wrapped model's forward (TRL's ``_ForwardRedirection``), so the wrapper's hooks fire:
+
+* DDP: ``prepare_for_backward``, then the gradient all-reduce (tested: 2 gloo ranks);
+* FSDP2 (``fully_shard`` on the decoder layers, then the root; ``lm_head`` tied or not, in the
+  root's group or sharded in a group of its own; the teacher sharded too): the root's forward
+  all-gathers ``lm_head.weight``, so the fused op sees the whole weight, and its gradient is
+  reduce-scattered back (tested: 2 gloo ranks, against one process on the global batch). An
+  ``lm_head`` sharded apart is all-gathered by running the op inside its own forward (the effect
+  of ``register_fsdp_forward_method``). Reaching the op elsewhere with the weight still an FSDP
+  shard is an error naming the fix, never a wrong gradient. FSDP's ``MixedPrecisionPolicy``, and
+  ``lm_head`` in a group with other modules (``fully_shard([norm, lm_head])``), are not tested;
+* DeepSpeed: not tested.
+
+The backbone runs under the accelerator's autocast; the fused op runs with autocast off, in the
 ``lm_head`` weight's dtype (fp32 master weights: an fp32 head, where TRL's kernels run under bf16
 autocast), so under ``bf16=True`` the two agree only to bf16 precision.
 
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import torch
 from accelerate.utils import is_peft_model
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from trl import GRPOTrainer
 from trl.experimental.gkd import GKDTrainer
@@ -54,15 +66,39 @@ def _causal_lm(model):
     return model.get_base_model() if is_peft_model(model) else model
 
 
-def _full(tensor):
-    """A plain tensor: an FSDP2 ``DTensor`` outside its module's forward is gathered (with gradient)."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
 def _head(model):
-    """The ``lm_head`` ``(weight [V, H], bias [V] or None)`` of ``model`` as plain tensors."""
+    """The ``lm_head`` module of ``model``, whose weight a fused op can take where the loss runs.
+
+    Under FSDP2 the weight is a ``Shard(0)`` DTensor outside the forward of its ``fully_shard``
+    group, and sleepcore's ops would take such a weight as a vocabulary-parallel shard of the same
+    tokens on every rank: a wrong answer for data parallelism. Inside the root's forward (where
+    the mixins run the loss) it is whole, unless ``lm_head`` is sharded apart (see :func:`_project`).
+    Raises RuntimeError when it is a shard of an ancestor's group: the loss runs outside its forward.
+    """
     head = _causal_lm(model).get_output_embeddings()
-    return _full(head.weight), None if head.bias is None else _full(head.bias)
+    if isinstance(head.weight, DTensor) and not isinstance(head, FSDPModule) and any(
+            isinstance(module, FSDPModule) for module in model.modules()):
+        raise RuntimeError("lm_head.weight is an FSDP2 shard here: the fused loss must run inside the forward of the "
+                           "fully_shard module that holds it (the root: call it through the wrapped model, as the "
+                           "sleepcore TRL mixins do by forward redirection), or fully_shard lm_head on its own")
+    return head
+
+
+def _project(head, hidden, loss):
+    """``loss(hidden, weight, bias)`` with the whole ``lm_head`` weight and autocast off. A ``head``
+    sharded by a ``fully_shard`` of its own is all-gathered only in its own forward, so ``loss``
+    runs there (forward redirection, the effect of ``register_fsdp_forward_method``); FSDP
+    reduce-scatters the weight's gradient once ``hidden``'s gradient is computed."""
+    def run(hidden):
+        with _autocast_off(hidden):
+            return loss(hidden, head.weight, head.bias)
+
+    return _redirect(head, head, run, hidden) if isinstance(head, FSDPModule) else run(hidden)
+
+
+def _gathered(tensor):
+    """A plain tensor for a frozen side: a DTensor (an FSDP2 shard outside its forward) is gathered."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def _autocast_off(tensor):
@@ -137,18 +173,20 @@ class SleepcoreGKDMixin(_FusedHeadMixin):
     def _sleepcore_distillation_loss(self, student, inputs, num_items_in_batch):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         width = input_ids.shape[1] - 1
-        student_weight, student_bias = _head(student)
-        student_hidden = self._completion_hidden(student, input_ids, attention_mask, width, student_weight.dtype)
+        head = _head(student)
+        student_hidden = self._completion_hidden(student, input_ids, attention_mask, width, head.weight.dtype)
         self.teacher_model.eval()
         teacher = self.accelerator.unwrap_model(self.teacher_model)
         with torch.no_grad():
             teacher_hidden = _redirect(self.teacher_model, teacher, self._completion_hidden, teacher, input_ids,
-                                       attention_mask, width, student_weight.dtype)
-        teacher_weight, teacher_bias = _head(teacher)
-        return generalized_jsd_from_hidden(student_hidden, student_weight, teacher_hidden, teacher_weight,
-                                           inputs["labels"][:, 1:], beta=self.beta,
-                                           num_items_in_batch=num_items_in_batch, student_bias=student_bias,
-                                           teacher_bias=teacher_bias)
+                                       attention_mask, width, head.weight.dtype)
+            teacher_head = _causal_lm(teacher).get_output_embeddings()
+            teacher_weight = _gathered(teacher_head.weight)
+            teacher_bias = None if teacher_head.bias is None else _gathered(teacher_head.bias)
+
+        return _project(head, student_hidden, lambda hidden, weight, bias: generalized_jsd_from_hidden(
+            hidden, weight, teacher_hidden, teacher_weight, inputs["labels"][:, 1:], beta=self.beta,
+            num_items_in_batch=num_items_in_batch, student_bias=bias, teacher_bias=teacher_bias))
 
 
 class SleepcoreGRPOMixin(_FusedHeadMixin):
@@ -206,20 +244,20 @@ class SleepcoreGRPOMixin(_FusedHeadMixin):
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _sleepcore_logprobs(self, model, input_ids, attention_mask, logits_to_keep, with_entropy):
-        weight, bias = _head(model)
-        hidden = self._completion_hidden(model, input_ids, attention_mask, logits_to_keep, weight.dtype)
+        head = _head(model)
+        hidden = self._completion_hidden(model, input_ids, attention_mask, logits_to_keep, head.weight.dtype)
         completion = slice(input_ids.shape[1] - logits_to_keep, None)
         token_ids = input_ids[:, completion].masked_fill(attention_mask[:, completion] == 0, -100)
-        with _autocast_off(hidden):
-            return ops.fused_linear_logprobs(hidden, weight, token_ids, temperature=self.temperature, bias=bias,
-                                             return_entropy=with_entropy)
+        return _project(head, hidden, lambda hidden, weight, bias: ops.fused_linear_logprobs(
+            hidden, weight, token_ids, temperature=self.temperature, bias=bias, return_entropy=with_entropy))
 
     def _compute_loss(self, model, inputs):
         mask = inputs["completion_mask"].bool()
         if "tool_mask" in inputs:
             mask = mask & inputs["tool_mask"].bool()
         unwrapped = self.accelerator.unwrap_model(model)
-        loss, metrics = _redirect(model, unwrapped, self._sleepcore_policy_loss, unwrapped, inputs, mask)
+        # inputs reach the loss by closure: a wrapper's forward casts float arguments (FSDP2's MixedPrecisionPolicy)
+        loss, metrics = _redirect(model, unwrapped, lambda: self._sleepcore_policy_loss(unwrapped, inputs, mask))
         mode = "train" if self.model.training else "eval"
         count = mask.sum().float()
         logged = {"entropy": "entropy", "clip_ratio/region_mean": "clip_frac"}
@@ -234,18 +272,21 @@ class SleepcoreGRPOMixin(_FusedHeadMixin):
         completion_ids = inputs["completion_ids"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        weight, bias = _head(model)
-        hidden = self._completion_hidden(model, input_ids, attention_mask, completion_ids.shape[1], weight.dtype)
+        head = _head(model)
+        hidden = self._completion_hidden(model, input_ids, attention_mask, completion_ids.shape[1], head.weight.dtype)
+        return _project(head, hidden, lambda *head_inputs: self._sleepcore_head_loss(*head_inputs, inputs, mask))
+
+    def _sleepcore_head_loss(self, hidden, weight, bias, inputs, mask):
+        completion_ids = inputs["completion_ids"]
         old_logp, advantages = inputs.get("old_per_token_logps"), inputs["advantages"]
-        with _autocast_off(hidden):
-            if old_logp is None:  # TRL's old_logp = logp.detach(): the ratio is 1, its gradient is not
-                logp, entropy = ops.fused_linear_logprobs(hidden, weight, completion_ids.masked_fill(~mask, -100),
-                                                          temperature=self.temperature, bias=bias)
-                return ops.policy_loss(logp, logp.detach(), advantages, mask, entropy=entropy.detach(),
-                                       **self._sleepcore_policy_options(inputs, mask, logp.detach()))
-            return ops.fused_linear_policy_loss(hidden, weight, completion_ids, old_logp, advantages, mask, bias=bias,
-                                                temperature=self.temperature,
-                                                **self._sleepcore_policy_options(inputs, mask, old_logp))
+        if old_logp is None:  # TRL's old_logp = logp.detach(): the ratio is 1, its gradient is not
+            logp, entropy = ops.fused_linear_logprobs(hidden, weight, completion_ids.masked_fill(~mask, -100),
+                                                      temperature=self.temperature, bias=bias)
+            return ops.policy_loss(logp, logp.detach(), advantages, mask, entropy=entropy.detach(),
+                                   **self._sleepcore_policy_options(inputs, mask, logp.detach()))
+        return ops.fused_linear_policy_loss(hidden, weight, completion_ids, old_logp, advantages, mask, bias=bias,
+                                            temperature=self.temperature,
+                                            **self._sleepcore_policy_options(inputs, mask, old_logp))
 
     def _sleepcore_policy_options(self, inputs, mask, old_logp):
         """The policy-loss options that reproduce TRL's ``_compute_loss`` for this batch."""
