@@ -8,6 +8,10 @@ answers the document's questions better closed-book ("contains") and fine-tunes 
 them. Writes metrics.jsonl (one line per round), round-<r>/dreams.json (every dream with its
 scores), checkpoints (an interrupted run resumes), generator.safetensors and report.json to the
 output directory. Use the generator at sleep time with [sleep.dreaming] generator_path.
+
+Runs unchanged under torchrun (torchrun --nproc-per-node N -m sleepcore.cli dream train --config
+FILE.toml): each rank dreams about its block of the documents and trains its block of the inner
+loops, and the result is the single-process one.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from sleepcore import validation
 from sleepcore.cli.options import add_config_arguments, configure, describe
 from sleepcore.cli.run import ModelChoice
+from sleepcore.distributed import world
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import load_model_or_tiny
 from sleepcore.rollout import Engine
@@ -28,6 +35,7 @@ from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dreamer import Dreamer, DreamTask
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.metrics import contains_match
+from sleepcore.train import atomic_write_text
 
 TRAIN_EXAMPLE = """\
 output_dir = "runs/dreamer"          # checkpoints, metrics.jsonl, round-*/dreams.json, generator.safetensors
@@ -91,16 +99,20 @@ def dream_tasks(source: TaskSource) -> tuple[list[DreamTask], list[str]]:
     return tasks, dataset.passages + dataset.company_passages
 
 
-def train_generator(config: DreamTrainConfig, *, progress: bool = True) -> dict:
-    """Runs (or resumes) the meta-training; returns the report (also ``report.json``)."""
+def train_generator(config: DreamTrainConfig, *, progress: bool = True, device: torch.device | None = None) -> dict:
+    """Runs (or resumes) the meta-training with the model on ``device`` (None: where it loads);
+    returns the report (also ``report.json``, written by rank 0 of a distributed run)."""
     tasks, corpus = dream_tasks(config.tasks)
     model, tokenizer = load_model_or_tiny(config.model.name, corpus)
+    if device is not None:
+        model.to(device)
     memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(config.generator,)))
     dreaming = dataclasses.replace(config.dreaming, generator_level=0)
     dreamer = Dreamer(model, tokenizer, memory, dreaming, metric=contains_match, output_dir=config.output_dir,
                       engine=Engine(model, tokenizer), seed=config.seed)
     report = dreamer.fit(tasks, progress=progress)
-    (Path(config.output_dir) / "report.json").write_text(json.dumps(report, indent=2))
+    if world.is_main():
+        atomic_write_text(Path(config.output_dir) / "report.json", json.dumps(report, indent=2))
     return report
 
 
@@ -125,5 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    train_generator(train_config(args))
+    device = world.init_from_environment()  # under torchrun: the process group and this rank's device
+    with world.process_group():
+        train_generator(train_config(args), device=device)
     return 0

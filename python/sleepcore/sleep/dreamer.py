@@ -16,9 +16,22 @@ A task is a training document with its questions and gold answers (:class:`Dream
 The generator keeps training from round to round (SEAL continues from the previous round's model).
 Resumable: a round's dreams, selection and rewards are written atomically to
 ``round-<r>/dreams.json`` before its generator update (whose steps are checkpointed by
-``run_stage``), and a checkpoint (memory with the generator, history, base scores) closes each
-round; ``generator.safetensors`` is rewritten atomically after each round. ``metrics.jsonl`` has
-one line per round.
+``run_stage``); ``generator.safetensors`` is then rewritten atomically and a checkpoint (memory
+with the generator, history, base scores) closes the round. ``metrics.jsonl`` has one line per round.
+
+Under torchrun (:mod:`sleepcore.distributed`) every rank computes the base scores, writes and
+selects the dreams of its block of the documents (with noise redrawn at every engine step, which
+every sequence of a step shares, one engine call per document, in a single process too, so that
+a document's dreams do not depend on the others), and trains its block of the inner-loop chunks
+(``inner_adapters`` kept dreams each, cut from the whole round's kept list, so a chunk and its
+seed are those of a single process: with ``W`` ranks keep ``inner_adapters <= kept dreams / W``
+for every rank to have one). The dreams and scores are gathered, so every rank holds the same
+records and rewards; every seed is a task's or a chunk's, never a rank's. ReST-EM trains through
+the stage's :func:`~sleepcore.distributed.training_runtime` (each rank on its block of every
+global batch, the loss divided by the token count summed over ranks), so the generator's update
+is the single-process one. Only rank 0 shows progress and writes ``dreams.json``,
+``metrics.jsonl`` and the generator; the round checkpoints are sharded
+(:mod:`sleepcore.distributed.checkpoint`).
 """
 
 from __future__ import annotations
@@ -34,17 +47,19 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from sleepcore.distributed import world
+from sleepcore.distributed.checkpoint import load_checkpoint, save_checkpoint
 from sleepcore.lm import as_examples, pad_id, qa_prompt
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.rollout import Engine
 from sleepcore.sleep.config import NextTokenConfig
 from sleepcore.sleep.dream_config import REWARD_RULES, DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
-from sleepcore.sleep.dreams import dream_examples, expert_weights, save_generator, write_dreams
+from sleepcore.sleep.dreams import Dream, dream_examples, expert_weights, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters, train_adapters
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
-from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint
 from sleepcore.train.batched import BatchedRuntime
 from sleepcore.validation import choice, instance, integer, text
 
@@ -146,7 +161,9 @@ class Dreamer:
             history, base = [], self.base_scores(tasks)
         if len(base) != len(tasks):
             raise ValueError(f"the run in {self.root} has {len(base)} tasks, got {len(tasks)}")
-        atomic_write_text(self._metrics_path(), "".join(json.dumps(record) + "\n" for record in history))
+        main = world.is_main()
+        if main:
+            atomic_write_text(self._metrics_path(), "".join(json.dumps(record) + "\n" for record in history))
         for index in range(len(history), self.config.rounds):
             started = time.perf_counter()
             round_dir = self.root / f"round-{index:02d}"
@@ -154,12 +171,14 @@ class Dreamer:
             update = self._rest_em(round_dir, measured, index, progress)
             record = {"round": index, **measured["summary"], **update, "seconds": time.perf_counter() - started}
             history.append(record)
+            if main:  # before the checkpoint: a crash between the two reruns the round to the same weights
+                save_generator(self.root / GENERATOR_FILE, expert_weights(self.memory, self.level, self.slot),
+                               info={"rounds": index + 1, "level": self.level})
             save_checkpoint(self.root / "rounds", index + 1, tensors={"rng.torch": torch.get_rng_state()},
                             memory=self.memory, state={"slot": self.slot, "history": history, "base_scores": base})
-            with open(self._metrics_path(), "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            save_generator(self.root / GENERATOR_FILE, expert_weights(self.memory, self.level, self.slot),
-                           info={"rounds": index + 1, "level": self.level})
+            if main:
+                with open(self._metrics_path(), "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
         return {"rounds": history, "base_scores": base, "generator": str(self.root / GENERATOR_FILE)}
 
     def _metrics_path(self) -> Path:
@@ -168,11 +187,12 @@ class Dreamer:
 
     def _measured(self, round_dir: Path, tasks, base, index: int, progress: bool) -> dict:
         saved = round_dir / "dreams.json"
-        if saved.is_file():
+        if world.all_gather_objects(saved.is_file())[0]:  # rank 0's view: every rank takes the same branch
             return json.loads(saved.read_text())
         measured = self.measure(tasks, base, seed=self.seed * 1000 + index, progress=progress, desc=f"round {index}")
-        round_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, json.dumps(measured))
+        if world.is_main():
+            round_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(saved, json.dumps(measured))
         return measured
 
     # ------------------------------------------------------------------ one round's measurement
@@ -197,37 +217,32 @@ class Dreamer:
     def measure(self, tasks, base: list[float], *, seed: int, progress: bool = False, desc: str = "dreams") -> dict:
         """Generate, select, inner loop and reward with the current generator (no update): per task
         its dreams with ``selection_score``, ``kept``, ``score`` (adapted) and ``reward``, and a
-        ``summary`` (means over kept dreams; ``reward`` is the fraction rewarded)."""
+        ``summary`` (means over kept dreams; ``reward`` is the fraction rewarded). Under torchrun a
+        collective: each rank works on its blocks and every rank returns the whole result."""
         if self.slot is None:
             raise RuntimeError("measure() needs the generator: call fit() first (rounds = 0 is not allowed; "
                                "an untrained generator is fit's round 0)")
         c, tasks = self.config, check_tasks(tasks)
-        documents = [task.document for task in tasks]
-        with self.generator_on():
-            dreams = write_dreams(self.engine, self.tokenizer, self.memory, documents, c, seed=seed)
-        records = [[{**dream.to_json(), "kept": False, "selection_score": 0.0, "score": None, "reward": 0}
-                    for dream in own] for own in dreams]
-        kept = []  # (task, dream)
-        for t, (task, own) in enumerate(zip(tasks, dreams)):
-            examples = [dream_examples(self.tokenizer, dream.text) for dream in own]
-            selection = select_dreams(self.model, self.memory, examples, as_examples(self.tokenizer, [task.document]),
-                                      self.pad, c, seed=seed * 100_003 + t)
-            for k, value in enumerate(selection.scores):
-                records[t][k]["selection_score"] = value
-            for k in selection.kept:
-                records[t][k]["kept"] = True
-                kept.append((t, k))
-        bar = tqdm(total=len(kept), desc=f"{desc} inner loops", unit="dream", disable=not progress)
-        for start in range(0, len(kept), c.inner_adapters):
-            chunk = kept[start:start + c.inner_adapters]
-            examples = [dream_examples(self.tokenizer, dreams[t][k].text, tasks[t].document) for t, k in chunk]
-            scores = self._inner_loop(examples, [tasks[t] for t, _ in chunk], seed=seed * 7919 + start)
-            for (t, k), score in zip(chunk, scores):
+        selected = world.gather(self._select(tasks, world.block(list(range(len(tasks)))), seed=seed,
+                                             progress=progress, desc=desc))
+        records = [own for own, _ in selected]
+        kept = [(t, k) for t, (_, order) in enumerate(selected) for k in order]  # (task, dream), selection order
+        chunks = [(start, kept[start:start + c.inner_adapters]) for start in range(0, len(kept), c.inner_adapters)]
+        mine, scores, done = world.block(chunks), [], []
+        bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc=f"{desc} inner loops", unit="dream",
+                   disable=not (progress and world.is_main()))
+        for start, chunk in mine:
+            examples = [dream_examples(self.tokenizer, records[t][k]["text"], tasks[t].document) for t, k in chunk]
+            scores.append(self._inner_loop(examples, [tasks[t] for t, _ in chunk], seed=seed * 7919 + start))
+            for (t, k), score in zip(chunk, scores[-1]):
                 records[t][k]["score"] = score
+            done += [records[t][k] for t, k in chunk]
             bar.update(len(chunk))
-            done = [records[t][k] for t, k in kept[:start + len(chunk)]]
             bar.set_postfix(reward=f"{assign_rewards(records, base, c.reward, done):.2f}")
         bar.close()
+        for (_, chunk), own in zip(chunks, world.gather(scores)):
+            for (t, k), score in zip(chunk, own):
+                records[t][k]["score"] = score
         assign_rewards(records, base, c.reward)
         scored = [records[t][k] for t, k in kept]
         best = [max(r["score"] for r in own if r["kept"]) for own in records]
@@ -236,6 +251,38 @@ class Dreamer:
                    "best_score": sum(best) / len(best), "rewarded": sum(r["reward"] for r in scored),
                    "reward": sum(r["reward"] for r in scored) / len(scored)}
         return {"dreams": records, "summary": summary}
+
+    def _select(self, tasks: list[DreamTask], indices: list[int], *, seed: int, progress: bool,
+                desc: str) -> list[tuple[list[dict], list[int]]]:
+        """Per task of ``indices``: its dreams' records (``kept``, ``selection_score``, ``score`` None,
+        ``reward`` 0) and the kept dreams' indices in selection order."""
+        dreams = self._write([tasks[t].document for t in indices], seed=seed, progress=progress, desc=desc)
+        selected = []
+        for t, own in zip(indices, dreams):
+            examples = [dream_examples(self.tokenizer, dream.text) for dream in own]
+            document = as_examples(self.tokenizer, [tasks[t].document])
+            selection = select_dreams(self.model, self.memory, examples, document, self.pad, self.config,
+                                      seed=seed * 100_003 + t)
+            records = [{**dream.to_json(), "document": t, "kept": k in selection.kept, "selection_score": value,
+                        "score": None, "reward": 0} for k, (dream, value) in enumerate(zip(own, selection.scores))]
+            selected.append((records, selection.kept))
+        return selected
+
+    def _write(self, documents: list[str], *, seed: int, progress: bool, desc: str) -> list[list[Dream]]:
+        """The generator's dreams of ``documents`` (:func:`write_dreams`). Sampling streams are per
+        prompt, but noise redrawn at every engine step (``noise_resample = "step"``) is shared by the
+        sequences of a step, so a dream would depend on which documents share its engine call (and
+        so on the number of ranks): with that noise each document gets its own call, else one call
+        writes them all."""
+        c = self.config
+        alone = c.noise and c.noise_resample == "step"
+        groups = [[document] for document in documents] if alone else [documents] if documents else []
+        progress, dreams = progress and world.is_main(), []
+        with self.generator_on():
+            for group in tqdm(groups, desc=f"{desc} dreams", unit="document", disable=not (progress and alone)):
+                dreams += write_dreams(self.engine, self.tokenizer, self.memory, group, c, seed=seed,
+                                       progress=progress and not alone)
+        return dreams
 
     def _inner_loop(self, examples, tasks, *, seed: int) -> list[float]:
         c = self.config
@@ -249,6 +296,9 @@ class Dreamer:
 
     # ------------------------------------------------------------------ ReST-EM
     def _rest_em(self, round_dir: Path, measured: dict, index: int, progress: bool) -> dict:
+        """Trains the generator on the round's rewarded (prompt, dream) pairs (the same on every rank)
+        with :class:`NextTokenStage`, whose training runtime normalises the loss by the token count
+        summed over ranks (see the module docstring); returns its steps and last loss."""
         pairs = [(r["prompt_ids"], r["token_ids"]) for own in measured["dreams"] for r in own if r["reward"]]
         if not pairs:
             return {"generator_steps": 0, "generator_loss": None}
