@@ -4,6 +4,12 @@ far better that way), and the one question format that sleep's replay and the ev
 from __future__ import annotations
 
 SHORT_ANSWER = "Answer with a short phrase only."
+#: The greedy answer's length cap (it also ends at the first line break). SmolLM2-135M answers in
+#: sentences that repeat the question's invented name (7-10 tokens) before the fact: at 16 tokens
+#: "The company where Pahis Stoumavrir works is Baid" was cut one token before the answer, and the
+#: in-context row scored 0.329 contains on the 10-person set against 0.471 at 32 (0.486 at 48 tokens
+#: ending at the end of turn).
+ANSWER_TOKENS = 32
 
 
 def chat_turn(tokenizer, content: str) -> str | None:

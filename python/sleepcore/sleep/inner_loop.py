@@ -16,12 +16,11 @@ import random
 
 import torch
 
-from sleepcore.lm import encode, end_of_turn, newline_ids, pad_id
+from sleepcore.lm import ANSWER_TOKENS, encode, end_of_turn, newline_ids, pad_id
 from sleepcore.memory.batched import BatchedAdapters
 from sleepcore.rollout.prompts import eos_token_ids
 from sleepcore.train.batched import BatchedRuntime
 
-ANSWER_TOKENS = 16
 ANSWER_BATCH = 64
 
 Examples = list[tuple[list[int], list[int]]]

@@ -15,12 +15,10 @@ log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`)
 from __future__ import annotations
 
 from sleepcore.rollout import Engine, SamplingParams
-from sleepcore.lm import newline_ids, qa_prompt
+from sleepcore.lm import ANSWER_TOKENS, newline_ids, qa_prompt
 from sleepcore.tasks.biographies import BiographyDataset
 from sleepcore.tasks.knowledge_metrics import gold_logprobs, logprob_scores, qa_examples
 from sleepcore.tasks.metrics import aggregate, contains_match
-
-ANSWER_TOKENS = 16
 
 
 def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = False) -> list[str]:
