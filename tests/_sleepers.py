@@ -31,3 +31,24 @@ def make_sleeper(seeding_config: KnowledgeSeedingConfig, *, levels: int = 1, **o
         LevelConfig(rank=8, slots=2, period=1024 * 8 ** level) for level in range(levels))))
     config = SleepConfig(seeding=seeding_config, **options)
     return Sleeper(model, tokenizer, memory, config, engine=Engine(model, tokenizer, kv_memory_bytes=32 << 20))
+
+
+TINY_DREAMING = """
+[dreaming]
+dreams_per_document = 2
+top_k = 1
+random_kept = 0
+max_new_tokens = 8
+inner_rank = 4
+inner_epochs = 1
+rounds = 1
+generator_steps = 1
+[dreaming.optimizer]
+compute_dtype = "float32"
+"""
+
+
+def tiny_dream_train_config(output_dir) -> str:
+    """A ``sleepcore dream train`` TOML: the tiny model, 2 people, one short ReST-EM round."""
+    return f'output_dir = "{output_dir}"\n[model]\nname = "tiny"\n[tasks]\npeople = 2\n[generator]\nrank = 4\n' \
+        + TINY_DREAMING

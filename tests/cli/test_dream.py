@@ -10,20 +10,8 @@ import pytest
 from sleepcore import cli
 from sleepcore.cli.dream import TRAIN_EXAMPLE, DreamTrainConfig, train_config
 from sleepcore.sleep.dreams import load_generator
+from _sleepers import TINY_DREAMING, tiny_dream_train_config
 
-TINY_DREAMING = """
-[dreaming]
-dreams_per_document = 2
-top_k = 1
-random_kept = 0
-max_new_tokens = 8
-inner_rank = 4
-inner_epochs = 1
-rounds = 1
-generator_steps = 1
-[dreaming.optimizer]
-compute_dtype = "float32"
-"""
 
 
 def write(tmp_path, text, name="config.toml"):
@@ -51,8 +39,7 @@ def test_help_and_bad_keys(tmp_path, capsys):
 
 def test_a_tiny_training_then_a_run_that_dreams_with_its_generator(tmp_path):
     trained = tmp_path / "dreamer"
-    config = f'output_dir = "{trained}"\n[model]\nname = "tiny"\n[tasks]\npeople = 2\n[generator]\nrank = 4\n' \
-             + TINY_DREAMING
+    config = tiny_dream_train_config(trained)
     assert cli.main(["dream", "train", "--config", write(tmp_path, config)]) == 0
     report = json.loads((trained / "report.json").read_text())
     assert len(report["rounds"]) == 1 and (trained / "metrics.jsonl").read_text().count("\n") == 1

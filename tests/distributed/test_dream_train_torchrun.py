@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from sleepcore import cli
 from _dream_scenarios import CONFIG
+from _sleepers import tiny_dream_train_config
 from _dream_scenarios import main as scenario
 from test_torchrun import torchrun
 
@@ -99,30 +100,11 @@ def test_a_run_killed_in_a_generator_update_resumes_to_the_same_result(tmp_path,
     assert [json.loads(line)["round"] for line in lines] == [0, 1]
 
 
-TRAIN = """
-output_dir = "{output}"
-[model]
-name = "tiny"
-[tasks]
-people = 2
-[generator]
-rank = 4
-[dreaming]
-dreams_per_document = 2
-top_k = 1
-random_kept = 0
-max_new_tokens = 8
-inner_rank = 4
-inner_epochs = 1
-rounds = 1
-[dreaming.optimizer]
-compute_dtype = "float32"
-"""
 
 
 def test_sleepcore_dream_train_runs_under_torchrun(tmp_path):
     for name in ("single", "ranks"):
-        (tmp_path / f"{name}.toml").write_text(TRAIN.format(output=tmp_path / name))
+        (tmp_path / f"{name}.toml").write_text(tiny_dream_train_config(tmp_path / name))
     assert cli.main(["dream", "train", "--config", str(tmp_path / "single.toml")]) == 0
     torchrun("-m", "sleepcore.cli", "dream", "train", "--config", str(tmp_path / "ranks.toml"))
     got, want = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("ranks", "single"))
