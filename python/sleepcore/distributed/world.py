@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 
 import torch
@@ -74,8 +75,9 @@ def process_group():
 def shutdown() -> None:
     """Destroys the default process group if one was started (the end of a torchrun launch)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
         mesh.cache_clear()
+        dist.destroy_process_group()
+        gc.collect()  # the gloo groups' worker threads are joined now, not during interpreter shutdown
 
 
 @functools.cache
