@@ -16,6 +16,8 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+from sleepcore.distributed import world  # noqa: E402
+
 from _tolerance import assert_close_fp32  # noqa: E402
 from _trl_setup import gkd_inputs, gkd_trainers, gradients, grpo_inputs, grpo_trainers, models  # noqa: E402
 
@@ -65,4 +67,5 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    with world.process_group():  # a barrier, then the group destroyed: no rank tears gloo down early
+        main(sys.argv[1])
