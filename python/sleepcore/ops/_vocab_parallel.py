@@ -100,7 +100,8 @@ def _unwrap(name, value, dtensor):
     mesh, placements = value.device_mesh, tuple(value.placements)
     if mesh.ndim != 1 or placements != (Shard(0),):
         raise ValueError(f"{name} is a DTensor placed {placements} on a {mesh.ndim}-D mesh; a vocab-parallel "
-                         f"weight must be placed (Shard(0),) on a 1-D mesh")
+                         f"weight must be placed (Shard(0),) on a 1-D mesh (a replicated weight: pass the whole "
+                         f"tensor, e.g. inside the FSDP module's forward, where it is unsharded)")
     return value.to_local(), mesh.get_group()
 
 
