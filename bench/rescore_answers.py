@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 
-from sleepcore.lm import newline_ids, qa_prompt
+from sleepcore.lm import qa_prompt
 from sleepcore.models import load_model
 from sleepcore.rollout import SamplingParams
+from sleepcore.tasks.knowledge_eval import answer
 from sleepcore.tasks.knowledge_suite import KnowledgeSuite, KnowledgeSuiteConfig
 from sleepcore.tasks.metrics import contains_match
 
@@ -47,18 +48,15 @@ def main() -> None:
     group = suite.groups[args.group]
     questions, golds = group.questions, [q.answer for q in group.questions]
 
-    def generate(prompts, max_tokens, stops):
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=stops)
-        return [output.completions[0].text or "" for output in suite.engine.generate(prompts, params, progress=False)]
-
     def contains(answers):
         return sum(contains_match(answer, gold) for answer, gold in zip(answers, golds)) / len(golds)
 
     def score(label: str, in_context: bool) -> None:
         prompts = [qa_prompt(tokenizer, q.text, group.passage_of(q.person) if in_context else None) for q in questions]
-        cut16 = [text.strip() for text in generate(prompts, 16, newline_ids(tokenizer))]
-        cut32 = [text.strip() for text in generate(prompts, 32, newline_ids(tokenizer))]
-        long = generate(prompts, 48, ())
+        cut16 = answer(suite.engine, tokenizer, prompts, max_tokens=16)
+        cut32 = answer(suite.engine, tokenizer, prompts, max_tokens=32)
+        params = SamplingParams(temperature=0.0, max_tokens=48)  # to the end of turn
+        long = [output.completions[0].text or "" for output in suite.engine.generate(prompts, params, progress=False)]
         print(f"{label:10s} 16/line {contains(cut16):.3f}  32/line {contains(cut32):.3f}  "
               f"48/first-line {contains([first_answer(t) for t in long]):.3f}  "
               f"48/all {contains([t.strip() for t in long]):.3f}", flush=True)

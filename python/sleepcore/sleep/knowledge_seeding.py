@@ -215,10 +215,10 @@ class KnowledgeSeeding:
                 kl = float(fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
                                             temperature=c.temperature, num_items_in_batch=count))
         if c.hard_label_weight > 0:
-            loss = loss + c.hard_label_weight * self._teacher_token_loss(student, batch, rollouts, count)
+            loss = loss + c.hard_label_weight * self._teacher_token_loss(student, rollouts, count)
         return loss, kl, student.shape[0]
 
-    def _teacher_token_loss(self, student, batch, rollouts: Rollouts, count):
+    def _teacher_token_loss(self, student, rollouts: Rollouts, count):
         """``-sum log q(teacher's token)`` over the off-policy items' response tokens, over ``count``."""
         on_policy = set(rollouts.on_policy)
         targets = torch.tensor([-100 if i in on_policy else token for i, response in enumerate(rollouts.responses)

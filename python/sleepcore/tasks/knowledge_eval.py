@@ -21,8 +21,10 @@ from sleepcore.tasks.knowledge_metrics import gold_logprobs, logprob_scores, qa_
 from sleepcore.tasks.metrics import aggregate, contains_match
 
 
-def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = False) -> list[str]:
-    params = SamplingParams(temperature=0.0, max_tokens=ANSWER_TOKENS, stop_token_ids=newline_ids(tokenizer))
+def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = False,
+           max_tokens: int = ANSWER_TOKENS) -> list[str]:
+    """Greedy answers of at most ``max_tokens`` tokens, ended at the first line break, stripped."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=newline_ids(tokenizer))
     outputs = engine.generate(prompts, params, progress=progress)
     return [(output.completions[0].text or "").strip() for output in outputs]
 
