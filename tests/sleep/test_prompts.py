@@ -41,6 +41,11 @@ def test_sentence_questions_keep_questions_about_their_sentence():
         (f"Where does {name} come from?", 0)]  # off-topic and repeated questions are dropped
     assert passage in prompts[0].teacher and passage not in prompts[0].student
     assert replay_coverage([passage], prompts) == pytest.approx(1 / len(sentences))
+    focused, = sentence_question_prompts([passage], requests, asked, context="sentence")
+    assert focused.student == prompts[0].student and focused.sentence == 0
+    assert sentences[0] in focused.teacher and sentences[1] not in focused.teacher  # the sentence alone
+    with pytest.raises(ValueError, match="context"):
+        sentence_question_prompts([passage], requests, asked, context="paragraph")
 
 
 def test_per_document_quota_and_wake_questions_on_top():
@@ -61,3 +66,5 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(prompts_per_document=0)
     with pytest.raises(ValueError, match="replay_temperature"):
         KnowledgeSeedingConfig(replay_temperature=-0.1)
+    with pytest.raises(ValueError, match="sentence_context"):
+        KnowledgeSeedingConfig(sentence_context="passage")

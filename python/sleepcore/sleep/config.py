@@ -13,6 +13,9 @@ from sleepcore.validation import boolean, choice, fraction, instance, integer, n
 
 #: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
 PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "entity_questions", "sentence_questions")
+#: What the teacher reads before a ``sentence_questions`` prompt: the whole document, or only the
+#: sentence the question was written about.
+SENTENCE_CONTEXTS = ("document", "sentence")
 #: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
 STAGE_NAMES = ("seeding", "sft", "dreaming")
 
@@ -49,7 +52,9 @@ class KnowledgeSeedingConfig:
     ``"model"`` (the teacher asked "same meaning? yes/no",
     :class:`~sleepcore.sleep.judge.ModelJudge`). Replay set: prompts from ``prompt_builders``
     (:data:`PROMPT_BUILDERS`), at most ``prompts_per_document`` generated ones per document plus
-    every wake question, at most ``max_prompts`` in all when set; ``samples_per_prompt`` teacher
+    every wake question, at most ``max_prompts`` in all when set; ``sentence_context`` is what the
+    teacher reads before a ``sentence_questions`` prompt (``"document"``, or ``"sentence"``: only the
+    sentence the question was written about); ``samples_per_prompt`` teacher
     samples of ``max_new_tokens`` each at ``replay_temperature`` (None: ``sample_temperature``, the
     temperature of the student's on-policy and LTI samples). Optimisation: shuffled epochs over the
     replay set in batches of ``batch_size`` sequences, at most ``steps`` steps of ``optimizer`` on the new expert only; with
@@ -81,6 +86,7 @@ class KnowledgeSeedingConfig:
     prompt_builders: tuple[str, ...] = ("sentence_questions", "entity_questions", "wake_questions")
     prompts_per_document: int = 4
     max_prompts: int | None = None
+    sentence_context: str = "document"
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
     sample_temperature: float = 1.0
@@ -101,6 +107,7 @@ class KnowledgeSeedingConfig:
         for name in ("temperature", "sample_temperature", "clip_eps"):
             positive(name, getattr(self, name))
         choice("judge", self.judge, ("exact_match", "model"))
+        choice("sentence_context", self.sentence_context, SENTENCE_CONTEXTS)
         self.prompt_builders = tuple(instance("prompt_builders", self.prompt_builders, (list, tuple)))
         if not self.prompt_builders:
             raise ValueError("prompt_builders must not be empty")

@@ -19,7 +19,8 @@ student's prompt does not. Builders:
   document after three worked examples (:data:`SENTENCE_QUESTION_EXAMPLES`, about no document),
   writes a question that the sentence answers; a question is kept when it names one of the
   sentence's named entities (one about nothing in the sentence teaches nothing). The teacher then
-  answers it with the whole document in context; the student learns the answer without it.
+  answers it with the whole document in context, or with that sentence alone
+  (``KnowledgeSeedingConfig.sentence_context``); the student learns the answer without it.
   Coverage counts each sentence with a kept question. Measured on SmolLM2-135M-Instruct: asked
   zero-shot ("Write one question that the sentence above answers") it wrote questions about
   nothing in the sentence ("What is the base of the femur?"); with the examples most questions
@@ -109,13 +110,19 @@ def sentence_question_requests(documents: list[str]) -> list[tuple[int, int, str
 
 
 def sentence_question_prompts(documents: list[str], requests: list[tuple[int, int, str]], asked: list[list[str]],
-                              tokenizer=None) -> list[ReplayPrompt]:
+                              tokenizer=None, *, context: str = "document") -> list[ReplayPrompt]:
     """Replay prompts from the questions written for the requests of :func:`sentence_question_requests`
     (``asked[i]``: the samples for request i): the first line of each, kept when it names a named
-    entity of its sentence (or the sentence names none), once per distinct question and document."""
+    entity of its sentence (or the sentence names none), once per distinct question and document.
+    The teacher reads the whole document before the question (``context="document"``) or only the
+    sentence the question was written about (``"sentence"``)."""
+    if context not in ("document", "sentence"):
+        raise ValueError(f"context must be 'document' or 'sentence', got {context!r}")
     prompts, seen = [], set()
     for (index, position, _), questions in zip(requests, asked):
-        entities = named_entities(split_sentences(documents[index])[position])
+        sentence = split_sentences(documents[index])[position]
+        entities = named_entities(sentence)
+        read = documents[index] if context == "document" else sentence
         for question in questions:
             question = question.strip().split("\n")[0].strip()
             if len(question) < 8 or (index, question) in seen:
@@ -123,7 +130,7 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
             if entities and not any(entity in question for entity in entities):
                 continue
             seen.add((index, question))
-            prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, documents[index]),
+            prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, read),
                                         index, "sentence_questions", position))
     return prompts
 

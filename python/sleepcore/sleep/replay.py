@@ -73,7 +73,7 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
         with teacher():
             outputs = shared_generate(engine, [request for _, _, request in requests], params)
         asked = [[completion.text or "" for completion in output.completions] for output in outputs]
-        generated += sentence_question_prompts(documents, requests, asked, tokenizer)
+        generated += sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context)
     rng.shuffle(generated)
     taken, prompts = Counter(), []
     for prompt in generated:
