@@ -20,7 +20,8 @@ from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
-from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
+from sleepcore.tasks.biographies import BiographyConfig, Question, generate_biographies
+from sleepcore.tasks.knowledge_eval import swapped_rate
 from sleepcore.tasks.knowledge_methods import documents_of, oracle_examples, wake_questions_of
 from sleepcore.tasks.knowledge_metrics import (add_derived, answer_text, compact_history, gap_closure, gold_logprobs,
                                                logprob_scores, qa_examples, sleep_costs, teachable)
@@ -87,7 +88,18 @@ def test_scores_hold_the_gold_log_probability_and_each_answer(report):
             assert len(one["answers"]) == one["count"] and all(isinstance(a, str) for a in one["answers"])
             assert one["logp_token"] < 0 and one["logp_answer"] <= one["logp_token"]
             assert one["teachable"]["count"] == sum(ceiling[index]["one_hop"]["contains_each"])
+            assert 0 <= one["swapped"] <= 1 - one["contains"]
             assert "logp_token" in sleep["two_hop"]
+
+
+def test_swapped_answers_give_another_persons_value_of_the_same_attribute():
+    questions = [Question("Where was A born?", "Tarvik", "A", "birth_city", 1),
+                 Question("Where was B born?", "Oslet", "B", "birth_city", 1),
+                 Question("Who employs A?", "Quell Press", "A", "employer", 1),
+                 Question("Who employs B?", "Oslet Works", "B", "employer", 1)]
+    answers = ["A was born in Oslet.", "B was born in Oslet.", "A works in Tarvik.", "Nobody."]
+    # 1: B's city for A; 2: right; 3: a city, not an employer; 4: nothing
+    assert swapped_rate(answers, questions) == 0.25
 
 
 def test_oracle_training_raises_the_gold_answers_log_probability(report):

@@ -8,8 +8,11 @@ questions, the employer's passage) before the question; closed-book puts nothing
 Per question set (1-hop, 2-hop): EM, token F1 and "contains" (:mod:`sleepcore.tasks.metrics`;
 contains is the primary score, since a small model answers in sentences), each question's contains
 (``contains_each``, for the teachable subset), the greedy answers themselves (``answers``: a score
-of 0 can be a wrong fact or a right one said too slowly for ``ANSWER_TOKENS``), and the gold answer's teacher-forced
-log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`).
+of 0 can be a wrong fact or a right one said too slowly for ``ANSWER_TOKENS``), the gold answer's teacher-forced
+log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`), and ``swapped``:
+the fraction of answers that miss their gold but contain another person's value of the same
+attribute (a fact stored without its owner: after a sleep, many answers give one value, such as
+the same occupation, to every person).
 """
 
 from __future__ import annotations
@@ -29,10 +32,23 @@ def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = Fa
     return [(output.completions[0].text or "").strip() for output in outputs]
 
 
+def swapped_rate(predictions: list[str], questions: list) -> float:
+    """Fraction of ``predictions`` that miss their question's gold answer but contain the gold of
+    another question with the same ``attribute`` and a different answer."""
+    by_attribute: dict[str, set[str]] = {}
+    for question in questions:
+        by_attribute.setdefault(question.attribute, set()).add(question.answer)
+    swapped = [not contains_match(prediction, q.answer)
+               and any(contains_match(prediction, other) for other in by_attribute[q.attribute] - {q.answer})
+               for prediction, q in zip(predictions, questions)]
+    return sum(swapped) / max(len(swapped), 1)
+
+
 def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context: bool = False,
              progress: bool = False) -> dict:
     """Per question set (``one_hop``, ``two_hop``): ``contains``, ``em``, ``f1``, ``count``,
-    ``contains_each``, ``answers`` (the greedy answers, in question order) and the gold answer's ``logp_token`` / ``logp_answer`` under ``engine.model``
+    ``contains_each``, ``answers`` (the greedy answers, in question order), ``swapped``
+    (:func:`swapped_rate`) and the gold answer's ``logp_token`` / ``logp_answer`` under ``engine.model``
     as it is (its active experts)."""
     def context(question):
         if not in_context:
@@ -49,5 +65,6 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
         matched = aggregate(predictions, golds)
         scores[name] = {"contains": matched.pop("contains"), **matched, **logprob_scores(logprobs),
                         "contains_each": [int(contains_match(p, g)) for p, g in zip(predictions, golds)],
+                        "swapped": swapped_rate(predictions, questions),
                         "answers": predictions}
     return scores
