@@ -255,7 +255,10 @@ def test_dreamer_resumes_to_the_same_result(tmp_path, monkeypatch):
         memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=4, slots=2),)))
         return model, tokenizer, memory, Engine(model, tokenizer, kv_memory_bytes=32 << 20)
 
+    torch.manual_seed(0)
     straight, result = _fit(wrapped_again(), tmp_path / "a", 2)
+    straight_rng = torch.get_rng_state()
+    torch.manual_seed(0)
     _fit(wrapped_again(), tmp_path / "b", 1)  # stopped after round 1 ...
     real_step, calls = NextTokenStage.step, {"n": 0}
 
@@ -269,7 +272,9 @@ def test_dreamer_resumes_to_the_same_result(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _fit(wrapped_again(), tmp_path / "b", 2)
     monkeypatch.setattr(NextTokenStage, "step", real_step)
+    torch.manual_seed(123)  # the checkpoint's generator state, not this one, must carry on
     resumed, again = _fit(wrapped_again(), tmp_path / "b", 2)
+    assert torch.equal(torch.get_rng_state(), straight_rng)
     strip = lambda rounds: [{k: v for k, v in r.items() if k != "seconds"} for r in rounds]  # noqa: E731
     assert strip(again["rounds"]) == strip(result["rounds"])
     assert torch.equal(_weights(resumed.memory, resumed.slot), _weights(straight.memory, straight.slot))

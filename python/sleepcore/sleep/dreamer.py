@@ -148,7 +148,8 @@ class Dreamer:
         tasks = check_tasks(tasks)
         checkpoint = latest_checkpoint(self.root / "rounds")
         if checkpoint is not None:
-            _, state = load_checkpoint(checkpoint, self.memory)
+            tensors, state = load_checkpoint(checkpoint, self.memory)
+            torch.set_rng_state(tensors["rng.torch"])  # a resumed run draws what an unbroken one would
             self.slot, history, base = state["slot"], state["history"], state["base_scores"]
         else:
             self.slot = self.memory.new_expert(self.level)  # B = 0: round 0's generator is the model itself
