@@ -81,10 +81,15 @@ def test_batched_adapters_equal_separate_runs(seed, options, max_tokens):
         separate = _separate_run(model, memory, data, config, k, initial[k])
         for layer, (A, B) in trained[k].items():
             assert not torch.equal(B, torch.zeros_like(B))
-            # atol 5e-5 (weights ~0.07): AdamW's normalised step turns the summation-order rounding
-            # of a near-zero gradient into up to ~2e-5 (seed 1623294392 with clipping at 0.05)
-            torch.testing.assert_close(A, separate[layer][0], rtol=1e-4, atol=5e-5, msg=f"adapter {k} A")
-            torch.testing.assert_close(B, separate[layer][1], rtol=1e-4, atol=5e-5, msg=f"adapter {k} B")
+            # AdamW's normalised step turns the summation-order rounding of a near-zero gradient into
+            # a visible weight difference: up to ~2e-5 in one forward (seed 1623294392, clipping at
+            # 0.05), 9.6e-5 with train_step's chunks (seed 3342176154), against updates of ~2e-2.
+            # So the tolerance is 1% of the largest update of the tensor (at least 5e-5); a wrong
+            # normalisation, clip or step count moves weights by a sizeable part of the update.
+            for name, got, want, start in (("A", A, separate[layer][0], initial[k][layer][0]),
+                                           ("B", B, separate[layer][1], initial[k][layer][1])):
+                atol = max(5e-5, 1e-2 * (want - start).abs().max().item())
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=atol, msg=f"adapter {k} {name}")
 
 
 def test_reset_and_state_round_trip(seed):
