@@ -20,10 +20,15 @@ from sleepcore.sleep.prompts import ReplayPrompt, split_sentences
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 
 
+def fact_sentence(fact, passage: str) -> str:
+    """The sentence of ``passage`` that states ``fact`` (it holds the fact's value verbatim)."""
+    return next(sentence for sentence in split_sentences(passage) if fact.value in sentence)
+
+
 def fact_sentences(people: int, seed: int) -> dict[str, str]:
     """Wake question (each fact's second phrasing) -> the passage sentence that states the fact."""
     dataset = generate_biographies(BiographyConfig(num_people=people, seed=seed))
-    return {fact.questions[1]: next(s for s in split_sentences(passage) if fact.value in s)
+    return {fact.questions[1]: fact_sentence(fact, passage)
             for person, passage in zip(dataset.people, dataset.passages) for fact in person.facts}
 
 

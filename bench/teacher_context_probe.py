@@ -13,14 +13,13 @@ Measured 2026-12-02 (10 people, seed 0, 2 threads): evaluation phrasing passage 
 import argparse
 import time
 
-
 from sleepcore.lm import qa_prompt
 from sleepcore.models import load_model
 from sleepcore.rollout import Engine
-from sleepcore.sleep.prompts import split_sentences
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.knowledge_eval import answer
 from sleepcore.tasks.metrics import contains_match
+from teacher_ceiling import fact_sentence  # bench/, beside this script
 
 
 def main() -> None:
@@ -32,12 +31,8 @@ def main() -> None:
     engine = Engine(model, tokenizer)
     dataset = generate_biographies(BiographyConfig(num_people=args.people, seed=args.seed))
     facts = [(fact, passage) for person, passage in zip(dataset.people, dataset.passages) for fact in person.facts]
-
-    def sentence(fact, passage):
-        return next(s for s in split_sentences(passage) if fact.value in s)
-
-    contexts = {"passage": lambda f, p: p, "sentence": sentence,
-                "passage + sentence": lambda f, p: f"{p}\n\n{sentence(f, p)}"}
+    contexts = {"passage": lambda f, p: p, "sentence": fact_sentence,
+                "passage + sentence": lambda f, p: f"{p}\n\n{fact_sentence(f, p)}"}
     for phrasing, which in (("evaluation", 0), ("wake", 1)):
         for name, context in contexts.items():
             start = time.perf_counter()

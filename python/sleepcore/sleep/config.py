@@ -8,14 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sleepcore.sleep.dream_config import DreamingConfig
+from sleepcore.sleep.prompts import SENTENCE_CONTEXTS
 from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, fraction, instance, integer, number, positive
 
 #: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
 PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "entity_questions", "sentence_questions")
-#: What the teacher reads before a ``sentence_questions`` prompt: the whole document, or only the
-#: sentence the question was written about.
-SENTENCE_CONTEXTS = ("document", "sentence")
 #: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
 STAGE_NAMES = ("seeding", "sft", "dreaming")
 

@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass
 
 from sleepcore.lm import chat_turn, qa_prompt
+from sleepcore.validation import choice
 
 QUESTION_REQUEST = "Write one short question about a fact in the text above."
 #: The few-shot request of ``sentence_questions`` (generic examples; ``{sentence}`` is filled in).
@@ -44,6 +45,9 @@ SENTENCE_QUESTION_EXAMPLES = (
     "Sentence: Tom's favourite food is lasagne.\nQuestion: What is Tom's favourite food?\n\n"
     "Sentence: {sentence}\nQuestion:")
 ENTITY_REQUEST = "What do you know about {entity}?"
+#: What the teacher reads before a ``sentence_questions`` prompt: the whole document, or only the
+#: sentence the question was written about.
+SENTENCE_CONTEXTS = ("document", "sentence")
 _CAPITALISED = re.compile(r"[A-Z][a-z]+(?:[ -][A-Z][a-z]+)*")
 
 
@@ -116,8 +120,7 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
     entity of its sentence (or the sentence names none), once per distinct question and document.
     The teacher reads the whole document before the question (``context="document"``) or only the
     sentence the question was written about (``"sentence"``)."""
-    if context not in ("document", "sentence"):
-        raise ValueError(f"context must be 'document' or 'sentence', got {context!r}")
+    choice("context", context, SENTENCE_CONTEXTS)
     prompts, seen = [], set()
     for (index, position, _), questions in zip(requests, asked):
         sentence = split_sentences(documents[index])[position]
