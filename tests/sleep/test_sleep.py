@@ -95,14 +95,15 @@ def test_shared_prefixes_compute_what_separate_rows_compute():
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("on_policy", [0.0, 1.0])
-def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy):
+@pytest.mark.parametrize("on_policy,token_selection", [(0.0, 1.0), (1.0, 1.0), (0.0, 0.3)])
+def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy, token_selection):
     """``hard_label_weight`` adds w * CE(student, teacher's sampled tokens) over the token count to
     the forward KL (loss and expert gradient against full logits in plain torch); on-policy items
-    (the student's own samples) get no hard-label term."""
+    (the student's own samples) get no hard-label term. With ``token_selection`` both terms cover
+    only the selected tokens, and so does the token count."""
     weight, temperature = 0.7, 1.3
     config = seeding(steps=1, batch_size=3, max_new_tokens=8, samples_per_prompt=1, alpha=1.0, on_policy=on_policy,
-                     hard_label_weight=weight, temperature=temperature)
+                     hard_label_weight=weight, temperature=temperature, token_selection=token_selection)
     config = dataclasses.replace(config, optimizer=OptimizerConfig(compute_dtype="float32"))
     sleeper = woken(config)
     slot = sleeper.memory.new_expert(0)
@@ -134,9 +135,13 @@ def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy):
         student = stage.runtime.response_hidden([s.student_prompt for s in items], [s.response for s in items],
                                                 stage.pad_id)
         teacher = torch.cat([s.teacher_hidden for s in items]).float()
+        targets = torch.tensor([t for s in items for t in s.response])
+        if token_selection < 1:
+            trained = torch.cat([s.trained for s in items])
+            assert 0 < trained.sum() < trained.numel() and got["tokens"] == trained.sum()
+            student, teacher, targets = student[trained], teacher[trained], targets[trained]
         log_q = torch.log_softmax(student @ head.T / temperature, dim=-1)
         log_p = torch.log_softmax(teacher @ head.T / temperature, dim=-1)
-        targets = torch.tensor([t for s in items for t in s.response])
         kl = (log_p.exp() * (log_p - log_q)).sum()
         cross_entropy = -log_q.gather(1, targets[:, None]).sum()
         loss = (kl + weight * cross_entropy) / targets.numel()
@@ -146,6 +151,26 @@ def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy):
     assert got["loss"] == pytest.approx(want, rel=1e-4)
     for first, second in zip(*grads):
         torch.testing.assert_close(first, second, rtol=1e-3, atol=1e-6)
+
+
+def test_token_selection_keeps_the_tokens_where_teacher_and_student_differ_most():
+    """``token_selection`` trains the given fraction of the replay's response tokens with the
+    largest KL(teacher || student) before the first step, drops samples left with none, and the
+    selection survives a checkpoint round trip."""
+    config = seeding(steps=1, batch_size=3, max_new_tokens=8, samples_per_prompt=1, alpha=1.0, token_selection=0.25)
+    sleeper = woken(config)
+    slot = sleeper.memory.new_expert(0)
+    stage = KnowledgeSeeding(StageContext(sleeper.model, sleeper.tokenizer, sleeper.memory, sleeper.engine, 0, slot),
+                             config)
+    stage.prepare(sleeper.buffer, progress=False)
+    token_kl = torch.cat(stage.token_kl(stage.items))  # the expert is still zero: the KL the selection saw
+    trained = torch.cat([sample.trained for sample in stage.items])
+    assert all(sample.trained.any() for sample in stage.items)
+    assert token_kl[trained].min() >= token_kl[~trained].max()
+    assert stage.summary()["trained_fraction"] == pytest.approx(float(trained.double().mean()))
+    tensors, state = replay.replay_state(stage.items)
+    restored = replay.replay_from_state(tensors, state)
+    assert all(torch.equal(a.trained, b.trained) for a, b in zip(stage.items, restored))
 
 
 def test_epochs_cover_the_replay_set_before_repeating(monkeypatch):
@@ -267,6 +292,10 @@ def test_bad_input_is_refused():
         KnowledgeSeedingConfig(alpha=1.5)
     with pytest.raises(ValueError, match="hard_label_weight"):
         KnowledgeSeedingConfig(hard_label_weight=-0.1)
+    with pytest.raises(ValueError, match="token_selection"):
+        KnowledgeSeedingConfig(token_selection=0.0)
+    with pytest.raises(ValueError, match="on_policy"):
+        KnowledgeSeedingConfig(token_selection=0.5, on_policy=0.5)
     with pytest.raises(TypeError, match="alpha"):
         KnowledgeSeedingConfig(alpha="high")
     with pytest.raises(ValueError, match="teacher"):

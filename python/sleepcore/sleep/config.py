@@ -43,7 +43,13 @@ class KnowledgeSeedingConfig:
     the student's probability ``q`` falls, which is exactly a new fact's token), ``on_policy``
     (METHOD.md's lambda: the fraction of sequences sampled from the student), ``temperature``;
     ``hard_label_weight`` adds that times the student's cross-entropy on the teacher's sampled tokens
-    (sequence-level KD on the off-policy items; 0: the divergence alone).
+    (sequence-level KD on the off-policy items; 0: the divergence alone). ``token_selection`` is
+    the fraction of the replay set's response tokens that are trained: those where the teacher and
+    the student as the sleep starts differ most (per-token KL(teacher || student) before the first
+    step: the tokens the document adds, such as a new name's value; the selection of Rho-1, with
+    the in-context teacher as the reference model); the other tokens get no gradient and do not
+    count as trained tokens. 1.0 trains every token; below 1 needs ``on_policy = 0``, since the
+    selection is made once, on the teacher's own samples.
     Learning to Imitate: ``completions`` per prefix (n), reward ``gamma * r_sem + (1 - gamma) *
     r_abs`` with the Levenshtein threshold ``z0`` (a fraction of the longer sequence), PPO clip
     ``clip_eps``; ``judge`` gives ``r_sem``: ``"exact_match"`` (normalised exact match) or
@@ -78,6 +84,7 @@ class KnowledgeSeedingConfig:
     alpha: float = 1.0
     beta: float = 0.0
     hard_label_weight: float = 0.0
+    token_selection: float = 1.0
     on_policy: float = 0.0
     temperature: float = 1.0
     gamma: float = 0.5
@@ -102,6 +109,10 @@ class KnowledgeSeedingConfig:
         for name in ("alpha", "beta", "on_policy", "gamma", "z0"):
             fraction(name, getattr(self, name))
         number("hard_label_weight", self.hard_label_weight, minimum=0.0)
+        number("token_selection", self.token_selection, above=0.0, maximum=1.0)
+        if self.token_selection < 1 and self.on_policy > 0:
+            raise ValueError(f"token_selection < 1 selects tokens of the teacher's own samples once, so it needs "
+                             f"on_policy = 0 (got token_selection={self.token_selection}, on_policy={self.on_policy})")
         for name in ("completions", "samples_per_prompt", "max_new_tokens", "prompts_per_document"):
             integer(name, getattr(self, name), minimum=1)
         integer("max_prompts", self.max_prompts, minimum=1, optional=True)

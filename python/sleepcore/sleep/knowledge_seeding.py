@@ -34,6 +34,8 @@ the global token count (summed by ``reduce_metrics``).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import time
 from contextlib import contextmanager
@@ -119,7 +121,10 @@ class KnowledgeSeeding:
         self.items = world.gather(share)
         if not self.items:
             raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")
-        self.kl_before = self.replay_kl(self.items)
+        token_kl = self.token_kl(self.items)
+        self.kl_before = float(torch.cat(token_kl).mean())
+        if self.config.token_selection < 1:
+            self.items = select_tokens(self.items, token_kl, self.config.token_selection)
         local = sampled + engine_tokens(self.engine) + sum(
             len(s.teacher_prompt) + len(s.student_prompt) + 2 * len(s.response) for s in share)
         self.prepare_forward_tokens = int(world.all_sum([local])[0])
@@ -159,9 +164,13 @@ class KnowledgeSeeding:
         prompts reach (``coverage``, :func:`~sleepcore.sleep.prompts.replay_coverage`), and
         ``prepare_forward_tokens``: the tokens the preparation ran without a gradient (teacher
         sampling with its prefill, the teacher-state caching, the student forward of the replay-KL
-        measurement; ``kl_after`` costs that again)."""
+        measurement; ``kl_after`` costs that again), and ``trained_fraction``: the fraction of the kept
+        samples' response tokens that are trained (``token_selection``)."""
+        tokens = sum(len(s.response) for s in self.items)
+        trained = sum(len(s.response) if s.trained is None else int(s.trained.sum()) for s in self.items)
         return {"replay_samples": len(self.items), "kl_before": self.kl_before, "kl_after": self.replay_kl(self.items),
-                "coverage": self.coverage, "prepare_forward_tokens": self.prepare_forward_tokens}
+                "coverage": self.coverage, "prepare_forward_tokens": self.prepare_forward_tokens,
+                "trained_fraction": trained / max(tokens, 1)}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, replay = replay_state(self.items)
@@ -181,21 +190,25 @@ class KnowledgeSeeding:
         self.coverage = state.get("coverage")
 
     # ------------------------------------------------------------------ measurements
-    @torch.no_grad()
     def replay_kl(self, samples: list[ReplaySample]) -> float:
-        """Mean per-token KL(teacher || student) on the teacher's own responses (the replay set; each
-        rank measures its block)."""
-        total, tokens, samples = 0.0, 0, world.block(samples)
-        for start in range(0, len(samples), TEACHER_BATCH):
-            chunk = samples[start:start + TEACHER_BATCH]
+        """Mean per-token KL(teacher || student) on the teacher's own responses (the replay set),
+        over every response token, trained or not."""
+        return float(torch.cat(self.token_kl(samples)).mean())
+
+    @torch.no_grad()
+    def token_kl(self, samples: list[ReplaySample]) -> list[torch.Tensor]:
+        """Per sample, KL(teacher || student) at each response token (fp32 ``[len(response)]``, CPU);
+        each rank computes its block, every rank gets all."""
+        mine, kls = world.block(samples), []
+        for start in range(0, len(mine), TEACHER_BATCH):
+            chunk = mine[start:start + TEACHER_BATCH]
             responses = [sample.response for sample in chunk]
             teacher = self._teacher_hidden(chunk, responses, [])
             student = self.runtime.response_hidden([s.student_prompt for s in chunk], responses, self.pad_id)
-            total += float(fused_linear_jsd(student, self.head, teacher, self.head, beta=0.0,
-                                            temperature=self.config.temperature, reduction="sum"))
-            tokens += student.shape[0]
-        total, tokens = world.all_sum([total, tokens])
-        return total / max(tokens, 1)
+            kl = fused_linear_jsd(student, self.head, teacher, self.head, beta=0.0,
+                                  temperature=self.config.temperature, reduction="none")
+            kls += list(kl.float().cpu().split([len(r) for r in responses]))
+        return world.gather(kls)
 
     # ------------------------------------------------------------------ the two terms
     def _distillation_term(self, hidden, layout, batch, rollouts: Rollouts, teacher):
@@ -204,7 +217,12 @@ class KnowledgeSeeding:
         KD, a target sharpened to the teacher's choices), both over the global token count."""
         c = self.config
         rows = [row for i in range(len(batch)) for row in layout.rows(i, 1)]  # trees 0..items-1 hold the responses
-        student = hidden.index_select(0, torch.tensor(rows, device=hidden.device))
+        trained = torch.cat([torch.ones(len(rollouts.responses[i]), dtype=torch.bool)
+                             if batch[i].trained is None or i in rollouts.on_policy else batch[i].trained
+                             for i in range(len(batch))])
+        rows = torch.tensor(rows)[trained]
+        student = hidden.index_select(0, rows.to(hidden.device))
+        teacher = teacher[trained.to(teacher.device)]
         count = self.runtime.token_count(student.shape[0])
         loss = fused_linear_jsd(student, self.head, teacher, self.head, beta=c.beta, temperature=c.temperature,
                                 num_items_in_batch=count)
@@ -215,14 +233,14 @@ class KnowledgeSeeding:
                 kl = float(fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
                                             temperature=c.temperature, num_items_in_batch=count))
         if c.hard_label_weight > 0:
-            loss = loss + c.hard_label_weight * self._teacher_token_loss(student, rollouts, count)
+            loss = loss + c.hard_label_weight * self._teacher_token_loss(student, rollouts, trained, count)
         return loss, kl, student.shape[0]
 
-    def _teacher_token_loss(self, student, rollouts: Rollouts, count):
-        """``-sum log q(teacher's token)`` over the off-policy items' response tokens, over ``count``."""
+    def _teacher_token_loss(self, student, rollouts: Rollouts, trained, count):
+        """``-sum log q(teacher's token)`` over the off-policy items' ``trained`` response tokens, over ``count``."""
         on_policy = set(rollouts.on_policy)
         targets = torch.tensor([-100 if i in on_policy else token for i, response in enumerate(rollouts.responses)
-                                for token in response], device=student.device)
+                                for token in response])[trained].to(student.device)
         logp, _ = fused_linear_logprobs(student, self.head, targets, temperature=self.config.temperature,
                                         return_entropy=False)
         return -logp.sum() / count
@@ -268,6 +286,16 @@ class KnowledgeSeeding:
                                 global_seqs=self.runtime.token_count(len(completions)))
         loss = loss[0] if isinstance(loss, tuple) else loss
         return loss, rewards, selected.shape[0]
+
+
+def select_tokens(samples: list[ReplaySample], token_kl: list[torch.Tensor], fraction: float) -> list[ReplaySample]:
+    """``samples`` with ``trained`` set to their tokens among the ``fraction`` of all tokens with the
+    largest ``token_kl`` (ties at the threshold kept); samples left with no trained token are dropped."""
+    flat = torch.cat(token_kl)
+    keep = max(1, math.ceil(fraction * flat.numel()))
+    threshold = flat.topk(keep).values[-1]
+    selected = [dataclasses.replace(sample, trained=kl >= threshold) for sample, kl in zip(samples, token_kl)]
+    return [sample for sample in selected if bool(sample.trained.any())]
 
 
 def _reward_metrics(rewards: list[float], group: int) -> dict:

@@ -30,13 +30,16 @@ TEACHER_BATCH = 16  # replay samples per teacher forward when caching its hidden
 
 @dataclass
 class ReplaySample:
-    """A teacher sample: token ids of both prompts and of the response (teacher-sampled), and the
-    teacher's final hidden states ``[len(response), H]`` (fp32, CPU) predicting the response."""
+    """A teacher sample: token ids of both prompts and of the response (teacher-sampled), the
+    teacher's final hidden states ``[len(response), H]`` (fp32, CPU) predicting the response, and
+    ``trained``: which response tokens are trained (bool ``[len(response)]``; None: all of them,
+    ``KnowledgeSeedingConfig.token_selection``)."""
 
     student_prompt: list[int]
     teacher_prompt: list[int]
     response: list[int]
     teacher_hidden: torch.Tensor | None = None
+    trained: torch.Tensor | None = None
 
 
 def shared_generate(engine, prompts: list, params: SamplingParams) -> list:
@@ -123,10 +126,12 @@ def sample_replay(model, tokenizer, engine, prompts: list[ReplayPrompt], config:
 def replay_state(samples: list[ReplaySample]) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """``(tensors, json)`` of a replay set."""
     tensors = {f"replay.{i}": sample.teacher_hidden for i, sample in enumerate(samples)}
+    tensors.update({f"replay_trained.{i}": sample.trained for i, sample in enumerate(samples)
+                    if sample.trained is not None})
     return tensors, [{"student_prompt": s.student_prompt, "teacher_prompt": s.teacher_prompt, "response": s.response}
                      for s in samples]
 
 
 def replay_from_state(tensors: dict[str, torch.Tensor], state: list[dict]) -> list[ReplaySample]:
-    return [ReplaySample(item["student_prompt"], item["teacher_prompt"], item["response"], tensors[f"replay.{i}"])
-            for i, item in enumerate(state)]
+    return [ReplaySample(item["student_prompt"], item["teacher_prompt"], item["response"], tensors[f"replay.{i}"],
+                         tensors.get(f"replay_trained.{i}")) for i, item in enumerate(state)]
