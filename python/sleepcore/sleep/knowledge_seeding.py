@@ -217,12 +217,15 @@ class KnowledgeSeeding:
         KD, a target sharpened to the teacher's choices), both over the global token count."""
         c = self.config
         rows = [row for i in range(len(batch)) for row in layout.rows(i, 1)]  # trees 0..items-1 hold the responses
-        trained = torch.cat([torch.ones(len(rollouts.responses[i]), dtype=torch.bool)
-                             if batch[i].trained is None or i in rollouts.on_policy else batch[i].trained
-                             for i in range(len(batch))])
-        rows = torch.tensor(rows)[trained]
-        student = hidden.index_select(0, rows.to(hidden.device))
-        teacher = teacher[trained.to(teacher.device)]
+        on_policy = set(rollouts.on_policy)
+        trained = None  # every token (token_selection = 1): no mask, no copy of the teacher states
+        if any(batch[i].trained is not None and i not in on_policy for i in range(len(batch))):
+            trained = torch.cat([torch.ones(len(rollouts.responses[i]), dtype=torch.bool)
+                                 if batch[i].trained is None or i in on_policy else batch[i].trained
+                                 for i in range(len(batch))])
+            rows = [row for row, keep in zip(rows, trained.tolist()) if keep]
+            teacher = teacher[trained.to(teacher.device)]
+        student = hidden.index_select(0, torch.tensor(rows, device=hidden.device))
         count = self.runtime.token_count(student.shape[0])
         loss = fused_linear_jsd(student, self.head, teacher, self.head, beta=c.beta, temperature=c.temperature,
                                 num_items_in_batch=count)
@@ -237,10 +240,12 @@ class KnowledgeSeeding:
         return loss, kl, student.shape[0]
 
     def _teacher_token_loss(self, student, rollouts: Rollouts, trained, count):
-        """``-sum log q(teacher's token)`` over the off-policy items' ``trained`` response tokens, over ``count``."""
+        """``-sum log q(teacher's token)`` over the off-policy items' ``trained`` response tokens (None:
+        all), over ``count``."""
         on_policy = set(rollouts.on_policy)
         targets = torch.tensor([-100 if i in on_policy else token for i, response in enumerate(rollouts.responses)
-                                for token in response])[trained].to(student.device)
+                                for token in response])
+        targets = (targets if trained is None else targets[trained]).to(student.device)
         logp, _ = fused_linear_logprobs(student, self.head, targets, temperature=self.config.temperature,
                                         return_entropy=False)
         return -logp.sum() / count
