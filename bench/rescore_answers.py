@@ -32,20 +32,31 @@ def first_answer(text: str) -> str:
     return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
+def add_suite_arguments(parser: argparse.ArgumentParser, *, sleeps: str) -> None:
+    """``--model``, ``--sleeps``, ``--group`` and ``--seed``: which suite run's people to ask about."""
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--sleeps", default=sleeps, help="the run's suite.sleeps, comma-separated")
+    parser.add_argument("--group", type=int, default=-1, help="which sleep's people to ask about")
+    parser.add_argument("--seed", type=int, default=0, help="the run's suite.seed")
+
+
+def suite_group(args, name: str):
+    """``(suite, tokenizer, group)`` for :func:`add_suite_arguments`' arguments: the suite of that
+    run (its engine and memory, no output written) and the people of sleep ``args.group``."""
+    model, tokenizer = load_model(args.model)
+    config = KnowledgeSuiteConfig(sleeps=[int(n) for n in args.sleeps.split(",")], methods=["ks"], seed=args.seed)
+    suite = KnowledgeSuite(model, tokenizer, config, name, progress=False)
+    return suite, tokenizer, suite.groups[args.group]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("memory", help="a memory.safetensors of the suite run, or 'none'")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--sleeps", default="1,50", help="the run's suite.sleeps, comma-separated")
-    parser.add_argument("--group", type=int, default=-1, help="which sleep's people to ask about")
-    parser.add_argument("--seed", type=int, default=0, help="the run's suite.seed")
+    add_suite_arguments(parser, sleeps="1,50")
     parser.add_argument("--skip-untrained", action="store_true", help="no base and in-context rows")
     args = parser.parse_args()
 
-    model, tokenizer = load_model(args.model)
-    config = KnowledgeSuiteConfig(sleeps=[int(n) for n in args.sleeps.split(",")], methods=["ks"], seed=args.seed)
-    suite = KnowledgeSuite(model, tokenizer, config, "rescore-answers", progress=False)
-    group = suite.groups[args.group]
+    suite, tokenizer, group = suite_group(args, "rescore-answers")
     questions, golds = group.questions, [q.answer for q in group.questions]
 
     def contains(answers):

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 
+from rescore_answers import add_suite_arguments, suite_group
 from sleepcore.lm import qa_prompt
-from sleepcore.models import load_model
 from sleepcore.tasks.biographies import Question
 from sleepcore.tasks.knowledge_eval import answer, swapped_rate
-from sleepcore.tasks.knowledge_suite import KnowledgeSuite, KnowledgeSuiteConfig
 from sleepcore.tasks.metrics import contains_match
 
 
@@ -45,16 +44,10 @@ def rate(hits: list[bool], given: list[bool] | None = None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("memories", nargs="+", help="memory.safetensors files of suite runs on the same people")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--sleeps", default="10", help="the runs' suite.sleeps, comma-separated")
-    parser.add_argument("--group", type=int, default=-1, help="which sleep's people to ask about")
-    parser.add_argument("--seed", type=int, default=0, help="the runs' suite.seed")
+    add_suite_arguments(parser, sleeps="10")
     args = parser.parse_args()
 
-    model, tokenizer = load_model(args.model)
-    config = KnowledgeSuiteConfig(sleeps=[int(n) for n in args.sleeps.split(",")], methods=["ks"], seed=args.seed)
-    suite = KnowledgeSuite(model, tokenizer, config, "transfer-probe", progress=False)
-    group = suite.groups[args.group]
+    suite, tokenizer, group = suite_group(args, "transfer-probe")
     evaluation, wake = phrasing(group, 0), phrasing(group, 1)
 
     def answers(questions, in_context: bool) -> tuple[list[str], list[bool]]:
