@@ -8,7 +8,8 @@ import pytest
 
 from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig
-from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities, replay_coverage,
+from sleepcore.sleep.prompts import (PARAPHRASE_EXAMPLES, SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities,
+                                     paraphrase_prompts, paraphrase_requests, replay_coverage,
                                      sentence_question_prompts, sentence_question_requests, split_sentences)
 from _sleepers import DATASET, make_sleeper, seeding
 
@@ -48,6 +49,45 @@ def test_sentence_questions_keep_questions_about_their_sentence():
         sentence_question_prompts([passage], requests, asked, context="paragraph")
 
 
+def test_wake_paraphrases_keep_new_questions_about_the_same_person():
+    passage, name = DATASET.passages[0], DATASET.people[0].name
+    original = f"Who employs {name}?"
+    requests = paraphrase_requests([[original, f"Where did {name} study?"], []])
+    assert [(d, q) for d, q, _ in requests] == [(0, original), (0, f"Where did {name} study?")]
+    assert requests[0][2] == PARAPHRASE_EXAMPLES.format(question=original)
+    rewritten = [[f" Which company does {name} work for? Answer: none\nmore", f"who EMPLOYS {name} ?",
+                  f"Which company does {name} work for?", f"Who employs {name[:-1]}?", "Who is Tom?",
+                  f"{name} works for a company"],
+                 [f"At which university did {name} study?"]]
+    prompts = paraphrase_prompts([passage, "unused"], requests, rewritten)
+    asked = [p.student.split("Question: ")[1].split("\n")[0] for p in prompts]
+    # kept: new questions naming the person, cut at the question mark; dropped: the original (case and
+    # spacing ignored), a repeat, a misspelt name, another subject, and a statement
+    assert asked == [f"Which company does {name} work for?", f"At which university did {name} study?"]
+    assert all(p.builder == "wake_paraphrases" and p.document == 0 for p in prompts)
+    assert all(passage in p.teacher and passage not in p.student for p in prompts)
+
+
+def test_wake_paraphrases_are_sampled_from_the_teacher_for_every_wake_question():
+    config = seeding(prompt_builders=("wake_paraphrases",), max_new_tokens=4, samples_per_prompt=1)
+    config = KnowledgeSeedingConfig(**{**config.__dict__, "max_prompts": None, "paraphrases_per_question": 2})
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages, questions=[[f"Which fact is number {i}?"] for i in range(3)])
+    requested = []
+
+    def generate(prompts, params, progress=True):
+        requested.extend(prompts)
+        assert params.n == 2
+        completion = lambda text: type("Completion", (), {"text": text})()  # noqa: E731
+        return [type("Output", (), {"completions": [completion(" Which fact has number 0?"), completion(" Hm.")]})()
+                for _ in prompts]
+
+    sleeper.engine.generate = generate
+    prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, nullcontext, seed=0)
+    assert requested == [PARAPHRASE_EXAMPLES.format(question=f"Which fact is number {i}?") for i in range(3)]
+    assert sorted(p.document for p in prompts) == [0, 1, 2] and {p.builder for p in prompts} == {"wake_paraphrases"}
+
+
 def test_per_document_quota_and_wake_questions_on_top():
     config = seeding(prompt_builders=("continuation", "entity_questions", "sentence_questions", "wake_questions"),
                      prompts_per_document=3, max_new_tokens=4, samples_per_prompt=1)
@@ -68,3 +108,5 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(replay_temperature=-0.1)
     with pytest.raises(ValueError, match="sentence_context"):
         KnowledgeSeedingConfig(sentence_context="passage")
+    with pytest.raises(ValueError, match="paraphrases_per_question"):
+        KnowledgeSeedingConfig(paraphrases_per_question=0)

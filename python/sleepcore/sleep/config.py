@@ -13,7 +13,8 @@ from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, fraction, instance, integer, number, positive
 
 #: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
-PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "entity_questions", "sentence_questions")
+PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "wake_paraphrases", "entity_questions",
+                   "sentence_questions")
 #: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
 STAGE_NAMES = ("seeding", "sft", "dreaming")
 
@@ -58,7 +59,9 @@ class KnowledgeSeedingConfig:
     (:data:`PROMPT_BUILDERS`), at most ``prompts_per_document`` generated ones per document plus
     every wake question, at most ``max_prompts`` in all when set; ``sentence_context`` is what the
     teacher reads before a ``sentence_questions`` prompt (``"document"``, or ``"sentence"``: only the
-    sentence the question was written about); ``samples_per_prompt`` teacher
+    sentence the question was written about); ``paraphrases_per_question`` rewrites of each wake
+    question are sampled for ``wake_paraphrases`` (those that pass its filter are kept);
+    ``samples_per_prompt`` teacher
     samples of ``max_new_tokens`` each at ``replay_temperature`` (None: ``sample_temperature``, the
     temperature of the student's on-policy and LTI samples). Optimisation: shuffled epochs over the
     replay set in batches of ``batch_size`` sequences, at most ``steps`` steps of ``optimizer`` on the new expert only; with
@@ -98,6 +101,7 @@ class KnowledgeSeedingConfig:
     prompts_per_document: int = 4
     max_prompts: int | None = None
     sentence_context: str = "document"
+    paraphrases_per_question: int = 3
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
     sample_temperature: float = 1.0
@@ -115,7 +119,8 @@ class KnowledgeSeedingConfig:
         if self.token_selection < 1 and self.on_policy > 0:
             raise ValueError(f"token_selection < 1 selects tokens of the teacher's own samples once, so it needs "
                              f"on_policy = 0 (got token_selection={self.token_selection}, on_policy={self.on_policy})")
-        for name in ("completions", "samples_per_prompt", "max_new_tokens", "prompts_per_document"):
+        for name in ("completions", "samples_per_prompt", "max_new_tokens", "prompts_per_document",
+                     "paraphrases_per_question"):
             integer(name, getattr(self, name), minimum=1)
         integer("max_prompts", self.max_prompts, minimum=1, optional=True)
         number("replay_temperature", self.replay_temperature, minimum=0.0, optional=True)

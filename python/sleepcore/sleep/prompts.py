@@ -25,6 +25,14 @@ student's prompt does not. Builders:
   zero-shot ("Write one question that the sentence above answers") it wrote questions about
   nothing in the sentence ("What is the base of the femur?"); with the examples most questions
   name the sentence's person, company or place ("Who attended University of Vubaron?").
+* ``wake_paraphrases``: each wake question asked again in the teacher's own words (several
+  phrasings of one fact are what makes a stored fact answerable to a new phrasing: Physics of
+  Language Models 3.1). The teacher, after three worked examples (:data:`PARAPHRASE_EXAMPLES`,
+  about no document), rewrites the question; a rewrite is kept when it is a question, differs
+  from the original and every rewrite kept so far, and names every named entity of the original
+  (so that it still asks about the same person; SmolLM2-135M-Instruct misspells invented names
+  in some samples and drifts to another subject in others). The teacher answers it with the
+  document in context, the student learns the answer without it.
 """
 
 from __future__ import annotations
@@ -44,6 +52,12 @@ SENTENCE_QUESTION_EXAMPLES = (
     "Question: Whose company designed the Eiffel Tower?\n\n"
     "Sentence: Tom's favourite food is lasagne.\nQuestion: What is Tom's favourite food?\n\n"
     "Sentence: {sentence}\nQuestion:")
+#: The few-shot request of ``wake_paraphrases`` (generic examples; ``{question}`` is filled in).
+PARAPHRASE_EXAMPLES = (
+    "Question: Where was Marie Curie born?\nThe same question, asked differently: In which city was Marie Curie "
+    "born?\n\nQuestion: Who designed the Eiffel Tower?\nThe same question, asked differently: The Eiffel Tower was "
+    "designed by whom?\n\nQuestion: What is Tom's favourite food?\nThe same question, asked differently: Which "
+    "food does Tom like best?\n\nQuestion: {question}\nThe same question, asked differently:")
 ENTITY_REQUEST = "What do you know about {entity}?"
 #: What the teacher reads before a ``sentence_questions`` prompt: the whole document, or only the
 #: sentence the question was written about.
@@ -136,6 +150,41 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, read),
                                         index, "sentence_questions", position))
     return prompts
+
+
+def paraphrase_requests(questions: list[list[str]]) -> list[tuple[int, str, str]]:
+    """``(document, question, request)`` for every wake question (``questions[i]``: about document
+    i), asking the teacher to rewrite it (``wake_paraphrases``)."""
+    return [(index, question, PARAPHRASE_EXAMPLES.format(question=question.strip()))
+            for index, asked in enumerate(questions) for question in asked]
+
+
+def paraphrase_prompts(documents: list[str], requests: list[tuple[int, str, str]], rewritten: list[list[str]],
+                       tokenizer=None) -> list[ReplayPrompt]:
+    """Replay prompts from the rewrites of :func:`paraphrase_requests` (``rewritten[i]``: the samples
+    for request i): each sample's first line up to its first question mark, kept when it is a new
+    question (not the original, not a rewrite kept before, case and spacing ignored) that names
+    every named entity of the original; the teacher reads the document before it."""
+    prompts, seen = [], set()
+    for (index, original, _), samples in zip(requests, rewritten):
+        entities = named_entities(original)
+        seen.add((index, _normalised(original)))
+        for sample in samples:
+            question = sample.strip().split("\n")[0]
+            if "?" not in question:
+                continue
+            question = question[:question.index("?") + 1].strip()
+            key = (index, _normalised(question))
+            if len(question) < 8 or key in seen or not all(entity in question for entity in entities):
+                continue
+            seen.add(key)
+            prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, documents[index]),
+                                        index, "wake_paraphrases"))
+    return prompts
+
+
+def _normalised(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def named_entities(document: str) -> list[str]:

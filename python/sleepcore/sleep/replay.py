@@ -22,8 +22,9 @@ from sleepcore.distributed import world
 from sleepcore.lm import encode, final_hidden, pad_id, response_hidden
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
-from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, question_requests,
-                                     self_question_prompts, sentence_question_prompts, sentence_question_requests)
+from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, paraphrase_prompts,
+                                     paraphrase_requests, question_requests, self_question_prompts,
+                                     sentence_question_prompts, sentence_question_requests)
 
 TEACHER_BATCH = 16  # replay samples per teacher forward when caching its hidden states
 
@@ -53,9 +54,10 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
                    teacher_reads_documents: bool = True) -> list[ReplayPrompt]:
     """Prompts from ``config.prompt_builders`` over the buffer: at most ``prompts_per_document``
     generated prompts (continuation, self_question, entity_questions, sentence_questions) per
-    document, plus every wake question, shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a
-    context manager factory under which the engine samples as the teacher (the ``self_question``
-    builder's questions). Without ``teacher_reads_documents`` (the memory teacher) the teacher's
+    document, plus every wake question and every kept rewrite of one (``wake_paraphrases``),
+    shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a context
+    manager factory under which the engine samples as the teacher (the questions of
+    ``self_question``, ``sentence_questions`` and ``wake_paraphrases``). Without ``teacher_reads_documents`` (the memory teacher) the teacher's
     prompt is the student's."""
     rng, builders, documents = random.Random(seed), config.prompt_builders, buffer.documents
     quota = config.prompts_per_document
@@ -85,6 +87,13 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
             prompts.append(prompt)
     if "wake_questions" in builders:
         prompts += self_question_prompts(documents, buffer.questions, tokenizer, builder="wake_questions")
+    if "wake_paraphrases" in builders:
+        requests = paraphrase_requests(buffer.questions)
+        params = SamplingParams(n=config.paraphrases_per_question, temperature=0.7, max_tokens=32, seed=seed)
+        with teacher():
+            outputs = shared_generate(engine, [request for _, _, request in requests], params)
+        rewritten = [[completion.text or "" for completion in output.completions] for output in outputs]
+        prompts += paraphrase_prompts(documents, requests, rewritten, tokenizer)
     rng.shuffle(prompts)
     if not teacher_reads_documents:
         prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]
