@@ -45,75 +45,15 @@ own log-prob path for old/reference log-probs; the training loss needs text-only
 from __future__ import annotations
 
 import torch
-from accelerate.utils import is_peft_model
-from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
 from trl import GRPOTrainer
 from trl.experimental.gkd import GKDTrainer
-from trl.models.utils import _ForwardRedirection
 
 from sleepcore import ops
+from sleepcore.integrations.trl_heads import (autocast_off, causal_lm, check_logits_unscaled, gathered, lm_head_of,
+                                              project, redirect)
 from sleepcore.lm import final_hidden
 
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo")
-_LOGIT_SCALING = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                  "logits_scaling")
-_redirect = _ForwardRedirection()
-
-
-def _causal_lm(model):
-    """The Hugging Face ``*ForCausalLM`` inside ``model`` (PEFT adapters stay injected)."""
-    return model.get_base_model() if is_peft_model(model) else model
-
-
-def _head(model):
-    """The ``lm_head`` module of ``model``, whose weight a fused op can take where the loss runs.
-
-    Under FSDP2 the weight is a ``Shard(0)`` DTensor outside the forward of its ``fully_shard``
-    group, and sleepcore's ops would take such a weight as a vocabulary-parallel shard of the same
-    tokens on every rank: a wrong answer for data parallelism. Inside the root's forward (where
-    the mixins run the loss) it is whole, unless ``lm_head`` is sharded apart (see :func:`_project`).
-    Raises RuntimeError when it is a shard of an ancestor's group: the loss runs outside its forward.
-    """
-    head = _causal_lm(model).get_output_embeddings()
-    if isinstance(head.weight, DTensor) and not isinstance(head, FSDPModule) and any(
-            isinstance(module, FSDPModule) for module in model.modules()):
-        raise RuntimeError("lm_head.weight is an FSDP2 shard here: the fused loss must run inside the forward of the "
-                           "fully_shard module that holds it (the root: call it through the wrapped model, as the "
-                           "sleepcore TRL mixins do by forward redirection), or fully_shard lm_head on its own")
-    return head
-
-
-def _project(head, hidden, loss):
-    """``loss(hidden, weight, bias)`` with the whole ``lm_head`` weight and autocast off. A ``head``
-    sharded by a ``fully_shard`` of its own is all-gathered only in its own forward, so ``loss``
-    runs there (forward redirection, the effect of ``register_fsdp_forward_method``); FSDP
-    reduce-scatters the weight's gradient once ``hidden``'s gradient is computed."""
-    def run(hidden):
-        with _autocast_off(hidden):
-            return loss(hidden, head.weight, head.bias)
-
-    return _redirect(head, head, run, hidden) if isinstance(head, FSDPModule) else run(hidden)
-
-
-def _gathered(tensor):
-    """A plain tensor for a frozen side: a DTensor (an FSDP2 shard outside its forward) is gathered."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def _autocast_off(tensor):
-    """A context that turns autocast off: the fused ops take inputs already cast to one dtype."""
-    return torch.autocast(tensor.device.type, enabled=False)
-
-
-def _check_logits_unscaled(model) -> None:
-    config = _causal_lm(model).config.get_text_config()
-    for name in _LOGIT_SCALING:
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise NotImplementedError(f"the model's config sets {name}={getattr(config, name)!r}: sleepcore's fused "
-                                      "losses take plain lm_head logits; use TRL's own trainer for this model")
-
-
 def generalized_jsd_from_hidden(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, *, beta,
                                 num_items_in_batch=None, student_bias=None, teacher_bias=None):
     """TRL's ``generalized_jsd_loss(student_logits, teacher_logits, labels, beta=beta,
@@ -134,7 +74,7 @@ def generalized_jsd_from_hidden(student_hidden, student_weight, teacher_hidden, 
     keep = labels != -100
     dtype = student_weight.dtype
     teacher_bias = None if teacher_bias is None else teacher_bias.detach().to(dtype)
-    with _autocast_off(student_hidden):
+    with autocast_off(student_hidden):
         return ops.fused_linear_jsd(student_hidden[keep].to(dtype), student_weight,
                                     teacher_hidden.detach()[keep].to(dtype), teacher_weight.detach().to(dtype),
                                     beta=beta, num_items_in_batch=num_items_in_batch, student_bias=student_bias,
@@ -145,7 +85,7 @@ class _FusedHeadMixin:
     def _completion_hidden(self, model, input_ids, attention_mask, completion_length: int, dtype: torch.dtype):
         """Final hidden states ``[B, completion_length, H]`` predicting the last ``completion_length`` tokens."""
         with self.accelerator.autocast():
-            hidden = final_hidden(_causal_lm(model), input_ids, attention_mask)
+            hidden = final_hidden(causal_lm(model), input_ids, attention_mask)
         return hidden[:, -completion_length - 1:-1].to(dtype)
 
 
@@ -161,30 +101,30 @@ class SleepcoreGKDMixin(_FusedHeadMixin):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        _check_logits_unscaled(self.model)
-        _check_logits_unscaled(self.accelerator.unwrap_model(self.teacher_model))
+        check_logits_unscaled(self.model)
+        check_logits_unscaled(self.accelerator.unwrap_model(self.teacher_model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             return super().compute_loss(model, inputs, True, num_items_in_batch)
         student = self.accelerator.unwrap_model(model)
-        return _redirect(model, student, self._sleepcore_distillation_loss, student, inputs, num_items_in_batch)
+        return redirect(model, student, self._sleepcore_distillation_loss, student, inputs, num_items_in_batch)
 
     def _sleepcore_distillation_loss(self, student, inputs, num_items_in_batch):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         width = input_ids.shape[1] - 1
-        head = _head(student)
+        head = lm_head_of(student)
         student_hidden = self._completion_hidden(student, input_ids, attention_mask, width, head.weight.dtype)
         self.teacher_model.eval()
         teacher = self.accelerator.unwrap_model(self.teacher_model)
         with torch.no_grad():
-            teacher_hidden = _redirect(self.teacher_model, teacher, self._completion_hidden, teacher, input_ids,
+            teacher_hidden = redirect(self.teacher_model, teacher, self._completion_hidden, teacher, input_ids,
                                        attention_mask, width, head.weight.dtype)
-            teacher_head = _causal_lm(teacher).get_output_embeddings()
-            teacher_weight = _gathered(teacher_head.weight)
-            teacher_bias = None if teacher_head.bias is None else _gathered(teacher_head.bias)
+            teacher_head = causal_lm(teacher).get_output_embeddings()
+            teacher_weight = gathered(teacher_head.weight)
+            teacher_bias = None if teacher_head.bias is None else gathered(teacher_head.bias)
 
-        return _project(head, student_hidden, lambda hidden, weight, bias: generalized_jsd_from_hidden(
+        return project(head, student_hidden, lambda hidden, weight, bias: generalized_jsd_from_hidden(
             hidden, weight, teacher_hidden, teacher_weight, inputs["labels"][:, 1:], beta=self.beta,
             num_items_in_batch=num_items_in_batch, student_bias=bias, teacher_bias=teacher_bias))
 
@@ -223,7 +163,7 @@ class SleepcoreGRPOMixin(_FusedHeadMixin):
         if self.loss_type == "cispo" and self.epsilon_high < 1.0:
             raise ValueError(f"epsilon_high must be >= 1 with loss_type='cispo' (the ratio's upper bound, ScaleRL "
                              f"recommends 5.0), got {self.epsilon_high}")
-        _check_logits_unscaled(self.model)
+        check_logits_unscaled(self.model)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **vision_inputs):
@@ -237,18 +177,18 @@ class SleepcoreGRPOMixin(_FusedHeadMixin):
         logps, entropies = [], []
         for start in range(0, input_ids.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            logp, entropy = _redirect(model, unwrapped, self._sleepcore_logprobs, unwrapped, input_ids[rows],
+            logp, entropy = redirect(model, unwrapped, self._sleepcore_logprobs, unwrapped, input_ids[rows],
                                       attention_mask[rows], logits_to_keep, compute_entropy)
             logps.append(logp)
             entropies.append(entropy)
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _sleepcore_logprobs(self, model, input_ids, attention_mask, logits_to_keep, with_entropy):
-        head = _head(model)
+        head = lm_head_of(model)
         hidden = self._completion_hidden(model, input_ids, attention_mask, logits_to_keep, head.weight.dtype)
         completion = slice(input_ids.shape[1] - logits_to_keep, None)
         token_ids = input_ids[:, completion].masked_fill(attention_mask[:, completion] == 0, -100)
-        return _project(head, hidden, lambda hidden, weight, bias: ops.fused_linear_logprobs(
+        return project(head, hidden, lambda hidden, weight, bias: ops.fused_linear_logprobs(
             hidden, weight, token_ids, temperature=self.temperature, bias=bias, return_entropy=with_entropy))
 
     def _compute_loss(self, model, inputs):
@@ -257,7 +197,7 @@ class SleepcoreGRPOMixin(_FusedHeadMixin):
             mask = mask & inputs["tool_mask"].bool()
         unwrapped = self.accelerator.unwrap_model(model)
         # inputs reach the loss by closure: a wrapper's forward casts float arguments (FSDP2's MixedPrecisionPolicy)
-        loss, metrics = _redirect(model, unwrapped, lambda: self._sleepcore_policy_loss(unwrapped, inputs, mask))
+        loss, metrics = redirect(model, unwrapped, lambda: self._sleepcore_policy_loss(unwrapped, inputs, mask))
         mode = "train" if self.model.training else "eval"
         count = mask.sum().float()
         logged = {"entropy": "entropy", "clip_ratio/region_mean": "clip_frac"}
@@ -272,9 +212,9 @@ class SleepcoreGRPOMixin(_FusedHeadMixin):
         completion_ids = inputs["completion_ids"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        head = _head(model)
+        head = lm_head_of(model)
         hidden = self._completion_hidden(model, input_ids, attention_mask, completion_ids.shape[1], head.weight.dtype)
-        return _project(head, hidden, lambda *head_inputs: self._sleepcore_head_loss(*head_inputs, inputs, mask))
+        return project(head, hidden, lambda *head_inputs: self._sleepcore_head_loss(*head_inputs, inputs, mask))
 
     def _sleepcore_head_loss(self, hidden, weight, bias, inputs, mask):
         completion_ids = inputs["completion_ids"]
