@@ -84,6 +84,9 @@ class KnowledgeSeedingConfig:
     seeds (0.150 against 0.179 on average; README, Benchmarks). ``token_selection = 0.25`` (wake
     questions only, the same 260 steps as 16x the budget) gave 0.114 against 0.229 with every
     token trained, and 3x the drift, so the default trains every token.
+    Adding ``wake_paraphrases`` to the wake questions (wake questions only otherwise): 0.314 against
+    0.229 at 16x the budget (gap closure 0.67), but 0.143 against 0.200 at 4x, where each of the
+    2.5x more replay items gets too few passes; one seed, so the default builders are unchanged.
     """
 
     alpha: float = 1.0
