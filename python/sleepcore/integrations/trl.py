@@ -119,7 +119,7 @@ class SleepcoreGKDMixin(_FusedHeadMixin):
         teacher = self.accelerator.unwrap_model(self.teacher_model)
         with torch.no_grad():
             teacher_hidden = redirect(self.teacher_model, teacher, self._completion_hidden, teacher, input_ids,
-                                       attention_mask, width, head.weight.dtype)
+                                      attention_mask, width, head.weight.dtype)
             teacher_head = causal_lm(teacher).get_output_embeddings()
             teacher_weight = gathered(teacher_head.weight)
             teacher_bias = None if teacher_head.bias is None else gathered(teacher_head.bias)
@@ -178,7 +178,7 @@ class SleepcoreGRPOMixin(_FusedHeadMixin):
         for start in range(0, input_ids.shape[0], batch_size):
             rows = slice(start, start + batch_size)
             logp, entropy = redirect(model, unwrapped, self._sleepcore_logprobs, unwrapped, input_ids[rows],
-                                      attention_mask[rows], logits_to_keep, compute_entropy)
+                                     attention_mask[rows], logits_to_keep, compute_entropy)
             logps.append(logp)
             entropies.append(entropy)
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None

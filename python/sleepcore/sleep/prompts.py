@@ -113,7 +113,7 @@ def self_question_prompts(documents: list[str], questions: list[list[str]], toke
     prompts = []
     for index, (document, asked) in enumerate(zip(documents, questions)):
         for question in asked:
-            question = question.strip().split("\n")[0].strip()
+            question = _first_line(question)
             if len(question) < 8:  # an empty or broken sample is no question
                 continue
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, document),
@@ -141,7 +141,7 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
         entities = named_entities(sentence)
         read = documents[index] if context == "document" else sentence
         for question in questions:
-            question = question.strip().split("\n")[0].strip()
+            question = _first_line(question)
             if len(question) < 8 or (index, question) in seen:
                 continue
             if entities and not any(entity in question for entity in entities):
@@ -170,7 +170,7 @@ def paraphrase_prompts(documents: list[str], requests: list[tuple[int, str, str]
         entities = named_entities(original)
         seen.add((index, _normalised(original)))
         for sample in samples:
-            question = sample.strip().split("\n")[0]
+            question = _first_line(sample)
             if "?" not in question:
                 continue
             question = question[:question.index("?") + 1].strip()
@@ -178,9 +178,14 @@ def paraphrase_prompts(documents: list[str], requests: list[tuple[int, str, str]
             if len(question) < 8 or key in seen or not all(entity in question for entity in entities):
                 continue
             seen.add(key)
-            prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, documents[index]),
-                                        index, "wake_paraphrases"))
+            prompts.append(ReplayPrompt(qa_prompt(tokenizer, question),
+                                        qa_prompt(tokenizer, question, documents[index]), index, "wake_paraphrases"))
     return prompts
+
+
+def _first_line(text: str) -> str:
+    """A sampled text's first line, without surrounding whitespace."""
+    return text.strip().split("\n")[0].strip()
 
 
 def _normalised(text: str) -> str:

@@ -50,6 +50,14 @@ def shared_generate(engine, prompts: list, params: SamplingParams) -> list:
     return world.gather(engine.generate(mine, params, progress=False) if mine else [])
 
 
+def teacher_texts(engine, teacher, requests: list[str], params: SamplingParams) -> list[list[str]]:
+    """The teacher's sampled texts for each request (``params.n`` each; :func:`shared_generate`
+    under the ``teacher`` context)."""
+    with teacher():
+        outputs = shared_generate(engine, requests, params)
+    return [[completion.text or "" for completion in output.completions] for output in outputs]
+
+
 def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, teacher, *, seed: int,
                    teacher_reads_documents: bool = True) -> list[ReplayPrompt]:
     """Prompts from ``config.prompt_builders`` over the buffer: at most ``prompts_per_document``
@@ -57,27 +65,23 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     document, plus every wake question and every kept rewrite of one (``wake_paraphrases``),
     shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a context
     manager factory under which the engine samples as the teacher (the questions of
-    ``self_question``, ``sentence_questions`` and ``wake_paraphrases``). Without ``teacher_reads_documents`` (the memory teacher) the teacher's
-    prompt is the student's."""
+    ``self_question``, ``sentence_questions`` and ``wake_paraphrases``). Without
+    ``teacher_reads_documents`` (the memory teacher) the teacher's prompt is the student's."""
     rng, builders, documents = random.Random(seed), config.prompt_builders, buffer.documents
     quota = config.prompts_per_document
     generated = []
     if "continuation" in builders:
         generated += continuation_prompts(documents, rng, per_document=quota)
     if "self_question" in builders:
-        params = SamplingParams(n=2, temperature=0.7, max_tokens=32, seed=seed)
-        with teacher():
-            outputs = shared_generate(engine, question_requests(documents, tokenizer), params)
-        asked = [[completion.text or "" for completion in output.completions] for output in outputs]
+        asked = teacher_texts(engine, teacher, question_requests(documents, tokenizer),
+                              SamplingParams(n=2, temperature=0.7, max_tokens=32, seed=seed))
         generated += self_question_prompts(documents, asked, tokenizer)
     if "entity_questions" in builders:
         generated += entity_prompts(documents, tokenizer, per_document=quota)
     if "sentence_questions" in builders:
         requests = sentence_question_requests(documents)
-        params = SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=seed)
-        with teacher():
-            outputs = shared_generate(engine, [request for _, _, request in requests], params)
-        asked = [[completion.text or "" for completion in output.completions] for output in outputs]
+        asked = teacher_texts(engine, teacher, [request for _, _, request in requests],
+                              SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=seed))
         generated += sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context)
     rng.shuffle(generated)
     taken, prompts = Counter(), []
@@ -89,10 +93,9 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
         prompts += self_question_prompts(documents, buffer.questions, tokenizer, builder="wake_questions")
     if "wake_paraphrases" in builders:
         requests = paraphrase_requests(buffer.questions)
-        params = SamplingParams(n=config.paraphrases_per_question, temperature=0.7, max_tokens=32, seed=seed)
-        with teacher():
-            outputs = shared_generate(engine, [request for _, _, request in requests], params)
-        rewritten = [[completion.text or "" for completion in output.completions] for output in outputs]
+        rewritten = teacher_texts(engine, teacher, [request for _, _, request in requests],
+                                  SamplingParams(n=config.paraphrases_per_question, temperature=0.7, max_tokens=32,
+                                                 seed=seed))
         prompts += paraphrase_prompts(documents, requests, rewritten, tokenizer)
     rng.shuffle(prompts)
     if not teacher_reads_documents:
