@@ -35,7 +35,8 @@ from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig  # noqa:
 from sleepcore.models import tiny_model  # noqa: E402
 from sleepcore.rollout import Engine  # noqa: E402
 from sleepcore.sleep.dream_config import DreamingConfig  # noqa: E402
-from sleepcore.sleep.dreamer import Dreamer, DreamTask  # noqa: E402
+from sleepcore.sleep.dream_tasks import DreamTask  # noqa: E402
+from sleepcore.sleep.dreamer import Dreamer  # noqa: E402
 from sleepcore.sleep.sft import NextTokenStage  # noqa: E402
 from sleepcore.train import OptimizerConfig  # noqa: E402
 from _sleepers import DATASET  # noqa: E402

@@ -21,7 +21,8 @@ from sleepcore.rollout import Engine
 from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
-from sleepcore.sleep.dreamer import Dreamer, DreamTask, assign_rewards, check_tasks
+from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
+from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import dream_examples, dream_lines, load_generator, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters
 from sleepcore.sleep.sft import NextTokenStage

@@ -32,7 +32,8 @@ from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import load_model_or_tiny
 from sleepcore.rollout import Engine
 from sleepcore.sleep.dream_config import DreamingConfig
-from sleepcore.sleep.dreamer import Dreamer, DreamTask
+from sleepcore.sleep.dream_tasks import DreamTask
+from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.metrics import contains_match
 from sleepcore.train import atomic_write_text

@@ -1,6 +1,7 @@
 """Learning to dream (METHOD.md §4): ``Dreamer.fit(tasks)`` meta-trains the dream generator by ReST-EM.
 
-A task is a training document with its questions and gold answers (:class:`DreamTask`). Each round:
+A task is a training document with its questions and gold answers
+(:class:`~sleepcore.sleep.dream_tasks.DreamTask`). Each round:
 
 1. **generate**: the generator (its own expert, active only while it writes) with random-expert
    noise writes ``m`` dreams per document (:func:`~sleepcore.sleep.dreams.write_dreams`);
@@ -40,7 +41,6 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,61 +53,18 @@ from sleepcore.lm import as_examples, pad_id, qa_prompt
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.rollout import Engine
 from sleepcore.sleep.config import NextTokenConfig
-from sleepcore.sleep.dream_config import REWARD_RULES, DreamingConfig
+from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
+from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreams import Dream, dream_examples, expert_weights, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters, train_adapters
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint
 from sleepcore.train.batched import BatchedRuntime
-from sleepcore.validation import choice, instance, integer, text
+from sleepcore.validation import instance, integer
 
 GENERATOR_FILE = "generator.safetensors"
-
-
-@dataclass(frozen=True)
-class DreamTask:
-    """A meta-training task ``(C, tau)``: a ``document`` and its ``questions`` as (question, gold answer) pairs."""
-
-    document: str
-    questions: tuple[tuple[str, str], ...]
-
-
-def check_tasks(tasks) -> list[DreamTask]:
-    """``tasks`` as a list of :class:`DreamTask`; ``ValueError``/``TypeError`` name the bad field."""
-    if not isinstance(tasks, (list, tuple)):
-        raise TypeError(f"tasks must be a list of DreamTask, got {type(tasks).__name__}")
-    if not tasks:
-        raise ValueError("tasks must not be empty (no documents to dream about)")
-    for index, task in enumerate(tasks):
-        instance(f"tasks[{index}]", task, DreamTask)
-        text(f"tasks[{index}].document", task.document)
-        if not task.questions:
-            raise ValueError(f"tasks[{index}].questions must not be empty (the reward asks them)")
-        for number, pair in enumerate(task.questions):
-            if not (isinstance(pair, tuple) and len(pair) == 2):
-                raise TypeError(f"tasks[{index}].questions[{number}] must be a (question, answer) pair")
-            text(f"tasks[{index}].questions[{number}] question", pair[0])
-            text(f"tasks[{index}].questions[{number}] answer", pair[1])
-    return list(tasks)
-
-
-def assign_rewards(records: list[list[dict]], base: list[float], rule: str, done: list[dict] | None = None) -> float:
-    """Sets ``reward`` (0/1) on every kept dream of ``records`` (per task, dicts with ``kept`` and
-    ``score``: None until its inner loop ran) by ``rule``: ``"improves"`` rewards each dream whose
-    score beats its task's ``base``; ``"best_of_m"`` only the best scored dream of each task (the first
-    of equal scores) when it beats ``base``. Returns the mean reward over ``done`` (default: all kept)."""
-    choice("rule", rule, REWARD_RULES)
-    for t, own in enumerate(records):
-        scored = [r for r in own if r["kept"] and r["score"] is not None]
-        for r in scored:
-            r["reward"] = int(rule == "improves" and r["score"] > base[t])
-        if rule == "best_of_m" and scored:
-            best = max(scored, key=lambda r: r["score"])
-            best["reward"] = int(best["score"] > base[t])
-    done = done if done is not None else [r for own in records for r in own if r["kept"]]
-    return sum(r["reward"] for r in done) / max(1, len(done))
 
 
 class Dreamer:

@@ -34,8 +34,6 @@ the global token count (summed by ``reduce_metrics``).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import random
 import time
 from contextlib import contextmanager
@@ -51,8 +49,8 @@ from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.judge import ModelJudge
 from sleepcore.sleep.prompts import replay_coverage
 from sleepcore.sleep.replay import (TEACHER_BATCH, ReplaySample, replay_from_state, replay_prompts, replay_state,
-                                    sample_replay)
-from sleepcore.sleep.rewards import imitation_reward
+                                    sample_replay, select_tokens)
+from sleepcore.sleep.rewards import imitation_reward, reward_metrics
 from sleepcore.sleep.seeding_rollouts import Rollouts, draw_rollouts, engine_tokens, rollout_trees
 from sleepcore.sleep.stage import StageContext
 from sleepcore.train.checkpoint import random_state, restore_random_state
@@ -153,7 +151,7 @@ class KnowledgeSeeding:
         update = self.runtime.step(tokens)
         seconds = time.perf_counter() - started
         loss, gkd, lti = torch.stack([loss, gkd, lti]).detach().tolist()
-        rewards = _reward_metrics(self.runtime.gather(rewards), c.completions)
+        rewards = reward_metrics(self.runtime.gather(rewards), c.completions)
         return self.runtime.reduce_metrics({
             "loss": loss, "gkd": gkd, "lti": lti, **rewards, "kl_teacher": kl, "tokens": tokens,
             "forward_tokens": rollouts.forward_tokens + teacher_tokens, "tokens_per_s": tokens / seconds,
@@ -292,23 +290,3 @@ class KnowledgeSeeding:
         loss = loss[0] if isinstance(loss, tuple) else loss
         return loss, rewards, selected.shape[0]
 
-
-def select_tokens(samples: list[ReplaySample], token_kl: list[torch.Tensor], fraction: float) -> list[ReplaySample]:
-    """``samples`` with ``trained`` set to their tokens among the ``fraction`` of all tokens with the
-    largest ``token_kl`` (ties at the threshold kept); samples left with no trained token are dropped."""
-    flat = torch.cat(token_kl)
-    keep = max(1, math.ceil(fraction * flat.numel()))
-    threshold = flat.topk(keep).values[-1]
-    selected = [dataclasses.replace(sample, trained=kl >= threshold) for sample, kl in zip(samples, token_kl)]
-    return [sample for sample in selected if bool(sample.trained.any())]
-
-
-def _reward_metrics(rewards: list[float], group: int) -> dict:
-    """Mean, population std and the fraction of groups with all-equal rewards; None without LTI."""
-    if not rewards:
-        return {"reward": None, "reward_std": None, "zero_advantage_fraction": None}
-    values = torch.tensor(rewards, dtype=torch.float64)
-    groups = values.reshape(-1, group)
-    flat = (groups == groups[:, :1]).all(dim=1)
-    return {"reward": float(values.mean()), "reward_std": float(values.std(correction=0)),
-            "zero_advantage_fraction": float(flat.double().mean())}

@@ -11,6 +11,7 @@ block of the prompts).
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -147,3 +148,13 @@ def replay_state(samples: list[ReplaySample]) -> tuple[dict[str, torch.Tensor], 
 def replay_from_state(tensors: dict[str, torch.Tensor], state: list[dict]) -> list[ReplaySample]:
     return [ReplaySample(item["student_prompt"], item["teacher_prompt"], item["response"], tensors[f"replay.{i}"],
                          tensors.get(f"replay_trained.{i}")) for i, item in enumerate(state)]
+
+
+def select_tokens(samples: list[ReplaySample], token_kl: list[torch.Tensor], fraction: float) -> list[ReplaySample]:
+    """``samples`` with ``trained`` set to their tokens among the ``fraction`` of all tokens with the
+    largest ``token_kl`` (ties at the threshold kept); samples left with no trained token are dropped."""
+    flat = torch.cat(token_kl)
+    keep = max(1, math.ceil(fraction * flat.numel()))
+    threshold = flat.topk(keep).values[-1]
+    selected = [dataclasses.replace(sample, trained=kl >= threshold) for sample, kl in zip(samples, token_kl)]
+    return [sample for sample in selected if bool(sample.trained.any())]

@@ -223,3 +223,14 @@ def imitation_reward(completions: Sequence, references: Sequence, *, gamma: floa
                          "(the judge reads texts); pass both, or gamma=0")
     r_sem = _semantic_rewards(judge, completion_texts, reference_texts, pairs)
     return [gamma * semantic + (1.0 - gamma) * absolute for semantic, absolute in zip(r_sem, r_abs)]
+
+
+def reward_metrics(rewards: list[float], group: int) -> dict:
+    """Mean, population std and the fraction of groups with all-equal rewards; None without LTI."""
+    if not rewards:
+        return {"reward": None, "reward_std": None, "zero_advantage_fraction": None}
+    values = torch.tensor(rewards, dtype=torch.float64)
+    groups = values.reshape(-1, group)
+    flat = (groups == groups[:, :1]).all(dim=1)
+    return {"reward": float(values.mean()), "reward_std": float(values.std(correction=0)),
+            "zero_advantage_fraction": float(flat.double().mean())}

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
-from sleepcore.sleep.dreamer import Dreamer, DreamTask
+from sleepcore.sleep.dream_tasks import DreamTask
+from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.knowledge_methods import FAST_LEVEL, TrainedRow, documents_of, step_cap

@@ -1,0 +1,56 @@
+"""Learning to dream's tasks and rewards (METHOD.md §4, steps 4-5): a meta-training task
+``(C, tau)`` is a document with its questions and gold answers (:class:`DreamTask`, checked by
+:func:`check_tasks`); :func:`assign_rewards` turns the adapted models' closed-book scores into the
+0/1 rewards that ReST-EM trains the generator on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sleepcore.sleep.dream_config import REWARD_RULES
+from sleepcore.validation import choice, instance, text
+
+
+@dataclass(frozen=True)
+class DreamTask:
+    """A meta-training task ``(C, tau)``: a ``document`` and its ``questions`` as (question, gold answer) pairs."""
+
+    document: str
+    questions: tuple[tuple[str, str], ...]
+
+
+def check_tasks(tasks) -> list[DreamTask]:
+    """``tasks`` as a list of :class:`DreamTask`; ``ValueError``/``TypeError`` name the bad field."""
+    if not isinstance(tasks, (list, tuple)):
+        raise TypeError(f"tasks must be a list of DreamTask, got {type(tasks).__name__}")
+    if not tasks:
+        raise ValueError("tasks must not be empty (no documents to dream about)")
+    for index, task in enumerate(tasks):
+        instance(f"tasks[{index}]", task, DreamTask)
+        text(f"tasks[{index}].document", task.document)
+        if not task.questions:
+            raise ValueError(f"tasks[{index}].questions must not be empty (the reward asks them)")
+        for number, pair in enumerate(task.questions):
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise TypeError(f"tasks[{index}].questions[{number}] must be a (question, answer) pair")
+            text(f"tasks[{index}].questions[{number}] question", pair[0])
+            text(f"tasks[{index}].questions[{number}] answer", pair[1])
+    return list(tasks)
+
+
+def assign_rewards(records: list[list[dict]], base: list[float], rule: str, done: list[dict] | None = None) -> float:
+    """Sets ``reward`` (0/1) on every kept dream of ``records`` (per task, dicts with ``kept`` and
+    ``score``: None until its inner loop ran) by ``rule``: ``"improves"`` rewards each dream whose
+    score beats its task's ``base``; ``"best_of_m"`` only the best scored dream of each task (the first
+    of equal scores) when it beats ``base``. Returns the mean reward over ``done`` (default: all kept)."""
+    choice("rule", rule, REWARD_RULES)
+    for t, own in enumerate(records):
+        scored = [r for r in own if r["kept"] and r["score"] is not None]
+        for r in scored:
+            r["reward"] = int(rule == "improves" and r["score"] > base[t])
+        if rule == "best_of_m" and scored:
+            best = max(scored, key=lambda r: r["score"])
+            best["reward"] = int(best["score"] > base[t])
+    done = done if done is not None else [r for own in records for r in own if r["kept"]]
+    return sum(r["reward"] for r in done) / max(1, len(done))
