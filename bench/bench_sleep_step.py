@@ -7,8 +7,10 @@ drawn once (fp32) from ``--people`` biographies with their wake questions. Varia
 repetition restores the same expert weights and the stage's RNG, so all variants train on the same
 batch with the same samples and completions, interleaved in time):
 
-* ``before``: fp32, every LTI completion recomputes its prefix in a row of its own;
-* ``shared``: fp32, the completions run inside their prefix's token tree (one student forward);
+* ``before``: fp32, every sequence in a row of its own with its whole prompt (every LTI
+  completion with its whole prefix);
+* ``shared``: fp32, the batch as one token tree: the prompts' common head (system turn, question
+  prefix) computed once, the completions inside their prefix's branch (one student forward);
 * ``bf16``: bf16 autocast of the frozen base, unshared;
 * ``after``: bf16 autocast and shared (the defaults on hardware with native bf16).
 

@@ -13,9 +13,10 @@ import random
 import pytest
 import torch
 
-from sleepcore.sleep import replay
+from sleepcore.sleep import replay, seeding_rollouts
 from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig, SleepConfig
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
+from sleepcore.sleep.seeding_rollouts import shared_head
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
 from sleepcore.train import OptimizerConfig
@@ -62,11 +63,15 @@ def test_full_objective_runs_every_term_and_logs_json_lines(tmp_path):
     assert len(sleeper.buffer) == 0 and sleeper.memory.active_slots(0) == [summary["slot"]]
 
 
-def test_shared_prefixes_compute_what_separate_rows_compute():
-    """The LTI completions inside their prefix's tree give the loss terms and the expert's gradient
-    of the plain computation (each completion with its whole prefix), on-policy samples included."""
-    config = seeding(steps=1, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1, on_policy=0.5,
-                     alpha=0.5)
+@pytest.mark.parametrize("alpha,on_policy,tree_tokens", [(0.5, 0.5, 2048), (1.0, 0.0, 2048), (0.5, 0.5, 60)])
+def test_shared_prefixes_compute_what_separate_rows_compute(alpha, on_policy, tree_tokens, monkeypatch):
+    """The batch as token trees (the prompts' common head once, the LTI completions inside their
+    prefix's branch) gives the loss terms and the expert's gradient of the plain computation (each
+    sequence in a row of its own with its whole prefix): the paper's mix with on-policy samples, the
+    default (distillation of the teacher's samples only), and trees capped small (several per batch)."""
+    monkeypatch.setattr(seeding_rollouts, "TREE_TOKENS", tree_tokens)
+    config = seeding(steps=1, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1, on_policy=on_policy,
+                     alpha=alpha, prompt_builders=("entity_questions",))
     config = dataclasses.replace(config, optimizer=OptimizerConfig(compute_dtype="float32"))
     sleeper = woken(config)
     slot = sleeper.memory.new_expert(0)
@@ -88,9 +93,12 @@ def test_shared_prefixes_compute_what_separate_rows_compute():
         stage.runtime.step = lambda tokens=0: grads.append([p.grad.clone() for p in expert]) or real(tokens)
         results.append((stage.step(stages[0].items[:3]), grads[0]))
     (shared, shared_grads), (plain, plain_grads) = results
+    assert shared_head([item.student_prompt for item in stages[0].items[:3]]) > 2  # the tree shares a head
+    assert len(seeding_rollouts._tree_groups(stages[0].items[:3], seeding_rollouts.Rollouts(
+        [item.response for item in stages[0].items[:3]], []))) == (1 if tree_tokens == 2048 else 3)
     assert shared["forward_tokens"] == plain["forward_tokens"] and shared["tokens"] == plain["tokens"]
     for key in ("loss", "gkd", "lti", "kl_teacher", "reward", "zero_advantage_fraction"):
-        assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+        assert shared[key] == (None if plain[key] is None else pytest.approx(plain[key], rel=1e-4, abs=1e-6)), key
     for got, want in zip(shared_grads, plain_grads):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
 
@@ -304,3 +312,10 @@ def test_bad_input_is_refused():
         SleepConfig(stages=("seeding", "dance"))
     with pytest.raises(ValueError, match="prompt_builders"):
         KnowledgeSeedingConfig(prompt_builders=("gossip",))
+
+
+def test_shared_head_leaves_every_prompt_a_token_of_its_own():
+    assert shared_head([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_head([[1, 2, 3], [1, 2, 3]]) == 2  # equal prompts: the last token stays in each branch
+    assert shared_head([[1, 2], [3, 4]]) == 0
+    assert shared_head([[1, 2, 3]]) == 0  # one prompt: nothing to share

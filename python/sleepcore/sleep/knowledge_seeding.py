@@ -15,10 +15,11 @@ Loss form of the objective (minimised):
   which is the student at sampling time).
 
 One step: one rollout-engine call draws the on-policy samples and the LTI completions; then one
-student forward runs each sequence with its completions as a token tree (:mod:`sleepcore.lm.tree`):
-a completion attends to its prefix inside the distillation sequence (or beside an on-policy
-sample) instead of recomputing it, the same hidden states up to rounding at ~0.4x the tokens
-(both in :mod:`sleepcore.sleep.seeding_rollouts`).
+student forward runs the whole batch as one token tree (:mod:`sleepcore.lm.tree`): the prompts'
+common head (the chat template's system turn and question prefix) once, each prompt's rest and
+response after it, and each completion attending to its prefix inside the distillation sequence
+(or beside an on-policy sample) instead of recomputing it: the same hidden states up to rounding
+at a fraction of the tokens (both in :mod:`sleepcore.sleep.seeding_rollouts`).
 
 The teacher is the current model (new expert off): with the wake document in its context (the
 in-context teacher), or with the fast level's experts on (``teacher_experts``, the memory teacher).
@@ -65,8 +66,9 @@ class KnowledgeSeeding:
             experts (on in the teacher only; switched off for the student here) and whether the
             teacher reads the documents.
         config: :class:`KnowledgeSeedingConfig`.
-        share_prefixes: the LTI completions in their prefix's tree (default); False: each in a row
-            of its own with its whole prefix (same maths, ~2.5x the tokens; tests and benchmarks).
+        share_prefixes: the batch as one token tree, the prompts' common head and each LTI prefix
+            computed once (default); False: every sequence in a row of its own with its whole
+            prefix (same maths up to rounding, more tokens; tests and benchmarks).
     """
 
     name = "seeding"
@@ -139,9 +141,9 @@ class KnowledgeSeeding:
         batch, rollouts = draw_rollouts(batch, c, self.rng, self.runtime, self.engine)
         teacher = self._teacher_hidden(batch, rollouts.responses, rollouts.on_policy)
         teacher_tokens = sum(len(batch[i].teacher_prompt) + len(rollouts.responses[i]) for i in rollouts.on_policy)
-        trees, places = rollout_trees(batch, rollouts, share_prefixes=self.share_prefixes)
+        trees, responses, places = rollout_trees(batch, rollouts, share_prefixes=self.share_prefixes)
         hidden, layout = self.runtime.tree_hidden(trees, self.pad_id)
-        gkd, kl, gkd_tokens = self._distillation_term(hidden, layout, batch, rollouts, teacher)
+        gkd, kl, gkd_tokens = self._distillation_term(hidden, layout, responses, batch, rollouts, teacher)
         lti, rewards, lti_tokens = torch.zeros(()), [], 0
         if c.alpha < 1:
             lti, rewards, lti_tokens = self._imitation_term(hidden, layout, places, batch, rollouts)
@@ -209,12 +211,12 @@ class KnowledgeSeeding:
         return world.gather(kls)
 
     # ------------------------------------------------------------------ the two terms
-    def _distillation_term(self, hidden, layout, batch, rollouts: Rollouts, teacher):
+    def _distillation_term(self, hidden, layout, responses, batch, rollouts: Rollouts, teacher):
         """The divergence on every response token, plus ``hard_label_weight`` times the student's
         cross-entropy on the teacher's own sampled tokens (off-policy items only: sequence-level
         KD, a target sharpened to the teacher's choices), both over the global token count."""
         c = self.config
-        rows = [row for i in range(len(batch)) for row in layout.rows(i, 1)]  # trees 0..items-1 hold the responses
+        rows = [row for tree, branch in responses for row in layout.rows(tree, branch)]
         on_policy = set(rollouts.on_policy)
         trained = None  # every token (token_selection = 1): no mask, no copy of the teacher states
         if any(batch[i].trained is not None and i not in on_policy for i in range(len(batch))):

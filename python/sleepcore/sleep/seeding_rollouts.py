@@ -2,8 +2,9 @@
 
 :func:`draw_rollouts` draws the step's random choices for the whole batch (which items the
 student re-samples, the LTI cuts, the sampling seeds), then samples this rank's block of the batch
-in one engine call; :func:`rollout_trees` lays each item and its completions out as a token tree
-(:mod:`sleepcore.lm.tree`), so one student forward feeds both loss terms.
+in one engine call; :func:`rollout_trees` lays the batch out as one token tree
+(:mod:`sleepcore.lm.tree`): the prompts' common head once, then each item's prompt, response and
+completions, so one student forward feeds both loss terms.
 """
 
 from __future__ import annotations
@@ -71,27 +72,83 @@ def draw_rollouts(batch: list[ReplaySample], config: KnowledgeSeedingConfig, rng
     return batch, rollouts
 
 
+#: The most tokens (counted without sharing) one student token tree takes: its attention is
+#: ``[heads, L, L]`` per layer, kept for the backward.
+TREE_TOKENS = 2048
+
+
+def shared_head(prompts: list[list[int]]) -> int:
+    """Length of the longest common prefix of ``prompts``, short of each prompt's last token (every
+    prompt keeps a token of its own to predict its response from); 0 for fewer than two prompts."""
+    if len(prompts) < 2:
+        return 0
+    limit, first = min(len(prompt) for prompt in prompts) - 1, prompts[0]
+    length = 0
+    while length < limit and all(prompt[length] == first[length] for prompt in prompts):
+        length += 1
+    return length
+
+
 def rollout_trees(batch: list[ReplaySample], rollouts: Rollouts, *, share_prefixes: bool = True):
-    """Per item a tree: prompt, distillation response (branch 1), and the LTI completions, which
-    continue the response at the cut if it starts with the teacher's prefix, else a branch of
-    that prefix beside it (with ``share_prefixes`` False: a row of their own each, after the items'
-    trees). Returns ``(trees, places)``: ``places[i]`` is the ``(tree, branch)`` of item ``i``'s completions."""
+    """The step's student token trees. With ``share_prefixes`` (default) consecutive items share a
+    tree of at most :data:`TREE_TOKENS` tokens (attention is quadratic in a tree's width): the
+    prompts' common head (:func:`shared_head`: the chat template's system turn and the question
+    prefix, about half of a replay sequence's tokens) computed once, each item's rest of its prompt
+    after it, its distillation response after that, and its LTI completions continuing the
+    response at the cut if it starts with the teacher's prefix, else a branch of that prefix beside
+    it. Without it, one tree per item (prompt, response) and a row of its own per completion, after
+    the items' trees. Returns ``(trees, responses, places)``: ``responses[i]`` is the ``(tree, branch)``
+    of item ``i``'s distillation response, ``places[i]`` those of its completions."""
+    if not share_prefixes:
+        return _separate_trees(batch, rollouts)
+    trees, responses, places = [], [], []
+    for group in _tree_groups(batch, rollouts):
+        head = shared_head([batch[i].student_prompt for i in group])
+        tree, index = [Branch(batch[group[0]].student_prompt[:head])] if head else [], len(trees)
+        for i in group:
+            sample = batch[i]
+            tree.append(Branch(sample.student_prompt[head:], 0) if head else Branch(sample.student_prompt))
+            prompt = len(tree) - 1
+            tree.append(Branch(rollouts.responses[i], prompt))
+            responses.append((index, len(tree) - 1))
+            if not rollouts.cuts:
+                continue
+            cut, done = rollouts.cuts[i], [list(completion.token_ids) for completion in rollouts.completions[i]]
+            parent, fork = len(tree) - 1, cut
+            if rollouts.responses[i][:cut] != sample.response[:cut]:
+                tree.append(Branch(sample.response[:cut], prompt))
+                parent, fork = len(tree) - 1, None
+            places.append([(index, len(tree) + j) for j in range(len(done))])
+            tree += [Branch(tokens, parent, fork) for tokens in done]
+        trees.append(tree)
+    return trees, responses, places
+
+
+def _tree_groups(batch: list[ReplaySample], rollouts: Rollouts) -> list[list[int]]:
+    """Consecutive items, at most :data:`TREE_TOKENS` tokens per group (counted unshared, plus the
+    completions; an item longer than that is a group of its own)."""
+    groups, width = [], 0
+    for i, sample in enumerate(batch):
+        tokens = len(sample.student_prompt) + len(rollouts.responses[i])
+        if rollouts.cuts:
+            tokens += rollouts.cuts[i] + sum(len(completion.token_ids) for completion in rollouts.completions[i])
+        if not groups or width + tokens > TREE_TOKENS:
+            groups.append([])
+            width = 0
+        groups[-1].append(i)
+        width += tokens
+    return groups
+
+
+def _separate_trees(batch: list[ReplaySample], rollouts: Rollouts):
+    """:func:`rollout_trees` without shared prefixes: every sequence computed whole."""
     trees, rows, places = [], [], []
     for i, sample in enumerate(batch):
-        tree = [Branch(sample.student_prompt), Branch(rollouts.responses[i], 0)]
-        trees.append(tree)
+        trees.append([Branch(sample.student_prompt), Branch(rollouts.responses[i], 0)])
         if not rollouts.cuts:
             continue
-        cut, done = rollouts.cuts[i], [list(completion.token_ids) for completion in rollouts.completions[i]]
-        if not share_prefixes:
-            prefix = sample.student_prompt + sample.response[:cut]
-            places.append([(len(batch) + len(rows) + j, 1) for j in range(len(done))])
-            rows += [[Branch(prefix), Branch(tokens, 0)] for tokens in done]
-            continue
-        parent, fork = 1, cut
-        if rollouts.responses[i][:cut] != sample.response[:cut]:
-            tree.append(Branch(sample.response[:cut], 0))
-            parent, fork = 2, None
-        places.append([(i, len(tree) + j) for j in range(len(done))])
-        tree += [Branch(tokens, parent, fork) for tokens in done]
-    return trees + rows, places
+        prefix = sample.student_prompt + sample.response[:rollouts.cuts[i]]
+        done = [list(completion.token_ids) for completion in rollouts.completions[i]]
+        places.append([(len(batch) + len(rows) + j, 1) for j in range(len(done))])
+        rows += [[Branch(prefix), Branch(tokens, 0)] for tokens in done]
+    return trees + rows, [(i, 1) for i in range(len(batch))], places
