@@ -2,7 +2,8 @@
 step's time goes, and the fraction of the matmul roofline, for the step's variants in one process.
 
 Setup: SmolLM2-135M-Instruct wrapped with one memory level (rank 16), the knowledge suite's seeding
-settings (batch 8, 40 new tokens, 4 LTI completions, one teacher sample per prompt), a replay set
+settings (batch 8, 40 new tokens, one teacher sample per prompt; since issue 11's defaults
+``alpha = 1``: distillation only, no LTI completions), a replay set
 drawn once (fp32) from ``--people`` biographies with their wake questions. Variants (paired: every
 repetition restores the same expert weights and the stage's RNG, so all variants train on the same
 batch with the same samples and completions, interleaved in time):
