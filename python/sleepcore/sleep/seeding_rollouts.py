@@ -93,7 +93,7 @@ def rollout_trees(batch: list[ReplaySample], rollouts: Rollouts, *, share_prefix
     """The step's student token trees. With ``share_prefixes`` (default) consecutive items share a
     tree of at most :data:`TREE_TOKENS` tokens (attention is quadratic in a tree's width): the
     prompts' common head (:func:`shared_head`: the chat template's system turn and the question
-    prefix, about half of a replay sequence's tokens) computed once, each item's rest of its prompt
+    prefix, a third to a half of a replay sequence's tokens) computed once, each item's rest of its prompt
     after it, its distillation response after that, and its LTI completions continuing the
     response at the cut if it starts with the teacher's prefix, else a branch of that prefix beside
     it. Without it, one tree per item (prompt, response) and a row of its own per completion, after
