@@ -15,8 +15,8 @@ Loss form of the objective (minimised):
   which is the student at sampling time).
 
 One step: one rollout-engine call draws the on-policy samples and the LTI completions; then one
-student forward runs the whole batch as one token tree (:mod:`sleepcore.lm.tree`): the prompts'
-common head (the chat template's system turn and question prefix) once, each prompt's rest and
+student forward runs the batch as token trees (:mod:`sleepcore.lm.tree`, one per 2,048 tokens): the
+prompts' common head (the chat template's system turn and question prefix) once, each prompt's rest and
 response after it, and each completion attending to its prefix inside the distillation sequence
 (or beside an on-policy sample) instead of recomputing it: the same hidden states up to rounding
 at a fraction of the tokens (both in :mod:`sleepcore.sleep.seeding_rollouts`).
@@ -66,8 +66,8 @@ class KnowledgeSeeding:
             experts (on in the teacher only; switched off for the student here) and whether the
             teacher reads the documents.
         config: :class:`KnowledgeSeedingConfig`.
-        share_prefixes: the batch as one token tree, the prompts' common head and each LTI prefix
-            computed once (default); False: every sequence in a row of its own with its whole
+        share_prefixes: the batch as token trees, the prompts' common head (per tree) and each LTI
+            prefix computed once (default); False: every sequence in a row of its own with its whole
             prefix (same maths up to rounding, more tokens; tests and benchmarks).
     """
 

@@ -2,13 +2,14 @@
 
 :func:`draw_rollouts` draws the step's random choices for the whole batch (which items the
 student re-samples, the LTI cuts, the sampling seeds), then samples this rank's block of the batch
-in one engine call; :func:`rollout_trees` lays the batch out as one token tree
-(:mod:`sleepcore.lm.tree`): the prompts' common head once, then each item's prompt, response and
-completions, so one student forward feeds both loss terms.
+in one engine call; :func:`rollout_trees` lays the batch out as token trees
+(:mod:`sleepcore.lm.tree`, one per :data:`TREE_TOKENS`): the prompts' common head once per tree,
+then each item's prompt, response and completions, so one student forward feeds both loss terms.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from sleepcore.lm import Branch
@@ -82,11 +83,7 @@ def shared_head(prompts: list[list[int]]) -> int:
     prompt keeps a token of its own to predict its response from); 0 for fewer than two prompts."""
     if len(prompts) < 2:
         return 0
-    limit, first = min(len(prompt) for prompt in prompts) - 1, prompts[0]
-    length = 0
-    while length < limit and all(prompt[length] == first[length] for prompt in prompts):
-        length += 1
-    return length
+    return min(len(os.path.commonprefix(prompts)), min(len(prompt) for prompt in prompts) - 1)
 
 
 def rollout_trees(batch: list[ReplaySample], rollouts: Rollouts, *, share_prefixes: bool = True):
