@@ -110,3 +110,7 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(sentence_context="passage")
     with pytest.raises(ValueError, match="paraphrases_per_question"):
         KnowledgeSeedingConfig(paraphrases_per_question=0)
+    with pytest.raises(ValueError, match="besides 'rehearsal'"):
+        KnowledgeSeedingConfig(prompt_builders=("rehearsal",))
+    with pytest.raises(ValueError, match="rehearsal_share"):
+        KnowledgeSeedingConfig(rehearsal_share=0.0)

@@ -269,6 +269,31 @@ def test_wake_questions_are_replayed_and_survive_a_resume(tmp_path, monkeypatch)
         sleeper.wake(["a document"], questions=[["one?"], ["two?"]])
 
 
+def test_a_later_sleep_rehearses_what_earlier_sleeps_replayed(tmp_path, monkeypatch):
+    config = seeding(alpha=1.0, steps=1, batch_size=2, max_new_tokens=4, samples_per_prompt=1,
+                     prompt_builders=("wake_questions", "rehearsal"), rehearsal_share=0.5)
+    sleeper = make_sleeper(config, output_dir=str(tmp_path), checkpoint_every=1)
+    seen = []
+    real_sample = replay.sample_replay
+    monkeypatch.setattr("sleepcore.sleep.knowledge_seeding.sample_replay",
+                        lambda model, tokenizer, engine, prompts, *a, **k: seen.append(prompts)
+                        or real_sample(model, tokenizer, engine, prompts, *a, **k))
+    sleeper.wake(DATASET.passages, questions=[[f"What about fact {i}?", f"And fact {i}?"] for i in range(3)])
+    summary = sleeper.sleep(progress=False)
+    first = [p.student for p in seen[0]]
+    assert {p.builder for p in seen[0]} == {"wake_questions"}  # nothing earlier to rehearse yet
+    assert sorted(sleeper.buffer.earlier) == sorted(first) and len(first) == 6
+    assert "student_prompts" not in summary["stages"]["seeding"]
+    sleeper.wake(DATASET.passages[:2], questions=[["Who is new?"], ["Where is new?"]])
+    sleeper.sleep(progress=False)
+    rehearsed = [p for p in seen[1] if p.builder == "rehearsal"]
+    assert len(rehearsed) == 1  # ceil(0.5 x 2 new prompts)
+    assert rehearsed[0].student in first and rehearsed[0].teacher == rehearsed[0].student
+    assert len(sleeper.buffer.earlier) == 8  # the rehearsed prompt is not stored twice
+    state = json.loads(next((tmp_path / "sleep-001" / "seeding").glob("step-*/state.json")).read_text())
+    assert sorted(state["owner"]["buffer"]["earlier"]) == sorted(first)
+
+
 def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_forward():
     config = seeding(alpha=1.0, on_policy=0.0, steps=50, batch_size=2, max_new_tokens=6, samples_per_prompt=1,
                      token_budget=15, prompt_builders=("continuation",))

@@ -9,10 +9,13 @@ from sleepcore.validation import texts
 
 @dataclass
 class WakeBuffer:
-    """``documents[i]`` and the questions asked about it while awake, ``questions[i]``."""
+    """``documents[i]`` and the questions asked about it while awake, ``questions[i]``; ``earlier``:
+    the student prompts (texts, no answers) that earlier sleeps replayed, kept across sleeps for the
+    ``rehearsal`` replay builder."""
 
     documents: list[str] = field(default_factory=list)
     questions: list[list[str]] = field(default_factory=list)
+    earlier: list[str] = field(default_factory=list)
 
     def add(self, documents, questions=None) -> list[str]:
         """Appends documents (a string or a non-empty list of non-empty strings) and, optionally, one
@@ -34,8 +37,9 @@ class WakeBuffer:
         return len(self.documents)
 
     def state(self) -> dict:
-        return {"documents": list(self.documents), "questions": [list(q) for q in self.questions]}
+        return {"documents": list(self.documents), "questions": [list(q) for q in self.questions],
+                "earlier": list(self.earlier)}
 
     @classmethod
     def from_state(cls, state: dict) -> "WakeBuffer":
-        return cls(list(state["documents"]), [list(q) for q in state["questions"]])
+        return cls(list(state["documents"]), [list(q) for q in state["questions"]], list(state.get("earlier", [])))

@@ -14,7 +14,7 @@ from sleepcore.validation import boolean, choice, fraction, instance, integer, n
 
 #: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
 PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "wake_paraphrases", "entity_questions",
-                   "sentence_questions")
+                   "sentence_questions", "rehearsal")
 #: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
 STAGE_NAMES = ("seeding", "sft", "dreaming")
 
@@ -61,6 +61,11 @@ class KnowledgeSeedingConfig:
     teacher reads before a ``sentence_questions`` prompt (``"document"``, or ``"sentence"``: only the
     sentence the question was written about); ``paraphrases_per_question`` rewrites of each wake
     question are sampled for ``wake_paraphrases`` (those that pass its filter are kept);
+    ``rehearsal`` adds ``rehearsal_share`` times as many prompts again (at most all of them), drawn
+    from the student prompts that earlier sleeps replayed (``WakeBuffer.earlier``), which the
+    teacher answers closed-book like the student: the smaller self's weights hold those facts, so
+    the new expert learns to leave its answers as they were (needs another builder for this sleep's
+    own prompts);
     ``samples_per_prompt`` teacher
     samples of ``max_new_tokens`` each at ``replay_temperature`` (None: ``sample_temperature``, the
     temperature of the student's on-policy and LTI samples). Optimisation: shuffled epochs over the
@@ -107,6 +112,7 @@ class KnowledgeSeedingConfig:
     max_prompts: int | None = None
     sentence_context: str = "document"
     paraphrases_per_question: int = 3
+    rehearsal_share: float = 0.1
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
     sample_temperature: float = 1.0
@@ -138,6 +144,10 @@ class KnowledgeSeedingConfig:
             raise ValueError("prompt_builders must not be empty")
         for builder in self.prompt_builders:
             choice("prompt_builders item", builder, PROMPT_BUILDERS)
+        if set(self.prompt_builders) == {"rehearsal"}:
+            raise ValueError("prompt_builders must hold a builder besides 'rehearsal' (it replays earlier sleeps' "
+                             "prompts in proportion to this sleep's own)")
+        number("rehearsal_share", self.rehearsal_share, above=0.0, maximum=1.0)
         _loop_fields(self)
 
 

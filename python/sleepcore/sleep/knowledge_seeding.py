@@ -94,6 +94,7 @@ class KnowledgeSeeding:
         self.kl_before: float | None = None
         self.prepare_forward_tokens: int | None = None
         self.coverage: float | None = None
+        self.student_prompts: list[str] = []
 
     @contextmanager
     def teacher(self):
@@ -115,6 +116,7 @@ class KnowledgeSeeding:
         prompts = replay_prompts(buffer, self.config, self.tokenizer, self.engine, self.teacher,
                                  seed=self.context.seed, teacher_reads_documents=self.context.teacher_reads_documents)
         self.coverage = replay_coverage(buffer.documents, prompts)
+        self.student_prompts = list(dict.fromkeys(prompt.student for prompt in prompts))
         sampled, self.engine.stats = engine_tokens(self.engine), {}
         share = sample_replay(self.model, self.tokenizer, self.engine, world.block(prompts), self.config,
                               self.teacher, self.rng, progress=progress, forward=self.runtime.forward)
@@ -165,12 +167,13 @@ class KnowledgeSeeding:
         ``prepare_forward_tokens``: the tokens the preparation ran without a gradient (teacher
         sampling with its prefill, the teacher-state caching, the student forward of the replay-KL
         measurement; ``kl_after`` costs that again), and ``trained_fraction``: the fraction of the kept
-        samples' response tokens that are trained (``token_selection``)."""
+        samples' response tokens that are trained (``token_selection``), and ``student_prompts``: the
+        replay prompts' distinct student texts (what ``Sleeper`` keeps for later sleeps' rehearsal)."""
         tokens = sum(len(s.response) for s in self.items)
         trained = sum(len(s.response) if s.trained is None else int(s.trained.sum()) for s in self.items)
         return {"replay_samples": len(self.items), "kl_before": self.kl_before, "kl_after": self.replay_kl(self.items),
                 "coverage": self.coverage, "prepare_forward_tokens": self.prepare_forward_tokens,
-                "trained_fraction": trained / max(tokens, 1)}
+                "trained_fraction": trained / max(tokens, 1), "student_prompts": list(self.student_prompts)}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, replay = replay_state(self.items)
@@ -178,7 +181,7 @@ class KnowledgeSeeding:
         tensors.update({f"runtime.{name}": value for name, value in runtime_tensors.items()})
         return tensors, {"replay": replay, "runtime": runtime_state, "rng": random_state(self.rng),
                          "kl_before": self.kl_before, "prepare_forward_tokens": self.prepare_forward_tokens,
-                         "coverage": self.coverage}
+                         "coverage": self.coverage, "student_prompts": self.student_prompts}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         self.items = replay_from_state(tensors, state["replay"])
@@ -188,6 +191,7 @@ class KnowledgeSeeding:
         self.kl_before = state["kl_before"]
         self.prepare_forward_tokens = state.get("prepare_forward_tokens")
         self.coverage = state.get("coverage")
+        self.student_prompts = list(state.get("student_prompts", []))
 
     # ------------------------------------------------------------------ measurements
     def replay_kl(self, samples: list[ReplaySample]) -> float:

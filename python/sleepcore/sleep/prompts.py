@@ -33,6 +33,10 @@ student's prompt does not. Builders:
   (so that it still asks about the same person; SmolLM2-135M-Instruct misspells invented names
   in some samples and drifts to another subject in others). The teacher answers it with the
   document in context, the student learns the answer without it.
+* ``rehearsal``: student prompts that earlier sleeps replayed (``WakeBuffer.earlier``: texts, no
+  answers), asked of both selves without any document. The teacher (the smaller self) answers
+  from the weights that earlier sleeps left, so the new expert is trained to keep those answers
+  instead of overwriting them with this sleep's facts (retention).
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class ReplayPrompt:
 
     student: str
     teacher: str
-    document: int
+    document: int  # -1: none (rehearsal)
     builder: str
     sentence: int | None = None
 
@@ -119,6 +123,12 @@ def self_question_prompts(documents: list[str], questions: list[list[str]], toke
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, document),
                                         index, builder))
     return prompts
+
+
+def rehearsal_prompts(earlier: list[str], count: int, rng: random.Random) -> list[ReplayPrompt]:
+    """``count`` (at most all) of the earlier sleeps' student prompts, drawn without replacement;
+    the teacher sees the same text as the student (no document: it answers from its weights)."""
+    return [ReplayPrompt(text, text, -1, "rehearsal") for text in rng.sample(earlier, min(count, len(earlier)))]
 
 
 def sentence_question_requests(documents: list[str]) -> list[tuple[int, int, str]]:

@@ -24,7 +24,7 @@ from sleepcore.lm import encode, final_hidden, pad_id, response_hidden
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, paraphrase_prompts,
-                                     paraphrase_requests, question_requests, self_question_prompts,
+                                     paraphrase_requests, question_requests, rehearsal_prompts, self_question_prompts,
                                      sentence_question_prompts, sentence_question_requests)
 
 TEACHER_BATCH = 16  # replay samples per teacher forward when caching its hidden states
@@ -63,8 +63,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
                    teacher_reads_documents: bool = True) -> list[ReplayPrompt]:
     """Prompts from ``config.prompt_builders`` over the buffer: at most ``prompts_per_document``
     generated prompts (continuation, self_question, entity_questions, sentence_questions) per
-    document, plus every wake question and every kept rewrite of one (``wake_paraphrases``),
-    shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a context
+    document, plus every wake question and every kept rewrite of one (``wake_paraphrases``), plus
+    ``rehearsal_share`` times as many of the earlier sleeps' prompts (``rehearsal``), shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a context
     manager factory under which the engine samples as the teacher (the questions of
     ``self_question``, ``sentence_questions`` and ``wake_paraphrases``). Without
     ``teacher_reads_documents`` (the memory teacher) the teacher's prompt is the student's."""
@@ -98,6 +98,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
                                   SamplingParams(n=config.paraphrases_per_question, temperature=0.7, max_tokens=32,
                                                  seed=seed))
         prompts += paraphrase_prompts(documents, requests, rewritten, tokenizer)
+    if "rehearsal" in builders:
+        prompts += rehearsal_prompts(buffer.earlier, math.ceil(config.rehearsal_share * len(prompts)), rng)
     rng.shuffle(prompts)
     if not teacher_reads_documents:
         prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]

@@ -110,9 +110,11 @@ class Sleeper:
                                      seed=c.seed, checkpoint_every=c.checkpoint_every, owner_state=owner_state,
                                      progress=progress, desc=f"sleep {self.sleeps} {name}",
                                      log_fields={"sleep": self.sleeps})
+        replayed = [text for summary in stages.values() for text in summary.pop("student_prompts", [])]
         summary = {"sleep": self.sleeps, "level": c.receiver_level, "slot": slot, "documents": len(self.buffer),
                    "fast_updates": self.fast.updates if self.fast else 0, "stages": stages}
-        self.buffer = WakeBuffer()  # consolidated: the documents leave the context
+        # consolidated: the documents leave the context; the replayed prompts stay for later rehearsal
+        self.buffer = WakeBuffer(earlier=list(dict.fromkeys(self.buffer.earlier + replayed)))
         if c.teacher == "memory":
             self.fast.reset()  # the sender's update: its knowledge now lives in the receiver's expert
         self.sleeps += 1
