@@ -64,12 +64,14 @@ def test_bad_examples_are_refused():
         as_examples(tokenizer, [[3, -1]])
 
 
+@pytest.mark.parametrize("width_multiple", [1, 16])
 @pytest.mark.parametrize("family", list(CONFIGS) + ["gemma3-eager"])
-def test_token_trees_give_each_path_its_plain_forward(family):
+def test_token_trees_give_each_path_its_plain_forward(family, width_multiple):
     """Branches that fork mid-parent, siblings beside a response, an empty branch, several roots in
-    one row and a padded row: every branch's predicting rows equal a plain causal forward over its
-    path (response_hidden of that path alone), for every supported family (gemma3: sliding window 5,
-    so the window applies on the trees' positions; eager attention takes the additive mask)."""
+    one row and a padded row (every row padded, with a width multiple): every branch's predicting
+    rows equal a plain causal forward over its path (response_hidden of that path alone), for every
+    supported family (gemma3: sliding window 5, so the window applies on the trees' positions;
+    eager attention takes the additive mask)."""
     model = family_model(family.removesuffix("-eager"))
     if family.endswith("-eager"):
         model.set_attn_implementation("eager")
@@ -84,7 +86,8 @@ def test_token_trees_give_each_path_its_plain_forward(family):
     for j, c in enumerate(completions):
         paths[(0, 2 + j)] = (prompt + response[:3], c)
         paths[(1, 3 + j)] = (prompt + other, c)
-    batch = tree_batch(trees, 0, model.device)
+    batch = tree_batch(trees, 0, model.device, width_multiple=width_multiple)
+    assert batch.width == {1: 22, 16: 32}[width_multiple]  # the longest tree (the second) holds 22 tokens
     with torch.no_grad():
         hidden = final_hidden(model, batch.input_ids, tree_attention_mask(model, batch), batch.position_ids)
         hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -101,3 +104,5 @@ def test_token_trees_give_each_path_its_plain_forward(family):
         tree_batch([[Branch([1, 2]), Branch([3], 0, 5)]], 0, "cpu")
     with pytest.raises(ValueError, match=r"trees\[0\]\[0\].parent"):
         tree_batch([[Branch([1, 2], 0)]], 0, "cpu")
+    with pytest.raises(ValueError, match="width_multiple"):
+        tree_batch(trees, 0, "cpu", width_multiple=0)

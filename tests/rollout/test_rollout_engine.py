@@ -1,5 +1,6 @@
-"""Engine end to end on tiny random models: greedy equals HF ``generate``, log-probs equal the
-trainer's, preemption and prefix caching change nothing, hooks apply, bad input is refused."""
+"""Engine end to end on tiny random models: greedy equals HF ``generate``, log-probs and returned
+hidden states equal the trainer's, preemption and prefix caching change nothing, hooks apply, bad
+input is refused."""
 
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ def test_greedy_matches_hf_generate(family, block_size, max_batch_tokens):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_logprobs_equal_trainer_logprobs(family):
+def test_logprobs_and_hidden_states_equal_the_trainers(family):
     model = tiny_model(family)
     prompts = random_prompts([6, 19, 33], seed=2)
     engine = Engine(model, block_size=8, kv_memory_bytes=KV_BYTES)
     params = [SamplingParams(n=3, temperature=0.7, top_p=0.9, max_tokens=10, seed=5, ignore_eos=True),
               SamplingParams(n=2, temperature=1.3, top_k=20, max_tokens=10, seed=6, ignore_eos=True),
               SamplingParams(n=1, temperature=0.0, max_tokens=10, ignore_eos=True)]
-    outputs = engine.generate(prompts, params, progress=False)
+    outputs = engine.generate(prompts, params, progress=False, return_hidden=True)
     head = model.get_output_embeddings().weight
     for prompt, output, param in zip(prompts, outputs, params):
         assert len(output.completions) == param.n
@@ -49,6 +50,8 @@ def test_logprobs_equal_trainer_logprobs(family):
                                                 return_entropy=False)
             got = torch.tensor(completion.logprobs)
             torch.testing.assert_close(got, expected[len(prompt) - 1:], atol=1e-5, rtol=0)
+            assert completion.hidden.dtype == torch.float32 and completion.hidden.device.type == "cpu"
+            torch.testing.assert_close(completion.hidden, hidden[len(prompt) - 1:-1], atol=1e-5, rtol=1e-4)
             truncated = torch.tensor(completion.truncated_logprobs)
             if param.temperature > 0:
                 assert (truncated >= got - 1e-6).all() and (truncated <= 0).all()
@@ -59,16 +62,19 @@ def test_preemption_under_memory_pressure_changes_nothing():
     prompts = random_prompts([5, 30, 17, 44, 9], seed=3)
     params = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_tokens=24, seed=11, ignore_eos=True)
     roomy = Engine(model, block_size=4, kv_memory_bytes=KV_BYTES)
-    expected = roomy.generate(prompts, params, progress=False)
+    expected = roomy.generate(prompts, params, progress=False, return_hidden=True)
     assert roomy.stats["preemptions"] == 0
     bytes_per_block = roomy.kv_cache.bytes_per_block
     tight = Engine(model, block_size=4, kv_memory_bytes=30 * bytes_per_block)
-    got = tight.generate(prompts, params, progress=False)
+    got = tight.generate(prompts, params, progress=False, return_hidden=True)
     assert tight.stats["preemptions"] > 0
     for want, have in zip(expected, got):
         for a, b in zip(want.completions, have.completions):
             assert a.token_ids == b.token_ids
             torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+            assert b.hidden.shape == (len(b.token_ids), model.config.hidden_size)
+            torch.testing.assert_close(a.hidden, b.hidden, atol=1e-5, rtol=1e-4)
+    assert all(c.hidden is None for o in roomy.generate(prompts[:1], params, progress=False) for c in o.completions)
 
 
 def test_seeded_request_is_independent_of_the_batch():

@@ -13,6 +13,7 @@ import random
 import pytest
 import torch
 
+from sleepcore.lm import response_hidden
 from sleepcore.sleep import replay, seeding_rollouts
 from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig, SleepConfig
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
@@ -256,8 +257,8 @@ def test_wake_questions_are_replayed_and_survive_a_resume(tmp_path, monkeypatch)
     seen = []
     real_sample = replay.sample_replay
     monkeypatch.setattr("sleepcore.sleep.knowledge_seeding.sample_replay",
-                        lambda model, tokenizer, engine, prompts, *a, **k: seen.extend(prompts)
-                        or real_sample(model, tokenizer, engine, prompts, *a, **k))
+                        lambda tokenizer, engine, prompts, *a, **k: seen.extend(prompts)
+                        or real_sample(tokenizer, engine, prompts, *a, **k))
     sleeper.sleep(progress=False)
     assert {p.builder for p in seen} == {"wake_questions"} and len(seen) == len(DATASET.passages)
     for prompt in seen:
@@ -276,8 +277,8 @@ def test_a_later_sleep_rehearses_what_earlier_sleeps_replayed(tmp_path, monkeypa
     seen = []
     real_sample = replay.sample_replay
     monkeypatch.setattr("sleepcore.sleep.knowledge_seeding.sample_replay",
-                        lambda model, tokenizer, engine, prompts, *a, **k: seen.append(prompts)
-                        or real_sample(model, tokenizer, engine, prompts, *a, **k))
+                        lambda tokenizer, engine, prompts, *a, **k: seen.append(prompts)
+                        or real_sample(tokenizer, engine, prompts, *a, **k))
     sleeper.wake(DATASET.passages, questions=[[f"What about fact {i}?", f"And fact {i}?"] for i in range(3)])
     summary = sleeper.sleep(progress=False)
     first = [p.student for p in seen[0]]
@@ -306,13 +307,12 @@ def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_for
                            sleeper.memory.new_expert(0))
     run = KnowledgeSeeding(context, config)
     prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, run.teacher, seed=0)
-    samples = replay.sample_replay(sleeper.model, sleeper.tokenizer, sleeper.engine, prompts[:3], config, run.teacher,
-                                   run.rng, progress=False,
-                                   forward=run.runtime.forward)
-    with torch.no_grad(), run.teacher():  # the runtime's forward, at its compute dtype
-        fresh = run.runtime.response_hidden([s.teacher_prompt for s in samples], [s.response for s in samples],
-                                            run.pad_id)
-    torch.testing.assert_close(torch.cat([s.teacher_hidden for s in samples]), fresh, rtol=1e-5, atol=1e-5)
+    samples = replay.sample_replay(sleeper.tokenizer, sleeper.engine, prompts[:3], config, run.teacher, run.rng,
+                                   progress=False)
+    with torch.no_grad(), run.teacher():  # a plain fp32 forward of the teacher (the engine's dtype)
+        fresh = response_hidden(sleeper.model, [s.teacher_prompt for s in samples], [s.response for s in samples],
+                                run.pad_id)
+    torch.testing.assert_close(torch.cat([s.teacher_hidden for s in samples]), fresh, rtol=1e-4, atol=1e-5)
 
 
 def test_bad_input_is_refused():

@@ -78,9 +78,9 @@ def test_memory_teacher_seeds_without_documents_then_resets_the_fast_level(monke
     seen = []
     real_sample_replay = knowledge_seeding.sample_replay
 
-    def recording(model, tokenizer, engine, prompts, *args, **options):
+    def recording(tokenizer, engine, prompts, *args, **options):
         seen.extend(prompts)
-        return real_sample_replay(model, tokenizer, engine, prompts, *args, **options)
+        return real_sample_replay(tokenizer, engine, prompts, *args, **options)
 
     monkeypatch.setattr(knowledge_seeding, "sample_replay", recording)
     summary = sleeper.sleep(progress=False)

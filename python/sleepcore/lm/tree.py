@@ -97,9 +97,11 @@ def _check(tree: list[Branch], name: str) -> None:
         integer(f"{name}[{index}].fork", _fork(tree, index), minimum=0, maximum=len(tree[branch.parent].tokens))
 
 
-def tree_batch(trees: list[list[Branch]], pad_id: int, device) -> TreeBatch:
-    """Lays out ``trees`` (each a list of branches, parents before children) as one padded batch.
-    ValueError/TypeError for a parent that is not an earlier branch or a fork out of range."""
+def tree_batch(trees: list[list[Branch]], pad_id: int, device, *, width_multiple: int = 1) -> TreeBatch:
+    """Lays out ``trees`` (each a list of branches, parents before children) as one padded batch,
+    its width rounded up to a multiple of ``width_multiple`` (so that a training loop meets few
+    distinct shapes). ValueError/TypeError for a parent that is not an earlier branch or a fork out
+    of range."""
     for index, tree in enumerate(trees):
         _check(tree, f"trees[{index}]")
     starts = []
@@ -108,7 +110,8 @@ def tree_batch(trees: list[list[Branch]], pad_id: int, device) -> TreeBatch:
         for branch in tree:
             offsets.append(offsets[-1] + len(branch.tokens))
         starts.append(offsets)
-    width = max(1, max(offsets[-1] for offsets in starts))
+    integer("width_multiple", width_multiple, minimum=1)
+    width = -(-max(1, max(offsets[-1] for offsets in starts)) // width_multiple) * width_multiple
     ids = torch.full((len(trees), width), pad_id, dtype=torch.long)
     positions = torch.zeros(len(trees), width, dtype=torch.long)
     allowed = torch.zeros(len(trees), width, width, dtype=torch.bool)

@@ -99,7 +99,7 @@ class Engine:
         return handle
 
     def generate(self, prompts, params: SamplingParams | SequenceABC[SamplingParams] | None = None,
-                 progress: bool = True) -> list[RequestOutput]:
+                 progress: bool = True, return_hidden: bool = False) -> list[RequestOutput]:
         """Samples completions of every prompt.
 
         Args:
@@ -107,6 +107,8 @@ class Engine:
             params: one :class:`SamplingParams` for all prompts, or one per prompt
                 (default ``SamplingParams()``).
             progress: show a progress bar of finished completions.
+            return_hidden: also give each completion the final hidden states its tokens were
+                sampled from (``CompletionOutput.hidden``, fp32 on the CPU).
 
         Returns:
             one :class:`RequestOutput` per prompt, in order. Fills ``self.stats`` with the run's
@@ -125,14 +127,14 @@ class Engine:
         try:
             with torch.no_grad(), tqdm(total=total, desc="rollout", unit="seq", disable=not progress) as bar:
                 while scheduler.has_work():
-                    finished = self._step(scheduler, sequences, counters)
+                    finished = self._step(scheduler, sequences, counters, return_hidden)
                     bar.update(finished)
                     bar.set_postfix(tok_s=f"{counters['generated_tokens'] / (time.perf_counter() - started):.0f}",
                                     refresh=False)
         finally:
             self.model.train(training)
         self._record_stats(counters, block_manager, scheduler, time.perf_counter() - started, prompt_ids, per_request)
-        return self._outputs(prompts, prompt_ids, per_request, sequences)
+        return self._outputs(prompts, prompt_ids, per_request, sequences, return_hidden)
 
     # ------------------------------------------------------------------ the loop
     def _make_sequences(self, prompt_ids, per_request, scheduler) -> list[Sequence]:
@@ -151,7 +153,7 @@ class Engine:
                         params=params, request_seed=stream_key, stop_ids=frozenset(stop_ids),
                         max_tokens=min(params.max_tokens, self.max_model_len - len(ids)))
 
-    def _step(self, scheduler: Scheduler, sequences: list[Sequence], counters: dict) -> int:
+    def _step(self, scheduler: Scheduler, sequences: list[Sequence], counters: dict, return_hidden: bool) -> int:
         """One forward pass and its samples; returns how many sequences finished."""
         chunks = scheduler.schedule()
         self.runner.copy_blocks(scheduler.take_copies())
@@ -159,7 +161,7 @@ class Engine:
         batch = self.runner.build_batch(chunks, tables)
         for hook in list(self._step_hooks.values()):
             hook(self, batch)
-        logits = self.runner.forward(batch)
+        logits, hidden = self.runner.forward(batch)
         counters["steps"] += 1
         samplers: list[Sequence] = []   # the sequences that sample, in order
         rows: list[int] = []            # ... and the row of `logits` each one samples from
@@ -175,6 +177,9 @@ class Engine:
                 samplers += family
                 rows += [logits_row] * len(family)
                 logits_row += 1
+        if return_hidden:
+            for sequence, row in zip(samplers, hidden.float().cpu()[rows]):
+                sequence.hidden.append(row)
         return self._sample(logits, rows, samplers, scheduler, counters)
 
     def _fork(self, parent: Sequence, scheduler: Scheduler, sequences: list[Sequence]) -> list[Sequence]:
@@ -230,7 +235,7 @@ class Engine:
             "kv_cache_bytes": self.kv_cache.nbytes,
         }
 
-    def _outputs(self, prompts, prompt_ids, per_request, sequences) -> list[RequestOutput]:
+    def _outputs(self, prompts, prompt_ids, per_request, sequences, return_hidden) -> list[RequestOutput]:
         outputs = [RequestOutput(index, ids, [None] * params.n, prompts[index] if isinstance(prompts[index], str)
                                  else None) for index, (ids, params) in enumerate(zip(prompt_ids, per_request))]
         for sequence in sequences:
@@ -239,5 +244,5 @@ class Engine:
                 text = self.tokenizer.decode(sequence.output_ids, skip_special_tokens=True)
             outputs[sequence.request_index].completions[sequence.sample_index] = CompletionOutput(
                 sequence.sample_index, sequence.output_ids, sequence.logprobs, sequence.truncated_logprobs,
-                sequence.finish_reason, text)
+                sequence.finish_reason, text, torch.stack(sequence.hidden) if return_hidden else None)
         return outputs

@@ -135,16 +135,18 @@ class ModelRunner:
             for k_cache, v_cache in self.kv_cache.layers:
                 torch.ops.sleepcore.copy_blocks(k_cache, v_cache, group_tensor, "auto")
 
-    def forward(self, batch: ForwardBatch) -> Tensor:
-        """Logits ``[S, V]`` (fp32 if the model computes in fp32, else the model's dtype) of the
-        ``sample_rows``."""
+    def forward(self, batch: ForwardBatch) -> tuple[Tensor, Tensor]:
+        """``(logits [S, V], hidden [S, H])`` of the ``sample_rows``: the logits (fp32 if the model
+        computes in fp32, else the model's dtype) and the final hidden states they come from (after
+        the final norm, before the head)."""
         with self._paged_attention():
             hidden = self.model.base_model(input_ids=batch.input_ids[None], position_ids=batch.positions[None],
                                            use_cache=False, sleepcore_batch=batch).last_hidden_state
-        logits = self.model.get_output_embeddings()(hidden[0].index_select(0, batch.sample_rows))
+        hidden = hidden[0].index_select(0, batch.sample_rows)
+        logits = self.model.get_output_embeddings()(hidden)
         if self.final_logit_softcap:
             logits = torch.tanh(logits / self.final_logit_softcap) * self.final_logit_softcap
-        return logits
+        return logits, hidden
 
     @contextlib.contextmanager
     def _paged_attention(self):

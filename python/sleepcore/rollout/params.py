@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from sleepcore import validation
 from sleepcore.ops.sampling import sampling_parameter
 
@@ -66,6 +68,10 @@ class CompletionOutput:
     log-prob under the renormalised top-k/top-p/min-p distribution it was drawn from (0 when
     greedy). ``finish_reason`` is ``"stop"`` (stop or EOS token) or ``"length"`` (``max_tokens`` or
     the model's context length). ``text`` is the decoded completion when the engine has a tokenizer.
+    ``hidden`` (with ``Engine.generate(..., return_hidden=True)``, else None): fp32 CPU
+    ``[len(token_ids), H]``, row ``i`` the final hidden state (after the final norm, before the
+    head) that ``token_ids[i]`` was sampled from, so a caller needing the sampling model's states on
+    its own samples (a teacher's, for distillation) runs no second forward.
     """
 
     index: int
@@ -74,6 +80,7 @@ class CompletionOutput:
     truncated_logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     text: str | None = None
+    hidden: torch.Tensor | None = None
 
 
 @dataclass

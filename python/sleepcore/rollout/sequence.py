@@ -62,6 +62,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     truncated_logprobs: list[float] = field(default_factory=list)
+    hidden: list = field(default_factory=list)  # one [H] row per output token (return_hidden only)
     status: Status = Status.WAITING
     finish_reason: str | None = None
     num_cached_ids: int = 0  # tokens the block manager holds for this sequence

@@ -49,12 +49,14 @@ from sleepcore.ops import fused_linear_jsd, fused_linear_logprobs, group_advanta
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.judge import ModelJudge
 from sleepcore.sleep.prompts import replay_coverage
-from sleepcore.sleep.replay import (TEACHER_BATCH, ReplaySample, replay_from_state, replay_prompts, replay_state,
+from sleepcore.sleep.replay import (ReplaySample, replay_from_state, replay_prompts, replay_state,
                                     sample_replay, select_tokens)
 from sleepcore.sleep.rewards import imitation_reward, reward_metrics
 from sleepcore.sleep.seeding_rollouts import Rollouts, draw_rollouts, engine_tokens, rollout_trees
 from sleepcore.sleep.stage import StageContext
 from sleepcore.train.checkpoint import random_state, restore_random_state
+
+KL_BATCH = 16  # replay samples per student forward when measuring the replay KL
 
 
 class KnowledgeSeeding:
@@ -118,8 +120,8 @@ class KnowledgeSeeding:
         self.coverage = replay_coverage(buffer.documents, prompts)
         self.student_prompts = list(dict.fromkeys(prompt.student for prompt in prompts))
         sampled, self.engine.stats = engine_tokens(self.engine), {}
-        share = sample_replay(self.model, self.tokenizer, self.engine, world.block(prompts), self.config,
-                              self.teacher, self.rng, progress=progress, forward=self.runtime.forward)
+        share = sample_replay(self.tokenizer, self.engine, world.block(prompts), self.config, self.teacher, self.rng,
+                              progress=progress)
         self.items = world.gather(share)
         if not self.items:
             raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")
@@ -127,8 +129,7 @@ class KnowledgeSeeding:
         self.kl_before = float(torch.cat(token_kl).mean())
         if self.config.token_selection < 1:
             self.items = select_tokens(self.items, token_kl, self.config.token_selection)
-        local = sampled + engine_tokens(self.engine) + sum(
-            len(s.teacher_prompt) + len(s.student_prompt) + 2 * len(s.response) for s in share)
+        local = sampled + engine_tokens(self.engine) + sum(len(s.student_prompt) + len(s.response) for s in share)
         self.prepare_forward_tokens = int(world.all_sum([local])[0])
 
     def step(self, batch: list[ReplaySample]) -> dict:
@@ -204,8 +205,8 @@ class KnowledgeSeeding:
         """Per sample, KL(teacher || student) at each response token (fp32 ``[len(response)]``, CPU);
         each rank computes its block, every rank gets all."""
         mine, kls = world.block(samples), []
-        for start in range(0, len(mine), TEACHER_BATCH):
-            chunk = mine[start:start + TEACHER_BATCH]
+        for start in range(0, len(mine), KL_BATCH):
+            chunk = mine[start:start + KL_BATCH]
             responses = [sample.response for sample in chunk]
             teacher = self._teacher_hidden(chunk, responses, [])
             student = self.runtime.response_hidden([s.student_prompt for s in chunk], responses, self.pad_id)

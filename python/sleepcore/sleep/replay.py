@@ -1,8 +1,10 @@
 """The replay set of Knowledge Seeding: teacher samples drawn from the wake buffer (METHOD.md §3:
 no external data during sleep), with the teacher's final hidden states cached on them.
 
-The teacher never changes during a sleep, so its hidden states on its own samples are computed
-once, in batches of similar length, and reused by every step. Replay sets are checkpointed as
+The teacher never changes during a sleep, so its hidden states on its own samples are kept as the
+rollout engine sampled them (``return_hidden``) and reused by every step: no second forward over
+the teacher's prompts, which hold the documents (a batched re-forward of them took 118 s of a
+50-person sleep's preparation on 2 cores). Replay sets are checkpointed as
 token ids (JSON) and hidden states (safetensors). Under torchrun the question writing is split
 over the ranks (:func:`shared_generate`), and so is the sampling (the stage gives each rank its
 block of the prompts).
@@ -17,17 +19,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from sleepcore.distributed import world
-from sleepcore.lm import encode, final_hidden, pad_id, response_hidden
+from sleepcore.lm import encode
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, paraphrase_prompts,
                                      paraphrase_requests, question_requests, rehearsal_prompts, self_question_prompts,
                                      sentence_question_prompts, sentence_question_requests)
 
-TEACHER_BATCH = 16  # replay samples per teacher forward when caching its hidden states
 
 
 @dataclass
@@ -106,12 +106,13 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     return prompts[:config.max_prompts] if config.max_prompts is not None else prompts
 
 
-def sample_replay(model, tokenizer, engine, prompts: list[ReplayPrompt], config: KnowledgeSeedingConfig, teacher,
-                  rng: random.Random, *, progress: bool = True, forward=final_hidden) -> list[ReplaySample]:
+def sample_replay(tokenizer, engine, prompts: list[ReplayPrompt], config: KnowledgeSeedingConfig, teacher,
+                  rng: random.Random, *, progress: bool = True) -> list[ReplaySample]:
     """Teacher samples of every prompt (``samples_per_prompt`` each, 2 tokens or longer), with the
-    teacher's hidden states on them, computed by ``forward(model, ids, mask)`` (a training runtime
-    passes its own, so they come at its compute dtype). ``rng`` gives the sampling seed, drawn even
-    for no prompt (which gives no sample), so that ranks sampling blocks of one list stay in step."""
+    teacher's final hidden states on them as the engine sampled them (``return_hidden``: no second
+    forward over the teacher's prompts, which hold the documents; in the engine's dtype, fp32 for an
+    fp32 model). ``rng`` gives the sampling seed, drawn even for no prompt (which gives no sample),
+    so that ranks sampling blocks of one list stay in step."""
     temperature = config.sample_temperature if config.replay_temperature is None else config.replay_temperature
     params = SamplingParams(n=config.samples_per_prompt, temperature=temperature,
                             max_tokens=config.max_new_tokens, seed=rng.randrange(1 << 62))
@@ -119,22 +120,13 @@ def sample_replay(model, tokenizer, engine, prompts: list[ReplayPrompt], config:
         return []
     teacher_ids = [encode(tokenizer, p.teacher) for p in prompts]
     with teacher():
-        outputs = engine.generate(teacher_ids, params, progress=progress)
+        outputs = engine.generate(teacher_ids, params, progress=progress, return_hidden=True)
     samples = []
     for prompt, ids, output in zip(prompts, teacher_ids, outputs):
         student_ids = encode(tokenizer, prompt.student)
         for completion in output.completions:
             if len(completion.token_ids) >= 2:
-                samples.append(ReplaySample(student_ids, ids, list(completion.token_ids)))
-    by_length = sorted(samples, key=lambda s: len(s.teacher_prompt) + len(s.response))  # little padding
-    starts = tqdm(range(0, len(samples), TEACHER_BATCH), desc="teacher states", unit="batch", disable=not progress)
-    with torch.no_grad(), teacher():
-        for start in starts:
-            chunk = by_length[start:start + TEACHER_BATCH]
-            hidden = response_hidden(model, [s.teacher_prompt for s in chunk], [s.response for s in chunk],
-                                     pad_id(tokenizer), forward=forward).float().cpu()
-            for sample, rows in zip(chunk, hidden.split([len(s.response) for s in chunk])):
-                sample.teacher_hidden = rows.clone()
+                samples.append(ReplaySample(student_ids, ids, list(completion.token_ids), completion.hidden))
     return samples
 
 
