@@ -179,3 +179,22 @@ def test_compute_dtype_autocasts_the_frozen_base_only(monkeypatch):
         assert precision.autocast_dtype("auto", parameter) is want
     with pytest.raises(ValueError, match="compute_dtype"):
         OptimizerConfig(compute_dtype="half")
+
+
+def test_forward_pads_the_width_and_cuts_it_back():
+    """The runtime computes a batch at a width rounded up to WIDTH_MULTIPLE (few distinct matmul
+    shapes under autocast) and returns the hidden states a plain forward gives, at the input's width."""
+    from _tiny_models import random_prompts, tiny_model
+    from sleepcore.lm import final_hidden, padded_batch
+    from sleepcore.train.runtime import WIDTH_MULTIPLE
+
+    model = tiny_model("llama")
+    runtime = LocalRuntime(model, [torch.nn.Parameter(torch.zeros(1))], OptimizerConfig(compute_dtype="float32"))
+    seen = []
+    real = runtime.hidden_states
+    runtime.hidden_states = lambda ids, mask, positions=None: seen.append(ids.shape) or real(ids, mask, positions)
+    ids, mask = padded_batch(random_prompts([7, 12, 3]), 0, model.device)
+    with torch.no_grad():
+        got, want = runtime.forward(model, ids, mask), final_hidden(model, ids, mask)
+    assert seen == [(3, WIDTH_MULTIPLE)] and got.shape == want.shape == (3, 12, model.config.hidden_size)
+    torch.testing.assert_close(got * mask[..., None], want * mask[..., None], rtol=1e-5, atol=1e-5)

@@ -36,12 +36,13 @@ from sleepcore.train.config import OptimizerConfig
 from sleepcore.train.precision import autocast, autocast_dtype
 from sleepcore.validation import integer
 
-#: Token-tree batches are padded to a width that is a multiple of this. Under bf16 autocast on CPU
+#: Batches are padded to a width that is a multiple of this (token trees, and the padded batches of
+#: :meth:`LocalRuntime.forward`, sliced back after the forward). Under bf16 autocast on CPU
 #: every new matmul shape costs memory that is never given back (oneDNN; fp32 stays flat): with a
 #: width of its own per step, a 50-person Knowledge Seeding sleep grew by about 15 MB per step and
 #: slowed from 1.25 to 1.55 s/step over 1,200 steps (0.9 -> 1.16 s over 200 steps in a fresh
 #: process). Rounded up to 32 (3% padding), a run meets a few dozen shapes: 0.82 s/step, flat.
-TREE_WIDTH_MULTIPLE = 32
+WIDTH_MULTIPLE = 32
 
 
 class LocalRuntime:
@@ -89,14 +90,21 @@ class LocalRuntime:
     def tree_hidden(self, trees, pad_id: int) -> tuple[torch.Tensor, TreeBatch]:
         """Final hidden states ``[B * L, H]`` of token trees (:mod:`sleepcore.lm.tree`) and their
         layout; ``batch.rows(tree, branch)`` index the rows that predict a branch's tokens."""
-        batch = tree_batch(trees, pad_id, self.device, width_multiple=TREE_WIDTH_MULTIPLE)
+        batch = tree_batch(trees, pad_id, self.device, width_multiple=WIDTH_MULTIPLE)
         hidden = self.hidden_states(batch.input_ids, tree_attention_mask(self.model, batch), batch.position_ids)
         return hidden.reshape(-1, hidden.shape[-1]), batch
 
     def forward(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """:meth:`hidden_states` in the ``forward(model, ids, mask)`` form the :mod:`sleepcore.lm`
-        helpers take (``model`` is the runtime's own)."""
-        return self.hidden_states(input_ids, attention_mask)
+        helpers take (``model`` is the runtime's own): ``[B, T, H]`` for right-padded ``[B, T]``
+        ids and 2D mask, computed at a width rounded up to :data:`WIDTH_MULTIPLE` (masked columns
+        on the right, which no real token attends to) and cut back to ``T``."""
+        width = input_ids.shape[1]
+        extra = -width % WIDTH_MULTIPLE
+        if extra:
+            input_ids = torch.nn.functional.pad(input_ids, (0, extra))
+            attention_mask = torch.nn.functional.pad(attention_mask, (0, extra))
+        return self.hidden_states(input_ids, attention_mask)[:, :width]
 
     def response_hidden(self, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> torch.Tensor:
         """Final hidden states ``[N, H]`` predicting the response tokens (see :func:`sleepcore.lm.response_hidden`)."""
