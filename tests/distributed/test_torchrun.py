@@ -70,8 +70,10 @@ def assert_same_history(got: Path, want: Path) -> None:
     for stage in want:
         assert [s["step"] for s in got[stage]["history"]] == [s["step"] for s in want[stage]["history"]]
         assert [s["tokens"] for s in got[stage]["history"]] == [s["tokens"] for s in want[stage]["history"]]
+        # losses of ~1e-3 after resuming: experts equal to 1e-5 (above) give losses equal to about 1e-7-1e-6
+        # (1.3e-7 seen once batches were padded to a width multiple, which changes the matmul shapes)
         assert [s["loss"] for s in got[stage]["history"]] == pytest.approx([s["loss"] for s in want[stage]["history"]],
-                                                                           rel=1e-5, abs=1e-7)
+                                                                           rel=1e-5, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
