@@ -64,7 +64,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     """Prompts from ``config.prompt_builders`` over the buffer: at most ``prompts_per_document``
     generated prompts (continuation, self_question, entity_questions, sentence_questions) per
     document, plus every wake question and every kept rewrite of one (``wake_paraphrases``), plus
-    ``rehearsal_share`` times as many of the earlier sleeps' prompts (``rehearsal``), shuffled, then at most ``max_prompts`` in all when that is set. ``teacher`` is a context
+    ``rehearsal_share`` times as many of the earlier sleeps' prompts (``rehearsal``), shuffled,
+    then at most ``max_prompts`` in all when that is set. ``teacher`` is a context
     manager factory under which the engine samples as the teacher (the questions of
     ``self_question``, ``sentence_questions`` and ``wake_paraphrases``). Without
     ``teacher_reads_documents`` (the memory teacher) the teacher's prompt is the student's."""
