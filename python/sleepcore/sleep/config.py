@@ -65,13 +65,14 @@ class KnowledgeSeedingConfig:
     from the student prompts that earlier sleeps replayed (``WakeBuffer.earlier``), which the
     teacher answers closed-book like the student: the smaller self's weights hold those facts, so
     the new expert learns to leave its answers as they were (needs another builder for this sleep's
-    own prompts);
-    ``samples_per_prompt`` teacher
-    samples of ``max_new_tokens`` each at ``replay_temperature`` (None: ``sample_temperature``, the
-    temperature of the student's on-policy and LTI samples). Optimisation: shuffled epochs over the
-    replay set in batches of ``batch_size`` sequences, at most ``steps`` steps of ``optimizer`` on the new expert only; with
-    ``token_budget`` the stage stops at the first step that reaches that many trained tokens, which
-    is how methods are compared at the same budget.
+    own prompts); ``rehearsal_capacity`` bounds how many earlier prompts a ``Sleeper`` keeps (a
+    uniform sample of all it has replayed, so a long-lived deployment's buffer stays bounded);
+    ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each at ``replay_temperature``
+    (None: ``sample_temperature``, the temperature of the student's on-policy and LTI samples).
+    Optimisation: shuffled epochs over the replay set in batches of ``batch_size`` sequences, at
+    most ``steps`` steps of ``optimizer`` on the new expert only; with ``token_budget`` the stage
+    stops at the first step that reaches that many trained tokens, which is how methods are
+    compared at the same budget.
 
     Defaults chosen by measurement (issue 11; SmolLM2-135M-Instruct, 10 new people, the knowledge
     suite at 4x its base budget, about 11k trained tokens, one seed, so differences of 0.03 are
@@ -117,6 +118,7 @@ class KnowledgeSeedingConfig:
     sentence_context: str = "document"
     paraphrases_per_question: int = 3
     rehearsal_share: float = 0.1
+    rehearsal_capacity: int = 4096
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
     sample_temperature: float = 1.0
@@ -135,7 +137,7 @@ class KnowledgeSeedingConfig:
             raise ValueError(f"token_selection < 1 selects tokens of the teacher's own samples once, so it needs "
                              f"on_policy = 0 (got token_selection={self.token_selection}, on_policy={self.on_policy})")
         for name in ("completions", "samples_per_prompt", "max_new_tokens", "prompts_per_document",
-                     "paraphrases_per_question"):
+                     "paraphrases_per_question", "rehearsal_capacity"):
             integer(name, getattr(self, name), minimum=1)
         integer("max_prompts", self.max_prompts, minimum=1, optional=True)
         number("replay_temperature", self.replay_temperature, minimum=0.0, optional=True)

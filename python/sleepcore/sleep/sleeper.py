@@ -19,6 +19,7 @@ step appends one JSON line to the stage's ``metrics.jsonl``.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from sleepcore.rollout import Engine
@@ -114,7 +115,8 @@ class Sleeper:
         summary = {"sleep": self.sleeps, "level": c.receiver_level, "slot": slot, "documents": len(self.buffer),
                    "fast_updates": self.fast.updates if self.fast else 0, "stages": stages}
         # consolidated: the documents leave the context; the replayed prompts stay for later rehearsal
-        self.buffer = WakeBuffer(earlier=list(dict.fromkeys(self.buffer.earlier + replayed)))
+        self.buffer = self.buffer.consolidated(replayed, c.seeding.rehearsal_capacity,
+                                               random.Random(c.seed + self.sleeps))
         if c.teacher == "memory":
             self.fast.reset()  # the sender's update: its knowledge now lives in the receiver's expert
         self.sleeps += 1
