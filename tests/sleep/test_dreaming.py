@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 
 import pytest
 import torch
 
 from sleepcore.configuration import from_dict
-from sleepcore.lm import as_examples, pad_id
+from sleepcore.lm import as_examples, encode, pad_id, response_hidden
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.models import tiny_model
@@ -22,10 +23,14 @@ from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
+from sleepcore.sleep.dreaming import DreamingStage
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import dream_examples, dream_lines, load_generator, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters
+from sleepcore.sleep.prompts import with_context
+from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
+from sleepcore.sleep.stage import StageContext
 from sleepcore.train import OptimizerConfig
 from sleepcore.train.batched import BatchedRuntime
 from _sleepers import DATASET, make_sleeper, seeding
@@ -66,6 +71,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(selection="entropy"), ValueError, "selection"),
     (dict(reward="always"), ValueError, "reward"),
     (dict(expert="old"), ValueError, "expert"),
+    (dict(objective="cross_entropy"), ValueError, "objective"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -170,11 +176,11 @@ def test_selection_keeps_top_k_plus_b_random(wrapped):
 
 
 # ---------------------------------------------------------------------- the stage in a sleep
-@pytest.mark.parametrize("expert", ["consolidated", "new"])
-def test_a_sleeper_runs_seeding_then_dreaming(tmp_path, expert):
+@pytest.mark.parametrize("expert, objective", [("consolidated", "sft"), ("new", "sft"), ("consolidated", "distill")])
+def test_a_sleeper_runs_seeding_then_dreaming(tmp_path, expert, objective):
     config = seeding(steps=2, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
     sleeper = make_sleeper(config, stages=("seeding", "dreaming"), output_dir=str(tmp_path), checkpoint_every=1,
-                           dreaming=tiny_dreaming(expert=expert))
+                           dreaming=tiny_dreaming(expert=expert, objective=objective))
     sleeper.wake(DATASET.passages)
     summary = sleeper.sleep(progress=False)
     dreaming = summary["stages"]["dreaming"]
@@ -185,6 +191,42 @@ def test_a_sleeper_runs_seeding_then_dreaming(tmp_path, expert):
     assert sorted(sleeper.memory.active_slots(0)) == sorted({summary["slot"], slot})
     lines = (tmp_path / "sleep-000" / "dreaming" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["stage"] for line in lines] == ["dreaming"] * 3
+    if objective == "distill":
+        assert dreaming["dream_kl_before"] > 0 and math.isfinite(dreaming["dream_kl_after"])
+        assert dreaming["prepare_forward_tokens"] > 0
+        assert all(math.isfinite(json.loads(line)["kl_teacher"]) for line in lines)
+
+
+def test_distilled_dreams_are_read_by_the_teacher_after_their_document(wrapped):
+    model, tokenizer, memory, engine = wrapped
+    documents = DATASET.passages[:2]
+    config = tiny_dreaming(objective="distill")
+    context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+    stage = DreamingStage(context, config)
+    stage.prepare(documents, progress=False)
+    assert stage.items and all(isinstance(sample, ReplaySample) for sample in stage.items)
+    bos = tokenizer.bos_token_id
+    heads = [encode(tokenizer, with_context(document, "")) for document in documents]
+    for sample in stage.items:  # the teacher reads one of the documents, then the student's prompt
+        prompt = sample.student_prompt[1:] if sample.student_prompt[:1] == [bos] else sample.student_prompt
+        assert any(sample.teacher_prompt == head + prompt for head in heads)
+    with torch.no_grad(), stage.trainer.teacher():  # the cached states are a plain teacher forward
+        fresh = response_hidden(model, [s.teacher_prompt for s in stage.items], [s.response for s in stage.items],
+                                pad_id(tokenizer))
+    torch.testing.assert_close(torch.cat([s.teacher_hidden for s in stage.items]), fresh, rtol=1e-4, atol=1e-5)
+
+    restored = DreamingStage(context, config)  # a checkpoint round trip keeps the replay and its states
+    restored.load_state_dict(*stage.state_dict())
+    assert [s.response for s in restored.items] == [s.response for s in stage.items]
+    assert torch.equal(torch.cat([s.teacher_hidden for s in restored.items]),
+                       torch.cat([s.teacher_hidden for s in stage.items]))
+
+    batch = stage.items[:4]  # a step's loss is the forward KL to those states, before its update
+    assert stage.summary()["dream_kl_before"] == stage.trainer.replay_kl(stage.items) > 0
+    want = stage.trainer.replay_kl(batch)
+    metrics = stage.step(batch)
+    assert metrics["kl_teacher"] == pytest.approx(want, rel=1e-4) and metrics["loss"] == pytest.approx(want, rel=1e-4)
+    assert stage.trainer.replay_kl(batch) != want  # and the step moved the expert
 
 
 def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, monkeypatch):

@@ -26,6 +26,9 @@ SELECTION_SCORES = ("norm", "cosine", "random")
 REWARD_RULES = ("improves", "best_of_m")
 EXPERTS = ("consolidated", "new")
 NOISE_RESAMPLING = ("step", "call")
+#: How the sleep-time expert learns the kept dreams: next-token training on their text, or
+#: distillation of the in-context teacher (the document in its context) along their text.
+OBJECTIVES = ("sft", "distill")
 
 
 @dataclass
@@ -67,7 +70,10 @@ class DreamingConfig:
     model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes. The kept
     dreams train the ``expert``: ``"consolidated"`` (the sleep's expert, after consolidation) or
     ``"new"`` (a new expert of the same level), for at most ``steps`` steps of ``batch_size``
-    examples of ``optimizer``, stopping at ``token_budget`` trained tokens when set.
+    examples of ``optimizer``, stopping at ``token_budget`` trained tokens when set. ``objective``:
+    ``"sft"`` (next-token training on the dreams' lines and the document) or ``"distill"`` (forward
+    KL to the sleep's teacher, which reads the document, at every token of the same lines: a fact
+    the dream invents is corrected by the teacher's distribution instead of learnt as written).
     """
 
     prompts: tuple[str, ...] = (IMPLICATIONS, REWRITE, QUESTION_ANSWERS)
@@ -97,6 +103,7 @@ class DreamingConfig:
     generator_path: str | None = None
     generator_level: int = 0
     expert: str = "consolidated"
+    objective: str = "sft"
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
@@ -132,6 +139,7 @@ class DreamingConfig:
         choice("selection", self.selection, SELECTION_SCORES)
         choice("reward", self.reward, REWARD_RULES)
         choice("expert", self.expert, EXPERTS)
+        choice("objective", self.objective, OBJECTIVES)
         instance("generator_path", self.generator_path, (str, type(None)), what="a string or None")
         instance("optimizer", self.optimizer, OptimizerConfig, what="an OptimizerConfig")
 

@@ -1,11 +1,14 @@
 """The Dreaming stage (METHOD.md §4, "Dreaming during sleep"): after consolidation, for each
 buffered document the dream generator (with random-expert noise) writes ``m`` dreams
 (:mod:`sleepcore.sleep.dreams`), gradient importance keeps ``k + b`` of them
-(:mod:`sleepcore.sleep.dream_selection`), and an expert learns them by next-token training: the
-sleep's consolidated expert, or a new expert of the same level (``DreamingConfig.expert``). No
-gold answer is used. The training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on the
-kept dreams' lines and the documents, run by :func:`~sleepcore.sleep.stage.run_stage` like any
-stage (progress, metrics, budget, checkpoints, resume).
+(:mod:`sleepcore.sleep.dream_selection`), and an expert learns them: the sleep's consolidated
+expert, or a new expert of the same level (``DreamingConfig.expert``). No gold answer is used.
+With ``objective = "sft"`` the training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on
+the kept dreams' lines and the documents; with ``"distill"`` it is Knowledge Seeding's step
+(forward KL, off-policy, no LTI) on the same token sequences, the teacher being the model without
+the trained expert with the line's document in its context. Either runs under
+:func:`~sleepcore.sleep.stage.run_stage` like any stage (progress, metrics, budget, checkpoints,
+resume).
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import dataclasses
 import torch
 
 from sleepcore.distributed import world
-from sleepcore.lm import as_examples, pad_id
-from sleepcore.sleep.config import NextTokenConfig
+from sleepcore.lm import as_examples, encode, pad_id
+from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dreams import dream_examples, generator_expert, load_generator, write_dreams
+from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
+from sleepcore.sleep.prompts import with_context
+from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
 
@@ -39,18 +45,33 @@ class DreamingStage:
 
     def __init__(self, context: StageContext, config: DreamingConfig):
         self.context, self.config = context, config
-        self.items: list[tuple[list[int], list[int]]] = []
+        self.items: list = []  # (prompt ids, response ids) pairs ("sft") or ReplaySamples ("distill")
         self.slot: int | None = None
-        self.trainer: NextTokenStage | None = None
+        self.trainer: NextTokenStage | KnowledgeSeeding | None = None
         self.report: dict = {}
 
     def _train(self, slot: int) -> None:
         c = self.config
         self.slot = slot
-        loop = NextTokenConfig(steps=c.steps, batch_size=c.batch_size, token_budget=c.token_budget,
-                               optimizer=c.optimizer)
-        self.trainer = NextTokenStage(dataclasses.replace(self.context, slot=slot), loop)
+        context = dataclasses.replace(self.context, slot=slot)
+        if c.objective == "distill":
+            self.trainer = KnowledgeSeeding(context, KnowledgeSeedingConfig(
+                alpha=1.0, beta=0.0, on_policy=0.0, steps=c.steps, batch_size=c.batch_size,
+                token_budget=c.token_budget, optimizer=c.optimizer))
+        else:
+            self.trainer = NextTokenStage(context, NextTokenConfig(steps=c.steps, batch_size=c.batch_size,
+                                                                   token_budget=c.token_budget, optimizer=c.optimizer))
         self.trainer.items = self.items
+
+    def _distillation_items(self, examples: list[tuple[list[int], list[int]]], documents: list[str]) -> list:
+        """Replay samples of the ``(prompt, response)`` examples, each read by the teacher after its
+        document (``documents[i]`` is example i's), with the teacher's states cached."""
+        tokenizer = self.context.tokenizer
+        bos = getattr(tokenizer, "bos_token_id", None)
+        contexts = {document: encode(tokenizer, with_context(document, "")) for document in set(documents)}
+        samples = [ReplaySample(prompt, contexts[document] + (prompt[1:] if prompt[:1] == [bos] else prompt), response)
+                   for (prompt, response), document in zip(examples, documents)]
+        return self.trainer.cache_teacher(samples)
 
     # ------------------------------------------------------------------ the stage protocol
     def prepare(self, buffer, *, progress: bool = True) -> None:
@@ -68,11 +89,18 @@ class DreamingStage:
                                   seed=context.seed, progress=progress) if mine else []
         records = world.gather([self._select(index, document, own) for (index, document), own in zip(mine, dreams)])
         scores = [score for record in records for score in record["scores"]]
-        self.items = [item for record in records for item in record["items"]]
+        examples = [item for record in records for item in record["items"]]
         self.report = {"dreams": sum(record["dreams"] for record in records), "kept": len(scores),
                        "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
         self._train(context.slot if c.expert == "consolidated" else context.memory.new_expert(context.level))
+        if c.objective == "distill":
+            owners = [documents[record["document"]] for record in records for _ in record["items"]]
+            examples = self._distillation_items(examples, owners)
+            self.report["dream_kl_before"] = self.trainer.replay_kl(examples)
+            self.report["prepare_forward_tokens"] = sum(len(item.teacher_prompt) + len(item.student_prompt)
+                                                        + 2 * len(item.response) for item in examples)
+        self.items = self.trainer.items = examples
 
     def _select(self, index: int, document: str, own: list) -> dict:
         """Document ``index``'s kept dreams: their lines then the document as items, their scores and
@@ -83,20 +111,25 @@ class DreamingStage:
                                   pad_id(tokenizer), self.config, seed=context.seed * 100_003 + index)
         items = [item for k in selection.kept for item in examples[k]] + as_examples(tokenizer, [document])
         return {"items": items, "scores": [selection.scores[k] for k in selection.kept], "dreams": len(own),
-                "samples": [own[k].text for k in selection.kept]}
+                "samples": [own[k].text for k in selection.kept], "document": index}
 
     def step(self, batch) -> dict:
         return self.trainer.step(batch)
 
     def summary(self) -> dict:
-        return {**self.report, "examples": len(self.items), "expert": [self.context.level, self.slot]}
+        """The dreams' report (written, kept, mean kept score, samples), the examples trained and the
+        expert; with ``objective = "distill"`` also the KL to the teacher on them before and after
+        (``dream_kl_before``, ``dream_kl_after``) and ``prepare_forward_tokens`` (the teacher's
+        forward and the student's for the KL before)."""
+        after = {"dream_kl_after": self.trainer.replay_kl(self.items)} if self.config.objective == "distill" else {}
+        return {**self.report, **after, "examples": len(self.items), "expert": [self.context.level, self.slot]}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, state = self.trainer.state_dict()
         return tensors, {**state, "slot": self.slot, "report": self.report}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
-        self.items = [(list(p), list(r)) for p, r in state["items"]]
         self.report = state["report"]
         self._train(int(state["slot"]))
         self.trainer.load_state_dict(tensors, state)
+        self.items = self.trainer.items

@@ -35,6 +35,7 @@ the global token count (summed by ``reduce_metrics``).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from contextlib import contextmanager
@@ -199,6 +200,20 @@ class KnowledgeSeeding:
         """Mean per-token KL(teacher || student) on the teacher's own responses (the replay set),
         over every response token, trained or not."""
         return float(torch.cat(self.token_kl(samples)).mean())
+
+    @torch.no_grad()
+    def cache_teacher(self, samples: list[ReplaySample]) -> list[ReplaySample]:
+        """``samples`` with ``teacher_hidden`` (``[len(response), H]``, CPU) from a teacher forward
+        over their teacher prompts and responses: replay whose responses the teacher did not sample
+        (dreams). Each rank computes its block, every rank gets all."""
+        mine, cached = world.block(samples), []
+        for start in range(0, len(mine), KL_BATCH):
+            chunk = mine[start:start + KL_BATCH]
+            responses = [sample.response for sample in chunk]
+            hidden = self._teacher_hidden(chunk, responses, list(range(len(chunk))))
+            cached += [dataclasses.replace(sample, teacher_hidden=row.cpu())
+                       for sample, row in zip(chunk, hidden.split([len(r) for r in responses]))]
+        return world.gather(cached)
 
     @torch.no_grad()
     def token_kl(self, samples: list[ReplaySample]) -> list[torch.Tensor]:

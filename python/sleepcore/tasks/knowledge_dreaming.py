@@ -160,7 +160,8 @@ def merge_stages(stages: dict) -> dict:
                   prepare_forward_tokens=sum(s.get("prepare_forward_tokens") or 0 for s in stages.values()))
     dreams = stages["dreaming"]
     merged["dreaming"] = {"stages": {name: {"tokens": s["tokens"], "steps": s["steps"]} for name, s in stages.items()},
-                          **{key: dreams[key] for key in ("dreams", "kept", "examples", "kept_score_mean", "samples")}}
+                          **{key: dreams[key] for key in ("dreams", "kept", "examples", "kept_score_mean", "samples",
+                                                          "dream_kl_before", "dream_kl_after") if key in dreams}}
     return merged
 
 
