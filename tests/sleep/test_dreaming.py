@@ -210,6 +210,9 @@ def test_distilled_dreams_are_read_by_the_teacher_after_their_document(wrapped):
     for sample in stage.items:  # the teacher reads one of the documents, then the student's prompt
         prompt = sample.student_prompt[1:] if sample.student_prompt[:1] == [bos] else sample.student_prompt
         assert any(sample.teacher_prompt == head + prompt for head in heads)
+    for document, head in zip(documents, heads):  # and it is the line's own document
+        own = [s for s in stage.items if s.student_prompt + s.response == encode(tokenizer, document)]
+        assert own and all(s.teacher_prompt[:len(head)] == head for s in own)
     with torch.no_grad(), stage.trainer.teacher():  # the cached states are a plain teacher forward
         fresh = response_hidden(model, [s.teacher_prompt for s in stage.items], [s.response for s in stage.items],
                                 pad_id(tokenizer))
