@@ -74,6 +74,10 @@ class DreamingConfig:
     ``"sft"`` (next-token training on the dreams' lines and the document) or ``"distill"`` (forward
     KL to the sleep's teacher, which reads the document, at every token of the same lines: a fact
     the dream invents is corrected by the teacher's distribution instead of learnt as written).
+    Measured on SmolLM2-135M-Instruct (10 people, documents only, one seed): the gold answers'
+    log-prob per token -3.29 with ``"distill"`` against -3.91 with ``"sft"`` at x8, -4.01 against
+    -5.21 at x4 (temperature 0.3); greedy answers one question apart. The default stays ``"sft"``
+    (SEAL's) until a second seed confirms it.
     """
 
     prompts: tuple[str, ...] = (IMPLICATIONS, REWRITE, QUESTION_ANSWERS)
