@@ -61,7 +61,6 @@ class DreamingStage:
         else:
             self.trainer = NextTokenStage(context, NextTokenConfig(steps=c.steps, batch_size=c.batch_size,
                                                                    token_budget=c.token_budget, optimizer=c.optimizer))
-        self.trainer.items = self.items
 
     def _distillation_items(self, examples: list[tuple[list[int], list[int]]], documents: list[str]) -> list:
         """Replay samples of the ``(prompt, response)`` examples, each read by the teacher after its
