@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sleepcore.configuration import from_dict
-from sleepcore.lm import as_examples, encode, pad_id, response_hidden
+from sleepcore.lm import as_examples, encode, gold_logprobs, pad_id, qa_examples, qa_prompt, response_hidden
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.models import tiny_model
@@ -26,7 +26,7 @@ from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreaming import DreamingStage
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import dream_examples, dream_lines, load_generator, save_generator, write_dreams
-from sleepcore.sleep.inner_loop import answer_with_adapters
+from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
 from sleepcore.sleep.prompts import with_context
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
@@ -70,6 +70,8 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(noise_scale=0.0), ValueError, "noise_scale"),
     (dict(selection="entropy"), ValueError, "selection"),
     (dict(reward="always"), ValueError, "reward"),
+    (dict(reward_score="f1"), ValueError, "reward_score"),
+    (dict(reward_baseline="sft"), ValueError, "reward_baseline"),
     (dict(expert="old"), ValueError, "expert"),
     (dict(objective="cross_entropy"), ValueError, "objective"),
     (dict(rounds=0), ValueError, "rounds"),
@@ -259,7 +261,6 @@ def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, 
 # ---------------------------------------------------------------------- meta-training
 def _changed_answer_metric(model, tokenizer, memory):
     """A stand-in for "contains" on a random model: 1 when the answer differs from the unadapted one."""
-    from sleepcore.lm import qa_prompt
     prompts = [qa_prompt(tokenizer, q) for task in tasks() for q, _ in task.questions]
     with batched_adapters(memory, 1, rank=4) as adapters:
         base = set(answer_with_adapters(model, tokenizer, adapters, prompts, [-1] * len(prompts)))
@@ -340,3 +341,55 @@ def test_reward_rules():
     assert [[r.get("reward") for r in own] for own in best] == [[0, 1, None, 0], [0, 1]]
     with pytest.raises(ValueError, match="rule"):
         assign_rewards(records(), [0, 0], "best")
+
+
+def test_gold_logprobs_through_adapters_equal_each_adapter_alone(wrapped):
+    model, tokenizer, memory, _ = wrapped
+    pairs = [(q, gold) for task in tasks() for q, gold in task.questions]
+    examples = qa_examples(tokenizer, [qa_prompt(tokenizer, q) for q, _ in pairs], [gold for _, gold in pairs])
+    index = [-1, 0, 1, 2, 0, 2]
+    plain = gold_logprobs(model, tokenizer, examples)
+    with batched_adapters(memory, 3, rank=4, generator=torch.Generator().manual_seed(1)) as adapters:
+        with torch.no_grad():  # B starts at 0: give every adapter an effect
+            for B in adapters.B.values():
+                B.normal_(0.0, 0.3)
+        shared = gold_logprobs_with_adapters(model, tokenizer, adapters, examples, index, batch_size=4)
+        alone = [gold_logprobs_with_adapters(model, tokenizer, adapters, [example], [k])[0]
+                 for example, k in zip(examples, index)]
+        with pytest.raises(ValueError, match="adapter_index"):
+            gold_logprobs_with_adapters(model, tokenizer, adapters, examples, index[:2])
+    for got, want in zip(shared, alone):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert shared[0] == pytest.approx(plain[0], abs=1e-4)  # -1: no adapter
+    assert any(abs(a - b) > 1e-3 for got, want in zip(shared[1:], plain[1:]) for a, b in zip(got, want))
+
+
+def test_document_baseline_scores_an_adapter_trained_on_the_document(wrapped, tmp_path):
+    model, tokenizer, memory, engine = wrapped
+    scores = {}
+    for baseline in ("unadapted", "document"):
+        config = tiny_dreaming(reward_score="gold_log_prob", reward_baseline=baseline, inner_epochs=8,
+                               inner_adapters=2)
+        dreamer = Dreamer(model, tokenizer, memory, config, metric=lambda p, g: 0.0, output_dir=tmp_path / baseline,
+                          engine=engine, seed=2)
+        scores[baseline] = dreamer.base_scores(tasks())
+    prompts = [[qa_prompt(tokenizer, q) for q, _ in task.questions] for task in tasks()]
+    for task, own, score in zip(tasks(), prompts, scores["unadapted"]):
+        values = gold_logprobs(model, tokenizer, qa_examples(tokenizer, own, [gold for _, gold in task.questions]))
+        assert score == pytest.approx(sum(map(sum, values)) / sum(map(len, values)), abs=1e-4)
+    # training on the passage that states the answers raises their log-probability
+    assert all(d > u for d, u in zip(scores["document"], scores["unadapted"]))
+
+
+def test_dreamer_fit_with_the_dense_reward_against_the_document(wrapped, tmp_path):
+    _, result = _fit(wrapped, tmp_path, 1, reward_score="gold_log_prob", reward_baseline="document",
+                     reward="best_of_m")
+    (summary,) = result["rounds"]
+    assert all(score < 0 for score in result["base_scores"]) and summary["adapted_score"] < 0
+    assert summary["rewarded"] <= summary["documents"]
+    saved = json.loads((tmp_path / "round-00" / "dreams.json").read_text())
+    for own, base in zip(saved["dreams"], result["base_scores"]):
+        kept = [d for d in own if d["kept"]]
+        best = max(kept, key=lambda d: d["score"])
+        assert [d["reward"] for d in kept] == [int(d is best and d["score"] > base) for d in kept]
+

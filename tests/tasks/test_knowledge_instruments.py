@@ -11,7 +11,7 @@ import torch
 
 from sleepcore.cli import main
 from sleepcore.cli.eval import TINY_CONFIG, config_from_arguments
-from sleepcore.lm import end_of_turn, qa_prompt
+from sleepcore.lm import answer_text, end_of_turn, gold_logprobs, qa_examples, qa_prompt
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import tiny_model
 from sleepcore.rollout import Engine
@@ -23,8 +23,8 @@ from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.tasks.biographies import BiographyConfig, Question, generate_biographies
 from sleepcore.tasks.knowledge_eval import swapped_rate
 from sleepcore.tasks.knowledge_methods import documents_of, oracle_examples, wake_questions_of
-from sleepcore.tasks.knowledge_metrics import (add_derived, answer_text, compact_history, gap_closure, gold_logprobs,
-                                               logprob_scores, qa_examples, sleep_costs, teachable)
+from sleepcore.tasks.knowledge_metrics import (add_derived, compact_history, gap_closure, logprob_scores, sleep_costs,
+                                               teachable)
 from sleepcore.tasks.knowledge_report import format_table
 from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig
 from sleepcore.train import OptimizerConfig

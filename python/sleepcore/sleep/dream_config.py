@@ -24,6 +24,10 @@ QUESTION_ANSWERS = ("Write questions about the passage below, each followed by i
 
 SELECTION_SCORES = ("norm", "cosine", "random")
 REWARD_RULES = ("improves", "best_of_m")
+#: What the reward scores: the greedy answers by the task's metric, or the gold answers' log-probability.
+REWARD_SCORES = ("metric", "gold_log_prob")
+#: What a dream's adapted model must beat: the model as it is, or an adapter trained on the document alone.
+REWARD_BASELINES = ("unadapted", "document")
 EXPERTS = ("consolidated", "new")
 NOISE_RESAMPLING = ("step", "call")
 #: How the sleep-time expert learns the kept dreams: next-token training on their text, or
@@ -57,9 +61,15 @@ class DreamingConfig:
     ``inner_steps`` steps when set) at ``inner_learning_rate``; ``inner_adapters`` adapters train
     at once, in chunks of at most ``inner_max_tokens`` padded tokens.
 
-    Reward (meta-training): closed-book score of the adapted model on the document's questions,
-    against the unadapted model's: ``"improves"`` rewards every dream that beats it, ``"best_of_m"``
-    (SEAL) the best dream of each document when it beats it. ReST-EM: ``rounds`` (R) rounds, each
+    Reward (meta-training): a score of the adapted model on the document's questions, closed-book,
+    against a baseline's. ``reward_score``: ``"metric"`` (the greedy answers scored by the task's
+    metric, e.g. "contains": SEAL's) or ``"gold_log_prob"`` (the mean log-probability per token of
+    the gold answers, teacher-forced: dense, so it ranks dreams that greedy answers score alike).
+    ``reward_baseline``: ``"unadapted"`` (the model as it is: SEAL's) or ``"document"`` (a fresh
+    adapter trained the same way on the document alone, so that a dream is rewarded for what it
+    adds to reading the document; computed once per run, the generator plays no part in it).
+    ``reward``: ``"improves"`` rewards every dream that beats its baseline, ``"best_of_m"`` (SEAL)
+    the best dream of each document when it beats it. ReST-EM: ``rounds`` (R) rounds, each
     ending with ``generator_epochs`` epochs of SFT (batches of ``generator_batch_size``, at
     ``generator_learning_rate``, at most ``generator_steps`` steps) of the generator's own expert on
     (dream prompt, rewarded dream). Epochs, not a fixed step count: with one or two rewarded dreams
@@ -99,6 +109,8 @@ class DreamingConfig:
     inner_adapters: int = 16
     inner_max_tokens: int | None = 4096
     reward: str = "improves"
+    reward_score: str = "metric"
+    reward_baseline: str = "unadapted"
     rounds: int = 2
     generator_learning_rate: float = 1e-3
     generator_epochs: int = 2
@@ -142,6 +154,8 @@ class DreamingConfig:
         choice("noise_resample", self.noise_resample, NOISE_RESAMPLING)
         choice("selection", self.selection, SELECTION_SCORES)
         choice("reward", self.reward, REWARD_RULES)
+        choice("reward_score", self.reward_score, REWARD_SCORES)
+        choice("reward_baseline", self.reward_baseline, REWARD_BASELINES)
         choice("expert", self.expert, EXPERTS)
         choice("objective", self.objective, OBJECTIVES)
         instance("generator_path", self.generator_path, (str, type(None)), what="a string or None")

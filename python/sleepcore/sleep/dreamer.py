@@ -8,9 +8,11 @@ A task is a training document with its questions and gold answers
 2. **select**: gradient importance keeps ``k + b`` per document (:mod:`~sleepcore.sleep.dream_selection`);
 3. **inner loop**: one fresh adapter per kept dream, all trained at once on the dream's lines plus
    the document (:mod:`~sleepcore.sleep.inner_loop`, :class:`~sleepcore.train.batched.BatchedRuntime`);
-4. **reward**: the closed-book score (``metric(prediction, gold)``, e.g. the tasks' "contains",
-   passed in so that ``sleep`` does not import ``tasks``) of each adapted model on its document's
-   questions against the unadapted model's: ``"improves"`` or ``"best_of_m"``;
+4. **reward**: the closed-book score of each adapted model on its document's questions (the
+   greedy answers by ``metric(prediction, gold)``, e.g. the tasks' "contains", passed in so that
+   ``sleep`` does not import ``tasks``; or the gold answers' log-probability per token) against
+   the baseline's (the unadapted model, or an adapter trained on the document alone):
+   ``"improves"`` or ``"best_of_m"``;
 5. **ReST-EM**: next-token training of the generator's expert on (dream prompt, rewarded dream),
    through :class:`~sleepcore.sleep.sft.NextTokenStage` and :func:`~sleepcore.sleep.stage.run_stage`.
 
@@ -49,7 +51,7 @@ from tqdm.auto import tqdm
 
 from sleepcore.distributed import world
 from sleepcore.distributed.checkpoint import load_checkpoint, save_checkpoint
-from sleepcore.lm import as_examples, pad_id, qa_prompt
+from sleepcore.lm import as_examples, pad_id, qa_examples, qa_prompt
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.rollout import Engine
 from sleepcore.sleep.config import NextTokenConfig
@@ -57,7 +59,7 @@ from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreams import Dream, dream_examples, expert_weights, save_generator, write_dreams
-from sleepcore.sleep.inner_loop import answer_with_adapters, train_adapters
+from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters, train_adapters
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint
@@ -116,7 +118,7 @@ class Dreamer:
                 for layer in sorted(self.memory.layers):
                     self.memory.layers[layer].levels[self.level].A[self.slot].normal_(
                         0.0, self.memory.config.init_std, generator=draws)
-            history, base = [], self.base_scores(tasks)
+            history, base = [], self.base_scores(tasks, progress=progress)
         if len(base) != len(tasks):
             raise ValueError(f"the run in {self.root} has {len(base)} tasks, got {len(tasks)}")
         main = world.is_main()
@@ -154,23 +156,43 @@ class Dreamer:
         return measured
 
     # ------------------------------------------------------------------ one round's measurement
-    def base_scores(self, tasks) -> list[float]:
-        """The unadapted model's closed-book score per task (experts as they are, generator off)."""
+    def base_scores(self, tasks, *, progress: bool = False) -> list[float]:
+        """The reward's baseline score per task (``config.reward_baseline``, generator off): the
+        model as it is (``"unadapted"``) or a fresh adapter trained on the document alone
+        (``"document"``, one inner loop per chunk of ``inner_adapters`` tasks)."""
         tasks = check_tasks(tasks)
-        with batched_adapters(self.memory, 1, rank=self.config.inner_rank) as adapters:
-            return self._scores(adapters, tasks, [-1] * len(tasks))
+        if self.config.reward_baseline == "unadapted":
+            with batched_adapters(self.memory, 1, rank=self.config.inner_rank) as adapters:
+                return self._scores(adapters, tasks, [-1] * len(tasks))
+        size, scores = self.config.inner_adapters, []
+        for start in tqdm(range(0, len(tasks), size), desc="document baselines", unit="chunk",
+                          disable=not (progress and world.is_main())):
+            chunk = tasks[start:start + size]
+            examples = [dream_examples(self.tokenizer, "", task.document) for task in chunk]
+            # a negative seed: apart from every round's chunk seeds (seed * 7919 + start, seed >= 0)
+            scores += self._inner_loop(examples, chunk, seed=-(self.seed * 7919 + start + 1))
+        return scores
 
     def _scores(self, adapters, tasks, index: list[int]) -> list[float]:
+        """Per task, the closed-book score through adapter ``index[t]`` (-1: none): the mean of the
+        metric over its questions, or the mean log-probability per gold answer token."""
         prompts, rows = [], []
         for row, (task, k) in enumerate(zip(tasks, index)):
             for question, gold in task.questions:
                 prompts.append(qa_prompt(self.tokenizer, question))
                 rows.append((row, k, gold))
-        answers = answer_with_adapters(self.model, self.tokenizer, adapters, prompts, [k for _, k, _ in rows])
-        totals = [0.0] * len(tasks)
-        for (row, _, gold), prediction in zip(rows, answers):
-            totals[row] += float(self.metric(prediction, gold))
-        return [total / len(task.questions) for total, task in zip(totals, tasks)]
+        adapter_index = [k for _, k, _ in rows]
+        totals, counts = [0.0] * len(tasks), [0] * len(tasks)
+        if self.config.reward_score == "gold_log_prob":
+            examples = qa_examples(self.tokenizer, prompts, [gold for _, _, gold in rows])
+            logprobs = gold_logprobs_with_adapters(self.model, self.tokenizer, adapters, examples, adapter_index)
+            for (row, _, _), values in zip(rows, logprobs):
+                totals[row], counts[row] = totals[row] + sum(values), counts[row] + len(values)
+        else:
+            answers = answer_with_adapters(self.model, self.tokenizer, adapters, prompts, adapter_index)
+            for (row, _, gold), prediction in zip(rows, answers):
+                totals[row], counts[row] = totals[row] + float(self.metric(prediction, gold)), counts[row] + 1
+        return [total / count for total, count in zip(totals, counts)]
 
     def measure(self, tasks, base: list[float], *, seed: int, progress: bool = False, desc: str = "dreams") -> dict:
         """Generate, select, inner loop and reward with the current generator (no update): per task

@@ -1,7 +1,8 @@
 """Dreaming's inner loop (METHOD.md §4, steps 3-4): many fresh adapters, one per kept dream, trained
 at once by :class:`~sleepcore.train.batched.BatchedRuntime` (each on its dream's lines plus the
 document, a few epochs), then asked the document's questions closed-book, each through its own
-adapter, in shared greedy decodes.
+adapter, in shared greedy decodes (:func:`answer_with_adapters`), or scored on the gold answers'
+log-probability in shared teacher-forced forwards (:func:`gold_logprobs_with_adapters`).
 
 The answers are decoded with Hugging Face ``generate`` (left-padded batches, KV cache) rather than
 the rollout engine: the engine's packed batch and prefix cache assume one set of weights for
@@ -16,7 +17,7 @@ import random
 
 import torch
 
-from sleepcore.lm import ANSWER_TOKENS, encode, end_of_turn, newline_ids, pad_id
+from sleepcore.lm import ANSWER_TOKENS, encode, end_of_turn, gold_logprobs, newline_ids, pad_id
 from sleepcore.memory.batched import BatchedAdapters
 from sleepcore.rollout.prompts import eos_token_ids
 from sleepcore.train.batched import BatchedRuntime
@@ -108,3 +109,22 @@ def answer_with_adapters(model, tokenizer, adapters: BatchedAdapters, prompts: l
         adapters.set_index(None)
         model.train(training)
     return answers
+
+
+@torch.no_grad()
+def gold_logprobs_with_adapters(model, tokenizer, adapters: BatchedAdapters, examples: Examples,
+                                adapter_index: list[int], *, batch_size: int = ANSWER_BATCH) -> list[list[float]]:
+    """Per ``(prompt ids, answer ids)`` example, each answer token's log-probability (teacher-forced,
+    :func:`~sleepcore.lm.gold_logprobs`) through adapter ``adapter_index[i]`` (-1: none)."""
+    if len(adapter_index) != len(examples):
+        raise ValueError(f"adapter_index must have one entry per example ({len(examples)}), got {len(adapter_index)}")
+    device, result, training = next(model.parameters()).device, [], model.training
+    model.eval()
+    try:
+        for start in range(0, len(examples), batch_size):
+            adapters.set_index(torch.tensor(adapter_index[start:start + batch_size], device=device))
+            result += gold_logprobs(model, tokenizer, examples[start:start + batch_size], batch_size=batch_size)
+    finally:
+        adapters.set_index(None)
+        model.train(training)
+    return result

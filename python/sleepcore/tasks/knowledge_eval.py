@@ -18,9 +18,9 @@ the same occupation, to every person).
 from __future__ import annotations
 
 from sleepcore.rollout import Engine, SamplingParams
-from sleepcore.lm import ANSWER_TOKENS, newline_ids, qa_prompt
+from sleepcore.lm import ANSWER_TOKENS, gold_logprobs, newline_ids, qa_examples, qa_prompt
 from sleepcore.tasks.biographies import BiographyDataset
-from sleepcore.tasks.knowledge_metrics import gold_logprobs, logprob_scores, qa_examples
+from sleepcore.tasks.knowledge_metrics import logprob_scores
 from sleepcore.tasks.metrics import aggregate, contains_match
 
 

@@ -15,7 +15,7 @@
   phrasing (``questions[1]``) and is evaluated on the other: does a fact learned in one phrasing
   answer another (transfer)? Items are ``(qa_prompt ids, answer ids)`` with the answer tokenised
   as the model writes it after the prompt (right after a chat template's opened assistant turn,
-  else after one space; :func:`~sleepcore.tasks.knowledge_metrics.answer_text`), then the
+  else after one space; :func:`~sleepcore.lm.answer_text`), then the
   end-of-turn token (:func:`~sleepcore.lm.end_of_turn`). Without it the expert learns the answer
   but not where it ends, and greedy answers run on into the next guess ("17 August 195619 August"):
   on SmolLM2-135M (10 people) the oracle held the facts (gold answer log-probability -0.12 per
@@ -32,13 +32,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from sleepcore.lm import end_of_turn, qa_prompt
+from sleepcore.lm import end_of_turn, qa_examples, qa_prompt
 from sleepcore.sleep.config import NextTokenConfig, SleepConfig
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.tasks.biographies import BiographyDataset
-from sleepcore.tasks.knowledge_metrics import qa_examples
 
 SLEEPER_METHODS = ("sft", "gkd", "ks", "ks-lti", "ks-memory")
 #: Knowledge Seeding settings a row imposes on the suite's ``seeding`` config.

@@ -1,12 +1,12 @@
 """The knowledge suite's measurements beyond answer matching (issue 11, "instruments first").
 
-* **Gold log-probability** (:func:`gold_logprobs`, :func:`logprob_scores`): the teacher-forced
+* **Gold log-probability** (:func:`sleepcore.lm.gold_logprobs`, :func:`logprob_scores`): the teacher-forced
   log-probability of each question's gold answer after the question's prompt (closed-book for every
   row but ``in-context``, which reads its passages). Greedy answers are all or nothing; this moves
   as soon as a fact is partly learned. Reported as ``logp_token`` (the mean over all answer tokens)
   and ``logp_answer`` (the mean over answers of each answer's summed log-probability: the log of
   the probability of writing the whole answer). The answer is tokenised as the model would write
-  it after the prompt (:func:`answer_text`).
+  it after the prompt (:func:`sleepcore.lm.answer_text`).
 * **Teachable subset** (:func:`teachable`): the facts the ``in-context`` row answers correctly
   ("contains"). A consolidation method cannot move what its teacher does not know, so each row's
   contains on that subset is the fairer score of how much of the teachable knowledge it stored.
@@ -21,54 +21,14 @@
 
 from __future__ import annotations
 
-import torch
-
-from sleepcore.lm import encode, head_weight, pad_id, response_hidden
-from sleepcore.ops import fused_linear_logprobs
-
-LOGPROB_BATCH = 16
 #: Per-step fields kept from a stage's history (those a step reports; the rest are dropped).
 HISTORY_FIELDS = ("step", "epoch", "loss", "gkd", "lti", "kl_teacher", "reward", "reward_std",
                   "zero_advantage_fraction", "tokens", "forward_tokens", "seconds", "lr", "grad_norm")
 
 
-def answer_text(prompt: str, answer: str) -> str:
-    """``answer`` as the model writes it after ``prompt``: right after a prompt that ends in
-    whitespace (a chat template's opened assistant turn ends in a newline), else after one space
-    (``...\\nAnswer: Meridale College``)."""
-    return answer if not prompt or prompt[-1].isspace() else " " + answer
-
-
-def answer_ids(tokenizer, prompt: str, answer: str) -> list[int]:
-    """Token ids of :func:`answer_text` without special tokens (no BOS in the middle of a turn)."""
-    return list(tokenizer(answer_text(prompt, answer), add_special_tokens=False)["input_ids"])
-
-
-def qa_examples(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[list[int], list[int]]]:
-    """``(prompt ids, gold answer ids)`` per question: the items of the oracle rows and of the
-    gold log-probability."""
-    return [(encode(tokenizer, prompt), answer_ids(tokenizer, prompt, answer)) for prompt, answer in zip(prompts, answers)]
-
-
-@torch.no_grad()
-def gold_logprobs(model, tokenizer, examples: list[tuple[list[int], list[int]]], *,
-                  batch_size: int = LOGPROB_BATCH) -> list[list[float]]:
-    """Per example, the log-probability of each answer token given the prompt and the answer's
-    earlier tokens (one no-grad forward per batch; no ``N x V`` logits)."""
-    head, pad, result = head_weight(model), pad_id(tokenizer), []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        responses = [response for _, response in chunk]
-        hidden = response_hidden(model, [prompt for prompt, _ in chunk], responses, pad)
-        targets = torch.tensor([t for r in responses for t in r], device=hidden.device)
-        logp, _ = fused_linear_logprobs(hidden, head, targets, return_entropy=False)
-        result += [rows.tolist() for rows in logp.float().split([len(r) for r in responses])]
-    return result
-
-
 def logprob_scores(per_answer: list[list[float]]) -> dict[str, float]:
     """``logp_token`` (mean over all answer tokens) and ``logp_answer`` (mean over answers of the
-    summed log-probability) of :func:`gold_logprobs`' output."""
+    summed log-probability) of :func:`sleepcore.lm.gold_logprobs`' output."""
     tokens = sum(len(values) for values in per_answer)
     return {"logp_token": sum(map(sum, per_answer)) / max(tokens, 1),
             "logp_answer": sum(map(sum, per_answer)) / max(len(per_answer), 1)}
