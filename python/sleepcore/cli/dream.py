@@ -4,8 +4,10 @@ Meta-training tasks are the passages of generated training people with their 1-h
 gold answers (keep them apart from the people you evaluate on: another tasks.seed or range). The
 generator is one expert of a one-level memory ([generator]); each round writes dreams, selects
 them by gradient importance, trains one adapter per kept dream, rewards the dreams whose adapter
-answers the document's questions better closed-book ("contains") and fine-tunes the generator on
-them. Writes metrics.jsonl (one line per round), round-<r>/dreams.json (every dream with its
+answers the document's questions better closed-book ("contains"; or, with dreaming.reward_score =
+"gold_log_prob", gives the gold answers a higher log-probability) than the unadapted model (or,
+with dreaming.reward_baseline = "document", than an adapter trained on the document alone) and
+fine-tunes the generator on them. Writes metrics.jsonl (one line per round), round-<r>/dreams.json (every dream with its
 scores), checkpoints (an interrupted run resumes), generator.safetensors and report.json to the
 output directory. Use the generator at sleep time with [sleep.dreaming] generator_path.
 
