@@ -7,9 +7,9 @@ them by gradient importance, trains one adapter per kept dream, rewards the drea
 answers the document's questions better closed-book ("contains"; or, with dreaming.reward_score =
 "gold_log_prob", gives the gold answers a higher log-probability) than the unadapted model (or,
 with dreaming.reward_baseline = "document", than an adapter trained on the document alone) and
-fine-tunes the generator on them. Writes metrics.jsonl (one line per round), round-<r>/dreams.json (every dream with its
-scores), checkpoints (an interrupted run resumes), generator.safetensors and report.json to the
-output directory. Use the generator at sleep time with [sleep.dreaming] generator_path.
+fine-tunes the generator on them. Writes metrics.jsonl (one line per round),
+round-<r>/dreams.json (every dream with its scores), checkpoints (an interrupted run resumes),
+generator.safetensors and report.json to the output directory. Use the generator at sleep time with [sleep.dreaming] generator_path.
 
 Runs unchanged under torchrun (torchrun --nproc-per-node N -m sleepcore.cli dream train --config
 FILE.toml): each rank dreams about its block of the documents and trains its block of the inner

@@ -1,6 +1,7 @@
 """Model I/O shared by every layer above ``memory``: tokenisation and chat formatting, padded
-batches, the final hidden states that predict a response, the head, the masked next-token
-loss and the teacher-forced log-probability of gold answers. ``train``, ``sleep`` and ``tasks`` import these instead of each other."""
+batches, the final hidden states that predict a response, the head, the masked next-token loss
+and the teacher-forced log-probability of gold answers. ``train``, ``sleep`` and ``tasks`` import
+these instead of each other."""
 
 from sleepcore.lm.answers import answer_ids, answer_text, gold_logprobs, qa_examples
 from sleepcore.lm.chat import ANSWER_TOKENS, SHORT_ANSWER, chat_turn, end_of_turn, qa_prompt
