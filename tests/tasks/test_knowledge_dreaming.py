@@ -108,10 +108,13 @@ def test_the_report_shows_rewards_and_targets(run):
 
 
 def test_sleep_time_configs_of_the_rows():
-    dreaming = DreamingConfig(dreams_per_document=4, top_k=1, random_kept=1)
+    dreaming = DreamingConfig(dreams_per_document=4, top_k=1, random_kept=1, reward_score="gold_log_prob",
+                              reward_baseline="document")
     seal = row_dreaming(dreaming, "seal", "seal.safetensors")
     assert (seal.noise, seal.selection, seal.kept, seal.generator_path) == (False, "random", 4, "seal.safetensors")
-    assert row_dreaming(dreaming, "sleep", "g").kept == 2 and row_dreaming(dreaming, "sleep", "g").noise
+    assert (seal.objective, seal.reward_score, seal.reward_baseline) == ("sft", "metric", "unadapted")  # SEAL's
+    sleep = row_dreaming(dreaming, "sleep", "g")
+    assert sleep.kept == 2 and sleep.noise and (sleep.objective, sleep.reward_score) == ("distill", "gold_log_prob")
     assert row_dreaming(dreaming, "sleep-no-selection", "g").selection == "random"
     assert row_dreaming(dreaming, "sleep-no-noise", "g").noise is False
     assert row_dreaming(dreaming, "dreaming-round0", None).generator_path is None
