@@ -72,6 +72,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(reward="always"), ValueError, "reward"),
     (dict(reward_score="f1"), ValueError, "reward_score"),
     (dict(reward_baseline="sft"), ValueError, "reward_baseline"),
+    (dict(reward_margin=-0.1), ValueError, "reward_margin"),
     (dict(expert="old"), ValueError, "expert"),
     (dict(objective="cross_entropy"), ValueError, "objective"),
     (dict(rounds=0), ValueError, "rounds"),
@@ -341,6 +342,12 @@ def test_reward_rules():
     assert [[r.get("reward") for r in own] for own in best] == [[0, 1, None, 0], [0, 1]]
     with pytest.raises(ValueError, match="rule"):
         assign_rewards(records(), [0, 0], "best")
+    margin = records()  # beating the baseline by 0.5 exactly is not beating it by more than 0.5
+    assert assign_rewards(margin, [0.5, -1.0], "improves", margin=0.5) == pytest.approx(2 / 5)
+    assert [[r.get("reward") for r in own] for own in margin] == [[0, 0, None, 0], [1, 1]]
+    assert assign_rewards(records(), [0.5, 0.1], "best_of_m", margin=0.5) == 0.0
+    with pytest.raises(ValueError, match="margin"):
+        assign_rewards(records(), [0, 0], "improves", margin=-1.0)
 
 
 def test_gold_logprobs_through_adapters_equal_each_adapter_alone(wrapped):

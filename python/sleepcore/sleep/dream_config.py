@@ -68,8 +68,12 @@ class DreamingConfig:
     ``reward_baseline``: ``"unadapted"`` (the model as it is: SEAL's) or ``"document"`` (a fresh
     adapter trained the same way on the document alone, so that a dream is rewarded for what it
     adds to reading the document; computed once per run, the generator plays no part in it).
-    ``reward``: ``"improves"`` rewards every dream that beats its baseline, ``"best_of_m"`` (SEAL)
-    the best dream of each document when it beats it. ReST-EM: ``rounds`` (R) rounds, each
+    ``reward``: ``"improves"`` rewards every dream that beats its baseline by more than
+    ``reward_margin``, ``"best_of_m"`` (SEAL) the best dream of each document when it does. Measured
+    noise floor (SmolLM2-135M-Instruct, 12 training people, document-only adapters from 4 seeds):
+    a document's gold log-prob per token varies by 0.03-0.18 nats with the adapter's seed alone,
+    so with ``"gold_log_prob"`` against ``"document"`` a margin of about 0.1 keeps seed luck from
+    being rewarded. ReST-EM: ``rounds`` (R) rounds, each
     ending with ``generator_epochs`` epochs of SFT (batches of ``generator_batch_size``, at
     ``generator_learning_rate``, at most ``generator_steps`` steps) of the generator's own expert on
     (dream prompt, rewarded dream). Epochs, not a fixed step count: with one or two rewarded dreams
@@ -112,6 +116,7 @@ class DreamingConfig:
     reward: str = "improves"
     reward_score: str = "metric"
     reward_baseline: str = "unadapted"
+    reward_margin: float = 0.0
     rounds: int = 2
     generator_learning_rate: float = 1e-3
     generator_epochs: int = 2
@@ -148,6 +153,7 @@ class DreamingConfig:
             integer(name, getattr(self, name), minimum=1, optional=True)
         integer("generator_level", self.generator_level, minimum=0)
         boolean("noise", self.noise)
+        number("reward_margin", self.reward_margin, minimum=0.0)
         for name in ("noise_scale", "inner_learning_rate", "generator_learning_rate"):
             positive(name, getattr(self, name))
         positive("inner_alpha", self.inner_alpha, optional=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sleepcore.sleep.dream_config import REWARD_RULES
-from sleepcore.validation import choice, instance, text
+from sleepcore.validation import choice, instance, number, text
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,21 @@ def check_tasks(tasks) -> list[DreamTask]:
     return list(tasks)
 
 
-def assign_rewards(records: list[list[dict]], base: list[float], rule: str, done: list[dict] | None = None) -> float:
+def assign_rewards(records: list[list[dict]], base: list[float], rule: str, done: list[dict] | None = None, *,
+                   margin: float = 0.0) -> float:
     """Sets ``reward`` (0/1) on every kept dream of ``records`` (per task, dicts with ``kept`` and
     ``score``: None until its inner loop ran) by ``rule``: ``"improves"`` rewards each dream whose
-    score beats its task's ``base``; ``"best_of_m"`` only the best scored dream of each task (the first
-    of equal scores) when it beats ``base``. Returns the mean reward over ``done`` (default: all kept)."""
+    score beats its task's ``base`` by more than ``margin``; ``"best_of_m"`` only the best scored
+    dream of each task (the first of equal scores) when it does. Returns the mean reward over
+    ``done`` (default: all kept)."""
     choice("rule", rule, REWARD_RULES)
+    number("margin", margin, minimum=0.0)
     for t, own in enumerate(records):
         scored = [r for r in own if r["kept"] and r["score"] is not None]
         for r in scored:
-            r["reward"] = int(rule == "improves" and r["score"] > base[t])
+            r["reward"] = int(rule == "improves" and r["score"] > base[t] + margin)
         if rule == "best_of_m" and scored:
             best = max(scored, key=lambda r: r["score"])
-            best["reward"] = int(best["score"] > base[t])
+            best["reward"] = int(best["score"] > base[t] + margin)
     done = done if done is not None else [r for own in records for r in own if r["kept"]]
     return sum(r["reward"] for r in done) / max(1, len(done))

@@ -218,12 +218,12 @@ class Dreamer:
                 records[t][k]["score"] = score
             done += [records[t][k] for t, k in chunk]
             bar.update(len(chunk))
-            bar.set_postfix(reward=f"{assign_rewards(records, base, c.reward, done):.2f}")
+            bar.set_postfix(reward=f"{assign_rewards(records, base, c.reward, done, margin=c.reward_margin):.2f}")
         bar.close()
         for (_, chunk), own in zip(chunks, world.gather(scores)):
             for (t, k), score in zip(chunk, own):
                 records[t][k]["score"] = score
-        assign_rewards(records, base, c.reward)
+        assign_rewards(records, base, c.reward, margin=c.reward_margin)
         scored = [records[t][k] for t, k in kept]
         best = [max(r["score"] for r in own if r["kept"]) for own in records]
         summary = {"documents": len(tasks), "dreams": sum(map(len, records)), "kept": len(kept),
