@@ -27,7 +27,7 @@ from sleepcore.sleep.dreaming import DreamingStage
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import dream_examples, dream_lines, load_generator, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
-from sleepcore.sleep.prompts import with_context
+from sleepcore.sleep.prompts import after_context, with_context
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -376,7 +376,7 @@ def test_document_baseline_scores_an_adapter_trained_on_the_document(wrapped, tm
     scores = {}
     for baseline in ("unadapted", "document"):
         config = tiny_dreaming(reward_score="gold_log_prob", reward_baseline=baseline, inner_epochs=8,
-                               inner_adapters=2)
+                               inner_adapters=2, objective="sft")
         dreamer = Dreamer(model, tokenizer, memory, config, metric=lambda p, g: 0.0, output_dir=tmp_path / baseline,
                           engine=engine, seed=2)
         scores[baseline] = dreamer.base_scores(tasks())
@@ -399,4 +399,32 @@ def test_dreamer_fit_with_the_dense_reward_against_the_document(wrapped, tmp_pat
         kept = [d for d in own if d["kept"]]
         best = max(kept, key=lambda d: d["score"])
         assert [d["reward"] for d in kept] == [int(d is best and d["score"] > base) for d in kept]
+
+
+@pytest.mark.parametrize("objective", ["sft", "distill"])
+def test_the_inner_loop_learns_dreams_as_the_sleep_does(wrapped, tmp_path, monkeypatch, objective):
+    model, tokenizer, memory, engine = wrapped
+    calls = []
+    real = BatchedRuntime.next_token_loss
+
+    def spy(self, examples, pad, **kwargs):
+        calls.append((examples, kwargs.get("teacher_prompt")))
+        return real(self, examples, pad, **kwargs)
+
+    monkeypatch.setattr(BatchedRuntime, "next_token_loss", spy)
+    config = tiny_dreaming(objective=objective, inner_epochs=1, inner_adapters=2)
+    dreamer = Dreamer(model, tokenizer, memory, config, metric=lambda p, g: 0.0, output_dir=tmp_path, engine=engine)
+    chosen = tasks(2)
+    examples = [dream_examples(tokenizer, f"Line one about {k}.\nLine two.", task.document) for k, task in enumerate(chosen)]
+    dreamer._inner_loop(examples, chosen, seed=0)
+    assert calls
+    for batch, teacher_prompt in calls:
+        if objective == "sft":
+            assert teacher_prompt is None
+            continue
+        for k, own in enumerate(batch):  # each adapter's teacher reads its own task's document first
+            context = encode(tokenizer, with_context(chosen[k].document, ""))
+            for prompt, _ in own:
+                assert teacher_prompt(k, prompt) == after_context(context, prompt, tokenizer.bos_token_id)
+    assert after_context([7, 8], [1, 5], 1) == [7, 8, 5] and after_context([7], [5], None) == [7, 5]
 

@@ -123,3 +123,55 @@ def test_reset_and_state_round_trip(seed):
             runtime.next_token_loss(data[0][:1], PAD)
         with pytest.raises(ValueError, match="no response token"):
             runtime.next_token_loss([[], []], PAD)
+
+
+def _reference_kl(model, batched, examples, teacher_prompt, counts):
+    """Plain fp32 PyTorch: per adapter, the summed forward KL(teacher || student) of the next-token
+    distributions at its response tokens over ``counts[k]``; one sequence at a time, full logits."""
+    terms = []
+    for k, batch in enumerate(examples):
+        total = torch.zeros(())
+        for prompt, response in batch:
+            teacher_ids = teacher_prompt(k, prompt) + response
+            batched.set_index(torch.tensor([-1]))
+            with torch.no_grad():
+                teacher = model(torch.tensor([teacher_ids])).logits[0, len(teacher_ids) - len(response) - 1:-1]
+            batched.set_index(torch.tensor([k]))
+            student = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1:-1]
+            t, s = teacher.float().log_softmax(-1), student.float().log_softmax(-1)
+            total = total + (t.exp() * (t - s)).sum()
+        terms.append(total / counts[k] if counts[k] else total)
+    batched.set_index(None)
+    return torch.stack(terms)
+
+
+def test_distillation_loss_equals_a_plain_reference(seed):
+    model = tiny_model("llama")
+    memory = ContinuumMemory.wrap(model, CONFIG)
+    data = _data(seed, adapters=3, steps=2)[1]  # adapter 2 has no example here
+    rng = random.Random(seed)
+    prefixes = [[rng.randrange(3, 131) for _ in range(rng.randint(1, 6))] for _ in range(3)]
+    seen = []
+
+    def teacher_prompt(k, prompt):  # the adapter's own context, then the prompt
+        seen.append(k)
+        return prefixes[k] + prompt
+
+    with batched_adapters(memory, 3, generator=torch.Generator().manual_seed(seed)) as batched:
+        with torch.no_grad():
+            for B in batched.B.values():
+                B.normal_(0.0, 0.2)
+        runtime = BatchedRuntime(model, batched, OptimizerConfig(compute_dtype="float32"))
+        counts = [sum(len(r) for _, r in batch) for batch in data]
+        loss, per_adapter = runtime.next_token_loss(data, PAD, teacher_prompt=teacher_prompt)
+        assert sorted(seen) == sorted(k for k, batch in enumerate(data) for _ in batch)
+        got = torch.autograd.grad(loss, batched.parameters())
+        reference = _reference_kl(model, batched, data, teacher_prompt, counts)
+        want = torch.autograd.grad(reference.sum(), batched.parameters(), allow_unused=True)
+        torch.testing.assert_close(per_adapter, reference.detach(), rtol=1e-4, atol=1e-5)
+        assert per_adapter[2] == 0 and bool(per_adapter[:2].gt(0).all())
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, torch.zeros_like(g) if w is None else w, rtol=1e-3, atol=1e-5)
+        # the same tokens without a teacher are next-token NLL: a different loss
+        nll, _ = runtime.next_token_loss(data, PAD)
+        assert not torch.isclose(nll.detach(), loss.detach())

@@ -7,7 +7,9 @@ A task is a training document with its questions and gold answers
    noise writes ``m`` dreams per document (:func:`~sleepcore.sleep.dreams.write_dreams`);
 2. **select**: gradient importance keeps ``k + b`` per document (:mod:`~sleepcore.sleep.dream_selection`);
 3. **inner loop**: one fresh adapter per kept dream, all trained at once on the dream's lines plus
-   the document (:mod:`~sleepcore.sleep.inner_loop`, :class:`~sleepcore.train.batched.BatchedRuntime`);
+   the document (:mod:`~sleepcore.sleep.inner_loop`, :class:`~sleepcore.train.batched.BatchedRuntime`)
+   the way the sleep learns dreams (``objective``): next-token training (SEAL's), or forward KL to
+   the model reading the document first;
 4. **reward**: the closed-book score of each adapted model on its document's questions (the
    greedy answers by ``metric(prediction, gold)``, e.g. the tasks' "contains", passed in so that
    ``sleep`` does not import ``tasks``; or the gold answers' log-probability per token) against
@@ -51,7 +53,7 @@ from tqdm.auto import tqdm
 
 from sleepcore.distributed import world
 from sleepcore.distributed.checkpoint import load_checkpoint, save_checkpoint
-from sleepcore.lm import as_examples, pad_id, qa_examples, qa_prompt
+from sleepcore.lm import as_examples, encode, pad_id, qa_examples, qa_prompt
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.rollout import Engine
 from sleepcore.sleep.config import NextTokenConfig
@@ -60,6 +62,7 @@ from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreams import Dream, dream_examples, expert_weights, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters, train_adapters
+from sleepcore.sleep.prompts import after_context, with_context
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint
@@ -265,13 +268,22 @@ class Dreamer:
         return dreams
 
     def _inner_loop(self, examples, tasks, *, seed: int) -> list[float]:
+        """Adapter k trained on ``examples[k]`` as the sleep will learn a dream (``config.objective``:
+        next-token training, or forward KL to the model reading ``tasks[k]``'s document first), then
+        scored on ``tasks[k]``."""
         c = self.config
         optimizer = OptimizerConfig(learning_rate=c.inner_learning_rate, compute_dtype=c.optimizer.compute_dtype)
+        teacher_prompt = None
+        if c.objective == "distill":
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            contexts = [encode(self.tokenizer, with_context(task.document, "")) for task in tasks]
+            teacher_prompt = lambda k, prompt: after_context(contexts[k], prompt, bos)  # noqa: E731
         with batched_adapters(self.memory, len(examples), rank=c.inner_rank, alpha=c.inner_alpha,
                               generator=torch.Generator().manual_seed(seed)) as adapters:
             runtime = BatchedRuntime(self.model, adapters, optimizer)
             train_adapters(runtime, examples, self.pad, epochs=c.inner_epochs, batch_size=c.inner_batch_size,
-                           max_steps=c.inner_steps, max_tokens=c.inner_max_tokens, seed=seed)
+                           max_steps=c.inner_steps, max_tokens=c.inner_max_tokens, seed=seed,
+                           teacher_prompt=teacher_prompt)
             return self._scores(adapters, tasks, list(range(len(tasks))))
 
     # ------------------------------------------------------------------ ReST-EM

@@ -24,7 +24,7 @@ from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dreams import dream_examples, generator_expert, load_generator, write_dreams
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
-from sleepcore.sleep.prompts import with_context
+from sleepcore.sleep.prompts import after_context, with_context
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -68,7 +68,7 @@ class DreamingStage:
         tokenizer = self.context.tokenizer
         bos = getattr(tokenizer, "bos_token_id", None)
         contexts = {document: encode(tokenizer, with_context(document, "")) for document in set(documents)}
-        samples = [ReplaySample(prompt, contexts[document] + (prompt[1:] if prompt[:1] == [bos] else prompt), response)
+        samples = [ReplaySample(prompt, after_context(contexts[document], prompt, bos), response)
                    for (prompt, response), document in zip(examples, documents)]
         return self.trainer.cache_teacher(samples)
 

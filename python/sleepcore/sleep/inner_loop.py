@@ -20,7 +20,7 @@ import torch
 from sleepcore.lm import ANSWER_TOKENS, encode, end_of_turn, gold_logprobs, newline_ids, pad_id
 from sleepcore.memory.batched import BatchedAdapters
 from sleepcore.rollout.prompts import eos_token_ids
-from sleepcore.train.batched import BatchedRuntime
+from sleepcore.train.batched import BatchedRuntime, TeacherPrompt
 
 ANSWER_BATCH = 64
 
@@ -46,17 +46,19 @@ def epoch_batches(examples: list[Examples], *, epochs: int, batch_size: int, max
 
 def train_adapters(runtime: BatchedRuntime, examples: list[Examples], pad: int, *, epochs: int, batch_size: int,
                    max_steps: int | None = None, max_tokens: int | None = None, seed: int = 0,
-                   on_step=None) -> list[float]:
+                   on_step=None, teacher_prompt: TeacherPrompt | None = None) -> list[float]:
     """Trains adapter ``k`` of ``runtime`` on ``examples[k]`` (:func:`epoch_batches`), every adapter in
-    each shared step. Returns each adapter's mean loss over its last step (nan if it never stepped).
-    ``on_step(step, steps)`` is called after each step (progress)."""
+    each shared step, by next-token NLL or, with ``teacher_prompt``, by forward KL to the teacher
+    (:meth:`~sleepcore.train.batched.BatchedRuntime.next_token_loss`). Returns each adapter's mean
+    loss over its last step (nan if it never stepped). ``on_step(step, steps)`` is called after
+    each step (progress)."""
     plan = epoch_batches(examples, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
                          rng=random.Random(f"inner/{seed}"))
     last = [float("nan")] * len(examples)
     for step, batch in enumerate(plan):
         if not any(batch):
             continue
-        losses, _ = runtime.train_step(batch, pad, max_tokens=max_tokens)
+        losses, _ = runtime.train_step(batch, pad, max_tokens=max_tokens, teacher_prompt=teacher_prompt)
         for k, own in enumerate(batch):
             if own:
                 last[k] = float(losses[k])

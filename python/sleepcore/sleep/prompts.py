@@ -89,6 +89,12 @@ def with_context(document: str, prompt: str) -> str:
     return f"{document}\n\n{prompt}"
 
 
+def after_context(context_ids: list[int], prompt_ids: list[int], bos_id: int | None) -> list[int]:
+    """Token ids of a prompt read after a context (``encode(with_context(document, ""))``): the
+    context's ids, then the prompt's without its leading BOS (one BOS per sequence)."""
+    return context_ids + (prompt_ids[1:] if bos_id is not None and prompt_ids[:1] == [bos_id] else prompt_ids)
+
+
 def continuation_prompts(documents: list[str], rng: random.Random, per_document: int) -> list[ReplayPrompt]:
     prompts = []
     for index, document in enumerate(documents):

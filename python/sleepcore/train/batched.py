@@ -18,18 +18,25 @@ run would not have seen the batch).
 
 :meth:`BatchedRuntime.train_step` is the whole step: the adapters' examples sorted by length and
 cut into chunks (several adapters per forward, little padding), backward per chunk, then the step.
+The loss is next-token NLL, or forward KL to a teacher (the model without adapters reading another
+prompt, e.g. the adapter's document first): Dreaming's inner loop learns a dream either way.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from sleepcore.lm import head_weight, response_hidden
 from sleepcore.memory.batched import BatchedAdapters
-from sleepcore.ops import fused_linear_logprobs
+from sleepcore.ops import fused_linear_jsd, fused_linear_logprobs
 from sleepcore.train.config import OptimizerConfig
 from sleepcore.train.runtime import LocalRuntime
 from sleepcore.validation import instance, integer
+
+#: ``teacher_prompt(adapter, prompt ids) -> teacher prompt ids``: what the teacher reads instead of the prompt.
+TeacherPrompt = Callable[[int, list[int]], list[int]]
 
 
 class BatchedRuntime:
@@ -63,8 +70,10 @@ class BatchedRuntime:
         self.runtimes[k] = self._runtime(k)
 
     def train_step(self, examples: list[list[tuple[list[int], list[int]]]], pad_id: int, *,
-                   max_tokens: int | None = None) -> tuple[torch.Tensor, list[dict | None]]:
-        """One optimiser step of every adapter with tokens in ``examples`` (as in :meth:`next_token_loss`).
+                   max_tokens: int | None = None, teacher_prompt: TeacherPrompt | None = None
+                   ) -> tuple[torch.Tensor, list[dict | None]]:
+        """One optimiser step of every adapter with tokens in ``examples`` (as in :meth:`next_token_loss`,
+        which ``teacher_prompt`` is passed to).
 
         The examples of all adapters are sorted by length and cut into chunks of at most
         ``max_tokens`` padded tokens (None: one chunk), each one forward and backward over several
@@ -76,7 +85,7 @@ class BatchedRuntime:
         counts = self._counts(examples)
         per_adapter = 0
         for chunk in _length_chunks(examples, max_tokens):
-            loss, part = self.next_token_loss(chunk, pad_id, counts=counts)
+            loss, part = self.next_token_loss(chunk, pad_id, counts=counts, teacher_prompt=teacher_prompt)
             self.backward(loss)
             per_adapter = per_adapter + part
         self.stepping = [k for k, count in enumerate(counts) if count]
@@ -92,27 +101,43 @@ class BatchedRuntime:
         return counts
 
     def next_token_loss(self, examples: list[list[tuple[list[int], list[int]]]], pad_id: int, *,
-                        counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        counts: list[int] | None = None, teacher_prompt: TeacherPrompt | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward over every adapter's ``(prompt ids, response ids)`` examples (``examples[k]``,
         possibly empty). Returns ``(loss, per_adapter)``: the differentiable sum over adapters of each
-        adapter's summed response-token NLL over its token count (``counts[k]``, default its own
+        adapter's summed response-token loss over its token count (``counts[k]``, default its own
         count: the mean), and those K terms (float32 ``[K]``, detached; 0 where an adapter has no
-        token). Adapters with tokens are the ones :meth:`step` steps next."""
+        token). Adapters with tokens are the ones :meth:`step` steps next.
+
+        A token's loss is its NLL, or with ``teacher_prompt`` the forward KL(teacher || student) of
+        the next-token distributions, the teacher being the model without any adapter reading
+        ``teacher_prompt(k, prompt ids)`` instead of the prompt (e.g. a document before it; one
+        no-grad forward more per call)."""
         own = self._counts(examples)
         counts = own if counts is None else counts
         pairs = [(example, k) for k, batch in enumerate(examples) for example in batch]
-        device = self.runtimes[0].device
-        self.adapters.set_index(torch.tensor([k for _, k in pairs], device=device))
+        device, forward, head = self.runtimes[0].device, self.runtimes[0].forward, head_weight(self.model)
         prompts, responses = [p for (p, _), _ in pairs], [r for (_, r), _ in pairs]
-        hidden = response_hidden(self.model, prompts, responses, pad_id, forward=self.runtimes[0].forward)
-        targets = torch.tensor([t for r in responses for t in r], device=device)
+        teacher = None
+        if teacher_prompt is not None:
+            with torch.no_grad():
+                self.adapters.set_index(torch.full((len(pairs),), -1, device=device))
+                teacher = response_hidden(self.model, [teacher_prompt(k, p) for (p, _), k in pairs], responses,
+                                          pad_id, forward=forward)
+        self.adapters.set_index(torch.tensor([k for _, k in pairs], device=device))
+        hidden = response_hidden(self.model, prompts, responses, pad_id, forward=forward)
         token_adapter = torch.tensor([k for (_, r), k in pairs for _ in r], device=device)
-        logp, _ = fused_linear_logprobs(hidden, head_weight(self.model), targets, return_entropy=False)
+        if teacher is None:
+            targets = torch.tensor([t for r in responses for t in r], device=device)
+            logp, _ = fused_linear_logprobs(hidden, head, targets, return_entropy=False)
+            token_loss = -logp
+        else:
+            token_loss = fused_linear_jsd(hidden, head, teacher, head, beta=0.0, reduction="none")
         inverse = torch.tensor([1.0 / c if c else 0.0 for c in counts], device=device)
-        nll = -logp * inverse[token_adapter]
+        loss = token_loss * inverse[token_adapter]
         self.stepping = [k for k, count in enumerate(own) if count]
-        per_adapter = torch.zeros(len(counts), device=device).index_add_(0, token_adapter, nll.detach())
-        return nll.sum(), per_adapter
+        per_adapter = torch.zeros(len(counts), device=device).index_add_(0, token_adapter, loss.detach().float())
+        return loss.sum(), per_adapter
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
