@@ -175,3 +175,5 @@ def test_distillation_loss_equals_a_plain_reference(seed):
         # the same tokens without a teacher are next-token NLL: a different loss
         nll, _ = runtime.next_token_loss(data, PAD)
         assert not torch.isclose(nll.detach(), loss.detach())
+        with pytest.raises(TypeError, match="teacher_prompt"):
+            runtime.next_token_loss(data, PAD, teacher_prompt=prefixes)

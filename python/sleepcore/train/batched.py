@@ -115,6 +115,9 @@ class BatchedRuntime:
         no-grad forward more per call)."""
         own = self._counts(examples)
         counts = own if counts is None else counts
+        if teacher_prompt is not None and not callable(teacher_prompt):
+            raise TypeError(f"teacher_prompt must be callable (adapter, prompt ids) -> ids or None, got "
+                            f"{type(teacher_prompt).__name__}")
         pairs = [(example, k) for k, batch in enumerate(examples) for example in batch]
         device, forward, head = self.runtimes[0].device, self.runtimes[0].forward, head_weight(self.model)
         prompts, responses = [p for (p, _), _ in pairs], [r for (_, r), _ in pairs]
