@@ -9,9 +9,11 @@ person under ``--seeds`` seeds (``Dreamer.base_scores``, the meta-training's own
 reports, per document, the spread (max - min) of its score across seeds, next to the unadapted
 model's score. A reward margin (``DreamingConfig.reward_margin``) below that spread rewards seed luck.
 
-    python bench/dream_reward_noise_probe.py OUT.json [--people 12] [--seeds 4]
+    python bench/dream_reward_noise_probe.py OUT.json [--people 12] [--seeds 4] [--objective distill]
 
-The dreaming settings are those of the issue-12 runs (4 dreams, inner lr 1e-2, rank 16, 3 epochs).
+The dreaming settings are those of the issue-12 runs (4 dreams, inner lr 1e-2, rank 16, 3 epochs);
+``--objective`` is how the inner loop learns (``sft``: next-token training on the document;
+``distill``: forward KL to the model reading the document first, the default).
 """
 
 import argparse
@@ -33,13 +35,15 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=12, help="training people (biographies seed 1000)")
     parser.add_argument("--seeds", type=int, default=4, help="baseline seeds per document")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="a packaged name, a local folder or 'tiny'")
+    parser.add_argument("--objective", default="distill", choices=("sft", "distill"), help="the inner loop's objective")
     args = parser.parse_args()
     started = time.perf_counter()
     tasks, corpus = dream_tasks(TaskSource(seed=1000, people=args.people))
     model, tokenizer = load_model_or_tiny(args.model, corpus)
     memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=16, slots=1),)))
     config = DreamingConfig(dreams_per_document=4, top_k=2, random_kept=1, max_new_tokens=128,
-                            inner_learning_rate=1e-2, reward_score="gold_log_prob", reward_baseline="document")
+                            inner_learning_rate=1e-2, reward_score="gold_log_prob", reward_baseline="document",
+                            objective=args.objective)
 
     def baselines(dreaming: DreamingConfig, seed: int) -> list[float]:
         return Dreamer(model, tokenizer, memory, dreaming, metric=contains_match, output_dir=f"{args.output}.runs",
@@ -48,7 +52,7 @@ def main() -> None:
     document = {seed: baselines(config, seed) for seed in range(args.seeds)}
     unadapted = baselines(dataclasses.replace(config, reward_baseline="unadapted"), 0)
     spread = [max(document[s][t] for s in document) - min(document[s][t] for s in document) for t in range(len(tasks))]
-    report = {"people": args.people, "seeds": args.seeds, "document": document, "unadapted": unadapted,
+    report = {"people": args.people, "seeds": args.seeds, "objective": args.objective, "document": document, "unadapted": unadapted,
               "spread": spread, "seconds": time.perf_counter() - started}
     for t, value in enumerate(spread):
         mean = sum(document[s][t] for s in document) / args.seeds
