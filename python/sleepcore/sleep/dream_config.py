@@ -71,9 +71,9 @@ class DreamingConfig:
     ``reward``: ``"improves"`` rewards every dream that beats its baseline by more than
     ``reward_margin``, ``"best_of_m"`` (SEAL) the best dream of each document when it does. Measured
     noise floor (SmolLM2-135M-Instruct, 12 training people, document-only adapters from 4 seeds):
-    a document's gold log-prob per token varies by 0.03-0.18 nats with the adapter's seed alone,
-    so with ``"gold_log_prob"`` against ``"document"`` a margin of about 0.1 keeps seed luck from
-    being rewarded. ReST-EM: ``rounds`` (R) rounds, each
+    a document's gold log-prob per token varies by 0.03-0.18 nats (``objective = "sft"``) or
+    0.02-0.14 (``"distill"``) with the adapter's seed alone, so with ``"gold_log_prob"`` against
+    ``"document"`` a margin of 0.1-0.15 keeps most seed luck from being rewarded. ReST-EM: ``rounds`` (R) rounds, each
     ending with ``generator_epochs`` epochs of SFT (batches of ``generator_batch_size``, at
     ``generator_learning_rate``, at most ``generator_steps`` steps) of the generator's own expert on
     (dream prompt, rewarded dream). Epochs, not a fixed step count: with one or two rewarded dreams
