@@ -5,6 +5,7 @@ result and writes its metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -18,16 +19,17 @@ from sleepcore.lm import as_examples, encode, gold_logprobs, pad_id, qa_examples
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.models import tiny_model
-from sleepcore.rollout import Engine
+from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreaming import DreamingStage
 from sleepcore.sleep.dreamer import Dreamer
-from sleepcore.sleep.dreams import dream_examples, dream_lines, load_generator, save_generator, write_dreams
+from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
+                                    load_generator, save_generator, write_dreams)
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
-from sleepcore.sleep.prompts import after_context, with_context
+from sleepcore.sleep.prompts import after_context, after_document, with_context
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -75,6 +77,10 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(reward_margin=-0.1), ValueError, "reward_margin"),
     (dict(expert="old"), ValueError, "expert"),
     (dict(objective="cross_entropy"), ValueError, "objective"),
+    (dict(answers="model"), ValueError, "answers"),
+    (dict(answers="teacher", objective="sft"), ValueError, "answers"),
+    (dict(answer_temperature=-0.5), ValueError, "answer_temperature"),
+    (dict(answer_max_tokens=0), ValueError, "answer_max_tokens"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -111,6 +117,54 @@ def test_a_dream_is_split_into_lines_with_the_document_last(wrapped):
     examples = dream_examples(tokenizer, "First line here.\nSecond line here.", "The document.")
     decoded = [tokenizer.decode(p + r) for p, r in examples]
     assert decoded == ["First line here.", "Second line here.", "The document."]
+
+
+QUESTION_DREAMS = ("Where was {name} born? In a city.\nWhat does {name} do?\n{name} likes tea.\nWhy?",
+                   "{name} works hard.\nWhich company employs {name}? None.")
+
+
+def question_dreams(documents: list[str]) -> list[list[Dream]]:
+    """Two dreams per document with questions in them (a random tiny model writes none)."""
+    return [[Dream(index, k, [1], [1], text.format(name=person.name)) for k, text in enumerate(QUESTION_DREAMS)]
+            for index, (_, person) in enumerate(zip(documents, DATASET.people))]
+
+
+def test_a_dream_s_questions_are_its_lines_cut_after_the_question_mark():
+    text = "1. Where was Ada born? In Lyon.\nAda likes tea.\n- Who? Ada.\nWhere was Ada born? Lyon again."
+    assert dream_questions(text) == ["Where was Ada born?"]  # "Who?" is too short; the repeat is dropped
+    assert dream_questions("No question here.") == []
+
+
+@pytest.mark.parametrize("answers", ["dream", "teacher"])
+def test_the_teacher_answers_a_dream_s_questions_after_reading_its_document(wrapped, answers):
+    model, tokenizer, memory, engine = wrapped
+    documents = DATASET.passages[:2]
+    dreams = question_dreams(documents)
+    entered = []
+
+    @contextlib.contextmanager
+    def teacher():
+        entered.append(True)
+        yield
+
+    config = tiny_dreaming(answers=answers, answer_max_tokens=6)
+    examples = answered_examples(engine, tokenizer, dreams, documents, config, teacher=teacher, seed=5)
+    if answers == "dream":
+        assert examples == [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams]
+        assert not entered
+        return
+    assert entered == [True]  # one engine call, under the teacher
+    params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=6, seed=5)
+    for own, owned, document in zip(dreams, examples, documents):
+        read = after_document(tokenizer, document)
+        for dream, got in zip(own, owned):
+            questions = dream_questions(dream.text)
+            prompts = [encode(tokenizer, qa_prompt(tokenizer, q)) for q in questions]
+            alone = engine.generate([read(p) for p in prompts], params, progress=False)  # a prompt's own seed
+            asked = [(p, list(o.completions[0].token_ids)) for p, o in zip(prompts, alone)]
+            statements = [line for line in dream_lines(dream.text) if "?" not in line]
+            want = [(p, r) for p, r in asked if len(r) >= 2] + as_examples(tokenizer, statements)
+            assert got == want and len(got) >= len(statements) + 1
 
 
 # ---------------------------------------------------------------------- writing and selection
@@ -235,6 +289,32 @@ def test_distilled_dreams_are_read_by_the_teacher_after_their_document(wrapped):
     assert stage.trainer.replay_kl(batch) != want  # and the step moved the expert
 
 
+def test_the_stage_learns_the_teacher_s_answers_to_its_dreams_questions(wrapped, monkeypatch):
+    model, tokenizer, memory, engine = wrapped
+    import sleepcore.sleep.dreaming as dreaming_module
+    documents = DATASET.passages[:2]
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    teachers, real = [], dreaming_module.answered_examples
+
+    def spy(*args, teacher, **kwargs):
+        teachers.append(teacher)
+        return real(*args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(dreaming_module, "answered_examples", spy)
+    context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+    stage = DreamingStage(context, tiny_dreaming(answers="teacher", top_k=1, random_kept=1, dreams_per_document=2))
+    stage.prepare(documents, progress=False)
+    assert teachers == [stage.trainer.teacher]  # the distilled teacher (the trained expert off) answers
+    asked = {tuple(encode(tokenizer, qa_prompt(tokenizer, q))): index for index, own in enumerate(question_dreams(documents))
+             for dream in own for q in dream_questions(dream.text)}
+    answered = [s for s in stage.items if tuple(s.student_prompt) in asked]
+    assert len(answered) >= 2  # the questions, asked closed-book, with the teacher's answers ...
+    for sample in answered:  # ... which the teacher reads after its own document
+        read = after_document(tokenizer, documents[asked[tuple(sample.student_prompt)]])
+        assert sample.teacher_prompt == read(sample.student_prompt) and len(sample.response) >= 2
+
+
 def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, monkeypatch):
     sleeper = make_sleeper(seeding(), stages=("dreaming",), dreaming=tiny_dreaming())
     weights = {layer: (torch.randn(8, 64) * 0.1, torch.randn(64, 8) * 0.1) for layer in sleeper.memory.layers}
@@ -326,6 +406,21 @@ def test_dreamer_resumes_to_the_same_result(tmp_path, monkeypatch):
     strip = lambda rounds: [{k: v for k, v in r.items() if k != "seconds"} for r in rounds]  # noqa: E731
     assert strip(again["rounds"]) == strip(result["rounds"])
     assert torch.equal(_weights(resumed.memory, resumed.slot), _weights(straight.memory, straight.slot))
+
+
+def test_dreamer_fit_with_the_teacher_answering_the_dreams_questions(wrapped, tmp_path, monkeypatch):
+    import sleepcore.sleep.dreamer as dreamer_module
+    monkeypatch.setattr(dreamer_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    _, tokenizer, _, _ = wrapped
+    _, result = _fit(wrapped, tmp_path, 1, answers="teacher", dreams_per_document=2, top_k=1, random_kept=1)
+    assert result["rounds"][0]["kept"] == 6
+    saved = json.loads((tmp_path / "round-00" / "dreams.json").read_text())
+    for own in saved["dreams"]:
+        for record in own:
+            asked = [encode(tokenizer, qa_prompt(tokenizer, q)) for q in dream_questions(record["text"])]
+            trained = [prompt for prompt, _ in record["examples"]]  # its questions first, asked closed-book
+            assert trained[:len(asked)] == asked
 
 
 def test_reward_rules():

@@ -109,12 +109,14 @@ def test_the_report_shows_rewards_and_targets(run):
 
 def test_sleep_time_configs_of_the_rows():
     dreaming = DreamingConfig(dreams_per_document=4, top_k=1, random_kept=1, reward_score="gold_log_prob",
-                              reward_baseline="document")
+                              reward_baseline="document", answers="teacher")
     seal = row_dreaming(dreaming, "seal", "seal.safetensors")
     assert (seal.noise, seal.selection, seal.kept, seal.generator_path) == (False, "random", 4, "seal.safetensors")
-    assert (seal.objective, seal.reward_score, seal.reward_baseline) == ("sft", "metric", "unadapted")  # SEAL's
+    assert (seal.answers, seal.objective, seal.reward_score, seal.reward_baseline) == ("dream", "sft", "metric",
+                                                                                       "unadapted")  # SEAL's
     sleep = row_dreaming(dreaming, "sleep", "g")
-    assert sleep.kept == 2 and sleep.noise and (sleep.objective, sleep.reward_score) == ("distill", "gold_log_prob")
+    assert sleep.kept == 2 and sleep.noise and (sleep.objective, sleep.reward_score, sleep.answers) == (
+        "distill", "gold_log_prob", "teacher")
     assert row_dreaming(dreaming, "sleep-no-selection", "g").selection == "random"
     assert row_dreaming(dreaming, "sleep-no-noise", "g").noise is False
     assert row_dreaming(dreaming, "dreaming-round0", None).generator_path is None

@@ -21,6 +21,14 @@ REWRITE = ("Rewrite the passage below in your own words, one fact per line. Each
            "that names the person or thing it is about.\n\n" + DOCUMENT)
 QUESTION_ANSWERS = ("Write questions about the passage below, each followed by its answer on the same line, "
                     "in the form 'Question? Answer.' Name the person in every question.\n\n" + DOCUMENT)
+#: Questions only, after a worked example about no document (for ``answers = "teacher"``: the
+#: teacher answers them with the document in context). Zero-shot, SmolLM2-135M-Instruct's question
+#: dreams are mostly not questions; with the example most lines are.
+QUESTIONS = ("Write questions that the passage below answers, one per line. Each question names the person or "
+             "thing it asks about.\n\nExample passage: Marie Curie was born in Warsaw in 1867. She studied physics "
+             "in Paris and worked at the Radium Institute.\nExample questions:\nWhere was Marie Curie born?\n"
+             "When was Marie Curie born?\nWhat did Marie Curie study?\nWhere did Marie Curie work?\n\n"
+             "Passage: " + DOCUMENT + "\nQuestions:")
 
 SELECTION_SCORES = ("norm", "cosine", "random")
 REWARD_RULES = ("improves", "best_of_m")
@@ -33,6 +41,9 @@ NOISE_RESAMPLING = ("step", "call")
 #: How the sleep-time expert learns the kept dreams: next-token training on their text, or
 #: distillation of the in-context teacher (the document in its context) along their text.
 OBJECTIVES = ("sft", "distill")
+#: Who answers a dream's questions: the dream itself (its lines learnt as written), or the teacher
+#: reading the document (each question asked closed-book, with the teacher's answer: self-study).
+ANSWERS = ("dream", "teacher")
 
 
 @dataclass
@@ -50,6 +61,15 @@ class DreamingConfig:
     (dreams identical token for token to those without noise), 2: 0.005, 3: 0.02, 4: 0.065,
     5: 0.14, 10: 5.0 (gibberish). The default 4 is a perturbation a sampler notices; its effect
     on the reward is not measured yet.
+
+    Answers: with ``answers = "dream"`` a dream's lines are learnt as written. With ``"teacher"``
+    each line holding a question mark is cut after it into a question, asked closed-book in the
+    question-answer format (:func:`~sleepcore.lm.qa_prompt`), and the example's response is the
+    teacher's answer: the model without the expert being trained (at sleep time) or without any
+    adapter (meta-training) reads the document, then the question, and samples at
+    ``answer_temperature``, at most ``answer_max_tokens`` tokens. The dream supplies the
+    questions, the teacher the answers (Cartridges' self-study); lines without a question stay as
+    written. It needs ``objective = "distill"`` (the teacher that answers is the one distilled).
 
     Selection: each dream's SFT-loss gradient on a fresh inner-loop adapter, scalarised by
     ``selection``: ``"norm"`` (default), ``"cosine"`` (with the document's gradient) or ``"random"``
@@ -126,6 +146,9 @@ class DreamingConfig:
     generator_level: int = 0
     expert: str = "consolidated"
     objective: str = "distill"
+    answers: str = "dream"
+    answer_temperature: float = 0.3
+    answer_max_tokens: int = 48
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
@@ -143,7 +166,7 @@ class DreamingConfig:
                 raise ValueError(f"prompts[{index}] must contain {DOCUMENT} (where the document goes), got {prompt!r}")
         for name in ("dreams_per_document", "top_k", "max_new_tokens", "inner_rank", "inner_epochs",
                      "inner_batch_size", "inner_adapters", "rounds", "generator_epochs", "generator_steps", "generator_batch_size",
-                     "steps", "batch_size"):
+                     "steps", "batch_size", "answer_max_tokens"):
             integer(name, getattr(self, name), minimum=1)
         integer("random_kept", self.random_kept, minimum=0)
         if self.top_k + self.random_kept > self.dreams_per_document:
@@ -158,6 +181,7 @@ class DreamingConfig:
             positive(name, getattr(self, name))
         positive("inner_alpha", self.inner_alpha, optional=True)
         number("temperature", self.temperature, minimum=0.0)
+        number("answer_temperature", self.answer_temperature, minimum=0.0)
         choice("noise_resample", self.noise_resample, NOISE_RESAMPLING)
         choice("selection", self.selection, SELECTION_SCORES)
         choice("reward", self.reward, REWARD_RULES)
@@ -165,6 +189,10 @@ class DreamingConfig:
         choice("reward_baseline", self.reward_baseline, REWARD_BASELINES)
         choice("expert", self.expert, EXPERTS)
         choice("objective", self.objective, OBJECTIVES)
+        choice("answers", self.answers, ANSWERS)
+        if self.answers == "teacher" and self.objective != "distill":
+            raise ValueError(f"answers = 'teacher' needs objective = 'distill' (the teacher that answers is the one "
+                             f"distilled), got objective = {self.objective!r}")
         instance("generator_path", self.generator_path, (str, type(None)), what="a string or None")
         instance("optimizer", self.optimizer, OptimizerConfig, what="an OptimizerConfig")
 

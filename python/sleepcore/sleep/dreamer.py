@@ -60,9 +60,9 @@ from sleepcore.sleep.config import NextTokenConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
-from sleepcore.sleep.dreams import Dream, dream_examples, expert_weights, save_generator, write_dreams
+from sleepcore.sleep.dreams import Dream, answered_examples, expert_weights, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters, train_adapters
-from sleepcore.sleep.prompts import after_context, with_context
+from sleepcore.sleep.prompts import after_document
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint
@@ -171,7 +171,7 @@ class Dreamer:
         for start in tqdm(range(0, len(tasks), size), desc="document baselines", unit="chunk",
                           disable=not (progress and world.is_main())):
             chunk = tasks[start:start + size]
-            examples = [dream_examples(self.tokenizer, "", task.document) for task in chunk]
+            examples = [as_examples(self.tokenizer, [task.document]) for task in chunk]
             # a negative seed: apart from every round's chunk seeds (seed * 7919 + start, seed >= 0)
             scores += self._inner_loop(examples, chunk, seed=-(self.seed * 7919 + start + 1))
         return scores
@@ -215,7 +215,8 @@ class Dreamer:
         bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc=f"{desc} inner loops", unit="dream",
                    disable=not (progress and world.is_main()))
         for start, chunk in mine:
-            examples = [dream_examples(self.tokenizer, records[t][k]["text"], tasks[t].document) for t, k in chunk]
+            examples = [[tuple(example) for example in records[t][k]["examples"]]
+                        + as_examples(self.tokenizer, [tasks[t].document]) for t, k in chunk]
             scores.append(self._inner_loop(examples, [tasks[t] for t, _ in chunk], seed=seed * 7919 + start))
             for (t, k), score in zip(chunk, scores[-1]):
                 records[t][k]["score"] = score
@@ -239,15 +240,18 @@ class Dreamer:
                 desc: str) -> list[tuple[list[dict], list[int]]]:
         """Per task of ``indices``: its dreams' records (``kept``, ``selection_score``, ``score`` None,
         ``reward`` 0) and the kept dreams' indices in selection order."""
-        dreams = self._write([tasks[t].document for t in indices], seed=seed, progress=progress, desc=desc)
+        documents = [tasks[t].document for t in indices]
+        dreams = self._write(documents, seed=seed, progress=progress, desc=desc)
+        answered = answered_examples(self.engine, self.tokenizer, dreams, documents, self.config,
+                                     teacher=contextlib.nullcontext, seed=seed)
         selected = []
-        for t, own in zip(indices, dreams):
-            examples = [dream_examples(self.tokenizer, dream.text) for dream in own]
+        for t, own, examples in zip(indices, dreams, answered):
             document = as_examples(self.tokenizer, [tasks[t].document])
             selection = select_dreams(self.model, self.memory, examples, document, self.pad, self.config,
                                       seed=seed * 100_003 + t)
             records = [{**dream.to_json(), "document": t, "kept": k in selection.kept, "selection_score": value,
-                        "score": None, "reward": 0} for k, (dream, value) in enumerate(zip(own, selection.scores))]
+                        "examples": own_examples, "score": None, "reward": 0}
+                       for k, (dream, value, own_examples) in enumerate(zip(own, selection.scores, examples))]
             selected.append((records, selection.kept))
         return selected
 
@@ -275,9 +279,8 @@ class Dreamer:
         optimizer = OptimizerConfig(learning_rate=c.inner_learning_rate, compute_dtype=c.optimizer.compute_dtype)
         teacher_prompt = None
         if c.objective == "distill":
-            bos = getattr(self.tokenizer, "bos_token_id", None)
-            contexts = [encode(self.tokenizer, with_context(task.document, "")) for task in tasks]
-            teacher_prompt = lambda k, prompt: after_context(contexts[k], prompt, bos)  # noqa: E731
+            readers = [after_document(self.tokenizer, task.document) for task in tasks]
+            teacher_prompt = lambda k, prompt: readers[k](prompt)  # noqa: E731
         with batched_adapters(self.memory, len(examples), rank=c.inner_rank, alpha=c.inner_alpha,
                               generator=torch.Generator().manual_seed(seed)) as adapters:
             runtime = BatchedRuntime(self.model, adapters, optimizer)

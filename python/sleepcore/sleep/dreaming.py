@@ -1,7 +1,8 @@
 """The Dreaming stage (METHOD.md §4, "Dreaming during sleep"): after consolidation, for each
 buffered document the dream generator (with random-expert noise) writes ``m`` dreams
 (:mod:`sleepcore.sleep.dreams`), gradient importance keeps ``k + b`` of them
-(:mod:`sleepcore.sleep.dream_selection`), and an expert learns them: the sleep's consolidated
+(:mod:`sleepcore.sleep.dream_selection`; with ``answers = "teacher"`` a dream's questions are
+first answered by the teacher reading the document), and an expert learns them: the sleep's consolidated
 expert, or a new expert of the same level (``DreamingConfig.expert``). No gold answer is used.
 With ``objective = "sft"`` the training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on
 the kept dreams' lines and the documents; with ``"distill"`` it is Knowledge Seeding's step
@@ -18,13 +19,13 @@ import dataclasses
 import torch
 
 from sleepcore.distributed import world
-from sleepcore.lm import as_examples, encode, pad_id
+from sleepcore.lm import as_examples, pad_id
 from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
-from sleepcore.sleep.dreams import dream_examples, generator_expert, load_generator, write_dreams
+from sleepcore.sleep.dreams import answered_examples, generator_expert, load_generator, write_dreams
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
-from sleepcore.sleep.prompts import after_context, with_context
+from sleepcore.sleep.prompts import after_document
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -65,10 +66,8 @@ class DreamingStage:
     def _distillation_items(self, examples: list[tuple[list[int], list[int]]], documents: list[str]) -> list:
         """Replay samples of the ``(prompt, response)`` examples, each read by the teacher after its
         document (``documents[i]`` is example i's), with the teacher's states cached."""
-        tokenizer = self.context.tokenizer
-        bos = getattr(tokenizer, "bos_token_id", None)
-        contexts = {document: encode(tokenizer, with_context(document, "")) for document in set(documents)}
-        samples = [ReplaySample(prompt, after_context(contexts[document], prompt, bos), response)
+        readers = {document: after_document(self.context.tokenizer, document) for document in set(documents)}
+        samples = [ReplaySample(prompt, readers[document](prompt), response)
                    for (prompt, response), document in zip(examples, documents)]
         return self.trainer.cache_teacher(samples)
 
@@ -86,13 +85,18 @@ class DreamingStage:
         with generator_expert(context.memory, c.generator_level, weights):
             dreams = write_dreams(context.engine, context.tokenizer, context.memory, [d for _, d in mine], c,
                                   seed=context.seed, progress=progress) if mine else []
-        records = world.gather([self._select(index, document, own) for (index, document), own in zip(mine, dreams)])
+        self._train(context.slot if c.expert == "consolidated" else context.memory.new_expert(context.level))
+        answered = answered_examples(context.engine, context.tokenizer, dreams, [d for _, d in mine], c,
+                                     teacher=self.trainer.teacher if c.answers == "teacher" else None,
+                                     seed=context.seed,
+                                     progress=progress)
+        records = world.gather([self._select(index, document, own, examples)
+                                for (index, document), own, examples in zip(mine, dreams, answered)])
         scores = [score for record in records for score in record["scores"]]
         examples = [item for record in records for item in record["items"]]
         self.report = {"dreams": sum(record["dreams"] for record in records), "kept": len(scores),
                        "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
-        self._train(context.slot if c.expert == "consolidated" else context.memory.new_expert(context.level))
         if c.objective == "distill":
             owners = [documents[record["document"]] for record in records for _ in record["items"]]
             examples = self._distillation_items(examples, owners)
@@ -101,11 +105,10 @@ class DreamingStage:
                                                         + 2 * len(item.response) for item in examples)
         self.items = self.trainer.items = examples
 
-    def _select(self, index: int, document: str, own: list) -> dict:
-        """Document ``index``'s kept dreams: their lines then the document as items, their scores and
-        texts, and how many dreams it had."""
+    def _select(self, index: int, document: str, own: list, examples: list) -> dict:
+        """Document ``index``'s kept dreams (``own``, with their training ``examples``): the kept ones'
+        examples then the document as items, their scores and texts, and how many dreams it had."""
         context, tokenizer = self.context, self.context.tokenizer
-        examples = [dream_examples(tokenizer, dream.text) for dream in own]
         selection = select_dreams(context.model, context.memory, examples, as_examples(tokenizer, [document]),
                                   pad_id(tokenizer), self.config, seed=context.seed * 100_003 + index)
         items = [item for k in selection.kept for item in examples[k]] + as_examples(tokenizer, [document])

@@ -1,6 +1,8 @@
 """Writing dreams (METHOD.md §4, step 1): the model, through the rollout engine, writes ``m`` dreams
 per document from the dream prompts, with random-expert noise as an engine step hook; a dream is
-split into lines, each its own training example, with the document last (SEAL's sequence builder).
+split into lines, each its own training example, with the document last (SEAL's sequence builder);
+with ``answers = "teacher"`` its questions are asked closed-book and answered by the teacher
+reading the document (:func:`answered_examples`).
 
 Also the dream generator's file: the generator is one low-rank expert (``A``, ``B`` per wrapped
 layer) that :class:`~sleepcore.sleep.dreamer.Dreamer` trains; :func:`save_generator` writes it
@@ -22,9 +24,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sleepcore.lm import as_examples, chat_turn, encode
+from sleepcore.lm import as_examples, chat_turn, encode, qa_prompt
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import DOCUMENT, DreamingConfig
+from sleepcore.sleep.prompts import after_document
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
@@ -62,6 +65,47 @@ def dream_examples(tokenizer, text: str, document: str | None = None) -> list[tu
     texts = dream_lines(text) + ([document] if document else [])
     texts = [t for t in texts if len(encode(tokenizer, t)) >= 2]
     return as_examples(tokenizer, texts) if texts else []
+
+
+def dream_questions(text: str) -> list[str]:
+    """A dream's questions: each line holding a question mark, cut after the first one, without
+    repeats; shorter than 8 characters is no question."""
+    questions = [line[:line.index("?") + 1].strip() for line in dream_lines(text) if "?" in line]
+    return list(dict.fromkeys(question for question in questions if len(question) >= 8))
+
+
+def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
+                      *, teacher, seed: int, progress: bool = False) -> list[list[list[tuple[list[int], list[int]]]]]:
+    """Every dream's training examples, ``[document][dream] -> [(prompt ids, response ids)]``.
+
+    ``config.answers = "dream"``: :func:`dream_examples` of its text. ``"teacher"``: each of its
+    questions (:func:`dream_questions`) asked closed-book (:func:`~sleepcore.lm.qa_prompt`) with
+    the answer the teacher samples after reading ``documents[i]`` (one engine call under the
+    ``teacher`` context manager factory, seeded by ``seed``; answers of fewer than 2 tokens are
+    dropped, the stop token is kept), then its lines without a question as written."""
+    if config.answers == "dream":
+        return [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams]
+    requests, owners = [], []
+    for index, (own, document) in enumerate(zip(dreams, documents)):
+        read = after_document(tokenizer, document)
+        for k, dream in enumerate(own):
+            for question in dream_questions(dream.text):
+                prompt = encode(tokenizer, qa_prompt(tokenizer, question))
+                requests.append(read(prompt))
+                owners.append((index, k, prompt))
+    params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=config.answer_max_tokens, seed=seed)
+    with teacher():
+        outputs = engine.generate(requests, params, progress=progress) if requests else []
+    examples = [[[] for _ in own] for own in dreams]
+    for (index, k, prompt), output in zip(owners, outputs):
+        answer = list(output.completions[0].token_ids)
+        if len(answer) >= 2:
+            examples[index][k].append((prompt, answer))
+    for index, own in enumerate(dreams):
+        for k, dream in enumerate(own):
+            statements = "\n".join(line for line in dream_lines(dream.text) if "?" not in line)
+            examples[index][k] += dream_examples(tokenizer, statements)
+    return examples
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from sleepcore.lm import chat_turn, qa_prompt
+from sleepcore.lm import chat_turn, encode, qa_prompt
 from sleepcore.validation import choice
 
 QUESTION_REQUEST = "Write one short question about a fact in the text above."
@@ -93,6 +93,13 @@ def after_context(context_ids: list[int], prompt_ids: list[int], bos_id: int | N
     """Token ids of a prompt read after a context (``encode(with_context(document, ""))``): the
     context's ids, then the prompt's without its leading BOS (one BOS per sequence)."""
     return context_ids + (prompt_ids[1:] if bos_id is not None and prompt_ids[:1] == [bos_id] else prompt_ids)
+
+
+def after_document(tokenizer, document: str):
+    """``read(prompt_ids) -> ids``: a prompt's token ids as the teacher reads them, after ``document``
+    (:func:`after_context` with the document encoded once)."""
+    context, bos = encode(tokenizer, with_context(document, "")), getattr(tokenizer, "bos_token_id", None)
+    return lambda prompt_ids: after_context(context, prompt_ids, bos)
 
 
 def continuation_prompts(documents: list[str], rng: random.Random, per_document: int) -> list[ReplayPrompt]:

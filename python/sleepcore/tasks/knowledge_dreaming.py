@@ -10,7 +10,7 @@ awake in these rows).
   generators: Sleep's (the suite's ``dreaming`` config as it is) and SEAL's (the same without noise
   and without selection: every dream kept, ``top_k = dreams_per_document``, ``random_kept = 0``;
   SEAL's reward, the task's metric against the unadapted model; its dreams learnt as written,
-  ``objective = "sft"``).
+  ``answers = "dream"``, ``objective = "sft"``).
   After the last round the trained generator is measured once more (``Dreamer.measure``), so
   ``reward_per_round`` is round 0 (the untrained model) ... round R (after R updates).
 * **Rows** (:class:`DreamingRow`, each a :class:`~sleepcore.sleep.sleeper.Sleeper`):
@@ -99,10 +99,11 @@ def experts_per_sleep(config) -> int:
 
 
 def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
-    """SEAL's variant: no noise, no selection, every dream kept and learnt as written (next-token
-    training), rewarded by the task's metric against the unadapted model."""
+    """SEAL's variant: no noise, no selection, every dream kept and learnt as written (its own
+    answers, next-token training), rewarded by the task's metric against the unadapted model."""
     return dataclasses.replace(dreaming, noise=False, selection="random", top_k=dreaming.dreams_per_document,
-                               random_kept=0, objective="sft", reward_score="metric", reward_baseline="unadapted")
+                               random_kept=0, answers="dream", objective="sft", reward_score="metric",
+                               reward_baseline="unadapted")
 
 
 def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
