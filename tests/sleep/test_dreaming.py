@@ -29,7 +29,7 @@ from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
                                     load_generator, save_generator, write_dreams)
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
-from sleepcore.sleep.prompts import after_context, after_document, with_context
+from sleepcore.sleep.prompts import after_context, document_reader, with_context
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -148,23 +148,36 @@ def test_the_teacher_answers_a_dream_s_questions_after_reading_its_document(wrap
         yield
 
     config = tiny_dreaming(answers=answers, answer_max_tokens=6)
-    examples = answered_examples(engine, tokenizer, dreams, documents, config, teacher=teacher, seed=5)
+    examples, asked = answered_examples(engine, tokenizer, dreams, documents, config, teacher=teacher, seed=5)
     if answers == "dream":
         assert examples == [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams]
-        assert not entered
+        assert asked == [{}, {}] and not entered
         return
     assert entered == [True]  # one engine call, under the teacher
     params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=6, seed=5)
-    for own, owned, document in zip(dreams, examples, documents):
-        read = after_document(tokenizer, document)
+    for own, owned, questions, document in zip(dreams, examples, asked, documents):
         for dream, got in zip(own, owned):
-            questions = dream_questions(dream.text)
-            prompts = [encode(tokenizer, qa_prompt(tokenizer, q)) for q in questions]
-            alone = engine.generate([read(p) for p in prompts], params, progress=False)  # a prompt's own seed
-            asked = [(p, list(o.completions[0].token_ids)) for p, o in zip(prompts, alone)]
+            texts = dream_questions(dream.text)
+            prompts = [encode(tokenizer, qa_prompt(tokenizer, q)) for q in texts]
+            teachers = [encode(tokenizer, qa_prompt(tokenizer, q, document)) for q in texts]  # the document in the turn
+            assert all(questions[tuple(p)] == t for p, t in zip(prompts, teachers))
+            alone = engine.generate(teachers, params, progress=False)  # a prompt's answer depends on its seed alone
+            answered = [(p, list(o.completions[0].token_ids)) for p, o in zip(prompts, alone)]
             statements = [line for line in dream_lines(dream.text) if "?" not in line]
-            want = [(p, r) for p, r in asked if len(r) >= 2] + as_examples(tokenizer, statements)
+            want = [(p, r) for p, r in answered if len(r) >= 2] + as_examples(tokenizer, statements)
             assert got == want and len(got) >= len(statements) + 1
+
+
+def test_the_teacher_reads_a_registered_question_as_its_own_prompt_and_the_rest_after_the_document(wrapped):
+    _, tokenizer, _, _ = wrapped
+    document, question = DATASET.passages[0], (5, 6, 7)
+    read = document_reader(tokenizer, document, {question: [9, 9]})
+    assert read(list(question)) == [9, 9]
+    head = encode(tokenizer, with_context(document, ""))
+    assert read([5, 6]) == after_context(head, [5, 6], tokenizer.bos_token_id)
+    # one BOS per sequence: a prompt's BOS is dropped only after a context that opens with it (SmolLM2's
+    # BOS is its chat template's <|im_start|>, which plain text does not get, so a chat prompt keeps it)
+    assert after_context([1, 7, 8], [1, 5], 1) == [1, 7, 8, 5] and after_context([7, 8], [1, 5], 1) == [7, 8, 1, 5]
 
 
 # ---------------------------------------------------------------------- writing and selection
@@ -310,9 +323,11 @@ def test_the_stage_learns_the_teacher_s_answers_to_its_dreams_questions(wrapped,
              for dream in own for q in dream_questions(dream.text)}
     answered = [s for s in stage.items if tuple(s.student_prompt) in asked]
     assert len(answered) >= 2  # the questions, asked closed-book, with the teacher's answers ...
-    for sample in answered:  # ... which the teacher reads after its own document
-        read = after_document(tokenizer, documents[asked[tuple(sample.student_prompt)]])
-        assert sample.teacher_prompt == read(sample.student_prompt) and len(sample.response) >= 2
+    for sample in answered:  # ... which the teacher reads with its own document in the question's turn
+        question = tokenizer.decode(sample.student_prompt).split("Question: ")[-1].split("?")[0] + "?"
+        document = documents[asked[tuple(sample.student_prompt)]]
+        assert sample.teacher_prompt == encode(tokenizer, qa_prompt(tokenizer, question, document))
+        assert len(sample.response) >= 2
 
 
 def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, monkeypatch):
@@ -418,9 +433,12 @@ def test_dreamer_fit_with_the_teacher_answering_the_dreams_questions(wrapped, tm
     saved = json.loads((tmp_path / "round-00" / "dreams.json").read_text())
     for own in saved["dreams"]:
         for record in own:
-            asked = [encode(tokenizer, qa_prompt(tokenizer, q)) for q in dream_questions(record["text"])]
-            trained = [prompt for prompt, _ in record["examples"]]  # its questions first, asked closed-book
-            assert trained[:len(asked)] == asked
+            texts, document = dream_questions(record["text"]), tasks()[record["document"]].document
+            asked = [encode(tokenizer, qa_prompt(tokenizer, q)) for q in texts]
+            trained = [prompt for prompt, _ in record["examples"]]  # its questions first, asked closed-book,
+            assert trained[:len(asked)] == asked  # and the teacher reads each with the document in its turn
+            assert record["questions"] == [[p, encode(tokenizer, qa_prompt(tokenizer, q, document))]
+                                           for p, q in zip(asked, texts)]
 
 
 def test_reward_rules():
@@ -521,5 +539,5 @@ def test_the_inner_loop_learns_dreams_as_the_sleep_does(wrapped, tmp_path, monke
             context = encode(tokenizer, with_context(chosen[k].document, ""))
             for prompt, _ in own:
                 assert teacher_prompt(k, prompt) == after_context(context, prompt, tokenizer.bos_token_id)
-    assert after_context([7, 8], [1, 5], 1) == [7, 8, 5] and after_context([7], [5], None) == [7, 5]
+    assert after_context([1, 8], [1, 5], 1) == [1, 8, 5] and after_context([7], [5], None) == [7, 5]
 

@@ -62,7 +62,7 @@ from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreams import Dream, answered_examples, expert_weights, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters, train_adapters
-from sleepcore.sleep.prompts import after_document
+from sleepcore.sleep.prompts import document_reader
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint
@@ -217,7 +217,9 @@ class Dreamer:
         for start, chunk in mine:
             examples = [[tuple(example) for example in records[t][k]["examples"]]
                         + as_examples(self.tokenizer, [tasks[t].document]) for t, k in chunk]
-            scores.append(self._inner_loop(examples, [tasks[t] for t, _ in chunk], seed=seed * 7919 + start))
+            questions = [{tuple(p): teacher for p, teacher in records[t][k]["questions"]} for t, k in chunk]
+            scores.append(self._inner_loop(examples, [tasks[t] for t, _ in chunk], seed=seed * 7919 + start,
+                                           questions=questions))
             for (t, k), score in zip(chunk, scores[-1]):
                 records[t][k]["score"] = score
             done += [records[t][k] for t, k in chunk]
@@ -242,16 +244,17 @@ class Dreamer:
         ``reward`` 0) and the kept dreams' indices in selection order."""
         documents = [tasks[t].document for t in indices]
         dreams = self._write(documents, seed=seed, progress=progress, desc=desc)
-        answered = answered_examples(self.engine, self.tokenizer, dreams, documents, self.config,
-                                     teacher=contextlib.nullcontext, seed=seed)
+        answered, asked = answered_examples(self.engine, self.tokenizer, dreams, documents, self.config,
+                                            teacher=contextlib.nullcontext, seed=seed)
         selected = []
-        for t, own, examples in zip(indices, dreams, answered):
+        for t, own, examples, questions in zip(indices, dreams, answered, asked):
             document = as_examples(self.tokenizer, [tasks[t].document])
             selection = select_dreams(self.model, self.memory, examples, document, self.pad, self.config,
                                       seed=seed * 100_003 + t)
             records = [{**dream.to_json(), "document": t, "kept": k in selection.kept, "selection_score": value,
-                        "examples": own_examples, "score": None, "reward": 0}
-                       for k, (dream, value, own_examples) in enumerate(zip(own, selection.scores, examples))]
+                        "examples": mine, "questions": [[p, questions[tuple(p)]] for p, _ in mine if tuple(p) in questions],
+                        "score": None, "reward": 0}
+                       for k, (dream, value, mine) in enumerate(zip(own, selection.scores, examples))]
             selected.append((records, selection.kept))
         return selected
 
@@ -271,15 +274,17 @@ class Dreamer:
                                        progress=progress and not alone)
         return dreams
 
-    def _inner_loop(self, examples, tasks, *, seed: int) -> list[float]:
+    def _inner_loop(self, examples, tasks, *, seed: int, questions: list[dict] | None = None) -> list[float]:
         """Adapter k trained on ``examples[k]`` as the sleep will learn a dream (``config.objective``:
-        next-token training, or forward KL to the model reading ``tasks[k]``'s document first), then
-        scored on ``tasks[k]``."""
+        next-token training, or forward KL to the model reading ``tasks[k]``'s document,
+        :func:`~sleepcore.sleep.prompts.document_reader` with ``questions[k]``), then scored on
+        ``tasks[k]``."""
         c = self.config
         optimizer = OptimizerConfig(learning_rate=c.inner_learning_rate, compute_dtype=c.optimizer.compute_dtype)
         teacher_prompt = None
         if c.objective == "distill":
-            readers = [after_document(self.tokenizer, task.document) for task in tasks]
+            questions = questions or [{} for _ in tasks]
+            readers = [document_reader(self.tokenizer, task.document, own) for task, own in zip(tasks, questions)]
             teacher_prompt = lambda k, prompt: readers[k](prompt)  # noqa: E731
         with batched_adapters(self.memory, len(examples), rank=c.inner_rank, alpha=c.inner_alpha,
                               generator=torch.Generator().manual_seed(seed)) as adapters:

@@ -25,7 +25,7 @@ from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dreams import answered_examples, generator_expert, load_generator, write_dreams
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
-from sleepcore.sleep.prompts import after_document
+from sleepcore.sleep.prompts import document_reader
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -63,12 +63,15 @@ class DreamingStage:
             self.trainer = NextTokenStage(context, NextTokenConfig(steps=c.steps, batch_size=c.batch_size,
                                                                    token_budget=c.token_budget, optimizer=c.optimizer))
 
-    def _distillation_items(self, examples: list[tuple[list[int], list[int]]], documents: list[str]) -> list:
-        """Replay samples of the ``(prompt, response)`` examples, each read by the teacher after its
-        document (``documents[i]`` is example i's), with the teacher's states cached."""
-        readers = {document: after_document(self.context.tokenizer, document) for document in set(documents)}
-        samples = [ReplaySample(prompt, readers[document](prompt), response)
-                   for (prompt, response), document in zip(examples, documents)]
+    def _distillation_items(self, records: list[dict], documents: list[str]) -> list:
+        """Replay samples of the records' items, each read by the teacher with its document
+        (:func:`~sleepcore.sleep.prompts.document_reader`, the record's questions with their own
+        teacher prompts), with the teacher's states cached."""
+        samples = []
+        for record in records:
+            read = document_reader(self.context.tokenizer, documents[record["document"]],
+                                   {tuple(prompt): teacher for prompt, teacher in record["questions"]})
+            samples += [ReplaySample(prompt, read(prompt), response) for prompt, response in record["items"]]
         return self.trainer.cache_teacher(samples)
 
     # ------------------------------------------------------------------ the stage protocol
@@ -86,34 +89,34 @@ class DreamingStage:
             dreams = write_dreams(context.engine, context.tokenizer, context.memory, [d for _, d in mine], c,
                                   seed=context.seed, progress=progress) if mine else []
         self._train(context.slot if c.expert == "consolidated" else context.memory.new_expert(context.level))
-        answered = answered_examples(context.engine, context.tokenizer, dreams, [d for _, d in mine], c,
-                                     teacher=self.trainer.teacher if c.answers == "teacher" else None,
-                                     seed=context.seed,
-                                     progress=progress)
-        records = world.gather([self._select(index, document, own, examples)
-                                for (index, document), own, examples in zip(mine, dreams, answered)])
+        answered, asked = answered_examples(context.engine, context.tokenizer, dreams, [d for _, d in mine], c,
+                                            teacher=self.trainer.teacher if c.answers == "teacher" else None,
+                                            seed=context.seed, progress=progress)
+        records = world.gather([self._select(index, document, own, examples, questions) for (index, document), own,
+                                examples, questions in zip(mine, dreams, answered, asked)])
         scores = [score for record in records for score in record["scores"]]
         examples = [item for record in records for item in record["items"]]
         self.report = {"dreams": sum(record["dreams"] for record in records), "kept": len(scores),
                        "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
         if c.objective == "distill":
-            owners = [documents[record["document"]] for record in records for _ in record["items"]]
-            examples = self._distillation_items(examples, owners)
+            examples = self._distillation_items(records, documents)
             self.report["dream_kl_before"] = self.trainer.replay_kl(examples)
             self.report["prepare_forward_tokens"] = sum(len(item.teacher_prompt) + len(item.student_prompt)
                                                         + 2 * len(item.response) for item in examples)
         self.items = self.trainer.items = examples
 
-    def _select(self, index: int, document: str, own: list, examples: list) -> dict:
-        """Document ``index``'s kept dreams (``own``, with their training ``examples``): the kept ones'
-        examples then the document as items, their scores and texts, and how many dreams it had."""
+    def _select(self, index: int, document: str, own: list, examples: list, questions: dict) -> dict:
+        """Document ``index``'s kept dreams (``own``, with their training ``examples``; ``questions``:
+        their questions' teacher prompts): the kept ones' examples then the document as items, the
+        questions, their scores and texts, and how many dreams it had."""
         context, tokenizer = self.context, self.context.tokenizer
         selection = select_dreams(context.model, context.memory, examples, as_examples(tokenizer, [document]),
                                   pad_id(tokenizer), self.config, seed=context.seed * 100_003 + index)
         items = [item for k in selection.kept for item in examples[k]] + as_examples(tokenizer, [document])
         return {"items": items, "scores": [selection.scores[k] for k in selection.kept], "dreams": len(own),
-                "samples": [own[k].text for k in selection.kept], "document": index}
+                "samples": [own[k].text for k in selection.kept], "document": index,
+                "questions": [[list(prompt), teacher] for prompt, teacher in questions.items()]}
 
     def step(self, batch) -> dict:
         return self.trainer.step(batch)

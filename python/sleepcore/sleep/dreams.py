@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 from sleepcore.lm import as_examples, chat_turn, encode, qa_prompt
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import DOCUMENT, DreamingConfig
-from sleepcore.sleep.prompts import after_document
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
@@ -75,37 +74,42 @@ def dream_questions(text: str) -> list[str]:
 
 
 def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
-                      *, teacher, seed: int, progress: bool = False) -> list[list[list[tuple[list[int], list[int]]]]]:
-    """Every dream's training examples, ``[document][dream] -> [(prompt ids, response ids)]``.
+                      *, teacher, seed: int, progress: bool = False) -> tuple[list[list[list]], list[dict]]:
+    """Every dream's training examples and, per document, its questions' teacher prompts.
 
-    ``config.answers = "dream"``: :func:`dream_examples` of its text. ``"teacher"``: each of its
-    questions (:func:`dream_questions`) asked closed-book (:func:`~sleepcore.lm.qa_prompt`) with
-    the answer the teacher samples after reading ``documents[i]`` (one engine call under the
-    ``teacher`` context manager factory, seeded by ``seed``; answers of fewer than 2 tokens are
-    dropped, the stop token is kept), then its lines without a question as written."""
+    Returns ``(examples, questions)``: ``examples[i][k]`` is dream k of document i as ``(prompt ids,
+    response ids)`` pairs, ``questions[i]`` maps a question's student prompt ids (a tuple) to its
+    teacher prompt ids (for :func:`~sleepcore.sleep.prompts.document_reader`). With
+    ``config.answers = "dream"``: :func:`dream_examples` of each text, no questions. With
+    ``"teacher"``: each of a dream's questions (:func:`dream_questions`) asked closed-book
+    (:func:`~sleepcore.lm.qa_prompt`) with the answer the teacher samples reading the same question
+    with ``documents[i]`` in its turn (one engine call under the ``teacher`` context manager factory,
+    seeded by ``seed``; answers of fewer than 2 tokens are dropped, the stop token is kept), then
+    the dream's lines without a question as written."""
     if config.answers == "dream":
-        return [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams]
-    requests, owners = [], []
+        return [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams], [{} for _ in dreams]
+    questions: list[dict] = [{} for _ in dreams]
+    owners = []
     for index, (own, document) in enumerate(zip(dreams, documents)):
-        read = after_document(tokenizer, document)
         for k, dream in enumerate(own):
             for question in dream_questions(dream.text):
-                prompt = encode(tokenizer, qa_prompt(tokenizer, question))
-                requests.append(read(prompt))
+                prompt = tuple(encode(tokenizer, qa_prompt(tokenizer, question)))
+                questions[index].setdefault(prompt, encode(tokenizer, qa_prompt(tokenizer, question, document)))
                 owners.append((index, k, prompt))
     params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=config.answer_max_tokens, seed=seed)
     with teacher():
-        outputs = engine.generate(requests, params, progress=progress) if requests else []
+        outputs = engine.generate([questions[index][prompt] for index, _, prompt in owners], params,
+                                  progress=progress) if owners else []
     examples = [[[] for _ in own] for own in dreams]
     for (index, k, prompt), output in zip(owners, outputs):
         answer = list(output.completions[0].token_ids)
         if len(answer) >= 2:
-            examples[index][k].append((prompt, answer))
+            examples[index][k].append((list(prompt), answer))
     for index, own in enumerate(dreams):
         for k, dream in enumerate(own):
             statements = "\n".join(line for line in dream_lines(dream.text) if "?" not in line)
             examples[index][k] += dream_examples(tokenizer, statements)
-    return examples
+    return examples, questions
 
 
 @contextlib.contextmanager

@@ -91,15 +91,29 @@ def with_context(document: str, prompt: str) -> str:
 
 def after_context(context_ids: list[int], prompt_ids: list[int], bos_id: int | None) -> list[int]:
     """Token ids of a prompt read after a context (``encode(with_context(document, ""))``): the
-    context's ids, then the prompt's without its leading BOS (one BOS per sequence)."""
-    return context_ids + (prompt_ids[1:] if bos_id is not None and prompt_ids[:1] == [bos_id] else prompt_ids)
+    context's ids, then the prompt's, without the prompt's leading BOS when the context opens with
+    that BOS too (one BOS per sequence). A tokenizer whose BOS is also its chat template's opening
+    token (SmolLM2: ``<|im_start|>``) adds none to plain text, so a chat prompt keeps it."""
+    doubled = bos_id is not None and context_ids[:1] == [bos_id] and prompt_ids[:1] == [bos_id]
+    return context_ids + (prompt_ids[1:] if doubled else prompt_ids)
 
 
-def after_document(tokenizer, document: str):
-    """``read(prompt_ids) -> ids``: a prompt's token ids as the teacher reads them, after ``document``
-    (:func:`after_context` with the document encoded once)."""
+def document_reader(tokenizer, document: str, questions: dict | None = None):
+    """``read(prompt_ids) -> ids``: what the teacher reads in place of a student's prompt, having read
+    ``document``. A prompt among ``questions`` (``{tuple(student prompt ids): teacher prompt ids}``:
+    closed-book questions whose teacher prompt holds the document in the question's own turn, as
+    :func:`~sleepcore.lm.qa_prompt` with a context writes it) reads as its own teacher prompt; any
+    other prompt reads after the document (:func:`after_context`, the document encoded once).
+    Measured on SmolLM2-135M-Instruct (78 self-written questions about 10 passages): with the
+    passage inside the question's turn the teacher's greedy answer names a fact of the person for
+    56% of them, with the passage before the chat prompt for 23%."""
     context, bos = encode(tokenizer, with_context(document, "")), getattr(tokenizer, "bos_token_id", None)
-    return lambda prompt_ids: after_context(context, prompt_ids, bos)
+    questions = questions or {}
+
+    def read(prompt_ids: list[int]) -> list[int]:
+        own = questions.get(tuple(prompt_ids))
+        return list(own) if own is not None else after_context(context, prompt_ids, bos)
+    return read
 
 
 def continuation_prompts(documents: list[str], rng: random.Random, per_document: int) -> list[ReplayPrompt]:

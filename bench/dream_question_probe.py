@@ -1,0 +1,110 @@
+"""Instrument, not a method (issue 12): how many of a person's facts do the model's own questions reach?
+
+For the biography passages of ``--people`` people, collects the questions the untrained model
+writes about each passage by two routes: Knowledge Seeding's ``sentence_questions`` builder (a
+question per sentence after three worked examples, the library's own request and entity filter) and the
+dream prompt :data:`~sleepcore.sleep.dream_config.QUESTIONS` through
+:func:`~sleepcore.sleep.dreams.write_dreams` (``dreams_per_document`` dreams, questions cut by
+:func:`~sleepcore.sleep.dreams.dream_questions`) under each ``--settings`` item. Every question is
+then answered greedily by the model reading the passage (the in-context teacher), and scored:
+
+* ``names_person``: the question holds the person's first name;
+* ``good``: it names the person and the teacher's answer holds one of the person's fact values;
+* ``facts_covered``: the share of all facts (7 per person) that some good question's answer holds,
+  a ceiling on what self-study replay from these questions can teach.
+
+    python bench/dream_question_probe.py OUT.json [--people 10] [--seed 1] [--settings 1.0:noise,0.5:noise,0.5]
+
+Prints one JSON line per route; writes the rows and sample (question, answer, facts) triples to ``OUT.json``.
+"""
+
+import argparse
+import json
+import time
+
+from sleepcore.lm import encode, qa_prompt
+from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+from sleepcore.models import load_model
+from sleepcore.rollout import Engine, SamplingParams
+from sleepcore.sleep.dream_config import QUESTIONS, DreamingConfig
+from sleepcore.sleep.dreams import dream_questions, write_dreams
+from sleepcore.sleep.prompts import sentence_question_prompts, sentence_question_requests
+from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
+from sleepcore.tasks.metrics import normalize_answer
+
+SAMPLES = 12
+
+
+def sentence_questions(engine, passages: list[str], seed: int) -> list[tuple[int, str, str]]:
+    """``(passage, student prompt, teacher prompt)`` of the ``sentence_questions`` builder as
+    :func:`~sleepcore.sleep.replay.replay_prompts` draws it (n = 2, T = 0.5, its entity filter)."""
+    requests = sentence_question_requests(passages)
+    outputs = engine.generate([encode(engine.tokenizer, request) for _, _, request in requests],
+                              SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=seed), progress=False)
+    asked = [[completion.text or "" for completion in output.completions] for output in outputs]
+    return [(p.document, p.student, p.teacher)
+            for p in sentence_question_prompts(passages, requests, asked, engine.tokenizer)]
+
+
+def dream_items(tokenizer, passages: list[str], dreams) -> list[tuple[int, str, str]]:
+    """The same triples for every distinct question of each passage's dreams."""
+    return [(index, qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, passages[index]))
+            for index, own in enumerate(dreams)
+            for question in dict.fromkeys(q for dream in own for q in dream_questions(dream.text))]
+
+
+def coverage(engine, people, items: list[tuple[int, str, str]], name: str) -> tuple[dict, list]:
+    """The module docstring's scores of the questions ``items`` (person index, closed-book prompt, the
+    prompt after the passage), and sample (question prompt, answer, facts) triples."""
+    started = time.perf_counter()
+    outputs = engine.generate([encode(engine.tokenizer, teacher) for _, _, teacher in items],
+                              SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0), progress=False) if items else []
+    covered, good, named, samples = set(), 0, 0, []
+    for (index, student, _), output in zip(items, outputs):
+        person, answer = people.people[index], normalize_answer(output.completions[0].text or "")
+        names = person.name.split()[0] in student
+        facts = sorted(f.attribute for f in person.facts if names and normalize_answer(f.value) in answer)
+        named, good = named + names, good + bool(facts)
+        covered |= {(index, fact) for fact in facts}
+        if len(samples) < SAMPLES:
+            samples.append([student, output.completions[0].text, facts])
+    total = sum(len(p.facts) for p in people.people)
+    row = {"route": name, "questions": len(items), "per_passage": round(len(items) / len(people.people), 1),
+           "names_person": round(named / max(1, len(items)), 3), "good": round(good / max(1, len(items)), 3),
+           "facts_covered": round(len(covered) / total, 3), "answer_seconds": round(time.perf_counter() - started, 1)}
+    return row, samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("output")
+    parser.add_argument("--people", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1, help="biography seed (people 1..N: the suite's second group)")
+    parser.add_argument("--dreams", type=int, default=4, help="dreams per passage from the QUESTIONS prompt")
+    parser.add_argument("--settings", default="1.0:noise,0.5:noise,0.5")
+    args = parser.parse_args()
+    model, tokenizer = load_model()
+    levels = (LevelConfig(rank=16, slots=1, period=256), LevelConfig(rank=16, slots=1))
+    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=levels))
+    engine = Engine(model, tokenizer)
+    people = generate_biographies(BiographyConfig(num_people=args.people + 1, seed=args.seed)).subset(args.people, 1)
+    routes = [("sentence_questions", sentence_questions(engine, people.passages, args.seed))]
+    for setting in args.settings.split(","):
+        temperature, _, noise = setting.partition(":")
+        config = DreamingConfig(prompts=(QUESTIONS,), dreams_per_document=args.dreams, top_k=1, random_kept=0,
+                                temperature=float(temperature), noise=noise == "noise", max_new_tokens=128)
+        dreams = write_dreams(engine, tokenizer, memory, people.passages, config, seed=0)
+        routes.append((f"QUESTIONS T{temperature}{' noise' if noise else ''}", dream_items(tokenizer, people.passages,
+                                                                                          dreams)))
+    routes.append(("union of all", list(dict.fromkeys(item for _, items in routes for item in items))))
+    rows, samples = [], {}
+    for name, items in routes:
+        row, samples[name] = coverage(engine, people, items, name)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    with open(args.output, "w") as file:
+        json.dump({"people": args.people, "seed": args.seed, "rows": rows, "samples": samples}, file, indent=1)
+
+
+if __name__ == "__main__":
+    main()
