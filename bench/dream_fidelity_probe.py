@@ -43,6 +43,17 @@ def dream_scores(text: str, passage: str, values: list[str]) -> dict[str, float]
             "foreign": sum(word not in passage_words for word in words) / max(1, len(words))}
 
 
+def untrained_dreamer(count: int, seed: int):
+    """``(tokenizer, memory, engine, people)``: the packaged model, wrapped with two empty rank-16
+    levels (the noise draws its experts' shapes from them), its engine, and people 1..count of
+    biography seed ``seed`` (the suite's second group)."""
+    model, tokenizer = load_model()
+    levels = (LevelConfig(rank=16, slots=1, period=256), LevelConfig(rank=16, slots=1))
+    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=levels))
+    people = generate_biographies(BiographyConfig(num_people=count + 1, seed=seed)).subset(count, 1)
+    return tokenizer, memory, Engine(model, tokenizer), people
+
+
 def setting(text: str) -> DreamingConfig:
     temperature, _, noise = text.partition(":")
     if noise not in ("", "noise"):
@@ -57,11 +68,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="biography seed (people 1..N: the suite's second group)")
     parser.add_argument("--settings", default="1.0:noise,1.0,0.5:noise,0.3")
     args = parser.parse_args()
-    model, tokenizer = load_model()
-    levels = (LevelConfig(rank=16, slots=1, period=256), LevelConfig(rank=16, slots=1))
-    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=levels))
-    engine = Engine(model, tokenizer)
-    people = generate_biographies(BiographyConfig(num_people=args.people + 1, seed=args.seed)).subset(args.people, 1)
+    tokenizer, memory, engine, people = untrained_dreamer(args.people, args.seed)
     rows, examples = [], {}
     for name in args.settings.split(","):
         config = setting(name)

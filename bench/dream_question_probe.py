@@ -22,14 +22,12 @@ import argparse
 import json
 import time
 
+from dream_fidelity_probe import untrained_dreamer
 from sleepcore.lm import encode, qa_prompt
-from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
-from sleepcore.models import load_model
-from sleepcore.rollout import Engine, SamplingParams
+from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import QUESTIONS, DreamingConfig
 from sleepcore.sleep.dreams import dream_questions, write_dreams
 from sleepcore.sleep.prompts import sentence_question_prompts, sentence_question_requests
-from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.metrics import normalize_answer
 
 SAMPLES = 12
@@ -83,11 +81,7 @@ def main() -> None:
     parser.add_argument("--dreams", type=int, default=4, help="dreams per passage from the QUESTIONS prompt")
     parser.add_argument("--settings", default="1.0:noise,0.5:noise,0.5")
     args = parser.parse_args()
-    model, tokenizer = load_model()
-    levels = (LevelConfig(rank=16, slots=1, period=256), LevelConfig(rank=16, slots=1))
-    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=levels))
-    engine = Engine(model, tokenizer)
-    people = generate_biographies(BiographyConfig(num_people=args.people + 1, seed=args.seed)).subset(args.people, 1)
+    tokenizer, memory, engine, people = untrained_dreamer(args.people, args.seed)
     routes = [("sentence_questions", sentence_questions(engine, people.passages, args.seed))]
     for setting in args.settings.split(","):
         temperature, _, noise = setting.partition(":")
