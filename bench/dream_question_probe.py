@@ -55,8 +55,9 @@ def coverage(engine, people, items: list[tuple[int, str, str]], name: str) -> tu
     """The module docstring's scores of the questions ``items`` (person index, closed-book prompt, the
     prompt after the passage), and sample (question prompt, answer, facts) triples."""
     started = time.perf_counter()
-    outputs = engine.generate([encode(engine.tokenizer, teacher) for _, _, teacher in items],
-                              SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0), progress=False) if items else []
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=48, seed=0)
+    outputs = engine.generate([encode(engine.tokenizer, teacher) for _, _, teacher in items], greedy,
+                              progress=False) if items else []
     covered, good, named, samples = set(), 0, 0, []
     for (index, student, _), output in zip(items, outputs):
         person, answer = people.people[index], normalize_answer(output.completions[0].text or "")

@@ -319,8 +319,8 @@ def test_the_stage_learns_the_teacher_s_answers_to_its_dreams_questions(wrapped,
     stage = DreamingStage(context, tiny_dreaming(answers="teacher", top_k=1, random_kept=1, dreams_per_document=2))
     stage.prepare(documents, progress=False)
     assert teachers == [stage.trainer.teacher]  # the distilled teacher (the trained expert off) answers
-    asked = {tuple(encode(tokenizer, qa_prompt(tokenizer, q))): index for index, own in enumerate(question_dreams(documents))
-             for dream in own for q in dream_questions(dream.text)}
+    asked = {tuple(encode(tokenizer, qa_prompt(tokenizer, q))): index for index, own in
+             enumerate(question_dreams(documents)) for dream in own for q in dream_questions(dream.text)}
     answered = [s for s in stage.items if tuple(s.student_prompt) in asked]
     assert len(answered) >= 2  # the questions, asked closed-book, with the teacher's answers ...
     for sample in answered:  # ... which the teacher reads with its own document in the question's turn

@@ -66,7 +66,7 @@ class DreamingConfig:
     each line holding a question mark is cut after it into a question, asked closed-book in the
     question-answer format (:func:`~sleepcore.lm.qa_prompt`), and the example's response is the
     teacher's answer: the model without the expert being trained (at sleep time) or without any
-    adapter (meta-training) reads the document, then the question, and samples at
+    adapter (meta-training) reads the question with the document in its turn and samples at
     ``answer_temperature``, at most ``answer_max_tokens`` tokens. The dream supplies the
     questions, the teacher the answers (Cartridges' self-study); lines without a question stay as
     written. It needs ``objective = "distill"`` (the teacher that answers is the one distilled).

@@ -252,7 +252,8 @@ class Dreamer:
             selection = select_dreams(self.model, self.memory, examples, document, self.pad, self.config,
                                       seed=seed * 100_003 + t)
             records = [{**dream.to_json(), "document": t, "kept": k in selection.kept, "selection_score": value,
-                        "examples": mine, "questions": [[p, questions[tuple(p)]] for p, _ in mine if tuple(p) in questions],
+                        "examples": mine,
+                        "questions": [[p, questions[tuple(p)]] for p, _ in mine if tuple(p) in questions],
                         "score": None, "reward": 0}
                        for k, (dream, value, mine) in enumerate(zip(own, selection.scores, examples))]
             selected.append((records, selection.kept))

@@ -2,8 +2,9 @@
 buffered document the dream generator (with random-expert noise) writes ``m`` dreams
 (:mod:`sleepcore.sleep.dreams`), gradient importance keeps ``k + b`` of them
 (:mod:`sleepcore.sleep.dream_selection`; with ``answers = "teacher"`` a dream's questions are
-first answered by the teacher reading the document), and an expert learns them: the sleep's consolidated
-expert, or a new expert of the same level (``DreamingConfig.expert``). No gold answer is used.
+first answered by the teacher reading the document), and an expert learns them: the sleep's
+consolidated expert, or a new expert of the same level (``DreamingConfig.expert``). No gold
+answer is used.
 With ``objective = "sft"`` the training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on
 the kept dreams' lines and the documents; with ``"distill"`` it is Knowledge Seeding's step
 (forward KL, off-policy, no LTI) on the same token sequences, the teacher being the model without
