@@ -21,7 +21,7 @@ from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.tasks.biographies import BiographyConfig, Question, generate_biographies
-from sleepcore.tasks.knowledge_eval import swapped_rate
+from sleepcore.tasks.knowledge_eval import dominant_value, swapped_rate
 from sleepcore.tasks.knowledge_methods import documents_of, oracle_examples, wake_questions_of
 from sleepcore.tasks.knowledge_metrics import (add_derived, compact_history, gap_closure, logprob_scores, sleep_costs,
                                                teachable)
@@ -88,7 +88,8 @@ def test_scores_hold_the_gold_log_probability_and_each_answer(report):
             assert len(one["answers"]) == one["count"] and all(isinstance(a, str) for a in one["answers"])
             assert one["logp_token"] < 0 and one["logp_answer"] <= one["logp_token"]
             assert one["teachable"]["count"] == sum(ceiling[index]["one_hop"]["contains_each"])
-            assert 0 <= one["swapped"] <= 1 - one["contains"]
+            assert 0 <= one["swapped"] <= 1 - one["contains"] and 0 <= one["dominant_share"] <= 1
+            assert (one["dominant"] is None) == (one["dominant_share"] == 0)
             assert "logp_token" in sleep["two_hop"]
 
 
@@ -100,6 +101,16 @@ def test_swapped_answers_give_another_persons_value_of_the_same_attribute():
     answers = ["A was born in Oslet.", "B was born in Oslet.", "A works in Tarvik.", "Nobody."]
     # 1: B's city for A; 2: right; 3: a city, not an employer; 4: nothing
     assert swapped_rate(answers, questions) == 0.25
+
+
+def test_the_dominant_value_is_the_gold_answer_the_most_answers_contain():
+    questions = [Question("Where was A born?", "Tarvik", "A", "birth_city", 1),
+                 Question("Where was B born?", "Oslet", "B", "birth_city", 1),
+                 Question("Who employs A?", "Quell Press", "A", "employer", 1),
+                 Question("Who employs B?", "Oslet Works", "B", "employer", 1)]
+    answers = ["In Oslet.", "Oslet, I think.", "Oslet Works.", "Tarvik"]  # "Oslet Works" holds "Oslet" too
+    assert dominant_value(answers, questions) == ("Oslet", 0.75)
+    assert dominant_value(["Nobody.", "No idea."] * 2, questions) == (None, 0.0)
 
 
 def test_oracle_training_raises_the_gold_answers_log_probability(report):

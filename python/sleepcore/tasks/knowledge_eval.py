@@ -12,7 +12,10 @@ of 0 can be a wrong fact or a right one said too slowly for ``ANSWER_TOKENS``), 
 log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`), and ``swapped``:
 the fraction of answers that miss their gold but contain another person's value of the same
 attribute (a fact stored without its owner: after a sleep, many answers give one value, such as
-the same occupation, to every person).
+the same occupation, to every person), and ``dominant`` / ``dominant_share``: the gold value that
+the most answers contain, of any question of the set, and the fraction that do (measured after
+dreaming on SmolLM2-135M: one company name in 29 of 70 answers, against 7 for the in-context
+teacher, whose repeats are right answers shared by several people).
 """
 
 from __future__ import annotations
@@ -44,11 +47,23 @@ def swapped_rate(predictions: list[str], questions: list) -> float:
     return sum(swapped) / max(len(swapped), 1)
 
 
+def dominant_value(predictions: list[str], questions: list) -> tuple[str | None, float]:
+    """The gold answer (of any of ``questions``) that the most ``predictions`` contain, and the
+    fraction of ``predictions`` that contain it; ``(None, 0.0)`` when none contains any. Ties go to
+    the first value in question order."""
+    values = list(dict.fromkeys(q.answer for q in questions))
+    counts = [sum(contains_match(prediction, value) for prediction in predictions) for value in values]
+    best = max(range(len(values)), key=counts.__getitem__, default=None)
+    if best is None or counts[best] == 0:
+        return None, 0.0
+    return values[best], counts[best] / len(predictions)
+
+
 def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context: bool = False,
              progress: bool = False) -> dict:
     """Per question set (``one_hop``, ``two_hop``): ``contains``, ``em``, ``f1``, ``count``,
     ``contains_each``, ``answers`` (the greedy answers, in question order), ``swapped``
-    (:func:`swapped_rate`) and the gold answer's ``logp_token`` / ``logp_answer`` under ``engine.model``
+    (:func:`swapped_rate`), ``dominant`` and ``dominant_share`` (:func:`dominant_value`) and the gold answer's ``logp_token`` / ``logp_answer`` under ``engine.model``
     as it is (its active experts)."""
     def context(question):
         if not in_context:
@@ -66,5 +81,6 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
         scores[name] = {"contains": matched.pop("contains"), **matched, **logprob_scores(logprobs),
                         "contains_each": [int(contains_match(p, g)) for p, g in zip(predictions, golds)],
                         "swapped": swapped_rate(predictions, questions),
+                        **dict(zip(("dominant", "dominant_share"), dominant_value(predictions, questions))),
                         "answers": predictions}
     return scores
