@@ -261,7 +261,8 @@ def dreaming_targets(report: dict, minimum_gap: float = 0.5) -> list[dict]:
 
 def plot_rewards(report: dict, path) -> bool:
     """``knowledge_dreaming.png``: each generator's ReST-EM reward per round, and its inner-loop
-    adapted score against the base score. Returns False (and writes nothing) without generators."""
+    adapted score against the reward's baseline, labelled by the suite's ``reward_score`` and
+    ``reward_baseline``. Returns False (and writes nothing) without generators."""
     generators = (report.get("dreaming") or {}).get("generators")
     if not generators:
         return False
@@ -277,9 +278,12 @@ def plot_rewards(report: dict, path) -> bool:
         scores.plot(range(len(measured)), [m["best_score"] for m in measured], marker="^", linestyle=":",
                     label=f"{name} best of m")
     first = next(iter(generators.values()))["rounds"][0]
-    scores.axhline(first["base_score"], color="gray", linestyle="--", label="base (unadapted)")
+    dreaming = report.get("config", {}).get("dreaming", {})
+    baseline = {"document": "adapter on the document alone"}.get(dreaming.get("reward_baseline"), "base (unadapted)")
+    score = {"gold_log_prob": "gold log-prob per token"}.get(dreaming.get("reward_score"), "contains")
+    scores.axhline(first["base_score"], color="gray", linestyle="--", label=baseline)
     for axis, title in ((rewards, "ReST-EM reward (fraction of kept dreams rewarded)"),
-                        (scores, "inner-loop closed-book contains")):
+                        (scores, f"inner-loop closed-book {score}")):
         axis.set_xlabel("round (R: after R generator updates)")
         axis.set_title(title, fontsize=9)
         axis.legend(fontsize=7)
