@@ -170,8 +170,9 @@ def test_distillation_loss_equals_a_plain_reference(seed):
         want = torch.autograd.grad(reference.sum(), batched.parameters(), allow_unused=True)
         torch.testing.assert_close(per_adapter, reference.detach(), rtol=1e-4, atol=1e-5)
         assert per_adapter[2] == 0 and bool(per_adapter[:2].gt(0).all())
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, torch.zeros_like(g) if w is None else w, rtol=1e-3, atol=1e-5)
+        for g, w in zip(got, want):  # fp32 rounding scales with the tensor: gradients reach ~30 here
+            w = torch.zeros_like(g) if w is None else w
+            torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-5 * max(1.0, float(w.abs().max())))
         # the same tokens without a teacher are next-token NLL: a different loss
         nll, _ = runtime.next_token_loss(data, PAD)
         assert not torch.isclose(nll.detach(), loss.detach())
