@@ -117,7 +117,7 @@ class DreamingStage:
         items = [item for k in selection.kept for item in examples[k]] + as_examples(tokenizer, [document])
         return {"items": items, "scores": [selection.scores[k] for k in selection.kept], "dreams": len(own),
                 "samples": [own[k].text for k in selection.kept], "document": index,
-                "questions": [[list(prompt), teacher] for prompt, teacher in questions.items()]}
+                "questions": [[prompt, questions[tuple(prompt)]] for prompt, _ in items if tuple(prompt) in questions]}
 
     def step(self, batch) -> dict:
         return self.trainer.step(batch)
