@@ -110,7 +110,7 @@ class DreamingStage:
     def _select(self, index: int, document: str, own: list, examples: list, questions: dict) -> dict:
         """Document ``index``'s kept dreams (``own``, with their training ``examples``; ``questions``:
         their questions' teacher prompts): the kept ones' examples then the document as items, the
-        questions, their scores and texts, and how many dreams it had."""
+        items' questions with their teacher prompts, their scores and texts, and how many dreams it had."""
         context, tokenizer = self.context, self.context.tokenizer
         selection = select_dreams(context.model, context.memory, examples, as_examples(tokenizer, [document]),
                                   pad_id(tokenizer), self.config, seed=context.seed * 100_003 + index)
