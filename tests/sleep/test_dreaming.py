@@ -29,7 +29,7 @@ from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
                                     load_generator, save_generator, write_dreams)
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
-from sleepcore.sleep.prompts import after_context, document_reader, with_context
+from sleepcore.sleep.prompts import after_context, document_reader, named_entities, names_entity, with_context
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -81,6 +81,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(answers="teacher", objective="sft"), ValueError, "answers"),
     (dict(answer_temperature=-0.5), ValueError, "answer_temperature"),
     (dict(answer_max_tokens=0), ValueError, "answer_max_tokens"),
+    (dict(questions_name_entity="yes"), TypeError, "questions_name_entity"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -120,7 +121,7 @@ def test_a_dream_is_split_into_lines_with_the_document_last(wrapped):
 
 
 QUESTION_DREAMS = ("Where was {name} born? In a city.\nWhat does {name} do?\n{name} likes tea.\nWhy?",
-                   "{name} works hard.\nWhich company employs {name}? None.")
+                   "{name} works hard.\nWhich company employs {name}? None.\nWhere did she work?")
 
 
 def question_dreams(documents: list[str]) -> list[list[Dream]]:
@@ -133,10 +134,19 @@ def test_a_dream_s_questions_are_its_lines_cut_after_the_question_mark():
     text = "1. Where was Ada born? In Lyon.\nAda likes tea.\n- Who? Ada.\nWhere was Ada born? Lyon again."
     assert dream_questions(text) == ["Where was Ada born?"]  # "Who?" is too short; the repeat is dropped
     assert dream_questions("No question here.") == []
+    # with its document's entities, a question must name one of them (a word of it, case and whole word)
+    text = "Where was Ada born?\nWhere did she work?\nWhat is Adams Street?\nWho is ada?\nWhere was Marie Curie born?"
+    assert dream_questions(text, ["Ada Lovelace", "London"]) == ["Where was Ada born?"]
+    assert dream_questions(text, []) == [] and len(dream_questions(text)) == 5
 
 
-@pytest.mark.parametrize("answers", ["dream", "teacher"])
-def test_the_teacher_answers_a_dream_s_questions_after_reading_its_document(wrapped, answers):
+def test_a_question_names_an_entity_when_it_holds_a_word_of_it():
+    assert names_entity("Where did Ilsa-Mae go?", ["Ilsa Varkonen"]) and names_entity("Is Varkonen here?", ["Ilsa Varkonen"])
+    assert not names_entity("Where did Ilsabel go?", ["Ilsa Varkonen"]) and not names_entity("Who?", [])
+
+
+@pytest.mark.parametrize("answers,questions_name_entity", [("dream", True), ("teacher", True), ("teacher", False)])
+def test_the_teacher_answers_a_dream_s_questions_after_reading_its_document(wrapped, answers, questions_name_entity):
     model, tokenizer, memory, engine = wrapped
     documents = DATASET.passages[:2]
     dreams = question_dreams(documents)
@@ -147,7 +157,7 @@ def test_the_teacher_answers_a_dream_s_questions_after_reading_its_document(wrap
         entered.append(True)
         yield
 
-    config = tiny_dreaming(answers=answers, answer_max_tokens=6)
+    config = tiny_dreaming(answers=answers, answer_max_tokens=6, questions_name_entity=questions_name_entity)
     examples, asked = answered_examples(engine, tokenizer, dreams, documents, config, teacher=teacher, seed=5)
     if answers == "dream":
         assert examples == [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams]
@@ -157,7 +167,8 @@ def test_the_teacher_answers_a_dream_s_questions_after_reading_its_document(wrap
     params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=6, seed=5)
     for own, owned, questions, document in zip(dreams, examples, asked, documents):
         for dream, got in zip(own, owned):
-            texts = dream_questions(dream.text)
+            texts = dream_questions(dream.text, named_entities(document) if questions_name_entity else None)
+            assert ("Where did she work?" in texts) is ("she" in dream.text and not questions_name_entity)  # no one
             prompts = [encode(tokenizer, qa_prompt(tokenizer, q)) for q in texts]
             teachers = [encode(tokenizer, qa_prompt(tokenizer, q, document)) for q in texts]  # the document in the turn
             assert all(questions[tuple(p)] == t for p, t in zip(prompts, teachers))
@@ -323,6 +334,8 @@ def test_the_stage_learns_the_teacher_s_answers_to_its_dreams_questions(wrapped,
              enumerate(question_dreams(documents)) for dream in own for q in dream_questions(dream.text)}
     answered = [s for s in stage.items if tuple(s.student_prompt) in asked]
     assert len(answered) >= 2  # the questions, asked closed-book, with the teacher's answers ...
+    assert stage.report["questions"] == len({tuple(s.student_prompt) for s in answered})
+    assert all("she work" not in tokenizer.decode(s.student_prompt) for s in stage.items)  # names no one
     for sample in answered:  # ... which the teacher reads with its own document in the question's turn
         question = tokenizer.decode(sample.student_prompt).split("Question: ")[-1].split("?")[0] + "?"
         document = documents[asked[tuple(sample.student_prompt)]]
@@ -433,7 +446,8 @@ def test_dreamer_fit_with_the_teacher_answering_the_dreams_questions(wrapped, tm
     saved = json.loads((tmp_path / "round-00" / "dreams.json").read_text())
     for own in saved["dreams"]:
         for record in own:
-            texts, document = dream_questions(record["text"]), tasks()[record["document"]].document
+            document = tasks()[record["document"]].document
+            texts = dream_questions(record["text"], named_entities(document))
             asked = [encode(tokenizer, qa_prompt(tokenizer, q)) for q in texts]
             trained = [prompt for prompt, _ in record["examples"]]  # its questions first, asked closed-book,
             assert trained[:len(asked)] == asked  # and the teacher reads each with the document in its turn

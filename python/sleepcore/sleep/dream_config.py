@@ -70,6 +70,10 @@ class DreamingConfig:
     ``answer_temperature``, at most ``answer_max_tokens`` tokens. The dream supplies the
     questions, the teacher the answers (Cartridges' self-study); lines without a question stay as
     written. It needs ``objective = "distill"`` (the teacher that answers is the one distilled).
+    With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
+    document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
+    work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
+    bound to no one.
 
     Selection: each dream's SFT-loss gradient on a fresh inner-loop adapter, scalarised by
     ``selection``: ``"norm"`` (default), ``"cosine"`` (with the document's gradient) or ``"random"``
@@ -149,6 +153,7 @@ class DreamingConfig:
     answers: str = "dream"
     answer_temperature: float = 0.3
     answer_max_tokens: int = 48
+    questions_name_entity: bool = True
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
@@ -176,6 +181,7 @@ class DreamingConfig:
             integer(name, getattr(self, name), minimum=1, optional=True)
         integer("generator_level", self.generator_level, minimum=0)
         boolean("noise", self.noise)
+        boolean("questions_name_entity", self.questions_name_entity)
         number("reward_margin", self.reward_margin, minimum=0.0)
         for name in ("noise_scale", "inner_learning_rate", "generator_learning_rate"):
             positive(name, getattr(self, name))

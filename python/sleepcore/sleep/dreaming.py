@@ -99,6 +99,7 @@ class DreamingStage:
         examples = [item for record in records for item in record["items"]]
         self.report = {"dreams": sum(record["dreams"] for record in records), "kept": len(scores),
                        "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
+                       "questions": sum(len(record["questions"]) for record in records),
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
         if c.objective == "distill":
             examples = self._distillation_items(records, documents)
@@ -123,7 +124,8 @@ class DreamingStage:
         return self.trainer.step(batch)
 
     def summary(self) -> dict:
-        """The dreams' report (written, kept, mean kept score, samples), the examples trained and the
+        """The dreams' report (written, kept, mean kept score, the kept dreams' questions that the
+        teacher answered, samples), the examples trained and the
         expert; with ``objective = "distill"`` also the KL to the teacher on them before and after
         (``dream_kl_before``, ``dream_kl_after``) and ``prepare_forward_tokens`` (the teacher's
         forward and the student's for the KL before)."""

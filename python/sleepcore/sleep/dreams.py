@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from sleepcore.lm import as_examples, chat_turn, encode, qa_prompt
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import DOCUMENT, DreamingConfig
+from sleepcore.sleep.prompts import named_entities, names_entity
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
@@ -66,11 +67,15 @@ def dream_examples(tokenizer, text: str, document: str | None = None) -> list[tu
     return as_examples(tokenizer, texts) if texts else []
 
 
-def dream_questions(text: str) -> list[str]:
+def dream_questions(text: str, entities: list[str] | None = None) -> list[str]:
     """A dream's questions: each line holding a question mark, cut after the first one, without
-    repeats; shorter than 8 characters is no question."""
+    repeats; shorter than 8 characters is no question. With ``entities`` (its document's
+    :func:`~sleepcore.sleep.prompts.named_entities`), only the questions that name one of them
+    (:func:`~sleepcore.sleep.prompts.names_entity`)."""
     questions = [line[:line.index("?") + 1].strip() for line in dream_lines(text) if "?" in line]
-    return list(dict.fromkeys(question for question in questions if len(question) >= 8))
+    questions = [question for question in questions
+                 if len(question) >= 8 and (entities is None or names_entity(question, entities))]
+    return list(dict.fromkeys(questions))
 
 
 def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
@@ -81,7 +86,8 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     response ids)`` pairs, ``questions[i]`` maps a question's student prompt ids (a tuple) to its
     teacher prompt ids (for :func:`~sleepcore.sleep.prompts.document_reader`). With
     ``config.answers = "dream"``: :func:`dream_examples` of each text, no questions. With
-    ``"teacher"``: each of a dream's questions (:func:`dream_questions`) asked closed-book
+    ``"teacher"``: each of a dream's questions (:func:`dream_questions`; with
+    ``config.questions_name_entity`` only those naming an entity of the document) asked closed-book
     (:func:`~sleepcore.lm.qa_prompt`) with the answer the teacher samples reading the same question
     with ``documents[i]`` in its turn (one engine call under the ``teacher`` context manager factory,
     seeded by ``seed``; answers of fewer than 2 tokens are dropped, the stop token is kept), then
@@ -91,8 +97,9 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     questions: list[dict] = [{} for _ in dreams]
     owners = []
     for index, (own, document) in enumerate(zip(dreams, documents)):
+        entities = named_entities(document) if config.questions_name_entity else None
         for k, dream in enumerate(own):
-            for question in dream_questions(dream.text):
+            for question in dream_questions(dream.text, entities):
                 prompt = tuple(encode(tokenizer, qa_prompt(tokenizer, question)))
                 questions[index].setdefault(prompt, encode(tokenizer, qa_prompt(tokenizer, question, document)))
                 owners.append((index, k, prompt))

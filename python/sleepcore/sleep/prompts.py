@@ -245,6 +245,13 @@ def named_entities(document: str) -> list[str]:
     return found
 
 
+def names_entity(question: str, entities: list[str]) -> bool:
+    """Whether ``question`` holds a word of one of ``entities`` (as :func:`named_entities` finds them),
+    case-sensitive and whole: "Where was Ilsa born?" names "Ilsa Varkonen"."""
+    words = set(re.findall(r"[A-Za-z]+", question))
+    return any(part in words for entity in entities for part in re.split(r"[ -]", entity))
+
+
 def entity_prompts(documents: list[str], tokenizer=None, *, per_document: int) -> list[ReplayPrompt]:
     """Up to ``per_document`` "What do you know about <entity>?" prompts per document, one per named
     entity in order of appearance: a chat turn for the student, the document first for the teacher."""
