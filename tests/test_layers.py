@@ -6,6 +6,8 @@ own layer or a lower one. The test parses every module of ``python/sleepcore`` a
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +69,16 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     bad.write_text("from sleepcore.sleep import Sleeper\n")
     assert [part for _, part in _imported_parts(bad)] == ["sleep"]
 
+
+
+def test_the_kernels_folder_never_shadows_another_kernels_package(tmp_path):
+    # kernels/ is a namespace package (no __init__.py): with the checkout first on sys.path (python -m
+    # from its root), `import kernels` still finds a regular package of that name installed later on the
+    # path, as Hugging Face's `kernels` is beside transformers >= 5.25
+    installed = tmp_path / "site" / "kernels"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(tmp_path / 'site')!r}]; "
+            "import kernels; print(kernels.__file__)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert found.stdout.strip() == str(installed / "__init__.py")
