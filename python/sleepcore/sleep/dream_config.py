@@ -73,7 +73,10 @@ class DreamingConfig:
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
-    bound to no one.
+    bound to no one. With ``answers_restate_question`` an answer is learnt only when it repeats a
+    word of what its question asks (:func:`~sleepcore.sleep.dreams.restates_question`): the 135M
+    teacher often answers another question of the same person ("Where was X born?" -> "The name of
+    X's first pet is Y"), which the student would learn as the answer to the one asked.
 
     Selection: each dream's SFT-loss gradient on a fresh inner-loop adapter, scalarised by
     ``selection``: ``"norm"`` (default), ``"cosine"`` (with the document's gradient) or ``"random"``
@@ -154,6 +157,7 @@ class DreamingConfig:
     answer_temperature: float = 0.3
     answer_max_tokens: int = 48
     questions_name_entity: bool = True
+    answers_restate_question: bool = False
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
@@ -182,6 +186,7 @@ class DreamingConfig:
         integer("generator_level", self.generator_level, minimum=0)
         boolean("noise", self.noise)
         boolean("questions_name_entity", self.questions_name_entity)
+        boolean("answers_restate_question", self.answers_restate_question)
         number("reward_margin", self.reward_margin, minimum=0.0)
         for name in ("noise_scale", "inner_learning_rate", "generator_learning_rate"):
             positive(name, getattr(self, name))

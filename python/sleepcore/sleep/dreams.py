@@ -78,6 +78,34 @@ def dream_questions(text: str, entities: list[str] | None = None) -> list[str]:
     return list(dict.fromkeys(questions))
 
 
+#: Words a question's relation is never carried by (question words, articles, auxiliaries, pronouns).
+_FUNCTION_WORDS = frozenset("""what where when who whom whose which why how is was are were be been being did does do
+has have had the a an of in on at to for with by from and or as this that these those it its his her hers their they
+he she him them name named called""".split())
+#: Inflections that share no four-letter start with their noun.
+_SAME_RELATION = {"born": "birth"}
+
+
+def relation_words(question: str) -> list[str]:
+    """The lower-case words of ``question`` that say what it asks: three letters or more, not a
+    function word, not a capitalised word (a name)."""
+    words = [word.lower() for word in re.findall(r"[A-Za-z]{3,}", question)
+             if not word[0].isupper() and word.lower() not in _FUNCTION_WORDS]
+    return [_SAME_RELATION.get(word, word) for word in words]
+
+
+def restates_question(question: str, answer: str) -> bool:
+    """Whether ``answer`` repeats one of the question's :func:`relation_words` (the same word, or the
+    same first four letters: "studied" restates "study"; "born" counts as "birth"); True for a
+    question without any. A small
+    model's wrong answers mostly answer another question ("Where was Ada born?" -> "Ada's first pet
+    is Bim"), which this rejects without knowing the gold answer."""
+    wanted = relation_words(question)
+    said = {_SAME_RELATION.get(word.lower(), word.lower()) for word in re.findall(r"[A-Za-z]{3,}", answer)}
+    return not wanted or any(word in said or (len(word) >= 4 and any(w[:4] == word[:4] for w in said if len(w) >= 4))
+                             for word in wanted)
+
+
 def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
                       *, teacher, seed: int, progress: bool = False) -> tuple[list[list[list]], list[dict]]:
     """Every dream's training examples and, per document, its questions' teacher prompts.
@@ -90,8 +118,9 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     ``config.questions_name_entity`` only those naming an entity of the document) asked closed-book
     (:func:`~sleepcore.lm.qa_prompt`) with the answer the teacher samples reading the same question
     with ``documents[i]`` in its turn (one engine call under the ``teacher`` context manager factory,
-    seeded by ``seed``; answers of fewer than 2 tokens are dropped, the stop token is kept), then
-    the dream's lines without a question as written."""
+    seeded by ``seed``; answers of fewer than 2 tokens are dropped, and with
+    ``config.answers_restate_question`` those that do not :func:`restates_question`; the stop token
+    is kept), then the dream's lines without a question as written."""
     if config.answers == "dream":
         return [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams], [{} for _ in dreams]
     questions: list[dict] = [{} for _ in dreams]
@@ -102,15 +131,16 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
             for question in dream_questions(dream.text, entities):
                 prompt = tuple(encode(tokenizer, qa_prompt(tokenizer, question)))
                 questions[index].setdefault(prompt, encode(tokenizer, qa_prompt(tokenizer, question, document)))
-                owners.append((index, k, prompt))
+                owners.append((index, k, prompt, question))
     params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=config.answer_max_tokens, seed=seed)
     with teacher():
-        outputs = engine.generate([questions[index][prompt] for index, _, prompt in owners], params,
+        outputs = engine.generate([questions[index][prompt] for index, _, prompt, _ in owners], params,
                                   progress=progress) if owners else []
     examples = [[[] for _ in own] for own in dreams]
-    for (index, k, prompt), output in zip(owners, outputs):
+    for (index, k, prompt, question), output in zip(owners, outputs):
         answer = list(output.completions[0].token_ids)
-        if len(answer) >= 2:
+        text = tokenizer.decode(answer, skip_special_tokens=True)
+        if len(answer) >= 2 and (not config.answers_restate_question or restates_question(question, text)):
             examples[index][k].append((list(prompt), answer))
     for index, own in enumerate(dreams):
         for k, dream in enumerate(own):
