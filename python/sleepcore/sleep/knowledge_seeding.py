@@ -206,29 +206,27 @@ class KnowledgeSeeding:
         """``samples`` with ``teacher_hidden`` (``[len(response), H]``, CPU) from a teacher forward
         over their teacher prompts and responses: replay whose responses the teacher did not sample
         (dreams). Each rank computes its block, every rank gets all."""
-        mine, cached = world.block(samples), []
-        for start in range(0, len(mine), KL_BATCH):
-            chunk = mine[start:start + KL_BATCH]
+        def cache(chunk: list[ReplaySample]) -> list[ReplaySample]:
             responses = [sample.response for sample in chunk]
             hidden = self._teacher_hidden(chunk, responses, list(range(len(chunk))))
-            cached += [dataclasses.replace(sample, teacher_hidden=row.cpu())
-                       for sample, row in zip(chunk, hidden.split([len(r) for r in responses]))]
-        return world.gather(cached)
+            return [dataclasses.replace(sample, teacher_hidden=row.cpu())
+                    for sample, row in zip(chunk, hidden.split([len(r) for r in responses]))]
+
+        return _in_chunks(samples, cache)
 
     @torch.no_grad()
     def token_kl(self, samples: list[ReplaySample]) -> list[torch.Tensor]:
         """Per sample, KL(teacher || student) at each response token (fp32 ``[len(response)]``, CPU);
         each rank computes its block, every rank gets all."""
-        mine, kls = world.block(samples), []
-        for start in range(0, len(mine), KL_BATCH):
-            chunk = mine[start:start + KL_BATCH]
+        def kl(chunk: list[ReplaySample]) -> list[torch.Tensor]:
             responses = [sample.response for sample in chunk]
             teacher = self._teacher_hidden(chunk, responses, [])
             student = self.runtime.response_hidden([s.student_prompt for s in chunk], responses, self.pad_id)
-            kl = fused_linear_jsd(student, self.head, teacher, self.head, beta=0.0,
-                                  temperature=self.config.temperature, reduction="none")
-            kls += list(kl.float().cpu().split([len(r) for r in responses]))
-        return world.gather(kls)
+            per_token = fused_linear_jsd(student, self.head, teacher, self.head, beta=0.0,
+                                         temperature=self.config.temperature, reduction="none")
+            return list(per_token.float().cpu().split([len(r) for r in responses]))
+
+        return _in_chunks(samples, kl)
 
     # ------------------------------------------------------------------ the two terms
     def _distillation_term(self, hidden, layout, responses, batch, rollouts: Rollouts, teacher):
@@ -312,3 +310,9 @@ class KnowledgeSeeding:
         loss = loss[0] if isinstance(loss, tuple) else loss
         return loss, rewards, selected.shape[0]
 
+
+def _in_chunks(samples: list, run) -> list:
+    """``run`` over this rank's block of ``samples`` in chunks of ``KL_BATCH``; every rank gets all results."""
+    mine = world.block(samples)
+    return world.gather([result for start in range(0, len(mine), KL_BATCH)
+                         for result in run(mine[start:start + KL_BATCH])])
