@@ -21,7 +21,8 @@ from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.tasks.biographies import BiographyConfig, Question, generate_biographies
-from sleepcore.tasks.knowledge_eval import dominant_value, swapped_rate
+from sleepcore.tasks.knowledge_eval import (attribute_values, binding_scores, choice_scores, dominant_value,
+                                            swapped_rate)
 from sleepcore.tasks.knowledge_methods import documents_of, oracle_examples, wake_questions_of
 from sleepcore.tasks.knowledge_metrics import (add_derived, compact_history, gap_closure, logprob_scores, sleep_costs,
                                                teachable)
@@ -90,6 +91,8 @@ def test_scores_hold_the_gold_log_probability_and_each_answer(report):
             assert one["teachable"]["count"] == sum(ceiling[index]["one_hop"]["contains_each"])
             assert 0 <= one["swapped"] <= 1 - one["contains"] and 0 <= one["dominant_share"] <= 1
             assert (one["dominant"] is None) == (one["dominant_share"] == 0)
+            assert 0 <= one["unique_contains"] <= 1 and 0 <= one["prior_contains"] <= 1
+            assert 0 <= one["choice_accuracy"] <= 1 and 0 < one["choice_chance"] <= 1
             assert "logp_token" in sleep["two_hop"]
 
 
@@ -111,6 +114,40 @@ def test_the_dominant_value_is_the_gold_answer_the_most_answers_contain():
     answers = ["In Oslet.", "Oslet, I think.", "Oslet Works.", "Tarvik"]  # "Oslet Works" holds "Oslet" too
     assert dominant_value(answers, questions) == ("Oslet", 0.75)
     assert dominant_value(["Nobody.", "No idea."] * 2, questions) == (None, 0.0)
+
+
+BINDING_QUESTIONS = [Question("Where was A born?", "Tarvik", "A", "birth_city", 1),
+                     Question("Where was B born?", "Tarvik", "B", "birth_city", 1),
+                     Question("Where was C born?", "Oslet", "C", "birth_city", 1),
+                     Question("Who employs A?", "Quell Press", "A", "employer", 1),
+                     Question("Who employs B?", "Rime Works", "B", "employer", 1),
+                     Question("Who employs C?", "Sable Ltd", "C", "employer", 1)]
+
+
+def test_binding_scores_count_the_answers_a_person_owns_and_what_the_most_common_value_scores():
+    assert attribute_values(BINDING_QUESTIONS)[1] == ["Tarvik", "Oslet"]
+    assert attribute_values(BINDING_QUESTIONS)[4] == ["Rime Works", "Quell Press", "Sable Ltd"]
+    scores = binding_scores([1, 1, 0, 0, 1, 1], BINDING_QUESTIONS)  # Tarvik is A's and B's: not unique
+    assert scores["unique_count"] == 4 and scores["unique_contains"] == 0.5  # Oslet 0, employers 0, 1, 1 -> 2 of 4
+    # "Tarvik" for every city (2 of 3 right), "Quell Press" (the first of a tie) for every employer (1 of 3)
+    assert scores["prior_contains"] == 0.5
+
+
+def test_choice_accuracy_ranks_the_gold_answer_against_other_people_s_answers(monkeypatch):
+    import sleepcore.tasks.knowledge_eval as knowledge_eval
+    believed = {"A": "Oslet", "B": "Tarvik", "C": "Oslet", "Who employs A?": "Quell Press",
+                "Who employs B?": "Quell Press", "Who employs C?": "Sable Ltd"}
+    prompts = [q.text for q in BINDING_QUESTIONS]
+    monkeypatch.setattr(knowledge_eval, "qa_examples", lambda tokenizer, ps, answers: list(zip(ps, answers)))
+
+    def logprobs(model, tokenizer, examples):  # the model's favourite value of each question scores -1, others -5
+        key = lambda prompt: prompt if prompt.startswith("Who") else prompt.split()[2]  # noqa: E731
+        return [[-0.5, -0.5] if believed[key(prompt)] == value else [-5.0] for prompt, value in examples]
+
+    monkeypatch.setattr(knowledge_eval, "gold_logprobs", logprobs)
+    scores = choice_scores(None, None, prompts, BINDING_QUESTIONS)
+    assert scores["choice_accuracy"] == pytest.approx(4 / 6)  # B, C, A's and C's employers
+    assert scores["choice_chance"] == pytest.approx((3 / 2 + 3 / 3) / 6)
 
 
 def test_oracle_training_raises_the_gold_answers_log_probability(report):
