@@ -73,10 +73,16 @@ class DreamingConfig:
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
-    bound to no one. With ``answers_restate_question`` an answer is learnt only when it repeats a
-    word of what its question asks (:func:`~sleepcore.sleep.dreams.restates_question`): the 135M
-    teacher often answers another question of the same person ("Where was X born?" -> "The name of
-    X's first pet is Y"), which the student would learn as the answer to the one asked.
+    bound to no one. With ``answers_restate_question`` (default) an answer is learnt only when it
+    repeats a word of what its question asks (:func:`~sleepcore.sleep.dreams.restates_question`):
+    the 135M teacher often answers another question of the same person ("Where was X born?" -> "The
+    name of X's first pet is Y"), which the student would learn as the answer to the one asked.
+    Measured on SmolLM2-135M-Instruct (question dreams, untrained generator, 10 held-out people,
+    seed 1, one run each): the most repeated value filled 29 of 70 greedy answers at x8 with
+    neither filter, 15 with the entity filter, 9 with both; at x16, 50 with neither and 13 with
+    both (gold log-prob per token -3.23 -> -2.95, drift 1.04 -> 0.65). Neither filter makes the
+    expert tell one person's value from another's (multiple-choice accuracy at chance: README,
+    Dreaming); they stop wrong pairs from concentrating the answers on one value.
 
     Selection: each dream's SFT-loss gradient on a fresh inner-loop adapter, scalarised by
     ``selection``: ``"norm"`` (default), ``"cosine"`` (with the document's gradient) or ``"random"``
@@ -157,7 +163,7 @@ class DreamingConfig:
     answer_temperature: float = 0.3
     answer_max_tokens: int = 48
     questions_name_entity: bool = True
-    answers_restate_question: bool = False
+    answers_restate_question: bool = True
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
