@@ -55,6 +55,8 @@ def tiny():
 
 def test_the_oracle_rows_run_and_are_reported(report):
     table = format_table(report)
+    base = report["results"]["base"]["sleeps"][-1]["one_hop"]  # what needs no binding, under the table
+    assert f"contains {base['prior_contains']:.3f}; multiple-choice chance {base['choice_chance']:.3f}" in table
     for method in ("oracle", "paraphrase-oracle"):
         assert method in report["results"]
         for run in report["results"][method]["runs"]:

@@ -108,6 +108,18 @@ COLUMNS = (("people", 7, lambda s: (s.get("people"), "d")),
            ("seconds", 9, lambda s: (s.get("train_seconds"), ".1f")))
 
 
+def prior_lines(report: dict) -> list[str]:
+    """Per sleep group, what needs no binding: the frequency prior's contains and multiple-choice
+    chance (the same for every row; read from the first row that has them)."""
+    for entry in report["results"].values():
+        sleeps = runs_of(entry)[0]["sleeps"]
+        if all("prior_contains" in sleep["one_hop"] for sleep in sleeps):
+            return [f"sleep {index} without binding: each attribute's most common answer scores contains "
+                    f"{sleep['one_hop']['prior_contains']:.3f}; multiple-choice chance "
+                    f"{sleep['one_hop']['choice_chance']:.3f}" for index, sleep in enumerate(sleeps)]
+    return []
+
+
 def format_table(report: dict) -> str:
     """One line per row, budget multiplier and sleep: closed-book contains (primary), EM, F1,
     contains on the answers a person owns alone and multiple-choice accuracy (binding), 2-hop
@@ -130,6 +142,7 @@ def format_table(report: dict) -> str:
                 tail = _cell(min(deltas) if deltas else None, "+.1f", 10) + _cell(
                     run.get("drift_kl") if last else None, ".4f", 10)
                 lines.append(f"{method:<18}{budget:>7}{index:>6}{cells}{tail}")
+    lines += prior_lines(report)
     lines += reward_lines(report)
     for check in check_targets(report):
         verdict = {True: "met", False: "NOT met", None: "undefined"}[check["met"]]
