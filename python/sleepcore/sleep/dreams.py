@@ -97,9 +97,8 @@ def relation_words(question: str) -> list[str]:
 def restates_question(question: str, answer: str) -> bool:
     """Whether ``answer`` repeats one of the question's :func:`relation_words` (the same word, or the
     same first four letters: "studied" restates "study"; "born" counts as "birth"); True for a
-    question without any. A small
-    model's wrong answers mostly answer another question ("Where was Ada born?" -> "Ada's first pet
-    is Bim"), which this rejects without knowing the gold answer."""
+    question without any. A small model's wrong answers mostly answer another question ("Where was
+    Ada born?" -> "Ada's first pet is Bim"), which this rejects without knowing the gold answer."""
     wanted = relation_words(question)
     said = {_SAME_RELATION.get(word.lower(), word.lower()) for word in re.findall(r"[A-Za-z]{3,}", answer)}
     return not wanted or any(word in said or (len(word) >= 4 and any(w[:4] == word[:4] for w in said if len(w) >= 4))
@@ -139,8 +138,8 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     examples = [[[] for _ in own] for own in dreams]
     for (index, k, prompt, question), output in zip(owners, outputs):
         answer = list(output.completions[0].token_ids)
-        text = tokenizer.decode(answer, skip_special_tokens=True)
-        if len(answer) >= 2 and (not config.answers_restate_question or restates_question(question, text)):
+        if len(answer) >= 2 and (not config.answers_restate_question or restates_question(
+                question, tokenizer.decode(answer, skip_special_tokens=True))):
             examples[index][k].append((list(prompt), answer))
     for index, own in enumerate(dreams):
         for k, dream in enumerate(own):
