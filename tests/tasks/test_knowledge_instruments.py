@@ -147,7 +147,8 @@ def test_choice_accuracy_ranks_the_gold_answer_against_other_people_s_answers(mo
         return [[-0.5, -0.5] if believed[key(prompt)] == value else [-5.0] for prompt, value in examples]
 
     monkeypatch.setattr(knowledge_eval, "gold_logprobs", logprobs)
-    scores = choice_scores(None, None, prompts, BINDING_QUESTIONS)
+    gold = [sum(row) for row in logprobs(None, None, [(q.text, q.answer) for q in BINDING_QUESTIONS])]
+    scores = choice_scores(None, None, prompts, BINDING_QUESTIONS, gold)
     assert scores["choice_accuracy"] == pytest.approx(4 / 6)  # B, C, A's and C's employers
     assert scores["choice_chance"] == pytest.approx((3 / 2 + 3 / 3) / 6)
 

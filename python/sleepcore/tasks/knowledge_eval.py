@@ -98,23 +98,21 @@ def binding_scores(contains_each: list[int], questions: list) -> dict:
             "prior_contains": sum(prior) / max(len(prior), 1)}
 
 
-def choice_scores(model, tokenizer, prompts: list[str], questions: list) -> dict:
+def choice_scores(model, tokenizer, prompts: list[str], questions: list, gold: list[float]) -> dict:
     """Closed-book multiple choice by log-probability: ``choice_accuracy``, the fraction of questions
     whose own gold answer has strictly the highest total log-probability after the prompt among its
     attribute's values in the set (:func:`attribute_values`: other people's answers to the same
     question), and ``choice_chance``, its expectation for a model that cannot tell them apart
     (the mean of 1 / the number of values). Gold log-probs that rise for every value of an
-    attribute at once leave it at chance; only binding a value to its owner raises it."""
-    choices = attribute_values(questions)
-    examples = qa_examples(tokenizer, [p for p, own in zip(prompts, choices) for _ in own],
-                           [value for own in choices for value in own])
+    attribute at once leave it at chance; only binding a value to its owner raises it. ``gold``:
+    each question's gold answer's total log-probability, already computed by the caller."""
+    others = [own[1:] for own in attribute_values(questions)]
+    examples = qa_examples(tokenizer, [p for p, own in zip(prompts, others) for _ in own],
+                           [value for own in others for value in own])
     totals = iter([sum(row) for row in gold_logprobs(model, tokenizer, examples)])
-    wins = []
-    for own in choices:
-        scores = [next(totals) for _ in own]
-        wins.append(scores[0] > max(scores[1:], default=float("-inf")))
+    wins = [score > max((next(totals) for _ in own), default=float("-inf")) for score, own in zip(gold, others)]
     return {"choice_accuracy": sum(wins) / max(len(wins), 1),
-            "choice_chance": sum(1 / len(own) for own in choices) / max(len(choices), 1)}
+            "choice_chance": sum(1 / (len(own) + 1) for own in others) / max(len(others), 1)}
 
 
 def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context: bool = False,
@@ -137,11 +135,12 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
         golds = [q.answer for q in questions]
         predictions = answer(engine, tokenizer, prompts, progress=progress)
         logprobs = gold_logprobs(engine.model, tokenizer, qa_examples(tokenizer, prompts, golds))
+        gold_totals = [sum(row) for row in logprobs]
         matched = aggregate(predictions, golds)
         contains_each = [int(contains_match(p, g)) for p, g in zip(predictions, golds)]
         scores[name] = {"contains": matched.pop("contains"), **matched, **logprob_scores(logprobs),
                         "contains_each": contains_each, **binding_scores(contains_each, questions),
-                        **choice_scores(engine.model, tokenizer, prompts, questions),
+                        **choice_scores(engine.model, tokenizer, prompts, questions, gold_totals),
                         "swapped": swapped_rate(predictions, questions),
                         **dict(zip(("dominant", "dominant_share"), dominant_value(predictions, questions))),
                         "answers": predictions}
