@@ -106,7 +106,7 @@ def test_sleepcore_dream_train_runs_under_torchrun(tmp_path):
     for name in ("single", "ranks"):
         (tmp_path / f"{name}.toml").write_text(tiny_dream_train_config(tmp_path / name))
     assert cli.main(["dream", "train", "--config", str(tmp_path / "single.toml")]) == 0
-    torchrun("-m", "sleepcore.cli", "dream", "train", "--config", str(tmp_path / "ranks.toml"), cwd=tmp_path)
+    torchrun("-m", "sleepcore.cli", "dream", "train", "--config", str(tmp_path / "ranks.toml"))
     got, want = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("ranks", "single"))
     strip = lambda rounds: [{k: v for k, v in r.items() if k != "seconds"} for r in rounds]  # noqa: E731
     assert strip(got["rounds"]) == strip(want["rounds"]) and got["base_scores"] == want["base_scores"]

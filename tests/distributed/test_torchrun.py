@@ -42,9 +42,7 @@ GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 def torchrun(*arguments: str, succeed: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Launches 2 ranks. With ``succeed``, a launch that died of gloo's teardown abort (a rank's
     SIGABRT at exit, seen twice in CI on a loaded machine, after every file was written) is run once
-    more, and the second launch must succeed. ``python -m`` puts ``cwd`` first on the path, so a CLI
-    launch runs outside the checkout: its top-level ``kernels/`` folder would shadow Hugging Face's
-    ``kernels`` package, which transformers 5.25 imports."""
+    more, and the second launch must succeed."""
     def launch():
         return subprocess.run([*LAUNCH, *arguments], capture_output=True, text=True, timeout=300, cwd=cwd,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -140,7 +138,7 @@ def test_sleepcore_run_under_torchrun_trains_the_single_process_experts(tmp_path
     for name in ("single", "ranks"):
         (tmp_path / f"{name}.toml").write_text(RUN.format(output=tmp_path / name, documents=documents))
     assert cli.main(["run", "--config", str(tmp_path / "single.toml")]) == 0
-    torchrun("-m", "sleepcore.cli", "run", "--config", str(tmp_path / "ranks.toml"), cwd=tmp_path)
+    torchrun("-m", "sleepcore.cli", "run", "--config", str(tmp_path / "ranks.toml"))
     assert_same_memory(tmp_path / "ranks" / "memory.safetensors", tmp_path / "single" / "memory.safetensors")
     for sleep in ("sleep-000", "sleep-001"):
         lines = (tmp_path / "ranks" / sleep / "seeding" / "metrics.jsonl").read_text().splitlines()
