@@ -3,17 +3,21 @@
 For each run folder (``<output_dir>/<method>/x<budget>``) it loads the memory of the last sleep's
 last checkpoint (its ``dreaming`` stage when it has one) into the suite's wrapped model and
 evaluates the last sleep group closed-book with :func:`~sleepcore.tasks.knowledge_eval.evaluate`,
-which now reports ``unique_contains``, ``prior_contains`` and ``choice_accuracy`` beside
-"contains" and the gold log-prob. ``--untrained`` adds the base and in-context rows. The suite
+which now reports ``unique_contains``, ``prior_contains``, ``choice_accuracy`` and
+``sentence_choice_accuracy`` beside "contains" and the gold log-prob. ``--untrained`` adds the base and in-context rows.
+``--phrasing wake`` asks each fact in its wake phrasing (``questions[1]``, the one that
+``wake_questions`` replays and ``paraphrase-oracle`` trains on) instead of the evaluation's
+(``questions[0]``): does a row answer the very questions its sleep trained on? The suite
 config (``CONFIG.toml``, as given to ``sleepcore eval knowledge``) must be the runs' own, or one
 with the same people and memory shape.
 
-    python bench/binding_rescore.py CONFIG.toml OUT.json [--untrained] RUN_DIR[:label] ...
+    python bench/binding_rescore.py CONFIG.toml OUT.json [--untrained] [--phrasing wake] RUN_DIR[:label] ...
 
 Prints one JSON line per row and writes them all to ``OUT.json``.
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +28,8 @@ from sleepcore.tasks.knowledge_methods import documents_of
 from sleepcore.tasks.knowledge_suite import KnowledgeSuite, sleep_groups
 
 KEYS = ("contains", "unique_contains", "unique_count", "prior_contains", "choice_accuracy", "choice_chance",
-        "logp_token", "swapped")
+        "sentence_choice_accuracy", "logp_token", "swapped")
+PHRASINGS = {"eval": 0, "wake": 1}
 
 
 def final_memory(run: Path) -> Path:
@@ -35,6 +40,13 @@ def final_memory(run: Path) -> Path:
     stages = sorted(path for path in sleeps[-1].iterdir() if (path / "LATEST").is_file())
     stage = next((path for path in stages if path.name == "dreaming"), stages[-1])
     return stage / (stage / "LATEST").read_text().strip() / "memory.safetensors"
+
+
+def asked_in_phrasing(group, phrasing: int):
+    """``group`` with each 1-hop question asked in its fact's ``questions[phrasing]``."""
+    facts = {(person.name, fact.attribute): fact for person in group.people for fact in person.facts}
+    return dataclasses.replace(group, questions=[
+        dataclasses.replace(q, text=facts[(q.person, q.attribute)].questions[phrasing]) for q in group.questions])
 
 
 def row(label: str, scores: dict) -> dict:
@@ -48,6 +60,8 @@ def main() -> None:
     parser.add_argument("output")
     parser.add_argument("runs", nargs="*", help="RUN_DIR or RUN_DIR:label")
     parser.add_argument("--untrained", action="store_true", help="also score the base and in-context rows")
+    parser.add_argument("--phrasing", choices=PHRASINGS, default="eval",
+                        help="ask each fact as the evaluation does (questions[0]) or as the wake questions (questions[1])")
     args = parser.parse_intermixed_args()
     suite_parser = argparse.ArgumentParser()
     add_knowledge_arguments(suite_parser)
@@ -55,7 +69,7 @@ def main() -> None:
     corpus = [document for group in sleep_groups(config.suite) for document in documents_of(group)]
     model, tokenizer = load_model_or_tiny(config.model, corpus)
     suite = KnowledgeSuite(model, tokenizer, config.suite, Path(args.output).parent, progress=False)
-    group, rows = suite.groups[-1], []
+    group, rows = asked_in_phrasing(suite.groups[-1], PHRASINGS[args.phrasing]), []
 
     def score(label: str, *, in_context: bool = False) -> None:
         rows.append(row(label, evaluate(suite.engine, tokenizer, group, in_context=in_context)))
@@ -68,7 +82,7 @@ def main() -> None:
         run, _, label = item.partition(":")
         suite.memory.load(final_memory(Path(run)))  # every expert and mask, as the run left them
         score(label or run)
-    Path(args.output).write_text(json.dumps({"config": args.config, "rows": rows}, indent=1))
+    Path(args.output).write_text(json.dumps({"config": args.config, "phrasing": args.phrasing, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
-from sleepcore.tasks.biographies import BiographyConfig, Question, generate_biographies
+from sleepcore.tasks.biographies import BiographyConfig, Fact, Question, generate_biographies
 from sleepcore.tasks.knowledge_eval import (attribute_values, binding_scores, choice_scores, dominant_value,
+                                            sentence_choice_scores,
                                             swapped_rate)
 from sleepcore.tasks.knowledge_methods import documents_of, oracle_examples, wake_questions_of
 from sleepcore.tasks.knowledge_metrics import (add_derived, compact_history, gap_closure, logprob_scores, sleep_costs,
@@ -153,6 +154,25 @@ def test_choice_accuracy_ranks_the_gold_answer_against_other_people_s_answers(mo
     assert scores["choice_chance"] == pytest.approx((3 / 2 + 3 / 3) / 6)
 
 
+def test_sentence_choice_ranks_each_value_said_in_the_gold_answer_s_sentence(monkeypatch):
+    import sleepcore.tasks.knowledge_eval as knowledge_eval
+    believed = {"A was born in Oslet.", "B was born in Tarvik.", "C was born in Tarvik.",
+                "A works for Quell Press.", "B works for Rime Works.", "C works for Rime Works."}
+    seen = []
+    monkeypatch.setattr(knowledge_eval, "qa_examples", lambda tokenizer, ps, answers: list(zip(ps, answers)))
+
+    def logprobs(model, tokenizer, examples):  # a sentence the model believes scores -1, others -4
+        seen.extend(answer for _, answer in examples)
+        return [[-0.5, -0.5] if answer in believed else [-4.0] for _, answer in examples]
+
+    monkeypatch.setattr(knowledge_eval, "gold_logprobs", logprobs)
+    sentences = [f"{q.person} was born in {q.answer}." if q.attribute == "birth_city" else
+                 f"{q.person} works for {q.answer}." for q in BINDING_QUESTIONS]
+    scores = sentence_choice_scores(None, None, [q.text for q in BINDING_QUESTIONS], BINDING_QUESTIONS, sentences)
+    assert scores["sentence_choice_accuracy"] == pytest.approx(3 / 6)  # B, A's and B's employers
+    assert seen[:4] == ["A was born in Tarvik.", "A was born in Oslet.", "B was born in Tarvik.", "B was born in Oslet."]
+
+
 def test_oracle_training_raises_the_gold_answers_log_probability(report):
     base = report["results"]["base"]["sleeps"]
     for run in report["results"]["oracle"]["runs"]:
@@ -172,7 +192,7 @@ def test_knowledge_seeding_with_forward_kl_raises_the_gold_log_probability(tiny)
         passage, facts = group.passages[0], group.people[0].facts
         reading = qa_examples(tokenizer, [qa_prompt(tokenizer, f.questions[1], passage) for f in facts],
                               [f.value for f in facts])
-        closed_book = oracle_examples(tokenizer, group, paraphrase=True)
+        closed_book = oracle_examples(tokenizer, group, "paraphrase-oracle")
 
         def gold():
             return logprob_scores(gold_logprobs(model, tokenizer, closed_book))["logp_token"]
@@ -199,7 +219,7 @@ def test_knowledge_seeding_with_forward_kl_raises_the_gold_log_probability(tiny)
 
 def test_oracle_items_are_the_questions_with_the_answer_as_the_model_writes_it_and_its_end(tiny):
     group, _, tokenizer = tiny
-    evaluation, wake = (oracle_examples(tokenizer, group, paraphrase=p) for p in (False, True))
+    evaluation, wake = (oracle_examples(tokenizer, group, m) for m in ("oracle", "paraphrase-oracle"))
     expected = qa_examples(tokenizer, [qa_prompt(tokenizer, q.text) for q in group.questions],
                            [q.answer for q in group.questions])
     expected = [(prompt, answer + end_of_turn(tokenizer)) for prompt, answer in expected]  # where the answer ends
@@ -210,9 +230,21 @@ def test_oracle_items_are_the_questions_with_the_answer_as_the_model_writes_it_a
     assert answer_text("Answer:", "Meridale") == " Meridale"
 
 
+def test_sentence_oracle_items_answer_the_wake_questions_with_a_sentence_naming_the_person_first(tiny):
+    group, _, tokenizer = tiny
+    wake, sentences = (oracle_examples(tokenizer, group, m) for m in ("paraphrase-oracle", "sentence-oracle"))
+    assert [p for p, _ in sentences] == [p for p, _ in wake]
+    for fact, (_, answer) in zip(group.people[0].facts, sentences):
+        said = tokenizer.decode(answer[:-len(end_of_turn(tokenizer))]).strip()
+        assert said == fact.answer_sentence and said in fact.sentences
+        assert fact.person in said and said.index(fact.person) < said.index(fact.value)
+    value_first = Fact("Ann Lee", "birth_city", "Oslo", ("Oslo is where Ann Lee was born.",), ("?", "?"))
+    assert value_first.answer_sentence == "Oslo is where Ann Lee was born."  # no sentence names her first
+
+
 def test_the_gold_log_probability_is_the_full_logits_one(tiny):
     group, model, tokenizer = tiny
-    examples = oracle_examples(tokenizer, group, paraphrase=False)
+    examples = oracle_examples(tokenizer, group, "oracle")
     fused = gold_logprobs(model, tokenizer, examples, batch_size=3)
     with torch.no_grad():
         for (prompt, answer), values in zip(examples, fused):

@@ -29,7 +29,7 @@ TINY_CONFIG = KnowledgeSuiteConfig(
 KNOWLEDGE_DESCRIPTION = """\
 The knowledge suite (sleepcore.tasks.knowledge_suite): base, in-context, SFT, GKD and Knowledge
 Seeding at the same sleep budgets (each trained row once per multiplier of --budgets), beside the
-ceilings oracle and paraphrase-oracle (SFT on the gold answers), on a packaged model, a local model
+ceilings oracle, paraphrase-oracle and sentence-oracle (SFT on the gold answers), on a packaged model, a local model
 folder or (--tiny) a tiny random model. Prints the table (closed-book contains first, gold-answer
 log-prob, teachable subset, gap closure, costs) and writes knowledge.json (with per-step history),
 knowledge.png and knowledge_budgets.png (contains against trained tokens and seconds). Issue 12's
@@ -44,7 +44,7 @@ output_dir = "sleepcore-eval"     # checkpoints, knowledge.json, knowledge.png
 tiny = false                      # true: the tiny random model and the small protocol (TINY_CONFIG)
 [suite]                           # KnowledgeSuiteConfig fields
 sleeps = [1, 50]                  # people per sleep, in order
-methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-lti, ks-memory, oracle, paraphrase-oracle, and
+methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-lti, ks-memory, the oracles, and
                                   # seal, sleep, sleep-no-selection, sleep-no-noise, dreaming-round0
 tokens_per_document = 200         # the sleep budget
 budgets = [1.0]                   # multipliers of it: one run of each trained row per multiplier
@@ -121,7 +121,7 @@ def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", default=None, help="a tiny random model and a small protocol")
     parser.add_argument("--sleeps", help="people per sleep, in order, e.g. 1,50 (suite.sleeps)")
     parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-lti,ks-memory,"
-                                          "oracle,paraphrase-oracle and issue 12's seal,sleep,sleep-no-selection,"
+                                          "oracle,paraphrase-oracle,sentence-oracle and issue 12's seal,sleep,sleep-no-selection,"
                                           "sleep-no-noise,dreaming-round0 (suite.methods)")
     parser.add_argument("--tokens-per-document", type=int, help="the sleep budget (suite.tokens_per_document)")
     parser.add_argument("--budgets", help="multipliers of the sleep budget, e.g. 1,4,16: each trained row runs once "

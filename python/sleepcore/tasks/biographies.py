@@ -124,6 +124,12 @@ class Fact:
     sentences: tuple[str, ...]
     questions: tuple[str, ...]
 
+    @property
+    def answer_sentence(self) -> str:
+        """The first of :attr:`sentences` that names the person before the value ("The birthplace
+        of X is Y."), the form a model's sentence answers take; else the first sentence."""
+        return next((s for s in self.sentences if s.find(self.person) < s.find(self.value)), self.sentences[0])
+
 
 @dataclass(frozen=True)
 class Person:

@@ -22,7 +22,9 @@ city, employer or university, so answering each attribute's most common value sc
 ``prior_contains`` (0.23-0.24 on the suite's 10-person groups) without knowing who is asked.
 ``unique_contains`` counts only the questions whose answer is the person's alone, and
 ``choice_accuracy`` ranks each gold answer by log-probability against the other people's answers
-to the same question (chance: ``choice_chance``).
+to the same question (chance: ``choice_chance``), said as the whole answer;
+``sentence_choice_accuracy`` ranks them said inside a sentence that names the person first, the
+form a model trained on sentence answers binds in.
 """
 
 from __future__ import annotations
@@ -98,6 +100,20 @@ def binding_scores(contains_each: list[int], questions: list) -> dict:
             "prior_contains": sum(prior) / max(len(prior), 1)}
 
 
+def _answer_totals(model, tokenizer, prompts: list[str], answers: list[list[str]]) -> list[list[float]]:
+    """Per prompt, each of its ``answers``' total log-probability after it (one batched pass)."""
+    examples = qa_examples(tokenizer, [p for p, own in zip(prompts, answers) for _ in own],
+                           [answer for own in answers for answer in own])
+    totals = iter([sum(row) for row in gold_logprobs(model, tokenizer, examples)])
+    return [[next(totals) for _ in own] for own in answers]
+
+
+def _first_ranked_first(scores: list[list[float]]) -> float:
+    """The fraction of rows whose first score is strictly above all of the row's others."""
+    wins = [own[0] > max(own[1:], default=float("-inf")) for own in scores]
+    return sum(wins) / max(len(wins), 1)
+
+
 def choice_scores(model, tokenizer, prompts: list[str], questions: list, gold: list[float]) -> dict:
     """Closed-book multiple choice by log-probability: ``choice_accuracy``, the fraction of questions
     whose own gold answer has strictly the highest total log-probability after the prompt among its
@@ -105,14 +121,25 @@ def choice_scores(model, tokenizer, prompts: list[str], questions: list, gold: l
     question), and ``choice_chance``, its expectation for a model that cannot tell them apart
     (the mean of 1 / the number of values). Gold log-probs that rise for every value of an
     attribute at once leave it at chance; only binding a value to its owner raises it. ``gold``:
-    each question's gold answer's total log-probability, already computed by the caller."""
+    each question's gold answer's total log-probability, already computed by the caller. The value
+    is scored as the whole answer, right after the prompt: a model trained to answer in sentences
+    binds inside the sentence, which :func:`sentence_choice_scores` measures."""
     others = [own[1:] for own in attribute_values(questions)]
-    examples = qa_examples(tokenizer, [p for p, own in zip(prompts, others) for _ in own],
-                           [value for own in others for value in own])
-    totals = iter([sum(row) for row in gold_logprobs(model, tokenizer, examples)])
-    wins = [score > max((next(totals) for _ in own), default=float("-inf")) for score, own in zip(gold, others)]
-    return {"choice_accuracy": sum(wins) / max(len(wins), 1),
+    scores = [[own] + row for own, row in zip(gold, _answer_totals(model, tokenizer, prompts, others))]
+    return {"choice_accuracy": _first_ranked_first(scores),
             "choice_chance": sum(1 / (len(own) + 1) for own in others) / max(len(others), 1)}
+
+
+def sentence_choice_scores(model, tokenizer, prompts: list[str], questions: list, sentences: list[str]) -> dict:
+    """``sentence_choice_accuracy``: :func:`choice_scores` with every candidate said in a sentence,
+    ``sentences[i]`` (one that states question i's gold answer, ``Fact.answer_sentence``) with the
+    gold value replaced by each of the attribute's values; chance is ``choice_chance``. Measured on
+    SmolLM2-135M (10 people, seed 1): SFT on the wake questions with these sentences as answers
+    answered 0.414 closed-book ("contains"; 9 of the 30 answers no one else shares) while the bare
+    value right after the prompt ranked first only 0.229 of the time (chance 0.182)."""
+    candidates = [[sentence.replace(own[0], value) for value in own]
+                  for sentence, own in zip(sentences, attribute_values(questions))]
+    return {"sentence_choice_accuracy": _first_ranked_first(_answer_totals(model, tokenizer, prompts, candidates))}
 
 
 def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context: bool = False,
@@ -121,7 +148,8 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
     ``contains_each``, ``answers`` (the greedy answers, in question order), ``swapped``
     (:func:`swapped_rate`), ``dominant`` and ``dominant_share`` (:func:`dominant_value`),
     ``unique_contains`` / ``unique_count`` / ``prior_contains`` (:func:`binding_scores`),
-    ``choice_accuracy`` / ``choice_chance`` (:func:`choice_scores`) and the gold answer's
+    ``choice_accuracy`` / ``choice_chance`` (:func:`choice_scores`), for the 1-hop set
+    ``sentence_choice_accuracy`` (:func:`sentence_choice_scores`) and the gold answer's
     ``logp_token`` / ``logp_answer``, all under ``engine.model`` as it is (its active experts)."""
     def context(question):
         if not in_context:
@@ -129,6 +157,7 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
         passage = dataset.passage_of(question.person)
         return passage + "\n" + dataset.company_passage_of(question.person) if question.hops == 2 else passage
 
+    facts = {(person.name, fact.attribute): fact for person in dataset.people for fact in person.facts}
     scores = {}
     for name, questions in (("one_hop", dataset.questions), ("two_hop", dataset.two_hop_questions)):
         prompts = [qa_prompt(tokenizer, q.text, context(q)) for q in questions]
@@ -141,6 +170,9 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
         scores[name] = {"contains": matched.pop("contains"), **matched, **logprob_scores(logprobs),
                         "contains_each": contains_each, **binding_scores(contains_each, questions),
                         **choice_scores(engine.model, tokenizer, prompts, questions, gold_totals),
+                        **(sentence_choice_scores(engine.model, tokenizer, prompts, questions,
+                                                  [facts[q.person, q.attribute].answer_sentence for q in questions])
+                           if name == "one_hop" else {}),
                         "swapped": swapped_rate(predictions, questions),
                         **dict(zip(("dominant", "dominant_share"), dominant_value(predictions, questions))),
                         "answers": predictions}

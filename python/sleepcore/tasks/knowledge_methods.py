@@ -8,12 +8,16 @@
   distilled as TRL's ``GKDTrainer`` does by default (``lambda = 0.5`` on-policy, ``beta = 0.5``,
   ``alpha = 1``): the GKD anchor; ``ks-memory`` is ``ks`` from the memory teacher (the fast level
   learns the documents online while awake). All but ``ks-memory`` use the in-context teacher.
-* ``oracle`` and ``paraphrase-oracle`` are ceilings, not methods: SFT of a fresh expert of the
-  consolidated level on the group's 1-hop facts asked closed-book with their gold answers, the
-  loss on the answer only. ``oracle`` trains on the evaluation phrasing (``questions[0]``): can
-  the expert hold the facts at this budget (capacity)? ``paraphrase-oracle`` trains on the wake
-  phrasing (``questions[1]``) and is evaluated on the other: does a fact learned in one phrasing
-  answer another (transfer)? Items are ``(qa_prompt ids, answer ids)`` with the answer tokenised
+* ``oracle``, ``paraphrase-oracle`` and ``sentence-oracle`` are ceilings, not methods: SFT of a
+  fresh expert of the consolidated level on the group's 1-hop facts asked closed-book with their
+  gold answers, the loss on the answer only. ``oracle`` trains on the evaluation phrasing
+  (``questions[0]``): can the expert hold the facts at this budget (capacity)?
+  ``paraphrase-oracle`` trains on the wake phrasing (``questions[1]``) and is evaluated on the
+  other: does a fact learned in one phrasing answer another (transfer)? ``sentence-oracle`` is
+  ``paraphrase-oracle`` with each gold answer said as a sentence that names the person first
+  (``Fact.answer_sentence``, one of the fact's own sentences, "Navin Hibrovrerd's hometown is
+  Bevrohaven."), the form in which the teacher answers: is a fact learned in that form bound to
+  its owner as well as a bare value is? Items are ``(qa_prompt ids, answer ids)`` with the answer tokenised
   as the model writes it after the prompt (right after a chat template's opened assistant turn,
   else after one space; :func:`~sleepcore.lm.answer_text`), then the
   end-of-turn token (:func:`~sleepcore.lm.end_of_turn`). Without it the expert learns the answer
@@ -42,7 +46,7 @@ from sleepcore.tasks.biographies import BiographyDataset
 SLEEPER_METHODS = ("sft", "gkd", "ks", "ks-lti", "ks-memory")
 #: Knowledge Seeding settings a row imposes on the suite's ``seeding`` config.
 ROW_SEEDING = {"gkd": {"alpha": 1.0, "on_policy": 0.5, "beta": 0.5}, "ks-lti": {"alpha": 0.5}}
-ORACLE_METHODS = ("oracle", "paraphrase-oracle")
+ORACLE_METHODS = ("oracle", "paraphrase-oracle", "sentence-oracle")
 FAST_LEVEL, CONSOLIDATED_LEVEL = 0, 1
 
 
@@ -56,13 +60,16 @@ def wake_questions_of(group: BiographyDataset) -> list[list[str]]:
     return [[fact.questions[1] for fact in person.facts] for person in group.people] + [[] for _ in group.companies]
 
 
-def oracle_examples(tokenizer, group: BiographyDataset, *, paraphrase: bool) -> list[tuple[list[int], list[int]]]:
-    """``(prompt ids, gold answer ids + end of turn)`` per 1-hop fact of ``group``, asked
-    closed-book in the evaluation phrasing, or with ``paraphrase`` in the wake phrasing."""
+def oracle_examples(tokenizer, group: BiographyDataset, method: str) -> list[tuple[list[int], list[int]]]:
+    """``(prompt ids, gold answer ids + end of turn)`` per 1-hop fact of ``group`` for an oracle
+    ``method`` of :data:`ORACLE_METHODS`: asked closed-book in the evaluation phrasing (``oracle``)
+    or the wake phrasing (the others), answered with the bare value or (``sentence-oracle``) with
+    ``Fact.answer_sentence``."""
     facts = [fact for person in group.people for fact in person.facts]
-    prompts = [qa_prompt(tokenizer, fact.questions[1 if paraphrase else 0]) for fact in facts]
+    prompts = [qa_prompt(tokenizer, fact.questions[0 if method == "oracle" else 1]) for fact in facts]
+    answers = [f.answer_sentence if method == "sentence-oracle" else f.value for f in facts]
     closing = end_of_turn(tokenizer)
-    return [(prompt, answer + closing) for prompt, answer in qa_examples(tokenizer, prompts, [f.value for f in facts])]
+    return [(prompt, answer + closing) for prompt, answer in qa_examples(tokenizer, prompts, answers)]
 
 
 def sleep_budget(config, documents: int, multiplier: float) -> int:
@@ -110,7 +117,7 @@ class TrainedRow:
         context = StageContext(s.model, s.tokenizer, s.memory, s.engine, CONSOLIDATED_LEVEL, slot,
                                seed=c.seed + self.sleeps)
         stage = NextTokenStage(context, self.next_token_config(budget))
-        examples = oracle_examples(s.tokenizer, group, paraphrase=self.method == "paraphrase-oracle")
+        examples = oracle_examples(s.tokenizer, group, self.method)
         return run_stage(stage, examples, memory=s.memory, root=self.folder / f"sleep-{self.sleeps:03d}" / "sft",
                          seed=c.seed, progress=s.progress, desc=f"sleep {self.sleeps} {self.method}")
 

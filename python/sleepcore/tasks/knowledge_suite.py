@@ -11,9 +11,9 @@ Protocol:
   first phrasing, which no method ever sees (the ``oracle`` ceiling trains on it on purpose).
 * Rows: ``base`` (no update) and ``in-context`` (passages in the prompt: the ceiling) are
   evaluated without training, first. The trained rows (:mod:`sleepcore.tasks.knowledge_methods`:
-  ``sft``, ``gkd``, ``ks``, ``ks-memory`` and the ceilings ``oracle`` and ``paraphrase-oracle``)
-  each start from the unchanged model and run the sleeps in order, each sleep adding one expert to
-  the consolidated memory level and keeping the earlier ones. Every trained row stops at the same
+  ``sft``, ``gkd``, ``ks``, ``ks-memory`` and the ceilings ``oracle``, ``paraphrase-oracle`` and
+  ``sentence-oracle``) each start from the unchanged model and run the sleeps in order, each sleep
+  adding one expert to the consolidated memory level and keeping the earlier ones. Every trained row stops at the same
   token budget per sleep, ``tokens_per_document * multiplier * documents``; it runs once per
   multiplier of ``budgets`` (the budget curves), each run from the unchanged model. The fast
   level's wake training (``ks-memory``) is not counted in the budget. The Dreaming rows (issue 12:
