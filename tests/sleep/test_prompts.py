@@ -106,6 +106,8 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(prompts_per_document=0)
     with pytest.raises(ValueError, match="replay_temperature"):
         KnowledgeSeedingConfig(replay_temperature=-0.1)
+    with pytest.raises((TypeError, ValueError), match="teacher_reads_with_earlier_experts"):
+        KnowledgeSeedingConfig(teacher_reads_with_earlier_experts="yes")
     with pytest.raises(ValueError, match="sentence_context"):
         KnowledgeSeedingConfig(sentence_context="passage")
     with pytest.raises(ValueError, match="paraphrases_per_question"):

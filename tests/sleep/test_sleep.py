@@ -9,6 +9,7 @@ import dataclasses
 import json
 import pickle
 import random
+from functools import partial
 
 import pytest
 import torch
@@ -281,18 +282,59 @@ def test_a_later_sleep_rehearses_what_earlier_sleeps_replayed(tmp_path, monkeypa
                         or real_sample(tokenizer, engine, prompts, *a, **k))
     sleeper.wake(DATASET.passages, questions=[[f"What about fact {i}?", f"And fact {i}?"] for i in range(3)])
     summary = sleeper.sleep(progress=False)
+    assert len(seen) == 2 and seen[1] == []  # the prompts that read a document, then the others: none yet
     first = [p.student for p in seen[0]]
     assert {p.builder for p in seen[0]} == {"wake_questions"}  # nothing earlier to rehearse yet
     assert sorted(sleeper.buffer.earlier) == sorted(first) and len(first) == 6
     assert "student_prompts" not in summary["stages"]["seeding"]
     sleeper.wake(DATASET.passages[:2], questions=[["Who is new?"], ["Where is new?"]])
     sleeper.sleep(progress=False)
-    rehearsed = [p for p in seen[1] if p.builder == "rehearsal"]
+    assert {p.builder for p in seen[2]} == {"wake_questions"} and {p.builder for p in seen[3]} == {"rehearsal"}
+    rehearsed = seen[3]
     assert len(rehearsed) == 1  # ceil(0.5 x 2 new prompts)
     assert rehearsed[0].student in first and rehearsed[0].teacher == rehearsed[0].student
     assert len(sleeper.buffer.earlier) == 8  # the rehearsed prompt is not stored twice
     state = json.loads(next((tmp_path / "sleep-001" / "seeding").glob("step-*/state.json")).read_text())
     assert sorted(state["owner"]["buffer"]["earlier"]) == sorted(first)
+
+
+@pytest.mark.parametrize("with_earlier", [False, True])
+def test_a_teacher_reading_a_document_does_so_without_earlier_sleeps_experts(with_earlier):
+    config = seeding(3e-2, alpha=1.0, on_policy=0.0, steps=3, batch_size=2, max_new_tokens=4, samples_per_prompt=1,
+                     prompt_builders=("wake_questions", "rehearsal"), teacher_reads_with_earlier_experts=with_earlier)
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages[:1], questions=[["Where was the first person born?"]])
+    earlier = sleeper.sleep(progress=False)["slot"]
+    sleeper.wake(DATASET.passages[1:2], questions=[["Where was the second person born?"]])
+    new = sleeper.memory.new_expert(0)
+    run = KnowledgeSeeding(StageContext(sleeper.model, sleeper.tokenizer, sleeper.memory, sleeper.engine, 0, new),
+                           config)
+    with run.teacher():
+        assert sleeper.memory.active_slots(0) == ([earlier] if with_earlier else [])
+    with run.teacher(reading=False):  # rehearsal: the smaller self answers from its weights
+        assert sleeper.memory.active_slots(0) == [earlier]
+    assert sleeper.memory.active_slots(0) == sorted([earlier, new])
+    run.prepare(sleeper.buffer, progress=False)
+    reading = next(s for s in run.items if s.teacher_prompt != s.student_prompt)
+    recalling = next(s for s in run.items if s.teacher_prompt == s.student_prompt)
+
+    def forward(sample, active, *, trainer=False):  # the engine's plain forward, or the trainer's (its dtype)
+        for slot in (earlier, new):
+            (sleeper.memory.activate if slot in active else sleeper.memory.deactivate)(0, slot)
+        with torch.no_grad():
+            hidden = (run.runtime.response_hidden if trainer else partial(response_hidden, sleeper.model))(
+                [sample.teacher_prompt], [sample.response], run.pad_id)
+        sleeper.memory.activate(0, earlier), sleeper.memory.activate(0, new)
+        return hidden
+
+    reader = [earlier] if with_earlier else []
+    assert not torch.allclose(forward(reading, [earlier]), forward(reading, []), atol=1e-3)  # the expert matters
+    for sample, active in ((reading, reader), (recalling, [earlier])):  # each sampled by the right teacher
+        torch.testing.assert_close(sample.teacher_hidden, forward(sample, active), rtol=1e-4, atol=1e-5)
+    stripped = [dataclasses.replace(s, teacher_hidden=None) for s in (reading, recalling)]  # on-policy: recomputed
+    fresh = run._teacher_hidden(stripped, [s.response for s in stripped], [0, 1])
+    expected = torch.cat([forward(reading, reader, trainer=True), forward(recalling, [earlier], trainer=True)])
+    torch.testing.assert_close(fresh, expected.to(fresh.dtype), rtol=1e-4, atol=1e-5)
 
 
 def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_forward():

@@ -23,6 +23,9 @@ at a fraction of the tokens (both in :mod:`sleepcore.sleep.seeding_rollouts`).
 
 The teacher is the current model (new expert off): with the wake document in its context (the
 in-context teacher), or with the fast level's experts on (``teacher_experts``, the memory teacher).
+A teacher reading a document does so without the receiver level's earlier experts (what earlier
+sleeps consolidated) unless ``teacher_reads_with_earlier_experts``; rehearsal prompts, which hold
+no document, are answered with them.
 The student is the same model with the new expert on, the teacher experts off and no document.
 Only the new expert trains, through the stage's runtime (:func:`~sleepcore.distributed.training_runtime`).
 
@@ -39,6 +42,7 @@ import dataclasses
 import random
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -100,9 +104,15 @@ class KnowledgeSeeding:
         self.student_prompts: list[str] = []
 
     @contextmanager
-    def teacher(self):
-        """The smaller self: the new expert off, the teacher experts on."""
-        self.memory.deactivate(self.level, self.slot)
+    def teacher(self, *, reading: bool = True):
+        """The smaller self: the new expert off, the teacher experts on. While ``reading`` (its
+        prompt holds a document the student's does not), also without the receiver level's
+        earlier experts, unless ``config.teacher_reads_with_earlier_experts``: what earlier sleeps
+        consolidated is about other documents, and it overrides the one in context."""
+        keep = not reading or self.config.teacher_reads_with_earlier_experts
+        earlier = [] if keep else [slot for slot in self.memory.active_slots(self.level) if slot != self.slot]
+        for slot in [self.slot, *earlier]:
+            self.memory.deactivate(self.level, slot)
         for expert in self.teacher_experts:
             self.memory.activate(*expert)
         try:
@@ -110,7 +120,8 @@ class KnowledgeSeeding:
         finally:
             for expert in self.teacher_experts:
                 self.memory.deactivate(*expert)
-            self.memory.activate(self.level, self.slot)
+            for slot in [self.slot, *earlier]:
+                self.memory.activate(self.level, slot)
 
     # ------------------------------------------------------------------ the stage protocol
     def prepare(self, buffer, *, progress: bool = True) -> None:
@@ -121,8 +132,11 @@ class KnowledgeSeeding:
         self.coverage = replay_coverage(buffer.documents, prompts)
         self.student_prompts = list(dict.fromkeys(prompt.student for prompt in prompts))
         sampled, self.engine.stats = engine_tokens(self.engine), {}
-        share = sample_replay(self.tokenizer, self.engine, world.block(prompts), self.config, self.teacher, self.rng,
-                              progress=progress)
+        block = world.block(prompts)
+        share = [sample for reading in (True, False)
+                 for sample in sample_replay(self.tokenizer, self.engine, [p for p in block if (p.teacher != p.student) == reading],
+                                             self.config, partial(self.teacher, reading=reading), self.rng,
+                                             progress=progress)]
         self.items = world.gather(share)
         if not self.items:
             raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")
@@ -272,11 +286,14 @@ class KnowledgeSeeding:
         """Teacher hidden states ``[sum(len(responses)), H]``: cached for the teacher's own samples, a
         teacher forward for the student-sampled (on-policy) ones."""
         rows = [sample.teacher_hidden for sample in batch]
-        if on_policy:
-            with torch.no_grad(), self.teacher():
-                fresh = self.runtime.response_hidden([batch[i].teacher_prompt for i in on_policy],
-                                                     [responses[i] for i in on_policy], self.pad_id)
-            for i, hidden in zip(on_policy, fresh.split([len(responses[i]) for i in on_policy])):
+        for reading in (True, False):
+            chosen = [i for i in on_policy if (batch[i].teacher_prompt != batch[i].student_prompt) == reading]
+            if not chosen:
+                continue
+            with torch.no_grad(), self.teacher(reading=reading):
+                fresh = self.runtime.response_hidden([batch[i].teacher_prompt for i in chosen],
+                                                     [responses[i] for i in chosen], self.pad_id)
+            for i, hidden in zip(chosen, fresh.split([len(responses[i]) for i in chosen])):
                 rows[i] = hidden
         if any(row is None for row in rows):
             raise ValueError("replay samples need teacher_hidden (draw them with sample_replay)")
