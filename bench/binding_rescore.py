@@ -4,14 +4,17 @@ For each run folder (``<output_dir>/<method>/x<budget>``) it loads the memory of
 last checkpoint (its ``dreaming`` stage when it has one) into the suite's wrapped model and
 evaluates the last sleep group closed-book with :func:`~sleepcore.tasks.knowledge_eval.evaluate`,
 which now reports ``unique_contains``, ``prior_contains``, ``choice_accuracy`` and
-``sentence_choice_accuracy`` beside "contains" and the gold log-prob. ``--untrained`` adds the base and in-context rows.
-``--phrasing wake`` asks each fact in its wake phrasing (``questions[1]``, the one that
+``sentence_choice_accuracy`` beside "contains" and the gold log-prob. ``--untrained`` adds the
+base and in-context rows. ``--phrasing wake`` asks each fact in its wake phrasing (``questions[1]``, the one that
 ``wake_questions`` replays and ``paraphrase-oracle`` trains on) instead of the evaluation's
-(``questions[0]``): does a row answer the very questions its sleep trained on? The suite
+(``questions[0]``): does a row answer the very questions its sleep trained on? ``--teacher``
+adds, per run, its last sleep's in-context teacher: the group read in context with the memory
+that the run's earlier sleeps left (a teacher that reads with those experts on, as Knowledge
+Seeding's did before ``teacher_reads_with_earlier_experts`` existed, is this row). The suite
 config (``CONFIG.toml``, as given to ``sleepcore eval knowledge``) must be the runs' own, or one
 with the same people and memory shape.
 
-    python bench/binding_rescore.py CONFIG.toml OUT.json [--untrained] [--phrasing wake] RUN_DIR[:label] ...
+    python bench/binding_rescore.py CONFIG.toml OUT.json [--untrained] [--teacher] [--phrasing wake] RUN_DIR[:label] ...
 
 Prints one JSON line per row and writes them all to ``OUT.json``.
 """
@@ -32,12 +35,14 @@ KEYS = ("contains", "unique_contains", "unique_count", "prior_contains", "choice
 PHRASINGS = {"eval": 0, "wake": 1}
 
 
-def final_memory(run: Path) -> Path:
-    """The memory file of the last checkpoint of ``run``'s last sleep's last stage."""
+def final_memory(run: Path, sleep: int = -1) -> Path:
+    """The memory file of the last checkpoint of the last stage of ``run``'s sleep ``sleep`` (an
+    index into its sleeps, in order; default the last)."""
     sleeps = sorted(run.glob("sleep-*"))
-    if not sleeps:
-        raise FileNotFoundError(f"{run} holds no sleep-* folder (a run folder is <output_dir>/<method>/x<budget>)")
-    stages = sorted(path for path in sleeps[-1].iterdir() if (path / "LATEST").is_file())
+    if len(sleeps) < (sleep + 1 if sleep >= 0 else -sleep):
+        raise FileNotFoundError(f"{run} holds {len(sleeps)} sleep-* folders, not sleep {sleep} (a run folder is "
+                                f"<output_dir>/<method>/x<budget>)")
+    stages = sorted(path for path in sleeps[sleep].iterdir() if (path / "LATEST").is_file())
     stage = next((path for path in stages if path.name == "dreaming"), stages[-1])
     return stage / (stage / "LATEST").read_text().strip() / "memory.safetensors"
 
@@ -60,6 +65,8 @@ def main() -> None:
     parser.add_argument("output")
     parser.add_argument("runs", nargs="*", help="RUN_DIR or RUN_DIR:label")
     parser.add_argument("--untrained", action="store_true", help="also score the base and in-context rows")
+    parser.add_argument("--teacher", action="store_true",
+                        help="also score each run's last-sleep teacher (in context, after its earlier sleeps)")
     parser.add_argument("--phrasing", choices=PHRASINGS, default="eval",
                         help="ask each fact as the evaluation does (questions[0]) or as the wake questions (questions[1])")
     args = parser.parse_intermixed_args()
@@ -80,6 +87,9 @@ def main() -> None:
         score("in-context", in_context=True)
     for item in args.runs:
         run, _, label = item.partition(":")
+        if args.teacher:
+            suite.memory.load(final_memory(Path(run), -2))  # what the earlier sleeps left
+            score(f"{label or run}: teacher of the last sleep", in_context=True)
         suite.memory.load(final_memory(Path(run)))  # every expert and mask, as the run left them
         score(label or run)
     Path(args.output).write_text(json.dumps({"config": args.config, "phrasing": args.phrasing, "rows": rows}, indent=1))
