@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("--teacher", action="store_true",
                         help="also score each run's last-sleep teacher (in context, after its earlier sleeps)")
     parser.add_argument("--phrasing", choices=PHRASINGS, default="eval",
-                        help="ask each fact as the evaluation does (questions[0]) or as the wake questions (questions[1])")
+                        help="ask each fact as the evaluation does (questions[0]) "
+                             "or as the wake questions (questions[1])")
     args = parser.parse_intermixed_args()
     suite_parser = argparse.ArgumentParser()
     add_knowledge_arguments(suite_parser)

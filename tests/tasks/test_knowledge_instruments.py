@@ -170,7 +170,8 @@ def test_sentence_choice_ranks_each_value_said_in_the_gold_answer_s_sentence(mon
                  f"{q.person} works for {q.answer}." for q in BINDING_QUESTIONS]
     scores = sentence_choice_scores(None, None, [q.text for q in BINDING_QUESTIONS], BINDING_QUESTIONS, sentences)
     assert scores["sentence_choice_accuracy"] == pytest.approx(3 / 6)  # B, A's and B's employers
-    assert seen[:4] == ["A was born in Tarvik.", "A was born in Oslet.", "B was born in Tarvik.", "B was born in Oslet."]
+    assert seen[:4] == ["A was born in Tarvik.", "A was born in Oslet.",  # each question's gold first
+                        "B was born in Tarvik.", "B was born in Oslet."]
 
 
 def test_oracle_training_raises_the_gold_answers_log_probability(report):

@@ -29,8 +29,8 @@ TINY_CONFIG = KnowledgeSuiteConfig(
 KNOWLEDGE_DESCRIPTION = """\
 The knowledge suite (sleepcore.tasks.knowledge_suite): base, in-context, SFT, GKD and Knowledge
 Seeding at the same sleep budgets (each trained row once per multiplier of --budgets), beside the
-ceilings oracle, paraphrase-oracle and sentence-oracle (SFT on the gold answers), on a packaged model, a local model
-folder or (--tiny) a tiny random model. Prints the table (closed-book contains first, gold-answer
+ceilings oracle, paraphrase-oracle and sentence-oracle (SFT on the gold answers), on a packaged
+model, a local model folder or (--tiny) a tiny random model. Prints the table (closed-book contains first, gold-answer
 log-prob, teachable subset, gap closure, costs) and writes knowledge.json (with per-step history),
 knowledge.png and knowledge_budgets.png (contains against trained tokens and seconds). Issue 12's
 Dreaming rows (seal, sleep, sleep-no-selection, sleep-no-noise, dreaming-round0) see documents only
@@ -121,8 +121,8 @@ def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", default=None, help="a tiny random model and a small protocol")
     parser.add_argument("--sleeps", help="people per sleep, in order, e.g. 1,50 (suite.sleeps)")
     parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-lti,ks-memory,"
-                                          "oracle,paraphrase-oracle,sentence-oracle and issue 12's seal,sleep,sleep-no-selection,"
-                                          "sleep-no-noise,dreaming-round0 (suite.methods)")
+                                          "oracle,paraphrase-oracle,sentence-oracle and issue 12's seal,sleep,"
+                                          "sleep-no-selection,sleep-no-noise,dreaming-round0 (suite.methods)")
     parser.add_argument("--tokens-per-document", type=int, help="the sleep budget (suite.tokens_per_document)")
     parser.add_argument("--budgets", help="multipliers of the sleep budget, e.g. 1,4,16: each trained row runs once "
                                           "per multiplier (suite.budgets)")

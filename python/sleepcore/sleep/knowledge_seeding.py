@@ -132,11 +132,11 @@ class KnowledgeSeeding:
         self.coverage = replay_coverage(buffer.documents, prompts)
         self.student_prompts = list(dict.fromkeys(prompt.student for prompt in prompts))
         sampled, self.engine.stats = engine_tokens(self.engine), {}
-        block = world.block(prompts)
-        share = [sample for reading in (True, False)
-                 for sample in sample_replay(self.tokenizer, self.engine, [p for p in block if (p.teacher != p.student) == reading],
-                                             self.config, partial(self.teacher, reading=reading), self.rng,
-                                             progress=progress)]
+        block, share = world.block(prompts), []
+        for reading in (True, False):  # the prompts that hold a document, then those that do not (rehearsal)
+            own = [prompt for prompt in block if (prompt.teacher != prompt.student) == reading]
+            share += sample_replay(self.tokenizer, self.engine, own, self.config,
+                                   partial(self.teacher, reading=reading), self.rng, progress=progress)
         self.items = world.gather(share)
         if not self.items:
             raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")

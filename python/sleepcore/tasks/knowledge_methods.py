@@ -17,8 +17,8 @@
   ``paraphrase-oracle`` with each gold answer said as a sentence that names the person first
   (``Fact.answer_sentence``, one of the fact's own sentences, "Navin Hibrovrerd's hometown is
   Bevrohaven."), the form in which the teacher answers: is a fact learned in that form bound to
-  its owner as well as a bare value is? Items are ``(qa_prompt ids, answer ids)`` with the answer tokenised
-  as the model writes it after the prompt (right after a chat template's opened assistant turn,
+  its owner as well as a bare value is? Items are ``(qa_prompt ids, answer ids)`` with the answer
+  tokenised as the model writes it after the prompt (right after a chat template's opened assistant turn,
   else after one space; :func:`~sleepcore.lm.answer_text`), then the
   end-of-turn token (:func:`~sleepcore.lm.end_of_turn`). Without it the expert learns the answer
   but not where it ends, and greedy answers run on into the next guess ("17 August 195619 August"):
