@@ -39,19 +39,20 @@ def final_memory(run: Path, sleep: int = -1) -> Path:
     """The memory file of the last checkpoint of the last stage of ``run``'s sleep ``sleep`` (an
     index into its sleeps, in order; default the last)."""
     sleeps = sorted(run.glob("sleep-*"))
-    if len(sleeps) < (sleep + 1 if sleep >= 0 else -sleep):
+    try:
+        folder = sleeps[sleep]
+    except IndexError:
         raise FileNotFoundError(f"{run} holds {len(sleeps)} sleep-* folders, not sleep {sleep} (a run folder is "
-                                f"<output_dir>/<method>/x<budget>)")
-    stages = sorted(path for path in sleeps[sleep].iterdir() if (path / "LATEST").is_file())
+                                f"<output_dir>/<method>/x<budget>)") from None
+    stages = sorted(path for path in folder.iterdir() if (path / "LATEST").is_file())
     stage = next((path for path in stages if path.name == "dreaming"), stages[-1])
     return stage / (stage / "LATEST").read_text().strip() / "memory.safetensors"
 
 
 def asked_in_phrasing(group, phrasing: int):
     """``group`` with each 1-hop question asked in its fact's ``questions[phrasing]``."""
-    facts = {(person.name, fact.attribute): fact for person in group.people for fact in person.facts}
     return dataclasses.replace(group, questions=[
-        dataclasses.replace(q, text=facts[(q.person, q.attribute)].questions[phrasing]) for q in group.questions])
+        dataclasses.replace(q, text=group.fact_of(q).questions[phrasing]) for q in group.questions])
 
 
 def row(label: str, scores: dict) -> dict:

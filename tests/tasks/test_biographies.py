@@ -50,7 +50,10 @@ def test_passage_states_each_fact_once_and_answers_every_question(dataset):
         one_hop = [q for q in dataset.questions_of(person) if q.hops == 1]
         assert [q.attribute for q in one_hop] == list(ATTRIBUTES)
         assert all(q.answer in passage for q in one_hop)
+        assert [dataset.fact_of(q) for q in one_hop] == list(person.facts)  # each question's own fact
     assert len(dataset.questions) == 40 * len(ATTRIBUTES)
+    with pytest.raises(KeyError, match="employer_headquarters"):
+        dataset.fact_of(dataset.two_hop_questions[0])
 
 
 def test_passage_order_is_shuffled_per_person(dataset):

@@ -205,6 +205,14 @@ class BiographyDataset:
         return next(passage for company, passage in zip(self.companies, self.company_passages)
                     if company.name == employer)
 
+    def fact_of(self, question: Question) -> Fact:
+        """The :class:`Fact` a 1-hop ``question`` asks for; ``KeyError`` if its person or attribute is absent."""
+        person = self.people[self._person_index(question.person)]
+        for fact in person.facts:
+            if fact.attribute == question.attribute:
+                return fact
+        raise KeyError(f"{person.name!r} has no fact {question.attribute!r}")
+
     def questions_of(self, person: Person | str) -> list[Question]:
         """The 1-hop questions about ``person`` followed by their 2-hop question; ``KeyError`` if absent."""
         name = self.people[self._person_index(person)].name

@@ -157,7 +157,6 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
         passage = dataset.passage_of(question.person)
         return passage + "\n" + dataset.company_passage_of(question.person) if question.hops == 2 else passage
 
-    facts = {(person.name, fact.attribute): fact for person in dataset.people for fact in person.facts}
     scores = {}
     for name, questions in (("one_hop", dataset.questions), ("two_hop", dataset.two_hop_questions)):
         prompts = [qa_prompt(tokenizer, q.text, context(q)) for q in questions]
@@ -171,7 +170,7 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
                         "contains_each": contains_each, **binding_scores(contains_each, questions),
                         **choice_scores(engine.model, tokenizer, prompts, questions, gold_totals),
                         **(sentence_choice_scores(engine.model, tokenizer, prompts, questions,
-                                                  [facts[q.person, q.attribute].answer_sentence for q in questions])
+                                                  [dataset.fact_of(q).answer_sentence for q in questions])
                            if name == "one_hop" else {}),
                         "swapped": swapped_rate(predictions, questions),
                         **dict(zip(("dominant", "dominant_share"), dominant_value(predictions, questions))),

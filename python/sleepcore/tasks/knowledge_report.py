@@ -123,16 +123,15 @@ def prior_lines(report: dict) -> list[str]:
 
 def format_table(report: dict) -> str:
     """One line per row, budget multiplier and sleep: closed-book contains (primary), EM, F1,
-    contains on the answers a person owns alone and multiple-choice accuracy, bare and in a sentence
-    (binding), 2-hop
-    contains, gold log-prob per token and per answer, contains on the teachable subset (and its
-    size), gap closure, trained and forward-only tokens, seconds; on a run's last line its retention
+    contains on the answers a person owns alone and multiple-choice accuracy, bare and in a
+    sentence (binding), 2-hop contains, gold log-prob per token and per answer, contains on the
+    teachable subset (and its size), gap closure, trained and forward-only tokens, seconds; on a run's last line its retention
     (worst earlier group, contains points) and drift. Then the targets (on the largest budget)."""
     groups = ", ".join(f"sleep {index} ({people} people)" for index, people in enumerate(report["groups"]))
     header = f"{'method':<18}{'budget':>7}{'sleep':>6}" + "".join(name.rjust(width) for name, width, _ in COLUMNS)
     lines = [f"closed-book 1-hop scores after {groups}; uniq: contains on answers no other person shares, MC: "
-             "gold answer ranked first by log-prob among the people's answers (MC-s: said in a sentence); teach: contains on the facts "
-             "in-context answers (n), gap: (row - base) / (in-context - base)",
+             "gold answer ranked first by log-prob among the people's answers (MC-s: said in a sentence); "
+             "teach: contains on the facts in-context answers (n), gap: (row - base) / (in-context - base)",
              header + f"{'ret dcont':>10}{'drift KL':>10}"]
     for method, entry in report["results"].items():
         for run in runs_of(entry):
