@@ -47,6 +47,11 @@ def test_sentence_questions_keep_questions_about_their_sentence():
     assert sentences[0] in focused.teacher and sentences[1] not in focused.teacher  # the sentence alone
     with pytest.raises(ValueError, match="context"):
         sentence_question_prompts([passage], requests, asked, context="paragraph")
+    assert prompts[0].response is None  # the teacher samples the answer
+    answered, = sentence_question_prompts([passage], requests, asked, answers="sentence")
+    assert answered.response == sentences[0] and answered.student == prompts[0].student
+    with pytest.raises(ValueError, match="answers"):
+        sentence_question_prompts([passage], requests, asked, answers="gold")
 
 
 def test_wake_paraphrases_keep_new_questions_about_the_same_person():
@@ -110,6 +115,8 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(teacher_reads_with_earlier_experts="yes")
     with pytest.raises(ValueError, match="sentence_context"):
         KnowledgeSeedingConfig(sentence_context="passage")
+    with pytest.raises(ValueError, match="sentence_answers"):
+        KnowledgeSeedingConfig(sentence_answers="gold")
     with pytest.raises(ValueError, match="paraphrases_per_question"):
         KnowledgeSeedingConfig(paraphrases_per_question=0)
     with pytest.raises(ValueError, match="besides 'rehearsal'"):

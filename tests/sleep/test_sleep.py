@@ -14,10 +14,11 @@ from functools import partial
 import pytest
 import torch
 
-from sleepcore.lm import response_hidden
+from sleepcore.lm import end_of_turn, response_hidden
 from sleepcore.sleep import replay, seeding_rollouts
 from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig, SleepConfig
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
+from sleepcore.sleep.prompts import split_sentences
 from sleepcore.sleep.seeding_rollouts import shared_head
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -335,6 +336,38 @@ def test_a_teacher_reading_a_document_does_so_without_earlier_sleeps_experts(wit
     fresh = run._teacher_hidden(stripped, [s.response for s in stripped], [0, 1])
     expected = torch.cat([forward(reading, reader, trainer=True), forward(recalling, [earlier], trainer=True)])
     torch.testing.assert_close(fresh, expected.to(fresh.dtype), rtol=1e-4, atol=1e-5)
+
+
+def test_sentence_answers_replay_the_documents_sentence_scored_by_the_teacher():
+    config = seeding(alpha=1.0, on_policy=0.0, steps=2, batch_size=2, max_new_tokens=4, samples_per_prompt=2,
+                     prompt_builders=("sentence_questions",), sentence_answers="sentence", prompts_per_document=20)
+    config = KnowledgeSeedingConfig(**{**config.__dict__, "max_prompts": None})
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages[:2])
+    name = DATASET.people[0].name
+    sampled = []
+
+    def generate(prompts, params, progress=True, return_hidden=False):  # the question writer, never the answers
+        sampled.append(return_hidden)
+        completion = lambda i: type("Completion", (), {"text": f" What is fact {i} about {name}?"})()  # noqa: E731
+        return [type("Output", (), {"completions": [completion(i)]})() for i in range(len(prompts))]
+
+    sleeper.engine.generate = generate
+    run = KnowledgeSeeding(StageContext(sleeper.model, sleeper.tokenizer, sleeper.memory, sleeper.engine, 0,
+                                        sleeper.memory.new_expert(0)), config)
+    run.prepare(sleeper.buffer, progress=False)
+    assert sampled == [False]  # questions written; no answer sampled
+    sentences = split_sentences(DATASET.passages[0])
+    closing = end_of_turn(sleeper.tokenizer)
+    assert len(run.items) == len(sentences)  # one item per question (the other person's are dropped), not per sample
+    for sample in run.items:
+        assert sample.response[-len(closing):] == closing
+        assert sleeper.tokenizer.decode(sample.response[:-len(closing)]).strip() in sentences
+    with torch.no_grad(), run.teacher():  # the teacher's states on the sentence, as a plain forward gives them
+        fresh = response_hidden(sleeper.model, [s.teacher_prompt for s in run.items], [s.response for s in run.items],
+                                run.pad_id)
+    torch.testing.assert_close(torch.cat([s.teacher_hidden for s in run.items]), fresh, rtol=1e-4, atol=1e-5)
+    assert run.step(run.items[:2])["tokens"] == sum(len(s.response) for s in run.items[:2])  # trains on them
 
 
 def test_token_budget_ends_the_sleep_and_cached_teacher_states_match_a_fresh_forward():

@@ -22,8 +22,9 @@ from sleepcore.tasks.knowledge_suite import KnowledgeSuite, KnowledgeSuiteConfig
 
 #: ``--tiny``: the same protocol on a tiny random model in seconds (for tests).
 TINY_CONFIG = KnowledgeSuiteConfig(
-    sleeps=(1, 3), tokens_per_document=24, prompts_per_document=2, drift_prompts=4, drift_tokens=8, fast_period=32,
-    seeding=KnowledgeSeedingConfig(steps=1000, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1),
+    sleeps=(1, 3), tokens_per_document=24, drift_prompts=4, drift_tokens=8, fast_period=32,
+    seeding=KnowledgeSeedingConfig(steps=1000, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1,
+                                   prompts_per_document=2),
     dreaming=TINY_DREAMING, dream_training=DreamTraining(people=2))
 
 KNOWLEDGE_DESCRIPTION = """\

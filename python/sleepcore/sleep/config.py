@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sleepcore.sleep.dream_config import DreamingConfig
-from sleepcore.sleep.prompts import SENTENCE_CONTEXTS
+from sleepcore.sleep.prompts import SENTENCE_ANSWERS, SENTENCE_CONTEXTS
 from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, fraction, instance, integer, number, positive
 
@@ -59,7 +59,11 @@ class KnowledgeSeedingConfig:
     (:data:`PROMPT_BUILDERS`), at most ``prompts_per_document`` generated ones per document plus
     every wake question, at most ``max_prompts`` in all when set; ``sentence_context`` is what the
     teacher reads before a ``sentence_questions`` prompt (``"document"``, or ``"sentence"``: only the
-    sentence the question was written about); ``paraphrases_per_question`` rewrites of each wake
+    sentence the question was written about); ``sentence_answers`` is what the student learns after
+    a ``sentence_questions`` prompt: the teacher's samples (``"teacher"``), or the sentence the
+    question was written about as the document says it (``"sentence"``: always right, whatever the
+    question; the teacher's distribution is taken on it by one forward, and it counts as one
+    sample); ``paraphrases_per_question`` rewrites of each wake
     question are sampled for ``wake_paraphrases`` (those that pass its filter are kept);
     ``rehearsal`` adds ``rehearsal_share`` times as many prompts again (at most all of them), drawn
     from the student prompts that earlier sleeps replayed (``WakeBuffer.earlier``), which the
@@ -123,6 +127,7 @@ class KnowledgeSeedingConfig:
     prompts_per_document: int = 4
     max_prompts: int | None = None
     sentence_context: str = "document"
+    sentence_answers: str = "teacher"
     paraphrases_per_question: int = 3
     rehearsal_share: float = 0.1
     rehearsal_capacity: int = 4096
@@ -154,6 +159,7 @@ class KnowledgeSeedingConfig:
             positive(name, getattr(self, name))
         choice("judge", self.judge, ("exact_match", "model"))
         choice("sentence_context", self.sentence_context, SENTENCE_CONTEXTS)
+        choice("sentence_answers", self.sentence_answers, SENTENCE_ANSWERS)
         self.prompt_builders = tuple(instance("prompt_builders", self.prompt_builders, (list, tuple)))
         if not self.prompt_builders:
             raise ValueError("prompt_builders must not be empty")

@@ -55,7 +55,7 @@ from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.judge import ModelJudge
 from sleepcore.sleep.prompts import replay_coverage
 from sleepcore.sleep.replay import (ReplaySample, replay_from_state, replay_prompts, replay_state,
-                                    sample_replay, select_tokens)
+                                    sample_replay, scored_replay, select_tokens)
 from sleepcore.sleep.rewards import imitation_reward, reward_metrics
 from sleepcore.sleep.seeding_rollouts import Rollouts, draw_rollouts, engine_tokens, rollout_trees
 from sleepcore.sleep.stage import StageContext
@@ -135,8 +135,10 @@ class KnowledgeSeeding:
         block, share = world.block(prompts), []
         for reading in (True, False):  # the prompts that hold a document, then those that do not (rehearsal)
             own = [prompt for prompt in block if (prompt.teacher != prompt.student) == reading]
-            share += sample_replay(self.tokenizer, self.engine, own, self.config,
+            share += sample_replay(self.tokenizer, self.engine, [p for p in own if p.response is None], self.config,
                                    partial(self.teacher, reading=reading), self.rng, progress=progress)
+            share += scored_replay(self.model, self.tokenizer, [p for p in own if p.response is not None],
+                                   partial(self.teacher, reading=reading), self.pad_id)
         self.items = world.gather(share)
         if not self.items:
             raise RuntimeError("the teacher produced no usable replay samples (all shorter than 2 tokens)")

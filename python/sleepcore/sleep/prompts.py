@@ -20,7 +20,9 @@ student's prompt does not. Builders:
   writes a question that the sentence answers; a question is kept when it names one of the
   sentence's named entities (one about nothing in the sentence teaches nothing). The teacher then
   answers it with the whole document in context, or with that sentence alone
-  (``KnowledgeSeedingConfig.sentence_context``); the student learns the answer without it.
+  (``KnowledgeSeedingConfig.sentence_context``); the student learns the answer without it. With
+  ``KnowledgeSeedingConfig.sentence_answers = "sentence"`` the answer is the sentence itself, as
+  the document says it (the teacher's distribution is taken on it): right whatever the question.
   Coverage counts each sentence with a kept question. Measured on SmolLM2-135M-Instruct: asked
   zero-shot ("Write one question that the sentence above answers") it wrote questions about
   nothing in the sentence ("What is the base of the femur?"); with the examples most questions
@@ -66,19 +68,26 @@ ENTITY_REQUEST = "What do you know about {entity}?"
 #: What the teacher reads before a ``sentence_questions`` prompt: the whole document, or only the
 #: sentence the question was written about.
 SENTENCE_CONTEXTS = ("document", "sentence")
+#: The answer a ``sentence_questions`` prompt is trained on: the teacher's samples, or the sentence
+#: the question was written about, as the document says it.
+SENTENCE_ANSWERS = ("teacher", "sentence")
 _CAPITALISED = re.compile(r"[A-Z][a-z]+(?:[ -][A-Z][a-z]+)*")
 
 
 @dataclass(frozen=True)
 class ReplayPrompt:
     """``student`` and ``teacher`` prompt texts; ``document`` is the wake document it came from and
-    ``sentence`` the index of the sentence it asks about, where the builder knows it."""
+    ``sentence`` the index of the sentence it asks about, where the builder knows it. ``response``:
+    the answer the student learns when it is fixed (the document's own sentence,
+    ``KnowledgeSeedingConfig.sentence_answers = "sentence"``; the teacher's distribution is taken
+    on it), None when the teacher samples it."""
 
     student: str
     teacher: str
     document: int  # -1: none (rehearsal)
     builder: str
     sentence: int | None = None
+    response: str | None = None
 
 
 def split_sentences(text: str) -> list[str]:
@@ -165,13 +174,17 @@ def sentence_question_requests(documents: list[str]) -> list[tuple[int, int, str
 
 
 def sentence_question_prompts(documents: list[str], requests: list[tuple[int, int, str]], asked: list[list[str]],
-                              tokenizer=None, *, context: str = "document") -> list[ReplayPrompt]:
+                              tokenizer=None, *, context: str = "document",
+                              answers: str = "teacher") -> list[ReplayPrompt]:
     """Replay prompts from the questions written for the requests of :func:`sentence_question_requests`
     (``asked[i]``: the samples for request i): the first line of each, kept when it names a named
     entity of its sentence (or the sentence names none), once per distinct question and document.
     The teacher reads the whole document before the question (``context="document"``) or only the
-    sentence the question was written about (``"sentence"``)."""
+    sentence the question was written about (``"sentence"``). With ``answers="sentence"`` the
+    prompt's ``response`` is that sentence (the teacher then only scores it); with ``"teacher"``
+    the teacher samples the answer."""
     choice("context", context, SENTENCE_CONTEXTS)
+    choice("answers", answers, SENTENCE_ANSWERS)
     prompts, seen = [], set()
     for (index, position, _), questions in zip(requests, asked):
         sentence = split_sentences(documents[index])[position]
@@ -185,7 +198,8 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
                 continue
             seen.add((index, question))
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, read),
-                                        index, "sentence_questions", position))
+                                        index, "sentence_questions", position,
+                                        sentence if answers == "sentence" else None))
     return prompts
 
 

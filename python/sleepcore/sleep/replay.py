@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from sleepcore.distributed import world
-from sleepcore.lm import encode
+from sleepcore.lm import end_of_turn, encode, response_hidden
+from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, paraphrase_prompts,
@@ -84,7 +85,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
         requests = sentence_question_requests(documents)
         asked = teacher_texts(engine, teacher, [request for _, _, request in requests],
                               SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=seed))
-        generated += sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context)
+        generated += sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context,
+                                               answers=config.sentence_answers)
     rng.shuffle(generated)
     taken, prompts = Counter(), []
     for prompt in generated:
@@ -128,6 +130,24 @@ def sample_replay(tokenizer, engine, prompts: list[ReplayPrompt], config: Knowle
         for completion in output.completions:
             if len(completion.token_ids) >= 2:
                 samples.append(ReplaySample(student_ids, ids, list(completion.token_ids), completion.hidden))
+    return samples
+
+
+def scored_replay(model, tokenizer, prompts: list[ReplayPrompt], teacher, pad: int, *,
+                  batch_size: int = 16) -> list[ReplaySample]:
+    """One replay sample per prompt with a fixed ``response`` (its text, then the end-of-turn ids:
+    :func:`~sleepcore.lm.end_of_turn`), with the teacher's final hidden states on it from a plain
+    forward of ``model`` under ``teacher`` (``batch_size`` prompts at a time; the precision of
+    :func:`sample_replay`'s states; nothing is sampled)."""
+    closing, samples = end_of_turn(tokenizer), []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        teacher_ids = [encode(tokenizer, p.teacher) for p in chunk]
+        responses = [answer_ids(tokenizer, p.student, p.response) + closing for p in chunk]
+        with torch.no_grad(), teacher():
+            hidden = response_hidden(model, teacher_ids, responses, pad).cpu()
+        for prompt, ids, response, rows in zip(chunk, teacher_ids, responses, hidden.split([len(r) for r in responses])):
+            samples.append(ReplaySample(encode(tokenizer, prompt.student), ids, response, rows))
     return samples
 
 

@@ -128,11 +128,11 @@ class TrainedRow:
 
     def sleep_config(self, budget: int) -> SleepConfig:
         """``sft``, ``ks``, ``ks-lti``, ``gkd`` (:data:`ROW_SEEDING`) or ``ks-memory`` at this sleep's
-        budget, with the suite's replay quota per document (every wake question on top)."""
+        budget, without a global cap on the replay prompts (every wake question on top of the
+        seeding config's quota per document)."""
         c, method = self.suite.config, self.method
         seeding = dataclasses.replace(c.seeding, **ROW_SEEDING.get(method, {}),
-                                      steps=step_cap(c, self.multiplier), token_budget=budget,
-                                      prompts_per_document=c.prompts_per_document, max_prompts=None)
+                                      steps=step_cap(c, self.multiplier), token_budget=budget, max_prompts=None)
         memory_teacher = {"teacher": "memory", "wake_updates": True, "wake_level": FAST_LEVEL,
                           "wake_steps": c.fast_steps, "wake_learning_rate": c.fast_learning_rate}
         return SleepConfig(stages=("sft",) if method == "sft" else ("seeding",), seeding=seeding,

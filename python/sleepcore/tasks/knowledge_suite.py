@@ -90,8 +90,9 @@ class KnowledgeSuiteConfig:
             (:data:`~sleepcore.tasks.knowledge_methods.ROW_SEEDING`). Its ``optimizer`` (the library's
             default, :data:`~sleepcore.sleep.config.MEASURED_OPTIMIZER`: tuned on SmolLM2-135M;
             Gemma-3-270M diverged at lr 1e-2 and learned at 2e-3) is SFT's and the oracles' too; ``steps`` only caps a sleep at
-            multiplier 1 (the cap scales with the multiplier; the budget ends a sleep); its replay
-            quota is replaced by ``prompts_per_document`` (every wake question on top, no global cap).
+            multiplier 1 (the cap scales with the multiplier; the budget ends a sleep); its
+            ``prompts_per_document`` is the replay quota (every wake question on top); ``max_prompts``
+            is not used (no global cap).
         sft_batch_size: examples per step of ``sft`` (documents) and of the oracles (questions).
         wake_questions: whether the second phrasing of each fact is asked while awake.
         fast_period, fast_steps, fast_learning_rate: ``ks-memory``'s fast level (``C_1`` in tokens,
@@ -111,7 +112,6 @@ class KnowledgeSuiteConfig:
     seeding: KnowledgeSeedingConfig = field(default_factory=lambda: KnowledgeSeedingConfig(
         steps=5000, batch_size=8, max_new_tokens=40, completions=4, samples_per_prompt=1))
     sft_batch_size: int = 16
-    prompts_per_document: int = 4
     wake_questions: bool = True
     fast_period: int = 256
     fast_steps: int = 4
@@ -135,7 +135,7 @@ class KnowledgeSuiteConfig:
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in budgets)):
             raise ValueError(f"budgets must be a non-empty list of distinct numbers > 0, got {self.budgets!r}")
         self.budgets = tuple(float(b) for b in budgets)
-        for name in ("tokens_per_document", "prompts_per_document", "drift_prompts", "drift_tokens", "fast_period",
+        for name in ("tokens_per_document", "drift_prompts", "drift_tokens", "fast_period",
                      "fast_steps", "sft_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
