@@ -117,6 +117,8 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(sentence_context="passage")
     with pytest.raises(ValueError, match="sentence_answers"):
         KnowledgeSeedingConfig(sentence_answers="gold")
+    with pytest.raises(ValueError, match="questions_per_sentence"):
+        KnowledgeSeedingConfig(questions_per_sentence=0)
     with pytest.raises(ValueError, match="paraphrases_per_question"):
         KnowledgeSeedingConfig(paraphrases_per_question=0)
     with pytest.raises(ValueError, match="besides 'rehearsal'"):

@@ -340,7 +340,8 @@ def test_a_teacher_reading_a_document_does_so_without_earlier_sleeps_experts(wit
 
 def test_sentence_answers_replay_the_documents_sentence_scored_by_the_teacher():
     config = seeding(alpha=1.0, on_policy=0.0, steps=2, batch_size=2, max_new_tokens=4, samples_per_prompt=2,
-                     prompt_builders=("sentence_questions",), sentence_answers="sentence", prompts_per_document=20)
+                     prompt_builders=("sentence_questions",), sentence_answers="sentence", prompts_per_document=20,
+                     questions_per_sentence=3)
     config = KnowledgeSeedingConfig(**{**config.__dict__, "max_prompts": None})
     sleeper = make_sleeper(config)
     sleeper.wake(DATASET.passages[:2])
@@ -348,18 +349,18 @@ def test_sentence_answers_replay_the_documents_sentence_scored_by_the_teacher():
     sampled = []
 
     def generate(prompts, params, progress=True, return_hidden=False):  # the question writer, never the answers
-        sampled.append(return_hidden)
+        sampled.append((params.n, return_hidden))
         completion = lambda i: type("Completion", (), {"text": f" What is fact {i} about {name}?"})()  # noqa: E731
-        return [type("Output", (), {"completions": [completion(i)]})() for i in range(len(prompts))]
+        return [type("Output", (), {"completions": [completion(i)] * params.n})() for i in range(len(prompts))]
 
     sleeper.engine.generate = generate
     run = KnowledgeSeeding(StageContext(sleeper.model, sleeper.tokenizer, sleeper.memory, sleeper.engine, 0,
                                         sleeper.memory.new_expert(0)), config)
     run.prepare(sleeper.buffer, progress=False)
-    assert sampled == [False]  # questions written; no answer sampled
+    assert sampled == [(3, False)]  # questions_per_sentence written per sentence; no answer sampled
     sentences = split_sentences(DATASET.passages[0])
     closing = end_of_turn(sleeper.tokenizer)
-    assert len(run.items) == len(sentences)  # one item per question (the other person's are dropped), not per sample
+    assert len(run.items) == len(sentences)  # one item per distinct question (the other person's are dropped)
     for sample in run.items:
         assert sample.response[-len(closing):] == closing
         assert sleeper.tokenizer.decode(sample.response[:-len(closing)]).strip() in sentences

@@ -57,8 +57,9 @@ class KnowledgeSeedingConfig:
     ``"model"`` (the teacher asked "same meaning? yes/no",
     :class:`~sleepcore.sleep.judge.ModelJudge`). Replay set: prompts from ``prompt_builders``
     (:data:`PROMPT_BUILDERS`), at most ``prompts_per_document`` generated ones per document plus
-    every wake question, at most ``max_prompts`` in all when set; ``sentence_context`` is what the
-    teacher reads before a ``sentence_questions`` prompt (``"document"``, or ``"sentence"``: only the
+    every wake question, at most ``max_prompts`` in all when set; ``questions_per_sentence``
+    questions are sampled per sentence for ``sentence_questions`` (those its filter keeps, once
+    each); ``sentence_context`` is what the teacher reads before a ``sentence_questions`` prompt (``"document"``, or ``"sentence"``: only the
     sentence the question was written about); ``sentence_answers`` is what the student learns after
     a ``sentence_questions`` prompt: the teacher's samples (``"teacher"``), or the sentence the
     question was written about as the document says it (``"sentence"``: always right, whatever the
@@ -128,6 +129,7 @@ class KnowledgeSeedingConfig:
     max_prompts: int | None = None
     sentence_context: str = "document"
     sentence_answers: str = "teacher"
+    questions_per_sentence: int = 2
     paraphrases_per_question: int = 3
     rehearsal_share: float = 0.1
     rehearsal_capacity: int = 4096
@@ -150,7 +152,7 @@ class KnowledgeSeedingConfig:
             raise ValueError(f"token_selection < 1 selects tokens of the teacher's own samples once, so it needs "
                              f"on_policy = 0 (got token_selection={self.token_selection}, on_policy={self.on_policy})")
         for name in ("completions", "samples_per_prompt", "max_new_tokens", "prompts_per_document",
-                     "paraphrases_per_question", "rehearsal_capacity"):
+                     "paraphrases_per_question", "questions_per_sentence", "rehearsal_capacity"):
             integer(name, getattr(self, name), minimum=1)
         integer("max_prompts", self.max_prompts, minimum=1, optional=True)
         number("replay_temperature", self.replay_temperature, minimum=0.0, optional=True)

@@ -84,7 +84,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     if "sentence_questions" in builders:
         requests = sentence_question_requests(documents)
         asked = teacher_texts(engine, teacher, [request for _, _, request in requests],
-                              SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=seed))
+                              SamplingParams(n=config.questions_per_sentence, temperature=0.5, max_tokens=24,
+                                             seed=seed))
         generated += sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context,
                                                answers=config.sentence_answers)
     rng.shuffle(generated)
