@@ -41,9 +41,10 @@ NOISE_RESAMPLING = ("step", "call")
 #: How the sleep-time expert learns the kept dreams: next-token training on their text, or
 #: distillation of the in-context teacher (the document in its context) along their text.
 OBJECTIVES = ("sft", "distill")
-#: Who answers a dream's questions: the dream itself (its lines learnt as written), or the teacher
-#: reading the document (each question asked closed-book, with the teacher's answer: self-study).
-ANSWERS = ("dream", "teacher")
+#: Who answers a dream's questions: the dream itself (its lines learnt as written), the teacher
+#: reading the document (each question asked closed-book, with the teacher's answer: self-study), or
+#: the document (each question answered by its own sentence that answers it).
+ANSWERS = ("dream", "teacher", "sentence")
 
 
 @dataclass
@@ -70,6 +71,11 @@ class DreamingConfig:
     ``answer_temperature``, at most ``answer_max_tokens`` tokens. The dream supplies the
     questions, the teacher the answers (Cartridges' self-study); lines without a question stay as
     written. It needs ``objective = "distill"`` (the teacher that answers is the one distilled).
+    With ``"sentence"`` the same questions are answered by the document's sentence that answers
+    them (:func:`~sleepcore.sleep.dreams.answering_sentence`: it names the question's entity and
+    repeats the most of what it asks; a question no sentence answers is dropped): the answer is the
+    document's own words, right whatever the generator's questions (Knowledge Seeding's
+    ``sentence_answers = "sentence"`` for the dream's questions).
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer

@@ -24,10 +24,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sleepcore.lm import as_examples, chat_turn, encode, qa_prompt
+from sleepcore.lm import as_examples, chat_turn, encode, end_of_turn, qa_prompt
+from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import DOCUMENT, DreamingConfig
-from sleepcore.sleep.prompts import named_entities, names_entity
+from sleepcore.sleep.prompts import named_entities, names_entity, split_sentences
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
@@ -94,15 +95,34 @@ def relation_words(question: str) -> list[str]:
     return [_SAME_RELATION.get(word, word) for word in words]
 
 
+def shared_relations(question: str, text: str) -> int:
+    """How many of the question's :func:`relation_words` ``text`` repeats (the same word, or the same
+    first four letters: "studied" repeats "study"; "born" counts as "birth")."""
+    said = {_SAME_RELATION.get(word.lower(), word.lower()) for word in re.findall(r"[A-Za-z]{3,}", text)}
+    return sum(word in said or (len(word) >= 4 and any(w[:4] == word[:4] for w in said if len(w) >= 4))
+               for word in relation_words(question))
+
+
 def restates_question(question: str, answer: str) -> bool:
-    """Whether ``answer`` repeats one of the question's :func:`relation_words` (the same word, or the
-    same first four letters: "studied" restates "study"; "born" counts as "birth"); True for a
-    question without any. A small model's wrong answers mostly answer another question ("Where was
-    Ada born?" -> "Ada's first pet is Bim"), which this rejects without knowing the gold answer."""
-    wanted = relation_words(question)
-    said = {_SAME_RELATION.get(word.lower(), word.lower()) for word in re.findall(r"[A-Za-z]{3,}", answer)}
-    return not wanted or any(word in said or (len(word) >= 4 and any(w[:4] == word[:4] for w in said if len(w) >= 4))
-                             for word in wanted)
+    """Whether ``answer`` repeats one of the question's :func:`relation_words` (:func:`shared_relations`);
+    True for a question without any. A small model's wrong answers mostly answer another question
+    ("Where was Ada born?" -> "Ada's first pet is Bim"), which this rejects without knowing the gold
+    answer."""
+    return not relation_words(question) or shared_relations(question, answer) > 0
+
+
+def answering_sentence(question: str, document: str) -> str | None:
+    """The sentence of ``document`` that answers ``question`` extractively: among the sentences
+    naming an entity the question names (:func:`~sleepcore.sleep.prompts.names_entity`), the first
+    that repeats the most of its :func:`relation_words` ("Where was Ada Quell born?" -> "Tarvik is
+    where Ada Quell was born."). None when no such sentence repeats one."""
+    best, most = None, 0
+    for sentence in split_sentences(document):
+        if names_entity(question, named_entities(sentence)):
+            shared = shared_relations(question, sentence)
+            if shared > most:
+                best, most = sentence, shared
+    return best
 
 
 def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
@@ -119,7 +139,9 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     with ``documents[i]`` in its turn (one engine call under the ``teacher`` context manager factory,
     seeded by ``seed``; answers of fewer than 2 tokens are dropped, and with
     ``config.answers_restate_question`` those that do not :func:`restates_question`; the stop token
-    is kept), then the dream's lines without a question as written."""
+    is kept), then the dream's lines without a question as written. With ``"sentence"``: the same
+    questions, each answered by the document's :func:`answering_sentence` and the end-of-turn ids
+    (dropped when none answers it; ``teacher`` is not called)."""
     if config.answers == "dream":
         return [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams], [{} for _ in dreams]
     questions: list[dict] = [{} for _ in dreams]
@@ -131,16 +153,25 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
                 prompt = tuple(encode(tokenizer, qa_prompt(tokenizer, question)))
                 questions[index].setdefault(prompt, encode(tokenizer, qa_prompt(tokenizer, question, document)))
                 owners.append((index, k, prompt, question))
-    params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=config.answer_max_tokens, seed=seed)
-    with teacher():
-        outputs = engine.generate([questions[index][prompt] for index, _, prompt, _ in owners], params,
-                                  progress=progress) if owners else []
     examples = [[[] for _ in own] for own in dreams]
-    for (index, k, prompt, question), output in zip(owners, outputs):
-        answer = list(output.completions[0].token_ids)
-        if len(answer) >= 2 and (not config.answers_restate_question or restates_question(
-                question, tokenizer.decode(answer, skip_special_tokens=True))):
-            examples[index][k].append((list(prompt), answer))
+    if config.answers == "sentence":
+        closing = end_of_turn(tokenizer)
+        for index, k, prompt, question in owners:
+            sentence = answering_sentence(question, documents[index])
+            if sentence is not None:
+                examples[index][k].append((list(prompt), answer_ids(tokenizer, qa_prompt(tokenizer, question), sentence)
+                                           + closing))
+    else:
+        params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=config.answer_max_tokens,
+                                seed=seed)
+        with teacher():
+            outputs = engine.generate([questions[index][prompt] for index, _, prompt, _ in owners], params,
+                                      progress=progress) if owners else []
+        for (index, k, prompt, question), output in zip(owners, outputs):
+            answer = list(output.completions[0].token_ids)
+            if len(answer) >= 2 and (not config.answers_restate_question or restates_question(
+                    question, tokenizer.decode(answer, skip_special_tokens=True))):
+                examples[index][k].append((list(prompt), answer))
     for index, own in enumerate(dreams):
         for k, dream in enumerate(own):
             statements = "\n".join(line for line in dream_lines(dream.text) if "?" not in line)
