@@ -147,8 +147,9 @@ def scored_replay(model, tokenizer, prompts: list[ReplayPrompt], teacher, pad: i
         responses = [answer_ids(tokenizer, p.student, p.response) + closing for p in chunk]
         with torch.no_grad(), teacher():
             hidden = response_hidden(model, teacher_ids, responses, pad).cpu()
-        for prompt, ids, response, rows in zip(chunk, teacher_ids, responses, hidden.split([len(r) for r in responses])):
-            samples.append(ReplaySample(encode(tokenizer, prompt.student), ids, response, rows))
+        rows = hidden.split([len(r) for r in responses])
+        samples += [ReplaySample(encode(tokenizer, prompt.student), ids, response, states)
+                    for prompt, ids, response, states in zip(chunk, teacher_ids, responses, rows)]
     return samples
 
 
