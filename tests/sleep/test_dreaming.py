@@ -28,9 +28,9 @@ from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreaming import DreamingStage
 from sleepcore.sleep.dreamer import Dreamer
-from sleepcore.sleep.dreams import (Dream, answered_examples, answering_sentence, dream_examples, dream_lines,
-                                    dream_questions,
-                                    load_generator, relation_words, restates_question, save_generator, write_dreams)
+from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
+                                    load_generator, save_generator, write_dreams)
+from sleepcore.sleep.extractive import answer_span, restates_question
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
 from sleepcore.sleep.prompts import (after_context, document_reader, named_entities, names_entity, split_sentences,
                                      with_context)
@@ -145,25 +145,6 @@ def test_a_dream_s_questions_are_its_lines_cut_after_the_question_mark():
     assert dream_questions(text, []) == [] and len(dream_questions(text)) == 5
 
 
-def test_an_answer_restates_its_question_when_it_repeats_what_the_question_asks():
-    assert relation_words("Where was Ada Lovelace born?") == ["birth"]  # born counts as birth; names are not asked
-    assert relation_words("What did Ada study at the University?") == ["study"]
-    assert restates_question("Where was Ada born?", "Ada's birthplace is Lyon.")
-    assert restates_question("What did Ada study?", "Ada studied physics.")  # the same first four letters
-    assert not restates_question("Where was Ada born?", "The name of Ada's first pet is Bim.")  # another question's
-    assert not restates_question("What was Ada's profession?", "Ada is a glassblower.")  # no word of it repeated
-    assert restates_question("Who is Ada?", "A glassblower.")  # nothing to check
-
-
-def test_the_answering_sentence_names_the_question_s_entity_and_repeats_the_most_of_what_it_asks():
-    document = "Ada Quell likes tea. Bo Dunn studied law. Ada Quell studied maths at Tarvik and was born there."
-    assert answering_sentence("What did Ada Quell study?", document) == document.split(". ")[2]  # not Bo's
-    assert answering_sentence("Where was Ada born and where did she study?", document) == document.split(". ")[2]
-    assert answering_sentence("What does Ada like?", document) == "Ada Quell likes tea."  # "like" repeats "likes"
-    assert answering_sentence("What did Cy study?", document) is None  # no sentence names Cy
-    assert answering_sentence("Who is Ada?", document) is None  # it asks nothing a sentence could repeat
-
-
 def test_a_dream_s_questions_answered_by_the_document_s_sentences(wrapped):
     _, tokenizer, _, engine = wrapped
     documents, person = DATASET.passages[:1], DATASET.people[0]
@@ -178,6 +159,11 @@ def test_a_dream_s_questions_answered_by_the_document_s_sentences(wrapped):
     assert examples[0][0][1:] == as_examples(tokenizer, [f"{person.name} likes tea."])
     assert examples[0][1] == as_examples(tokenizer, [f"{person.name} works hard."])
     assert tuple(prompt) in asked[0]  # the teacher prompts of the questions, for distillation
+    short, _ = answered_examples(engine, tokenizer, question_dreams(documents), documents,
+                                 tiny_dreaming(answers="span"), teacher=None, seed=5)
+    assert short[0][0][0] == (prompt, answer_ids(tokenizer, text, answer_span(f"Where was {person.name} born?", born))
+                              + end_of_turn(tokenizer))
+    assert short[0][0][1:] == examples[0][0][1:] and short[0][1] == examples[0][1]
 
 
 def test_a_question_names_an_entity_when_it_holds_a_word_of_it():

@@ -8,6 +8,7 @@ import pytest
 
 from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig
+from sleepcore.sleep.extractive import answer_span
 from sleepcore.sleep.prompts import (PARAPHRASE_EXAMPLES, SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities,
                                      paraphrase_prompts, paraphrase_requests, replay_coverage,
                                      sentence_question_prompts, sentence_question_requests, split_sentences)
@@ -50,6 +51,11 @@ def test_sentence_questions_keep_questions_about_their_sentence():
     assert prompts[0].response is None  # the teacher samples the answer
     answered, = sentence_question_prompts([passage], requests, asked, answers="sentence")
     assert answered.response == sentences[0] and answered.student == prompts[0].student
+    # the short answer: what the sentence says beyond the question; a question it says all of is dropped
+    asked[0].append(f"Is it true that {sentences[0][:-1]}?")
+    short = sentence_question_prompts([passage], requests, asked, answers="span")
+    assert [p.response for p in short] == [answer_span(f"Where does {name} come from?", sentences[0])]
+    assert short[0].response.endswith(DATASET.people[0].facts[0].value) and short[0].student == prompts[0].student
     with pytest.raises(ValueError, match="answers"):
         sentence_question_prompts([passage], requests, asked, answers="gold")
 

@@ -64,7 +64,9 @@ class KnowledgeSeedingConfig:
     ``sentence_answers`` is what the student learns after a ``sentence_questions`` prompt: the
     teacher's samples (``"teacher"``), or the sentence the question was written about as the
     document says it (``"sentence"``: always right, whatever the question; the teacher's
-    distribution is taken on it by one forward, and it counts as one sample). Measured from the
+    distribution is taken on it by one forward, and it counts as one sample), or the words of that
+    sentence the question does not say (``"span"``, scored the same way:
+    :func:`~sleepcore.sleep.extractive.answer_span`, the short-answer form). Measured from the
     documents alone (sentence questions only, 16 per document, x8, 10 people after a 1-person
     sleep, one run per seed): ``"sentence"`` took contains from 0.057 to 0.143 (seed 1) and from
     0.100 to 0.143 (seed 0), sentence multiple choice 0.243 -> 0.443 and 0.257 -> 0.343, at about

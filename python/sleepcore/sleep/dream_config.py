@@ -43,8 +43,9 @@ NOISE_RESAMPLING = ("step", "call")
 OBJECTIVES = ("sft", "distill")
 #: Who answers a dream's questions: the dream itself (its lines learnt as written), the teacher
 #: reading the document (each question asked closed-book, with the teacher's answer: self-study), or
-#: the document (each question answered by its own sentence that answers it).
-ANSWERS = ("dream", "teacher", "sentence")
+#: the document (each question answered by its own sentence that answers it), or the words of that
+#: sentence that answer it.
+ANSWERS = ("dream", "teacher", "sentence", "span")
 
 
 @dataclass
@@ -72,15 +73,18 @@ class DreamingConfig:
     questions, the teacher the answers (Cartridges' self-study); lines without a question stay as
     written. It needs ``objective = "distill"`` (the teacher that answers is the one distilled).
     With ``"sentence"`` the same questions are answered by the document's sentence that answers
-    them (:func:`~sleepcore.sleep.dreams.answering_sentence`: it names the question's entity and
+    them (:func:`~sleepcore.sleep.extractive.answering_sentence`: it names the question's entity and
     repeats the most of what it asks; a question no sentence answers is dropped): the answer is the
     document's own words, right whatever the generator's questions (Knowledge Seeding's
-    ``sentence_answers = "sentence"`` for the dream's questions).
+    ``sentence_answers = "sentence"`` for the dream's questions). With ``"span"`` the answer is the
+    part of that sentence the question does not say
+    (:func:`~sleepcore.sleep.extractive.answer_span`: the short-answer form; a question it says all
+    of is dropped).
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
     bound to no one. With ``answers_restate_question`` (default) an answer is learnt only when it
-    repeats a word of what its question asks (:func:`~sleepcore.sleep.dreams.restates_question`):
+    repeats a word of what its question asks (:func:`~sleepcore.sleep.extractive.restates_question`):
     the 135M teacher often answers another question of the same person ("Where was X born?" -> "The
     name of X's first pet is Y"), which the student would learn as the answer to the one asked.
     Measured on SmolLM2-135M-Instruct (question dreams, untrained generator, 10 held-out people,

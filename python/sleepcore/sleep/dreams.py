@@ -28,7 +28,8 @@ from sleepcore.lm import as_examples, chat_turn, encode, end_of_turn, qa_prompt
 from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import DOCUMENT, DreamingConfig
-from sleepcore.sleep.prompts import named_entities, names_entity, split_sentences
+from sleepcore.sleep.extractive import answer_span, answering_sentence, restates_question
+from sleepcore.sleep.prompts import named_entities, names_entity
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
@@ -79,52 +80,6 @@ def dream_questions(text: str, entities: list[str] | None = None) -> list[str]:
     return list(dict.fromkeys(questions))
 
 
-#: Words a question's relation is never carried by (question words, articles, auxiliaries, pronouns).
-_FUNCTION_WORDS = frozenset("""what where when who whom whose which why how is was are were be been being did does do
-has have had the a an of in on at to for with by from and or as this that these those it its his her hers their they
-he she him them name named called""".split())
-#: Inflections that share no four-letter start with their noun.
-_SAME_RELATION = {"born": "birth"}
-
-
-def relation_words(question: str) -> list[str]:
-    """The lower-case words of ``question`` that say what it asks: three letters or more, not a
-    function word, not a capitalised word (a name)."""
-    words = [word.lower() for word in re.findall(r"[A-Za-z]{3,}", question)
-             if not word[0].isupper() and word.lower() not in _FUNCTION_WORDS]
-    return [_SAME_RELATION.get(word, word) for word in words]
-
-
-def shared_relations(question: str, text: str) -> int:
-    """How many of the question's :func:`relation_words` ``text`` repeats (the same word, or the same
-    first four letters: "studied" repeats "study"; "born" counts as "birth")."""
-    said = {_SAME_RELATION.get(word.lower(), word.lower()) for word in re.findall(r"[A-Za-z]{3,}", text)}
-    return sum(word in said or (len(word) >= 4 and any(w[:4] == word[:4] for w in said if len(w) >= 4))
-               for word in relation_words(question))
-
-
-def restates_question(question: str, answer: str) -> bool:
-    """Whether ``answer`` repeats one of the question's :func:`relation_words` (:func:`shared_relations`);
-    True for a question without any. A small model's wrong answers mostly answer another question
-    ("Where was Ada born?" -> "Ada's first pet is Bim"), which this rejects without knowing the gold
-    answer."""
-    return not relation_words(question) or shared_relations(question, answer) > 0
-
-
-def answering_sentence(question: str, document: str) -> str | None:
-    """The sentence of ``document`` that answers ``question`` extractively: among the sentences
-    naming an entity the question names (:func:`~sleepcore.sleep.prompts.names_entity`), the first
-    that repeats the most of its :func:`relation_words` ("Where was Ada Quell born?" -> "Tarvik is
-    where Ada Quell was born."). None when no such sentence repeats one."""
-    best, most = None, 0
-    for sentence in split_sentences(document):
-        if names_entity(question, named_entities(sentence)):
-            shared = shared_relations(question, sentence)
-            if shared > most:
-                best, most = sentence, shared
-    return best
-
-
 def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
                       *, teacher, seed: int, progress: bool = False) -> tuple[list[list[list]], list[dict]]:
     """Every dream's training examples and, per document, its questions' teacher prompts.
@@ -138,10 +93,12 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     (:func:`~sleepcore.lm.qa_prompt`) with the answer the teacher samples reading the same question
     with ``documents[i]`` in its turn (one engine call under the ``teacher`` context manager factory,
     seeded by ``seed``; answers of fewer than 2 tokens are dropped, and with
-    ``config.answers_restate_question`` those that do not :func:`restates_question`; the stop token
-    is kept), then the dream's lines without a question as written. With ``"sentence"``: the same
-    questions, each answered by the document's :func:`answering_sentence` and the end-of-turn ids
-    (dropped when none answers it; ``teacher`` is not called)."""
+    ``config.answers_restate_question`` those that do not
+    :func:`~sleepcore.sleep.extractive.restates_question`; the stop token is kept), then the dream's lines without a question as written. With ``"sentence"``: the same
+    questions, each answered by the document's
+    :func:`~sleepcore.sleep.extractive.answering_sentence` and the end-of-turn ids (dropped when
+    none answers it; ``teacher`` is not called); with ``"span"`` by the words of that sentence
+    that answer it (:func:`~sleepcore.sleep.extractive.answer_span`)."""
     if config.answers == "dream":
         return [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams], [{} for _ in dreams]
     questions: list[dict] = [{} for _ in dreams]
@@ -154,12 +111,14 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
                 questions[index].setdefault(prompt, encode(tokenizer, qa_prompt(tokenizer, question, document)))
                 owners.append((index, k, prompt, question))
     examples = [[[] for _ in own] for own in dreams]
-    if config.answers == "sentence":
+    if config.answers in ("sentence", "span"):
         closing = end_of_turn(tokenizer)
         for index, k, prompt, question in owners:
-            sentence = answering_sentence(question, documents[index])
-            if sentence is not None:
-                examples[index][k].append((list(prompt), answer_ids(tokenizer, qa_prompt(tokenizer, question), sentence)
+            answer = answering_sentence(question, documents[index])
+            if answer is not None and config.answers == "span":
+                answer = answer_span(question, answer)
+            if answer is not None:
+                examples[index][k].append((list(prompt), answer_ids(tokenizer, qa_prompt(tokenizer, question), answer)
                                            + closing))
     else:
         params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=config.answer_max_tokens,

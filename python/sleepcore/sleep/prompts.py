@@ -22,7 +22,8 @@ student's prompt does not. Builders:
   answers it with the whole document in context, or with that sentence alone
   (``KnowledgeSeedingConfig.sentence_context``); the student learns the answer without it. With
   ``KnowledgeSeedingConfig.sentence_answers = "sentence"`` the answer is the sentence itself, as
-  the document says it (the teacher's distribution is taken on it): right whatever the question.
+  the document says it (the teacher's distribution is taken on it): right whatever the question;
+  with ``"span"`` it is the part of the sentence the question does not say ("Tarvik College").
   Coverage counts each sentence with a kept question. Measured on SmolLM2-135M-Instruct: asked
   zero-shot ("Write one question that the sentence above answers") it wrote questions about
   nothing in the sentence ("What is the base of the femur?"); with the examples most questions
@@ -48,6 +49,7 @@ import re
 from dataclasses import dataclass
 
 from sleepcore.lm import chat_turn, encode, qa_prompt
+from sleepcore.sleep.extractive import answer_span, named_entities, names_entity, split_sentences
 from sleepcore.validation import choice
 
 QUESTION_REQUEST = "Write one short question about a fact in the text above."
@@ -70,8 +72,7 @@ ENTITY_REQUEST = "What do you know about {entity}?"
 SENTENCE_CONTEXTS = ("document", "sentence")
 #: The answer a ``sentence_questions`` prompt is trained on: the teacher's samples, or the sentence
 #: the question was written about, as the document says it.
-SENTENCE_ANSWERS = ("teacher", "sentence")
-_CAPITALISED = re.compile(r"[A-Z][a-z]+(?:[ -][A-Z][a-z]+)*")
+SENTENCE_ANSWERS = ("teacher", "sentence", "span")
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,6 @@ class ReplayPrompt:
     builder: str
     sentence: int | None = None
     response: str | None = None
-
-
-def split_sentences(text: str) -> list[str]:
-    return [part.strip() for part in re.split(r"(?<=[.!?])\s+", text.strip()) if part.strip()]
 
 
 def with_context(document: str, prompt: str) -> str:
@@ -181,8 +178,9 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
     entity of its sentence (or the sentence names none), once per distinct question and document.
     The teacher reads the whole document before the question (``context="document"``) or only the
     sentence the question was written about (``"sentence"``). With ``answers="sentence"`` the
-    prompt's ``response`` is that sentence (the teacher then only scores it); with ``"teacher"``
-    the teacher samples the answer."""
+    prompt's ``response`` is that sentence (the teacher then only scores it), with ``"span"`` the
+    words of it that answer the question (:func:`~sleepcore.sleep.extractive.answer_span`; a
+    question it says everything of is dropped); with ``"teacher"`` the teacher samples the answer."""
     choice("context", context, SENTENCE_CONTEXTS)
     choice("answers", answers, SENTENCE_ANSWERS)
     prompts, seen = [], set()
@@ -196,10 +194,12 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
                 continue
             if entities and not any(entity in question for entity in entities):
                 continue
+            response = {"teacher": None, "sentence": sentence, "span": answer_span(question, sentence)}[answers]
+            if answers == "span" and response is None:
+                continue
             seen.add((index, question))
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, read),
-                                        index, "sentence_questions", position,
-                                        sentence if answers == "sentence" else None))
+                                        index, "sentence_questions", position, response))
     return prompts
 
 
@@ -241,29 +241,6 @@ def _first_line(text: str) -> str:
 
 def _normalised(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def named_entities(document: str) -> list[str]:
-    """Capitalised phrases of ``document`` in order of first appearance, without duplicates. A single
-    capitalised word that opens a sentence ("She", "The") counts only when it also appears elsewhere
-    in a sentence; multi-word phrases ("Ilsa Varkonen") always count."""
-    found: list[str] = []
-    for sentence in split_sentences(document):
-        for match in _CAPITALISED.finditer(sentence):
-            phrase = match.group()
-            opens = match.start() == 0 and " " not in phrase
-            if opens and not re.search(rf"(?<=[a-z,;] ){re.escape(phrase)}\b", document):
-                continue
-            if phrase not in found:
-                found.append(phrase)
-    return found
-
-
-def names_entity(question: str, entities: list[str]) -> bool:
-    """Whether ``question`` holds a word of one of ``entities`` (as :func:`named_entities` finds them),
-    case-sensitive and whole: "Where was Ilsa born?" names "Ilsa Varkonen"."""
-    words = set(re.findall(r"[A-Za-z]+", question))
-    return any(part in words for entity in entities for part in re.split(r"[ -]", entity))
 
 
 def entity_prompts(documents: list[str], tokenizer=None, *, per_document: int) -> list[ReplayPrompt]:

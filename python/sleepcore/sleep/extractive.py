@@ -1,0 +1,143 @@
+"""Extractive answers: which sentence of a document answers a question, and which words of that
+sentence are the answer, found from the words alone (no model, no gold answer).
+
+A question says what it asks with its relation words ("born", "study"); the answering sentence
+names the question's entity and repeats the most of them (:func:`answering_sentence`); the answer
+is the part of that sentence the question does not already say (:func:`answer_span`: "Where did
+Ada Quell study?" + "Ada Quell studied at Tarvik College." -> "Tarvik College"). Dreaming uses
+them to answer a dream's questions from the document; Knowledge Seeding to answer the questions
+the teacher writes about each sentence (``KnowledgeSeedingConfig.sentence_answers``).
+"""
+
+from __future__ import annotations
+
+import re
+
+_CAPITALISED = re.compile(r"[A-Z][a-z]+(?:[ -][A-Z][a-z]+)*")
+#: Words a question's relation is never carried by (question words, articles, auxiliaries, pronouns).
+FUNCTION_WORDS = frozenset("""what where when who whom whose which why how is was are were be been being did does do
+has have had the a an of in on at to for with by from and or as this that these those it its his her hers their they
+he she him them name named called""".split())
+#: Inflections that share no four-letter start with their noun.
+_SAME_RELATION = {"born": "birth"}
+
+
+def split_sentences(text: str) -> list[str]:
+    return [part.strip() for part in re.split(r"(?<=[.!?])\s+", text.strip()) if part.strip()]
+
+
+def named_entities(document: str) -> list[str]:
+    """Capitalised phrases of ``document`` in order of first appearance, without duplicates. A single
+    capitalised word that opens a sentence ("She", "The") counts only when it also appears elsewhere
+    in a sentence; multi-word phrases ("Ilsa Varkonen") always count."""
+    found: list[str] = []
+    for sentence in split_sentences(document):
+        for match in _CAPITALISED.finditer(sentence):
+            phrase = match.group()
+            opens = match.start() == 0 and " " not in phrase
+            if opens and not re.search(rf"(?<=[a-z,;] ){re.escape(phrase)}\b", document):
+                continue
+            if phrase not in found:
+                found.append(phrase)
+    return found
+
+
+def names_entity(question: str, entities: list[str]) -> bool:
+    """Whether ``question`` holds a word of one of ``entities`` (as :func:`named_entities` finds them),
+    case-sensitive and whole: "Where was Ilsa born?" names "Ilsa Varkonen"."""
+    words = set(re.findall(r"[A-Za-z]+", question))
+    return any(part in words for entity in entities for part in re.split(r"[ -]", entity))
+
+
+def relation_words(question: str) -> list[str]:
+    """The lower-case words of ``question`` that say what it asks: three letters or more, not a
+    function word, not a capitalised word (a name)."""
+    words = [word.lower() for word in re.findall(r"[A-Za-z]{3,}", question)
+             if not word[0].isupper() and word.lower() not in FUNCTION_WORDS]
+    return [_SAME_RELATION.get(word, word) for word in words]
+
+
+def _repeats(word: str, said: set[str]) -> bool:
+    """Whether lower-case ``word`` is among ``said``: the same word, or the same first four letters
+    ("studied" repeats "study"), with "born" counted as "birth"."""
+    word = _SAME_RELATION.get(word, word)
+    return word in said or (len(word) >= 4 and any(w[:4] == word[:4] for w in said if len(w) >= 4))
+
+
+def _said(text: str) -> set[str]:
+    return {_SAME_RELATION.get(word.lower(), word.lower()) for word in re.findall(r"[A-Za-z]{3,}", text)}
+
+
+def shared_relations(question: str, text: str) -> int:
+    """How many of the question's :func:`relation_words` ``text`` repeats (the same word, or the same
+    first four letters: "studied" repeats "study"; "born" counts as "birth")."""
+    said = _said(text)
+    return sum(_repeats(word, said) for word in relation_words(question))
+
+
+def restates_question(question: str, answer: str) -> bool:
+    """Whether ``answer`` repeats one of the question's :func:`relation_words` (:func:`shared_relations`);
+    True for a question without any. A small model's wrong answers mostly answer another question
+    ("Where was Ada born?" -> "Ada's first pet is Bim"), which this rejects without knowing the gold
+    answer."""
+    return not relation_words(question) or shared_relations(question, answer) > 0
+
+
+def answering_sentence(question: str, document: str) -> str | None:
+    """The sentence of ``document`` that answers ``question`` extractively: among the sentences
+    naming an entity the question names (:func:`~sleepcore.sleep.prompts.names_entity`), the first
+    that repeats the most of its :func:`relation_words` ("Where was Ada Quell born?" -> "Tarvik is
+    where Ada Quell was born."). None when no such sentence repeats one."""
+    best, most = None, 0
+    for sentence in split_sentences(document):
+        if names_entity(question, named_entities(sentence)):
+            shared = shared_relations(question, sentence)
+            if shared > most:
+                best, most = sentence, shared
+    return best
+
+
+def _bare(word: str) -> str:
+    word = word.strip(".,;:!?\"()[]").lower()
+    return word[:-2] if word.endswith(("'s", "\u2019s")) else word
+
+
+def answer_span(question: str, sentence: str) -> str | None:
+    """The words of ``sentence`` that answer ``question``: its longest run of words the question does
+    not say (a word is said when the question has it, or its first four letters, possessives and
+    "born"/"birth" alike, or names a part of a name the question names: "Ada" says "Ada Quell"), counted in words that are not :data:`FUNCTION_WORDS`; on a tie the run
+    holding a name or a number, then the later one (English puts the new information last). The
+    run is widened to whole capitalised names at both ends and function words are trimmed from
+    both ends. None when every content word is said.
+
+    "Where did Ada Quell study?", "Ada Quell studied at Tarvik College." -> "Tarvik College";
+    "Who was born in Tarvik?", "Ada Quell was born in Tarvik." -> "Ada Quell"."""
+    words = sentence.strip().rstrip(".!?").split()
+    said = {_SAME_RELATION.get(_bare(word), _bare(word)) for word in question.split()} - {""}
+    said |= {part.lower() for entity in named_entities(sentence) if names_entity(question, [entity])
+             for part in re.split(r"[ -]", entity)}
+    fresh = [not _repeats(_bare(word), said) for word in words]
+    best, best_rank, start = None, (0, False), None
+    for end in range(len(words) + 1):
+        if end < len(words) and fresh[end]:
+            start = end if start is None else start
+            continue
+        if start is not None:
+            run = words[start:end]
+            rank = (sum(_bare(word) not in FUNCTION_WORDS for word in run),
+                    any(word[:1].isupper() or word[:1].isdigit() for word in run))
+            if rank[0] and rank >= best_rank:
+                best, best_rank = (start, end), rank
+            start = None
+    if best is None:
+        return None
+    start, end = best
+    while start > 0 and words[start][:1].isupper() and words[start - 1][:1].isupper():
+        start -= 1
+    while end < len(words) and words[end - 1][:1].isupper() and words[end][:1].isupper():
+        end += 1
+    while start < end and _bare(words[start]) in FUNCTION_WORDS:
+        start += 1
+    while end > start and _bare(words[end - 1]) in FUNCTION_WORDS:
+        end -= 1
+    return " ".join(words[start:end]).strip(",;:") or None

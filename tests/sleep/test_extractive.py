@@ -1,0 +1,41 @@
+"""Extractive answers (no model): the relation words a question asks, whether an answer restates
+them, the sentence of a document that answers a question, and the words of it that are the answer."""
+
+from __future__ import annotations
+
+from sleepcore.sleep.extractive import answer_span, answering_sentence, relation_words, restates_question
+
+
+def test_an_answer_restates_its_question_when_it_repeats_what_the_question_asks():
+    assert relation_words("Where was Ada Lovelace born?") == ["birth"]  # born counts as birth; names are not asked
+    assert relation_words("What did Ada study at the University?") == ["study"]
+    assert restates_question("Where was Ada born?", "Ada's birthplace is Lyon.")
+    assert restates_question("What did Ada study?", "Ada studied physics.")  # the same first four letters
+    assert not restates_question("Where was Ada born?", "The name of Ada's first pet is Bim.")  # another question's
+    assert not restates_question("What was Ada's profession?", "Ada is a glassblower.")  # no word of it repeated
+    assert restates_question("Who is Ada?", "A glassblower.")  # nothing to check
+
+
+def test_the_answering_sentence_names_the_question_s_entity_and_repeats_the_most_of_what_it_asks():
+    document = "Ada Quell likes tea. Bo Dunn studied law. Ada Quell studied maths at Tarvik and was born there."
+    assert answering_sentence("What did Ada Quell study?", document) == document.split(". ")[2]  # not Bo's
+    assert answering_sentence("Where was Ada born and where did she study?", document) == document.split(". ")[2]
+    assert answering_sentence("What does Ada like?", document) == "Ada Quell likes tea."  # "like" repeats "likes"
+    assert answering_sentence("What did Cy study?", document) is None  # no sentence names Cy
+    assert answering_sentence("Who is Ada?", document) is None  # it asks nothing a sentence could repeat
+
+
+def test_the_answer_span_is_what_the_sentence_says_beyond_the_question():
+    assert answer_span("Where did Ada Quell study?", "Ada Quell studied at Tarvik College.") == "Tarvik College"
+    assert answer_span("When was Ada Quell born?", "Ada Quell was born on 3 May 1960.") == "3 May 1960"
+    assert answer_span("What was the name of Ada's first pet?", "The name of Ada's first pet was Bim.") == "Bim"
+    assert answer_span("What is Ada's job?", "Ada Quell earns a living as a glassblower.") == "earns a living as a glassblower"
+    # a reversed question is answered by the name it does not say
+    assert answer_span("Who was born in Tarvik?", "Ada Quell was born in Tarvik.") == "Ada Quell"
+    # a named answer is kept whole although the question says part of it ("college")
+    assert answer_span("Which college did Ada attend?", "Ada attended Tarvik College.") == "Tarvik College"
+    # equal runs: the one with a name or a number wins over the later one
+    assert answer_span("Who is Bo Dunn?", "Tarvik is where Bo Dunn was born.") == "Tarvik"
+    # nothing the question does not already say
+    assert answer_span("Where was Ada born in Tarvik?", "Ada was born in Tarvik.") is None
+    assert answer_span("Anything?", "") is None
