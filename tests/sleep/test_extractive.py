@@ -3,7 +3,8 @@ them, the sentence of a document that answers a question, and the words of it th
 
 from __future__ import annotations
 
-from sleepcore.sleep.extractive import answer_span, answering_sentence, relation_words, restates_question
+from sleepcore.sleep.extractive import (answer_span, answering_sentence, document_subject, relation_words,
+                                        restates_question)
 
 
 def test_an_answer_restates_its_question_when_it_repeats_what_the_question_asks():
@@ -39,3 +40,10 @@ def test_the_answer_span_is_what_the_sentence_says_beyond_the_question():
     # nothing the question does not already say
     assert answer_span("Where was Ada born in Tarvik?", "Ada was born in Tarvik.") is None
     assert answer_span("Anything?", "") is None
+
+
+def test_a_document_s_subject_is_the_entity_the_most_sentences_name():
+    document = "Tarvik is a town. Ada Quell was born in Tarvik. Ada studied law. Bo Dunn met Ada Quell there."
+    assert document_subject(document) == "Ada Quell"  # three sentences name Ada, two Tarvik, one Bo Dunn
+    assert document_subject("Tarvik is a town. Bo Dunn lives in Tarvik.") == "Tarvik"  # a tie: the first
+    assert document_subject("it rained. then it stopped.") is None

@@ -56,6 +56,12 @@ def test_sentence_questions_keep_questions_about_their_sentence():
     short = sentence_question_prompts([passage], requests, asked, answers="span")
     assert [p.response for p in short] == [answer_span(f"Where does {name} come from?", sentences[0])]
     assert short[0].response.endswith(DATASET.people[0].facts[0].value) and short[0].student == prompts[0].student
+    # naming the document's subject (the person): a question asking who owns a value is dropped
+    value = DATASET.people[0].facts[0].value
+    asked[0] += [f"Who was born on {value}?"]
+    assert len(sentence_question_prompts([passage], requests, asked)) == 3
+    about = sentence_question_prompts([passage], requests, asked, name_subject=True)
+    assert len(about) == 2 and not any("Who was born" in p.student for p in about)
     with pytest.raises(ValueError, match="answers"):
         sentence_question_prompts([passage], requests, asked, answers="gold")
 
@@ -125,6 +131,8 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(sentence_answers="gold")
     with pytest.raises(ValueError, match="questions_per_sentence"):
         KnowledgeSeedingConfig(questions_per_sentence=0)
+    with pytest.raises((TypeError, ValueError), match="questions_name_subject"):
+        KnowledgeSeedingConfig(questions_name_subject="yes")
     with pytest.raises(ValueError, match="paraphrases_per_question"):
         KnowledgeSeedingConfig(paraphrases_per_question=0)
     with pytest.raises(ValueError, match="besides 'rehearsal'"):

@@ -66,7 +66,10 @@ class KnowledgeSeedingConfig:
     document says it (``"sentence"``: always right, whatever the question; the teacher's
     distribution is taken on it by one forward, and it counts as one sample), or the words of that
     sentence the question does not say (``"span"``, scored the same way:
-    :func:`~sleepcore.sleep.extractive.answer_span`, the short-answer form). Measured from the
+    :func:`~sleepcore.sleep.extractive.answer_span`, the short-answer form); with
+    ``questions_name_subject`` a sentence question is kept only when it names its document's subject
+    (:func:`~sleepcore.sleep.extractive.document_subject`: "Where did Ada study?", not "Who attended
+    Tarvik College?"). Measured from the
     documents alone (sentence questions only, 16 per document, x8, 10 people after a 1-person
     sleep, one run per seed): ``"sentence"`` took contains from 0.057 to 0.143 (seed 1) and from
     0.100 to 0.143 (seed 0), sentence multiple choice 0.243 -> 0.443 and 0.257 -> 0.343, at about
@@ -136,6 +139,7 @@ class KnowledgeSeedingConfig:
     max_prompts: int | None = None
     sentence_context: str = "document"
     sentence_answers: str = "teacher"
+    questions_name_subject: bool = False
     questions_per_sentence: int = 2
     paraphrases_per_question: int = 3
     rehearsal_share: float = 0.1
@@ -164,6 +168,7 @@ class KnowledgeSeedingConfig:
         integer("max_prompts", self.max_prompts, minimum=1, optional=True)
         number("replay_temperature", self.replay_temperature, minimum=0.0, optional=True)
         boolean("teacher_reads_with_earlier_experts", self.teacher_reads_with_earlier_experts)
+        boolean("questions_name_subject", self.questions_name_subject)
         for name in ("temperature", "sample_temperature", "clip_eps"):
             positive(name, getattr(self, name))
         choice("judge", self.judge, ("exact_match", "model"))

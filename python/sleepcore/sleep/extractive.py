@@ -49,6 +49,18 @@ def names_entity(question: str, entities: list[str]) -> bool:
     return any(part in words for entity in entities for part in re.split(r"[ -]", entity))
 
 
+def document_subject(document: str) -> str | None:
+    """The named entity (:func:`named_entities`) that the most sentences of ``document`` name (the
+    first on a tie): the person a biography is about, the topic of an article. None without one."""
+    sentences = split_sentences(document)
+    best, most = None, 0
+    for entity in named_entities(document):
+        count = sum(names_entity(sentence, [entity]) for sentence in sentences)
+        if count > most:
+            best, most = entity, count
+    return best
+
+
 def relation_words(question: str) -> list[str]:
     """The lower-case words of ``question`` that say what it asks: three letters or more, not a
     function word, not a capitalised word (a name)."""

@@ -49,7 +49,8 @@ import re
 from dataclasses import dataclass
 
 from sleepcore.lm import chat_turn, encode, qa_prompt
-from sleepcore.sleep.extractive import answer_span, named_entities, names_entity, split_sentences
+from sleepcore.sleep.extractive import (answer_span, document_subject, named_entities, names_entity,
+                                        split_sentences)
 from sleepcore.validation import choice
 
 QUESTION_REQUEST = "Write one short question about a fact in the text above."
@@ -172,10 +173,12 @@ def sentence_question_requests(documents: list[str]) -> list[tuple[int, int, str
 
 def sentence_question_prompts(documents: list[str], requests: list[tuple[int, int, str]], asked: list[list[str]],
                               tokenizer=None, *, context: str = "document",
-                              answers: str = "teacher") -> list[ReplayPrompt]:
+                              answers: str = "teacher", name_subject: bool = False) -> list[ReplayPrompt]:
     """Replay prompts from the questions written for the requests of :func:`sentence_question_requests`
     (``asked[i]``: the samples for request i): the first line of each, kept when it names a named
-    entity of its sentence (or the sentence names none), once per distinct question and document.
+    entity of its sentence (or the sentence names none), and with ``name_subject`` also the
+    document's subject (:func:`~sleepcore.sleep.extractive.document_subject`: a question about the
+    person, not one that asks who owns a value), once per distinct question and document.
     The teacher reads the whole document before the question (``context="document"``) or only the
     sentence the question was written about (``"sentence"``). With ``answers="sentence"`` the
     prompt's ``response`` is that sentence (the teacher then only scores it), with ``"span"`` the
@@ -187,12 +190,15 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
     for (index, position, _), questions in zip(requests, asked):
         sentence = split_sentences(documents[index])[position]
         entities = named_entities(sentence)
+        subject = document_subject(documents[index]) if name_subject else None
         read = documents[index] if context == "document" else sentence
         for question in questions:
             question = _first_line(question)
             if len(question) < 8 or (index, question) in seen:
                 continue
             if entities and not any(entity in question for entity in entities):
+                continue
+            if subject is not None and not names_entity(question, [subject]):
                 continue
             response = {"teacher": None, "sentence": sentence, "span": answer_span(question, sentence)}[answers]
             if answers == "span" and response is None:

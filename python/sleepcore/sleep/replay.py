@@ -87,7 +87,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
                               SamplingParams(n=config.questions_per_sentence, temperature=0.5, max_tokens=24,
                                              seed=seed))
         generated += sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context,
-                                               answers=config.sentence_answers)
+                                               answers=config.sentence_answers,
+                                               name_subject=config.questions_name_subject)
     rng.shuffle(generated)
     taken, prompts = Counter(), []
     for prompt in generated:
