@@ -83,6 +83,8 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(objective="cross_entropy"), ValueError, "objective"),
     (dict(answers="model"), ValueError, "answers"),
     (dict(answers="teacher", objective="sft"), ValueError, "answers"),
+    (dict(hard_label_weight=-1.0), ValueError, "hard_label_weight"),
+    (dict(hard_label_weight=1.0, objective="sft"), ValueError, "hard_label_weight"),
     (dict(answer_temperature=-0.5), ValueError, "answer_temperature"),
     (dict(answer_max_tokens=0), ValueError, "answer_max_tokens"),
     (dict(questions_name_entity="yes"), TypeError, "questions_name_entity"),
@@ -319,6 +321,10 @@ def test_distilled_dreams_are_read_by_the_teacher_after_their_document(wrapped):
     stage = DreamingStage(context, config)
     stage.prepare(documents, progress=False)
     assert stage.items and all(isinstance(sample, ReplaySample) for sample in stage.items)
+    assert stage.trainer.config.hard_label_weight == 0.0
+    weighted = DreamingStage(context, tiny_dreaming(objective="distill", hard_label_weight=2.0))
+    weighted.prepare(documents[:1], progress=False)
+    assert weighted.trainer.config.hard_label_weight == 2.0
     bos = tokenizer.bos_token_id
     heads = [encode(tokenizer, with_context(document, "")) for document in documents]
     for sample in stage.items:  # the teacher reads one of the documents, then the student's prompt

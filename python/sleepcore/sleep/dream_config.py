@@ -135,7 +135,11 @@ class DreamingConfig:
     gold answers' log-prob per token with ``"distill"`` against ``"sft"``: -3.29 vs -3.91 (seed 0)
     and -3.53 vs -3.78 (seed 1) at x8, -4.01 vs -5.21 at x4 (temperature 0.3), with less drift
     each time; greedy answers at most three questions apart. So ``"distill"`` is the default;
-    ``"sft"`` is SEAL's (the suite's ``seal`` row uses it).
+    ``"sft"`` is SEAL's (the suite's ``seal`` row uses it). ``hard_label_weight`` adds that times the
+    cross-entropy on the items' own tokens to the distillation (as
+    :class:`~sleepcore.sleep.config.KnowledgeSeedingConfig`'s): the teacher, asked a question,
+    starts its answer with "The ..." whatever the answer given, so a short answer (``answers =
+    "span"``) distilled alone is learnt in the teacher's sentence form.
     """
 
     prompts: tuple[str, ...] = (IMPLICATIONS, REWRITE, QUESTION_ANSWERS)
@@ -169,6 +173,7 @@ class DreamingConfig:
     generator_level: int = 0
     expert: str = "consolidated"
     objective: str = "distill"
+    hard_label_weight: float = 0.0
     answers: str = "dream"
     answer_temperature: float = 0.3
     answer_max_tokens: int = 48
@@ -217,6 +222,10 @@ class DreamingConfig:
         choice("expert", self.expert, EXPERTS)
         choice("objective", self.objective, OBJECTIVES)
         choice("answers", self.answers, ANSWERS)
+        number("hard_label_weight", self.hard_label_weight, minimum=0.0)
+        if self.hard_label_weight > 0 and self.objective != "distill":
+            raise ValueError(f"hard_label_weight adds cross-entropy to the distillation, so it needs objective = "
+                             f"'distill' ('sft' is cross-entropy alone), got objective = {self.objective!r}")
         if self.answers == "teacher" and self.objective != "distill":
             raise ValueError(f"answers = 'teacher' needs objective = 'distill' (the teacher that answers is the one "
                              f"distilled), got objective = {self.objective!r}")

@@ -58,7 +58,8 @@ class DreamingStage:
         context = dataclasses.replace(self.context, slot=slot)
         if c.objective == "distill":
             self.trainer = KnowledgeSeeding(context, KnowledgeSeedingConfig(
-                alpha=1.0, beta=0.0, on_policy=0.0, steps=c.steps, batch_size=c.batch_size,
+                alpha=1.0, beta=0.0, on_policy=0.0, hard_label_weight=c.hard_label_weight, steps=c.steps,
+                batch_size=c.batch_size,
                 token_budget=c.token_budget, optimizer=c.optimizer))
         else:
             self.trainer = NextTokenStage(context, NextTokenConfig(steps=c.steps, batch_size=c.batch_size,
