@@ -43,8 +43,9 @@ class KnowledgeSeedingConfig:
     METHOD.md §3, the JSD's gradient on a token the teacher is sure of vanishes like ``q log q`` as
     the student's probability ``q`` falls, which is exactly a new fact's token), ``on_policy``
     (METHOD.md's lambda: the fraction of sequences sampled from the student), ``temperature``;
-    ``hard_label_weight`` adds that times the student's cross-entropy on the teacher's sampled tokens
-    (sequence-level KD on the off-policy items; 0: the divergence alone). ``token_selection`` is
+    ``hard_label_weight`` adds that times the student's cross-entropy on the response tokens (the
+    teacher's samples: sequence-level KD on the off-policy items; or a fixed response such as
+    ``sentence_answers``'; 0: the divergence alone). ``token_selection`` is
     the fraction of the replay set's response tokens that are trained: those where the teacher and
     the student as the sleep starts differ most (per-token KL(teacher || student) before the first
     step: the tokens the document adds, such as a new name's value; the selection of Rho-1, with
