@@ -75,7 +75,11 @@ class KnowledgeSeedingConfig:
     sleep, one run per seed): ``"sentence"`` took contains from 0.057 to 0.143 (seed 1) and from
     0.100 to 0.143 (seed 0), sentence multiple choice 0.243 -> 0.443 and 0.257 -> 0.343, at about
     three times the drift; with the default builders and the wake questions it changed nothing
-    (0.129 against 0.114), so ``"teacher"`` stays the default. ``paraphrases_per_question`` rewrites of each wake
+    (0.129 against 0.114), so ``"teacher"`` stays the default. A fixed answer needs
+    ``hard_label_weight``: the 135M teacher opens every answer with "The ...", so distilled alone a
+    span is learnt in that sentence form (0.086); with ``hard_label_weight = 1`` the spans give
+    0.243 and the sentences 0.271, with 4 the spans 0.329 on seed 1 and 0.214 on seed 0 (the
+    documents-alone recipe of the README's session 17, at about twice the drift). ``paraphrases_per_question`` rewrites of each wake
     question are sampled for ``wake_paraphrases`` (those that pass its filter are kept);
     ``rehearsal`` adds ``rehearsal_share`` times as many prompts again (at most all of them), drawn
     from the student prompts that earlier sleeps replayed (``WakeBuffer.earlier``), which the
