@@ -85,6 +85,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(answers="teacher", objective="sft"), ValueError, "answers"),
     (dict(hard_label_weight=-1.0), ValueError, "hard_label_weight"),
     (dict(hard_label_weight=1.0, objective="sft"), ValueError, "hard_label_weight"),
+    (dict(hard_label_items="answers"), ValueError, "hard_label_items"),
     (dict(answer_temperature=-0.5), ValueError, "answer_temperature"),
     (dict(answer_max_tokens=0), ValueError, "answer_max_tokens"),
     (dict(questions_name_entity="yes"), TypeError, "questions_name_entity"),
@@ -380,6 +381,31 @@ def test_the_stage_learns_the_teacher_s_answers_to_its_dreams_questions(wrapped,
         document = documents[asked[tuple(sample.student_prompt)]]
         assert sample.teacher_prompt == encode(tokenizer, qa_prompt(tokenizer, question, document))
         assert len(sample.response) >= 2
+    assert not any(sample.fixed for sample in stage.items)  # the teacher's answers are sampled
+
+
+def test_answers_taken_from_the_document_are_the_fixed_items(wrapped, monkeypatch):
+    """With ``answers = "span"`` a question's item is fixed (``hard_label_items = "fixed"`` trains
+    cross-entropy on it alone); the dreams' statements and the document are not."""
+    model, tokenizer, memory, engine = wrapped
+    import sleepcore.sleep.dreaming as dreaming_module
+    documents = DATASET.passages[:2]
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+    stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=1, random_kept=1, dreams_per_document=2,
+                                                 hard_label_weight=1.0, hard_label_items="fixed"))
+    stage.prepare(documents, progress=False)
+    assert stage.trainer.config.hard_label_items == "fixed"
+    asked = {tuple(encode(tokenizer, qa_prompt(tokenizer, q))) for own in question_dreams(documents) for dream in own
+             for q in dream_questions(dream.text)}
+    fixed = [sample for sample in stage.items if sample.fixed]
+    assert fixed and all(tuple(sample.student_prompt) in asked for sample in fixed)
+    assert all(sample.fixed for sample in stage.items if tuple(sample.student_prompt) in asked)
+    for document in documents:  # the document itself is distilled, not a fixed answer
+        own = [s for s in stage.items if s.student_prompt + s.response == encode(tokenizer, document)]
+        assert own and not any(s.fixed for s in own)
+    assert math.isfinite(stage.step(stage.items[:4])["loss"])
 
 
 def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, monkeypatch):

@@ -133,6 +133,8 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(questions_per_sentence=0)
     with pytest.raises((TypeError, ValueError), match="questions_name_subject"):
         KnowledgeSeedingConfig(questions_name_subject="yes")
+    with pytest.raises(ValueError, match="hard_label_items"):
+        KnowledgeSeedingConfig(hard_label_items="answers")
     with pytest.raises(ValueError, match="paraphrases_per_question"):
         KnowledgeSeedingConfig(paraphrases_per_question=0)
     with pytest.raises(ValueError, match="besides 'rehearsal'"):

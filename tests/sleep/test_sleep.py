@@ -106,15 +106,18 @@ def test_shared_prefixes_compute_what_separate_rows_compute(alpha, on_policy, tr
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("on_policy,token_selection", [(0.0, 1.0), (1.0, 1.0), (0.0, 0.3)])
-def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy, token_selection):
+@pytest.mark.parametrize("on_policy,token_selection,labelled", [(0.0, 1.0, "all"), (1.0, 1.0, "all"),
+                                                                (0.0, 0.3, "all"), (0.0, 1.0, "fixed")])
+def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy, token_selection, labelled):
     """``hard_label_weight`` adds w * CE(student, teacher's sampled tokens) over the token count to
     the forward KL (loss and expert gradient against full logits in plain torch); on-policy items
     (the student's own samples) get no hard-label term. With ``token_selection`` both terms cover
-    only the selected tokens, and so does the token count."""
+    only the selected tokens, and so does the token count. With ``hard_label_items = "fixed"`` only
+    the items with a fixed response get the hard-label term (here the first of three)."""
     weight, temperature = 0.7, 1.3
     config = seeding(steps=1, batch_size=3, max_new_tokens=8, samples_per_prompt=1, alpha=1.0, on_policy=on_policy,
-                     hard_label_weight=weight, temperature=temperature, token_selection=token_selection)
+                     hard_label_weight=weight, hard_label_items=labelled, temperature=temperature,
+                     token_selection=token_selection)
     config = dataclasses.replace(config, optimizer=OptimizerConfig(compute_dtype="float32"))
     sleeper = woken(config)
     slot = sleeper.memory.new_expert(0)
@@ -127,6 +130,8 @@ def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy, tok
             parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(3))
     start = [parameter.detach().clone() for parameter in expert]
     items, grads = stage.items[:3], []
+    if labelled == "fixed":
+        items = [dataclasses.replace(items[0], fixed=True)] + items[1:]
     real = stage.runtime.step
     stage.runtime.step = lambda tokens=0: grads.append([p.grad.clone() for p in expert]) or real(tokens)
     stage.rng = random.Random(5)
@@ -154,7 +159,8 @@ def test_hard_labels_add_the_cross_entropy_on_the_teachers_tokens(on_policy, tok
         log_q = torch.log_softmax(student @ head.T / temperature, dim=-1)
         log_p = torch.log_softmax(teacher @ head.T / temperature, dim=-1)
         kl = (log_p.exp() * (log_p - log_q)).sum()
-        cross_entropy = -log_q.gather(1, targets[:, None]).sum()
+        labelled_rows = len(items[0].response) if labelled == "fixed" else targets.numel()
+        cross_entropy = -log_q[:labelled_rows].gather(1, targets[:labelled_rows, None]).sum()
         loss = (kl + weight * cross_entropy) / targets.numel()
         loss.backward()
         want = float(loss.detach())
@@ -362,8 +368,9 @@ def test_sentence_answers_replay_the_documents_sentence_scored_by_the_teacher():
     closing = end_of_turn(sleeper.tokenizer)
     assert len(run.items) == len(sentences)  # one item per distinct question (the other person's are dropped)
     for sample in run.items:
-        assert sample.response[-len(closing):] == closing
+        assert sample.response[-len(closing):] == closing and sample.fixed  # given, not sampled
         assert sleeper.tokenizer.decode(sample.response[:-len(closing)]).strip() in sentences
+    assert all(s.fixed for s in replay.replay_from_state(*replay.replay_state(run.items)))  # kept by a checkpoint
     with torch.no_grad(), run.teacher():  # the teacher's states on the sentence, as a plain forward gives them
         fresh = response_hidden(sleeper.model, [s.teacher_prompt for s in run.items], [s.response for s in run.items],
                                 run.pad_id)

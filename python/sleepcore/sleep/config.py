@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sleepcore.sleep.dream_config import DreamingConfig
-from sleepcore.sleep.prompts import SENTENCE_ANSWERS, SENTENCE_CONTEXTS
+from sleepcore.sleep.prompts import HARD_LABEL_ITEMS, SENTENCE_ANSWERS, SENTENCE_CONTEXTS
 from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, fraction, instance, integer, number, positive
 
@@ -45,7 +45,9 @@ class KnowledgeSeedingConfig:
     (METHOD.md's lambda: the fraction of sequences sampled from the student), ``temperature``;
     ``hard_label_weight`` adds that times the student's cross-entropy on the response tokens (the
     teacher's samples: sequence-level KD on the off-policy items; or a fixed response such as
-    ``sentence_answers``'; 0: the divergence alone). ``token_selection`` is
+    ``sentence_answers``'; 0: the divergence alone), on every off-policy item
+    (``hard_label_items = "all"``) or only on those whose response is fixed rather than sampled
+    (``"fixed"``: the answers taken from the document). ``token_selection`` is
     the fraction of the replay set's response tokens that are trained: those where the teacher and
     the student as the sleep starts differ most (per-token KL(teacher || student) before the first
     step: the tokens the document adds, such as a new name's value; the selection of Rho-1, with
@@ -131,6 +133,7 @@ class KnowledgeSeedingConfig:
     alpha: float = 1.0
     beta: float = 0.0
     hard_label_weight: float = 0.0
+    hard_label_items: str = "all"
     token_selection: float = 1.0
     on_policy: float = 0.0
     temperature: float = 1.0
@@ -163,6 +166,7 @@ class KnowledgeSeedingConfig:
         for name in ("alpha", "beta", "on_policy", "gamma", "z0"):
             fraction(name, getattr(self, name))
         number("hard_label_weight", self.hard_label_weight, minimum=0.0)
+        choice("hard_label_items", self.hard_label_items, HARD_LABEL_ITEMS)
         number("token_selection", self.token_selection, above=0.0, maximum=1.0)
         if self.token_selection < 1 and self.on_policy > 0:
             raise ValueError(f"token_selection < 1 selects tokens of the teacher's own samples once, so it needs "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sleepcore.sleep.prompts import HARD_LABEL_ITEMS
 from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, instance, integer, number, positive, text
 
@@ -139,7 +140,9 @@ class DreamingConfig:
     cross-entropy on the items' own tokens to the distillation (as
     :class:`~sleepcore.sleep.config.KnowledgeSeedingConfig`'s): the teacher, asked a question,
     starts its answer with "The ..." whatever the answer given, so a short answer (``answers =
-    "span"``) distilled alone is learnt in the teacher's sentence form.
+    "span"``) distilled alone is learnt in the teacher's sentence form. ``hard_label_items``:
+    ``"all"`` the items, or ``"fixed"`` only the questions' answers taken from the document
+    (``answers`` "sentence" or "span"), so the dreams' statements and the document stay distilled.
     """
 
     prompts: tuple[str, ...] = (IMPLICATIONS, REWRITE, QUESTION_ANSWERS)
@@ -174,6 +177,7 @@ class DreamingConfig:
     expert: str = "consolidated"
     objective: str = "distill"
     hard_label_weight: float = 0.0
+    hard_label_items: str = "all"
     answers: str = "dream"
     answer_temperature: float = 0.3
     answer_max_tokens: int = 48
@@ -223,6 +227,7 @@ class DreamingConfig:
         choice("objective", self.objective, OBJECTIVES)
         choice("answers", self.answers, ANSWERS)
         number("hard_label_weight", self.hard_label_weight, minimum=0.0)
+        choice("hard_label_items", self.hard_label_items, HARD_LABEL_ITEMS)
         if self.hard_label_weight > 0 and self.objective != "distill":
             raise ValueError(f"hard_label_weight adds cross-entropy to the distillation, so it needs objective = "
                              f"'distill' ('sft' is cross-entropy alone), got objective = {self.objective!r}")

@@ -58,8 +58,8 @@ class DreamingStage:
         context = dataclasses.replace(self.context, slot=slot)
         if c.objective == "distill":
             self.trainer = KnowledgeSeeding(context, KnowledgeSeedingConfig(
-                alpha=1.0, beta=0.0, on_policy=0.0, hard_label_weight=c.hard_label_weight, steps=c.steps,
-                batch_size=c.batch_size,
+                alpha=1.0, beta=0.0, on_policy=0.0, hard_label_weight=c.hard_label_weight,
+                hard_label_items=c.hard_label_items, steps=c.steps, batch_size=c.batch_size,
                 token_budget=c.token_budget, optimizer=c.optimizer))
         else:
             self.trainer = NextTokenStage(context, NextTokenConfig(steps=c.steps, batch_size=c.batch_size,
@@ -68,12 +68,14 @@ class DreamingStage:
     def _distillation_items(self, records: list[dict], documents: list[str]) -> list:
         """Replay samples of the records' items, each read by the teacher with its document
         (:func:`~sleepcore.sleep.prompts.document_reader`, the record's questions with their own
-        teacher prompts), with the teacher's states cached."""
-        samples = []
+        teacher prompts), with the teacher's states cached. With ``answers`` "sentence" or "span" a
+        question's item has a fixed response (``ReplaySample.fixed``: taken from the document)."""
+        samples, given = [], self.config.answers in ("sentence", "span")
         for record in records:
-            read = document_reader(self.context.tokenizer, documents[record["document"]],
-                                   {tuple(prompt): teacher for prompt, teacher in record["questions"]})
-            samples += [ReplaySample(prompt, read(prompt), response) for prompt, response in record["items"]]
+            questions = {tuple(prompt): teacher for prompt, teacher in record["questions"]}
+            read = document_reader(self.context.tokenizer, documents[record["document"]], questions)
+            samples += [ReplaySample(prompt, read(prompt), response, fixed=given and tuple(prompt) in questions)
+                        for prompt, response in record["items"]]
         return self.trainer.cache_teacher(samples)
 
     # ------------------------------------------------------------------ the stage protocol

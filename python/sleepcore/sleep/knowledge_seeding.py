@@ -270,14 +270,17 @@ class KnowledgeSeeding:
                 kl = float(fused_linear_jsd(student.detach(), self.head, teacher, self.head, beta=0.0,
                                             temperature=c.temperature, num_items_in_batch=count))
         if c.hard_label_weight > 0:
-            loss = loss + c.hard_label_weight * self._teacher_token_loss(student, rollouts, trained, count)
+            loss = loss + c.hard_label_weight * self._teacher_token_loss(student, batch, rollouts, trained, count)
         return loss, kl, student.shape[0]
 
-    def _teacher_token_loss(self, student, rollouts: Rollouts, trained, count):
-        """``-sum log q(teacher's token)`` over the off-policy items' ``trained`` response tokens (None:
-        all), over ``count``."""
-        on_policy = set(rollouts.on_policy)
-        targets = torch.tensor([-100 if i in on_policy else token for i, response in enumerate(rollouts.responses)
+    def _teacher_token_loss(self, student, batch, rollouts: Rollouts, trained, count):
+        """``-sum log q(response token)`` over the off-policy items' ``trained`` response tokens (None:
+        all; with ``hard_label_items = "fixed"`` only the items of ``batch`` with a fixed response),
+        over ``count``."""
+        skipped = set(rollouts.on_policy)
+        if self.config.hard_label_items == "fixed":
+            skipped |= {i for i, sample in enumerate(batch) if not sample.fixed}
+        targets = torch.tensor([-100 if i in skipped else token for i, response in enumerate(rollouts.responses)
                                 for token in response])
         targets = (targets if trained is None else targets[trained]).to(student.device)
         logp, _ = fused_linear_logprobs(student, self.head, targets, temperature=self.config.temperature,

@@ -74,6 +74,9 @@ SENTENCE_CONTEXTS = ("document", "sentence")
 #: The answer a ``sentence_questions`` prompt is trained on: the teacher's samples, or the sentence
 #: the question was written about, as the document says it.
 SENTENCE_ANSWERS = ("teacher", "sentence", "span")
+#: Which replay items ``hard_label_weight`` adds cross-entropy on: every off-policy item, or only
+#: those whose response is fixed (an answer taken from the document, ``ReplaySample.fixed``).
+HARD_LABEL_ITEMS = ("all", "fixed")
 
 
 @dataclass(frozen=True)

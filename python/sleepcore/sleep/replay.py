@@ -36,13 +36,15 @@ class ReplaySample:
     """A teacher sample: token ids of both prompts and of the response (teacher-sampled), the
     teacher's final hidden states ``[len(response), H]`` (fp32, CPU) predicting the response, and
     ``trained``: which response tokens are trained (bool ``[len(response)]``; None: all of them,
-    ``KnowledgeSeedingConfig.token_selection``)."""
+    ``KnowledgeSeedingConfig.token_selection``); ``fixed``: the response was given (an answer taken
+    from the document), not sampled (``KnowledgeSeedingConfig.hard_label_items``)."""
 
     student_prompt: list[int]
     teacher_prompt: list[int]
     response: list[int]
     teacher_hidden: torch.Tensor | None = None
     trained: torch.Tensor | None = None
+    fixed: bool = False
 
 
 def shared_generate(engine, prompts: list, params: SamplingParams) -> list:
@@ -149,7 +151,7 @@ def scored_replay(model, tokenizer, prompts: list[ReplayPrompt], teacher, pad: i
         with torch.no_grad(), teacher():
             hidden = response_hidden(model, teacher_ids, responses, pad).cpu()
         rows = hidden.split([len(r) for r in responses])
-        samples += [ReplaySample(encode(tokenizer, prompt.student), ids, response, states)
+        samples += [ReplaySample(encode(tokenizer, prompt.student), ids, response, states, fixed=True)
                     for prompt, ids, response, states in zip(chunk, teacher_ids, responses, rows)]
     return samples
 
@@ -159,13 +161,13 @@ def replay_state(samples: list[ReplaySample]) -> tuple[dict[str, torch.Tensor], 
     tensors = {f"replay.{i}": sample.teacher_hidden for i, sample in enumerate(samples)}
     tensors.update({f"replay_trained.{i}": sample.trained for i, sample in enumerate(samples)
                     if sample.trained is not None})
-    return tensors, [{"student_prompt": s.student_prompt, "teacher_prompt": s.teacher_prompt, "response": s.response}
-                     for s in samples]
+    return tensors, [{"student_prompt": s.student_prompt, "teacher_prompt": s.teacher_prompt, "response": s.response,
+                      "fixed": s.fixed} for s in samples]
 
 
 def replay_from_state(tensors: dict[str, torch.Tensor], state: list[dict]) -> list[ReplaySample]:
     return [ReplaySample(item["student_prompt"], item["teacher_prompt"], item["response"], tensors[f"replay.{i}"],
-                         tensors.get(f"replay_trained.{i}")) for i, item in enumerate(state)]
+                         tensors.get(f"replay_trained.{i}"), item.get("fixed", False)) for i, item in enumerate(state)]
 
 
 def select_tokens(samples: list[ReplaySample], token_kl: list[torch.Tensor], fraction: float) -> list[ReplaySample]:
