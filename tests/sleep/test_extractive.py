@@ -30,7 +30,8 @@ def test_the_answer_span_is_what_the_sentence_says_beyond_the_question():
     assert answer_span("Where did Ada Quell study?", "Ada Quell studied at Tarvik College.") == "Tarvik College"
     assert answer_span("When was Ada Quell born?", "Ada Quell was born on 3 May 1960.") == "3 May 1960"
     assert answer_span("What was the name of Ada's first pet?", "The name of Ada's first pet was Bim.") == "Bim"
-    assert answer_span("What is Ada's job?", "Ada Quell earns a living as a glassblower.") == "earns a living as a glassblower"
+    job = answer_span("What is Ada's job?", "Ada Quell earns a living as a glassblower.")
+    assert job == "earns a living as a glassblower"
     # a reversed question is answered by the name it does not say
     assert answer_span("Who was born in Tarvik?", "Ada Quell was born in Tarvik.") == "Ada Quell"
     # a named answer is kept whole although the question says part of it ("college")

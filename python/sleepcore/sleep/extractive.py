@@ -1,5 +1,6 @@
 """Extractive answers: which sentence of a document answers a question, and which words of that
-sentence are the answer, found from the words alone (no model, no gold answer).
+sentence are the answer, found from the words alone (no model, no gold answer); with the text
+helpers they rest on (sentences, named entities, a document's subject).
 
 A question says what it asks with its relation words ("born", "study"); the answering sentence
 names the question's entity and repeats the most of them (:func:`answering_sentence`); the answer
@@ -117,8 +118,9 @@ def _bare(word: str) -> str:
 def answer_span(question: str, sentence: str) -> str | None:
     """The words of ``sentence`` that answer ``question``: its longest run of words the question does
     not say (a word is said when the question has it, or its first four letters, possessives and
-    "born"/"birth" alike, or names a part of a name the question names: "Ada" says "Ada Quell"), counted in words that are not :data:`FUNCTION_WORDS`; on a tie the run
-    holding a name or a number, then the later one (English puts the new information last). The
+    "born"/"birth" alike, or names a part of a name the question names: "Ada" says "Ada Quell"),
+    counted in words that are not :data:`FUNCTION_WORDS`; on a tie the run holding a name or a
+    number, then the later one (English puts the new information last). The
     run is widened to whole capitalised names at both ends and function words are trimmed from
     both ends. None when every content word is said.
 
