@@ -82,7 +82,8 @@ class KnowledgeSeedingConfig:
     span is learnt in that sentence form (0.086); with ``hard_label_weight = 1`` the spans give
     0.243 and the sentences 0.271, with 4 the spans 0.329 on seed 1 and 0.214 on seed 0 (the
     documents-alone recipe of the README's session 17, at about twice the drift).
-    ``paraphrases_per_question`` rewrites of each wake question are sampled for ``wake_paraphrases`` (those that pass its filter are kept);
+    ``paraphrases_per_question`` rewrites of each wake question are sampled for
+    ``wake_paraphrases`` (those that pass its filter are kept);
     ``rehearsal`` adds ``rehearsal_share`` times as many prompts again (at most all of them), drawn
     from the student prompts that earlier sleeps replayed (``WakeBuffer.earlier``), which the
     teacher answers closed-book like the student: the smaller self's weights hold those facts, so

@@ -47,6 +47,8 @@ OBJECTIVES = ("sft", "distill")
 #: the document (each question answered by its own sentence that answers it), or the words of that
 #: sentence that answer it.
 ANSWERS = ("dream", "teacher", "sentence", "span")
+#: The ``ANSWERS`` taken from the document (fixed responses, nothing sampled).
+DOCUMENT_ANSWERS = ("sentence", "span")
 
 
 @dataclass

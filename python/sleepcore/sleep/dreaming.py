@@ -22,7 +22,7 @@ import torch
 from sleepcore.distributed import world
 from sleepcore.lm import as_examples, pad_id
 from sleepcore.sleep.config import KnowledgeSeedingConfig, NextTokenConfig
-from sleepcore.sleep.dream_config import DreamingConfig
+from sleepcore.sleep.dream_config import DOCUMENT_ANSWERS, DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dreams import answered_examples, generator_expert, load_generator, write_dreams
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
@@ -70,7 +70,7 @@ class DreamingStage:
         (:func:`~sleepcore.sleep.prompts.document_reader`, the record's questions with their own
         teacher prompts), with the teacher's states cached. With ``answers`` "sentence" or "span" a
         question's item has a fixed response (``ReplaySample.fixed``: taken from the document)."""
-        samples, given = [], self.config.answers in ("sentence", "span")
+        samples, given = [], self.config.answers in DOCUMENT_ANSWERS
         for record in records:
             questions = {tuple(prompt): teacher for prompt, teacher in record["questions"]}
             read = document_reader(self.context.tokenizer, documents[record["document"]], questions)

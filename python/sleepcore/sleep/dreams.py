@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from sleepcore.lm import as_examples, chat_turn, encode, end_of_turn, qa_prompt
 from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
-from sleepcore.sleep.dream_config import DOCUMENT, DreamingConfig
+from sleepcore.sleep.dream_config import DOCUMENT, DOCUMENT_ANSWERS, DreamingConfig
 from sleepcore.sleep.extractive import answer_span, answering_sentence, restates_question
 from sleepcore.sleep.prompts import named_entities, names_entity
 
@@ -112,7 +112,7 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
                 questions[index].setdefault(prompt, encode(tokenizer, qa_prompt(tokenizer, question, document)))
                 owners.append((index, k, prompt, question))
     examples = [[[] for _ in own] for own in dreams]
-    if config.answers in ("sentence", "span"):
+    if config.answers in DOCUMENT_ANSWERS:
         closing = end_of_turn(tokenizer)
         for index, k, prompt, question in owners:
             answer = answering_sentence(question, documents[index])

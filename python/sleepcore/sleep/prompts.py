@@ -190,10 +190,10 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
     choice("context", context, SENTENCE_CONTEXTS)
     choice("answers", answers, SENTENCE_ANSWERS)
     prompts, seen = [], set()
+    subjects = [document_subject(document) for document in documents] if name_subject else [None] * len(documents)
     for (index, position, _), questions in zip(requests, asked):
         sentence = split_sentences(documents[index])[position]
-        entities = named_entities(sentence)
-        subject = document_subject(documents[index]) if name_subject else None
+        entities, subject = named_entities(sentence), subjects[index]
         read = documents[index] if context == "document" else sentence
         for question in questions:
             question = _first_line(question)
@@ -203,7 +203,8 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
                 continue
             if subject is not None and not names_entity(question, [subject]):
                 continue
-            response = {"teacher": None, "sentence": sentence, "span": answer_span(question, sentence)}[answers]
+            response = answer_span(question, sentence) if answers == "span" else (
+                sentence if answers == "sentence" else None)
             if answers == "span" and response is None:
                 continue
             seen.add((index, question))
