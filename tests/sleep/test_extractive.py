@@ -3,7 +3,7 @@ them, the sentence of a document that answers a question, and the words of it th
 
 from __future__ import annotations
 
-from sleepcore.sleep.extractive import (answer_span, answering_sentence, document_subject, relation_words,
+from sleepcore.sleep.extractive import (answer_span, answering_sentence, confirms_answer, document_subject, relation_words,
                                         restates_question)
 
 
@@ -48,3 +48,19 @@ def test_a_document_s_subject_is_the_entity_the_most_sentences_name():
     assert document_subject(document) == "Ada Quell"  # three sentences name Ada, two Tarvik, one Bo Dunn
     assert document_subject("Tarvik is a town. Bo Dunn lives in Tarvik.") == "Tarvik"  # a tie: the first
     assert document_subject("it rained. then it stopped.") is None
+
+
+def test_a_reader_confirms_a_question_when_it_gives_the_sentence_s_answer():
+    job, hobby = "Ada Quell works as a glassblower.", "Outside of work, Ada Quell spends most weekends collecting old maps."
+    born = "Ada Quell was born on 3 May 1990."
+    assert confirms_answer("Ada is a glassblower.", "What does Ada do?", job)  # the head word of a phrase
+    assert confirms_answer("She collects old maps.", "What is Ada Quell's hobby?", hobby)  # four letters alike
+    # asked about the hobby sentence, the reader answers the job: the question asks another fact
+    assert not confirms_answer("Ada Quell is a glassblower.", "What is Ada Quell's occupation?", hobby)
+    # names and numbers must all be said, exactly
+    assert confirms_answer("Ada Quell was born on 3 May 1990.", "When was Ada Quell born?", born)
+    assert not confirms_answer("Ada Quell was born on 3 May 1991.", "When was Ada Quell born?", born)
+    assert not confirms_answer("Ada's father is Bo.", "Who is Ada's father?", born)
+    assert not confirms_answer("Anything.", f"Is it true that {born[:-1]}?", born)  # nothing new to answer
+    # a name said in part is not said ("Tarvik" could be another "Tarvik ..." of the same kind)
+    assert not confirms_answer("Tarvik.", "Where did Ada Quell study?", "Ada Quell studied at Tarvik College.")

@@ -11,7 +11,7 @@ from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.extractive import answer_span
 from sleepcore.sleep.prompts import (PARAPHRASE_EXAMPLES, SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities,
                                      paraphrase_prompts, paraphrase_requests, replay_coverage,
-                                     sentence_question_prompts, sentence_question_requests, split_sentences)
+                                     round_trip_confirmed, round_trip_requests, sentence_question_prompts, sentence_question_requests, split_sentences)
 from _sleepers import DATASET, make_sleeper, seeding
 
 
@@ -65,6 +65,52 @@ def test_sentence_questions_keep_questions_about_their_sentence():
     with pytest.raises(ValueError, match="answers"):
         sentence_question_prompts([passage], requests, asked, answers="gold")
 
+
+
+def test_round_trip_keeps_questions_a_reader_of_the_document_answers_with_their_sentence():
+    passage, person = DATASET.passages[0], DATASET.people[0]
+    sentences = split_sentences(passage)
+    requests = sentence_question_requests([passage])
+    asked = [[f"What do we know about {person.name}?"]] * len(requests)
+    prompts = sentence_question_prompts([passage], requests, asked, answers="span")
+    assert [p.question for p in prompts] == [f"What do we know about {person.name}?"] and prompts[0].sentence == 0
+    read, = round_trip_requests([passage], prompts)
+    assert passage in read and read.endswith(f"Question: {prompts[0].question}\nAnswer:")
+    value = person.facts[0].value
+    assert value in sentences[0]
+    assert round_trip_confirmed([passage], prompts, [f"It is {value}."]) == prompts
+    assert round_trip_confirmed([passage], prompts, [person.facts[1].value]) == []
+    with pytest.raises(ValueError, match="answers"):
+        round_trip_confirmed([passage], prompts, [])
+
+
+def test_round_trip_asks_the_teacher_greedily_and_drops_what_it_does_not_confirm():
+    config = seeding(prompt_builders=("sentence_questions",), prompts_per_document=20, max_new_tokens=4,
+                     samples_per_prompt=1)
+    config = KnowledgeSeedingConfig(**{**config.__dict__, "max_prompts": None, "sentence_answers": "span",
+                                       "round_trip_questions": True})
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages[:2])
+    names = [person.name for person in DATASET.people[:2]]
+    calls = []
+
+    def text(value):
+        return type("Completion", (), {"text": value})()
+
+    def generate(prompts, params, progress=True):
+        calls.append((params.n, params.temperature))
+        if params.temperature > 0:  # writing questions: one about each sentence's person
+            return [type("Output", (), {"completions": [text(f"What about {next(n for n in names if n in p)}?")]
+                                        * params.n})() for p in prompts]
+        # reading: the first person's reader answers with the first fact, the other's with nothing
+        return [type("Output", (), {"completions": [text(DATASET.people[0].facts[0].value if names[0] in p
+                                                         else "Nothing.")]})() for p in prompts]
+
+    sleeper.engine.generate = generate
+    prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, nullcontext, seed=0)
+    assert calls == [(config.questions_per_sentence, 0.5), (1, 0.0)]
+    assert [(p.document, p.sentence) for p in prompts] == [(0, 0)]
+    assert DATASET.people[0].facts[0].value in prompts[0].response
 
 def test_wake_paraphrases_keep_new_questions_about_the_same_person():
     passage, name = DATASET.passages[0], DATASET.people[0].name
@@ -133,6 +179,8 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(questions_per_sentence=0)
     with pytest.raises((TypeError, ValueError), match="questions_name_subject"):
         KnowledgeSeedingConfig(questions_name_subject="yes")
+    with pytest.raises(ValueError, match="round_trip_questions.*'sentence_questions'"):
+        KnowledgeSeedingConfig(round_trip_questions=True, prompt_builders=("entity_questions",))
     with pytest.raises(ValueError, match="hard_label_items"):
         KnowledgeSeedingConfig(hard_label_items="answers")
     with pytest.raises(ValueError, match="paraphrases_per_question"):

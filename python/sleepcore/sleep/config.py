@@ -72,7 +72,11 @@ class KnowledgeSeedingConfig:
     :func:`~sleepcore.sleep.extractive.answer_span`, the short-answer form); with
     ``questions_name_subject`` a sentence question is kept only when it names its document's subject
     (:func:`~sleepcore.sleep.extractive.document_subject`: "Where did Ada study?", not "Who attended
-    Tarvik College?"). Measured from the
+    Tarvik College?"); with ``round_trip_questions`` only when the teacher, reading the whole
+    document, answers it greedily with its sentence's answer (a round trip:
+    :func:`~sleepcore.sleep.extractive.confirms_answer`; one more teacher generation per written
+    question), since the 135M teacher writes many questions that ask another sentence's fact
+    ("What is Ada's occupation?" about her hobby). Measured from the
     documents alone (sentence questions only, 16 per document, x8, 10 people after a 1-person
     sleep, one run per seed): ``"sentence"`` took contains from 0.057 to 0.143 (seed 1) and from
     0.100 to 0.143 (seed 0), sentence multiple choice 0.243 -> 0.443 and 0.257 -> 0.343, at about
@@ -149,6 +153,7 @@ class KnowledgeSeedingConfig:
     sentence_context: str = "document"
     sentence_answers: str = "teacher"
     questions_name_subject: bool = False
+    round_trip_questions: bool = False
     questions_per_sentence: int = 2
     paraphrases_per_question: int = 3
     rehearsal_share: float = 0.1
@@ -179,6 +184,7 @@ class KnowledgeSeedingConfig:
         number("replay_temperature", self.replay_temperature, minimum=0.0, optional=True)
         boolean("teacher_reads_with_earlier_experts", self.teacher_reads_with_earlier_experts)
         boolean("questions_name_subject", self.questions_name_subject)
+        boolean("round_trip_questions", self.round_trip_questions)
         for name in ("temperature", "sample_temperature", "clip_eps"):
             positive(name, getattr(self, name))
         choice("judge", self.judge, ("exact_match", "model"))
@@ -192,6 +198,9 @@ class KnowledgeSeedingConfig:
         if set(self.prompt_builders) == {"rehearsal"}:
             raise ValueError("prompt_builders must hold a builder besides 'rehearsal' (it replays earlier sleeps' "
                              "prompts in proportion to this sleep's own)")
+        if self.round_trip_questions and "sentence_questions" not in self.prompt_builders:
+            raise ValueError("round_trip_questions checks the questions of the 'sentence_questions' builder, "
+                             "which prompt_builders does not hold")
         number("rehearsal_share", self.rehearsal_share, above=0.0, maximum=1.0)
         _loop_fields(self)
 

@@ -7,7 +7,9 @@ names the question's entity and repeats the most of them (:func:`answering_sente
 is the part of that sentence the question does not already say (:func:`answer_span`: "Where did
 Ada Quell study?" + "Ada Quell studied at Tarvik College." -> "Tarvik College"). Dreaming uses
 them to answer a dream's questions from the document; Knowledge Seeding to answer the questions
-the teacher writes about each sentence (``KnowledgeSeedingConfig.sentence_answers``).
+the teacher writes about each sentence (``KnowledgeSeedingConfig.sentence_answers``), and to
+check such a question by a round trip (:func:`confirms_answer`: does a reader of the whole document
+answer it with that sentence's answer?).
 """
 
 from __future__ import annotations
@@ -155,3 +157,36 @@ def answer_span(question: str, sentence: str) -> str | None:
     while end > start and _bare(words[end - 1]) in FUNCTION_WORDS:
         end -= 1
     return " ".join(words[start:end]).strip(",;:") or None
+
+
+def _key_words(span: str, question: str) -> tuple[list[str], bool]:
+    """The words of ``span`` an answer must say to give it, and whether they are names or numbers:
+    its capitalised or numeric words that the question does not say, else its last content word that
+    the question does not say (English puts the head of a phrase last: "collecting old maps")."""
+    asked = {_bare(word) for word in question.split()} - {""}
+    fresh = [word for word in span.split() if _bare(word) and not _repeats(_bare(word), asked)]
+    names = [_bare(word) for word in fresh if word[:1].isupper() or word[:1].isdigit()]
+    if names:
+        return names, True
+    content = [_bare(word) for word in fresh if _bare(word) not in FUNCTION_WORDS]
+    return content[-1:], False
+
+
+def confirms_answer(answer: str, question: str, sentence: str) -> bool:
+    """Whether ``answer`` (a reader's answer to ``question``, the reader holding the whole document)
+    gives the answer that ``sentence`` gives (:func:`answer_span`): it says every name and number of
+    that span the question does not (the same word, case aside), or, for a span without any, its
+    last content word (or one with the same first four letters: "scarf" and "scarves"). False when
+    the sentence answers nothing new. This is the round-trip check of written questions (Alberti et
+    al., 2019): a question written about one sentence that a reader answers from another sentence
+    asks something else ("What is Ada's job?" written about her hobby), and learning the first
+    sentence's answer to it would teach the wrong fact.
+
+    "What does Ada do?", "Ada Quell works as a glassblower.", answer "Ada is a glassblower." -> True;
+    "Who is Ada's father?", "Ada Quell was born on 3 May 1990.", answer "Ada's father is Bo." -> False."""
+    span = answer_span(question, sentence)
+    if span is None:
+        return False
+    keys, exact = _key_words(span, question)
+    said = {_bare(word) for word in answer.split()} - {""}
+    return bool(keys) and all(key in said if exact else _repeats(key, said) for key in keys)

@@ -49,7 +49,7 @@ import re
 from dataclasses import dataclass
 
 from sleepcore.lm import chat_turn, encode, qa_prompt
-from sleepcore.sleep.extractive import (answer_span, document_subject, named_entities, names_entity,
+from sleepcore.sleep.extractive import (answer_span, confirms_answer, document_subject, named_entities, names_entity,
                                         split_sentences)
 from sleepcore.validation import choice
 
@@ -85,7 +85,8 @@ class ReplayPrompt:
     ``sentence`` the index of the sentence it asks about, where the builder knows it. ``response``:
     the answer the student learns when it is fixed (the document's own sentence,
     ``KnowledgeSeedingConfig.sentence_answers = "sentence"``; the teacher's distribution is taken
-    on it), None when the teacher samples it."""
+    on it), None when the teacher samples it. ``question``: the written question alone, where the
+    builder wrote one about a sentence (``sentence_questions``)."""
 
     student: str
     teacher: str
@@ -93,6 +94,7 @@ class ReplayPrompt:
     builder: str
     sentence: int | None = None
     response: str | None = None
+    question: str | None = None
 
 
 def with_context(document: str, prompt: str) -> str:
@@ -209,8 +211,24 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
                 continue
             seen.add((index, question))
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, read),
-                                        index, "sentence_questions", position, response))
+                                        index, "sentence_questions", position, response, question))
     return prompts
+
+
+def round_trip_requests(documents: list[str], prompts: list[ReplayPrompt], tokenizer=None) -> list[str]:
+    """For each prompt of :func:`sentence_question_prompts`: its question after the whole document
+    (what a reader of the document is asked in the round trip of :func:`round_trip_confirmed`)."""
+    return [qa_prompt(tokenizer, prompt.question, documents[prompt.document]) for prompt in prompts]
+
+
+def round_trip_confirmed(documents: list[str], prompts: list[ReplayPrompt], answers: list[str]) -> list[ReplayPrompt]:
+    """The prompts of :func:`sentence_question_prompts` whose reader's answer (``answers[i]``, to
+    :func:`round_trip_requests`'s request i) gives the answer of the sentence the question was
+    written about (:func:`~sleepcore.sleep.extractive.confirms_answer`)."""
+    if len(answers) != len(prompts):
+        raise ValueError(f"answers: expected one per prompt ({len(prompts)}), got {len(answers)}")
+    return [prompt for prompt, answer in zip(prompts, answers)
+            if confirms_answer(answer, prompt.question, split_sentences(documents[prompt.document])[prompt.sentence])]
 
 
 def paraphrase_requests(questions: list[list[str]]) -> list[tuple[int, str, str]]:

@@ -27,7 +27,8 @@ from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, paraphrase_prompts,
                                      paraphrase_requests, question_requests, rehearsal_prompts, self_question_prompts,
-                                     sentence_question_prompts, sentence_question_requests)
+                                     round_trip_confirmed, round_trip_requests, sentence_question_prompts,
+                                     sentence_question_requests)
 
 
 
@@ -88,9 +89,13 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
         asked = teacher_texts(engine, teacher, [request for _, _, request in requests],
                               SamplingParams(n=config.questions_per_sentence, temperature=0.5, max_tokens=24,
                                              seed=seed))
-        generated += sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context,
-                                               answers=config.sentence_answers,
-                                               name_subject=config.questions_name_subject)
+        written = sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context,
+                                            answers=config.sentence_answers, name_subject=config.questions_name_subject)
+        if config.round_trip_questions:
+            read = teacher_texts(engine, teacher, round_trip_requests(documents, written, tokenizer),
+                                 SamplingParams(n=1, temperature=0.0, max_tokens=32, seed=seed))
+            written = round_trip_confirmed(documents, written, [texts[0] for texts in read])
+        generated += written
     rng.shuffle(generated)
     taken, prompts = Counter(), []
     for prompt in generated:
