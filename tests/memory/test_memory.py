@@ -163,6 +163,26 @@ def test_new_expert_reuses_slots_without_reallocation():
     assert [p.data_ptr() for p in model.parameters()] == storage
 
 
+def test_a_seeded_new_expert_is_the_same_whatever_the_global_rng():
+    """A seed fixes every layer's A (the run-to-run noise of session 18 came from unseeded experts);
+    another seed or none draws another A; B starts at zero either way."""
+    def expert(global_seed, slot_seed):
+        memory = ContinuumMemory.wrap(tiny_model("llama"), SMALL)
+        torch.manual_seed(global_seed)
+        slot = memory.new_expert(0, seed=slot_seed)
+        layers = [memory.layers[layer].levels[0] for layer in sorted(memory.layers)]
+        assert all(level.B[slot].abs().sum() == 0 for level in layers)
+        return torch.cat([level.A[slot].flatten() for level in layers])
+
+    first = expert(0, 7)
+    assert torch.equal(first, expert(1, 7))
+    assert not torch.equal(first, expert(0, 8))
+    assert not torch.equal(expert(0, None), expert(1, None))
+    assert abs(first.std().item() - SMALL.init_std) < 0.2 * SMALL.init_std
+    with pytest.raises(TypeError, match="seed must be an int"):
+        ContinuumMemory.wrap(tiny_model("llama"), SMALL).new_expert(0, seed=1.5)
+
+
 def test_save_load_round_trip_is_exact(tmp_path):
     model, memory = _memory_with_experts("gemma3")
     memory.deactivate(0, 0)

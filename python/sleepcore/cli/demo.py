@@ -24,7 +24,7 @@ DEMO_METHODS = ("base", "in-context", "sft", "ks")
 #: 20 people (27 documents, 140 wake questions), 1600 trained tokens per document (8x the suite's base
 #: budget). Measured on the idle 2-core machine: 10.5 minutes, Knowledge Seeding contains 0.114 (gap
 #: closure 0.37); at 800 tokens 7.4 minutes and 0.093 (0.30). With a cosine schedule (shared
-#: machine): 0.100 (0.33) at half the drift.
+#: machine): 0.100 (0.33) at half the drift. Session 18 (one run, 41 minutes): 0.221 (0.39), SFT 0.093.
 DEMO_CONFIG = dataclasses.replace(KnowledgeSuiteConfig(), sleeps=(20,), methods=DEMO_METHODS, tokens_per_document=1600,
                                   drift_prompts=8)
 

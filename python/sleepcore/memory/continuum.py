@@ -89,22 +89,32 @@ class ContinuumMemory:
 
     # --- slots -----------------------------------------------------------------------------------
 
-    def new_expert(self, level: int) -> int:
+    def new_expert(self, level: int, *, seed: int | None = None) -> int:
         """Initialise the lowest inactive slot of ``level`` in every wrapped layer (``A ~ N(0, init_std)``,
         ``B = 0``, so the function is unchanged), activate it and return its index.
+
+        ``seed`` draws every layer's ``A`` (in layer order) from a CPU generator seeded with it, so the
+        new expert, and whatever is trained from it, is the same on every run and every rank; None
+        draws from torch's global RNG (then two runs of one config start from different experts).
 
         Raises ``RuntimeError`` if every slot of the level is active.
         """
         self._check_level(level)
+        validation.integer("seed", seed, optional=True)
         free = [slot for slot, active in enumerate(self._slots(level).active) if not active]
         if not free:
             raise RuntimeError(f"level {level} has no free slot: all {self.config.levels[level].slots} "
                                "slots are active (reset() or deactivate() one first)")
         slot = free[0]
+        draws = None if seed is None else torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for mlp in self.layers.values():
-                mlp.levels[level].A[slot].normal_(0.0, self.config.init_std)
-                mlp.levels[level].B[slot].zero_()
+            for layer in sorted(self.layers):
+                A, B = self.layers[layer].levels[level].A, self.layers[layer].levels[level].B
+                if draws is None:
+                    A[slot].normal_(0.0, self.config.init_std)
+                else:
+                    A[slot].copy_(torch.randn(A[slot].shape, generator=draws).mul_(self.config.init_std))
+                B[slot].zero_()
         self.activate(level, slot)
         return slot
 

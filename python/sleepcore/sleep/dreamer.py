@@ -114,13 +114,9 @@ class Dreamer:
             torch.set_rng_state(tensors["rng.torch"])  # a resumed run draws what an unbroken one would
             self.slot, history, base = state["slot"], state["history"], state["base_scores"]
         else:
-            self.slot = self.memory.new_expert(self.level)  # B = 0: round 0's generator is the model itself
+            # B = 0: round 0's generator is the model itself; a seeded A, so a restarted round 0 is the same
+            self.slot = self.memory.new_expert(self.level, seed=self.seed)
             self.memory.deactivate(self.level, self.slot)
-            draws = torch.Generator().manual_seed(self.seed)  # a seeded A, so a restarted round 0 is the same
-            with torch.no_grad():
-                for layer in sorted(self.memory.layers):
-                    self.memory.layers[layer].levels[self.level].A[self.slot].normal_(
-                        0.0, self.memory.config.init_std, generator=draws)
             history, base = [], self.base_scores(tasks, progress=progress)
         if len(base) != len(tasks):
             raise ValueError(f"the run in {self.root} has {len(base)} tasks, got {len(tasks)}")

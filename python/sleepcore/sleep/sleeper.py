@@ -92,7 +92,7 @@ class Sleeper:
         else:
             if c.teacher == "memory" and self.fast.window:
                 self.fast.update(progress=progress)  # the sender's pending update: the teacher holds every document
-            slot = self.memory.new_expert(c.receiver_level)
+            slot = self.memory.new_expert(c.receiver_level, seed=c.seed + self.sleeps)
         fast_slot = self.fast.slot if self.fast else None
         context = StageContext(
             self.model, self.tokenizer, self.memory, self.engine, c.receiver_level, slot, seed=c.seed + self.sleeps,

@@ -69,7 +69,7 @@ class FastLevelLearner:
         if not window:
             return
         if self.slot is None:
-            self.slot = self.memory.new_expert(self.level)
+            self.slot = self.memory.new_expert(self.level, seed=self.config.seed + self.updates)
         context = StageContext(self.model, self.tokenizer, self.memory, None, self.level, self.slot,
                                seed=self.config.seed + self.updates)
         run_stage(NextTokenStage(context, self.stage_config), window, progress=progress,

@@ -113,7 +113,7 @@ class TrainedRow:
 
     def _oracle(self, group: BiographyDataset, budget: int) -> dict:
         s, c = self.suite, self.suite.config
-        slot = s.memory.new_expert(CONSOLIDATED_LEVEL)
+        slot = s.memory.new_expert(CONSOLIDATED_LEVEL, seed=c.seed + self.sleeps)
         context = StageContext(s.model, s.tokenizer, s.memory, s.engine, CONSOLIDATED_LEVEL, slot,
                                seed=c.seed + self.sleeps)
         stage = NextTokenStage(context, self.next_token_config(budget))
