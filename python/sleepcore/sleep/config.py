@@ -76,7 +76,9 @@ class KnowledgeSeedingConfig:
     document, answers it greedily with its sentence's answer (a round trip:
     :func:`~sleepcore.sleep.extractive.confirms_answer`; one more teacher generation per written
     question), since the 135M teacher writes many questions that ask another sentence's fact
-    ("What is Ada's occupation?" about her hobby). Measured from the
+    ("What is Ada's occupation?" about her hobby); measured in session 18 it halved the replay and
+    its coverage and did not help (seed 1 0.257-0.286 within the recipe's 0.257-0.343 run-to-run
+    range, seed 0 0.214 -> 0.086), so it is off by default. Measured from the
     documents alone (sentence questions only, 16 per document, x8, 10 people after a 1-person
     sleep, one run per seed): ``"sentence"`` took contains from 0.057 to 0.143 (seed 1) and from
     0.100 to 0.143 (seed 0), sentence multiple choice 0.243 -> 0.443 and 0.257 -> 0.343, at about
