@@ -92,7 +92,8 @@ class DreamingStage:
         with generator_expert(context.memory, c.generator_level, weights):
             dreams = write_dreams(context.engine, context.tokenizer, context.memory, [d for _, d in mine], c,
                                   seed=context.seed, progress=progress) if mine else []
-        self._train(context.slot if c.expert == "consolidated" else context.memory.new_expert(context.level, seed=context.seed))
+        fresh = c.expert != "consolidated"
+        self._train(context.memory.new_expert(context.level, seed=context.seed) if fresh else context.slot)
         answered, asked = answered_examples(context.engine, context.tokenizer, dreams, [d for _, d in mine], c,
                                             teacher=self.trainer.teacher if c.answers == "teacher" else None,
                                             seed=context.seed, progress=progress)
