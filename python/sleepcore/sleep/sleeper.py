@@ -81,6 +81,7 @@ class Sleeper:
         if not self.buffer:
             raise ValueError("the wake buffer is empty: call wake(documents) before sleep()")
         c = self.config
+        seed = c.seed + self.sleeps  # the sleep's expert and its stages
         root = Path(c.output_dir) / f"sleep-{self.sleeps:03d}" if c.output_dir else None
         first = resume_point(root / c.stages[0], self.memory) if root else None
         if first is not None:
@@ -92,10 +93,10 @@ class Sleeper:
         else:
             if c.teacher == "memory" and self.fast.window:
                 self.fast.update(progress=progress)  # the sender's pending update: the teacher holds every document
-            slot = self.memory.new_expert(c.receiver_level, seed=c.seed + self.sleeps)
+            slot = self.memory.new_expert(c.receiver_level, seed=seed)
         fast_slot = self.fast.slot if self.fast else None
         context = StageContext(
-            self.model, self.tokenizer, self.memory, self.engine, c.receiver_level, slot, seed=c.seed + self.sleeps,
+            self.model, self.tokenizer, self.memory, self.engine, c.receiver_level, slot, seed=seed,
             teacher_experts=[(c.wake_level, fast_slot)] if c.teacher == "memory" and fast_slot is not None else [],
             teacher_reads_documents=c.teacher == "context")
 

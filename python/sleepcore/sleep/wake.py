@@ -68,10 +68,10 @@ class FastLevelLearner:
         window, self.window = [ids for ids in self.window if len(ids) >= 2], []
         if not window:
             return
+        seed = self.config.seed + self.updates
         if self.slot is None:
-            self.slot = self.memory.new_expert(self.level, seed=self.config.seed + self.updates)
-        context = StageContext(self.model, self.tokenizer, self.memory, None, self.level, self.slot,
-                               seed=self.config.seed + self.updates)
+            self.slot = self.memory.new_expert(self.level, seed=seed)
+        context = StageContext(self.model, self.tokenizer, self.memory, None, self.level, self.slot, seed=seed)
         run_stage(NextTokenStage(context, self.stage_config), window, progress=progress,
                   desc=f"wake update {self.updates + 1}")
         self.updates += 1

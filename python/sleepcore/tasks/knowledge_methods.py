@@ -113,9 +113,9 @@ class TrainedRow:
 
     def _oracle(self, group: BiographyDataset, budget: int) -> dict:
         s, c = self.suite, self.suite.config
-        slot = s.memory.new_expert(CONSOLIDATED_LEVEL, seed=c.seed + self.sleeps)
-        context = StageContext(s.model, s.tokenizer, s.memory, s.engine, CONSOLIDATED_LEVEL, slot,
-                               seed=c.seed + self.sleeps)
+        seed = c.seed + self.sleeps
+        slot = s.memory.new_expert(CONSOLIDATED_LEVEL, seed=seed)
+        context = StageContext(s.model, s.tokenizer, s.memory, s.engine, CONSOLIDATED_LEVEL, slot, seed=seed)
         stage = NextTokenStage(context, self.next_token_config(budget))
         examples = oracle_examples(s.tokenizer, group, self.method)
         return run_stage(stage, examples, memory=s.memory, root=self.folder / f"sleep-{self.sleeps:03d}" / "sft",
