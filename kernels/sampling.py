@@ -87,15 +87,18 @@ def _sample_kernel(x_ptr, x_stride, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed
     base = x_ptr + rows.to(tl.int64)[:, None] * x_stride
 
     # pass 1: max and validity
-    xmax = tl.full([ROWS], -float("inf"), tl.float32)
-    bad = tl.zeros([ROWS], tl.int32)
+    # Tile-shaped accumulators, reduced once after the loop: Triton 3.6's thread-locality pass
+    # asserts on a loop-carried row reduction whose result has more than one use (H200, 2026-12-04).
+    xmax_tile = tl.full([ROWS, BLOCK_V], -float("inf"), tl.float32)
+    bad_tile = tl.zeros([ROWS, BLOCK_V], tl.int32)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         mask = rmask[:, None] & (cols < V)[None, :]
         x = tl.load(base + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
-        bad |= tl.max(((x != x) | (x == float("inf"))).to(tl.int32), axis=1)
-        xmax = tl.maximum(xmax, tl.max(x, axis=1))
-    bad |= (xmax == -float("inf")).to(tl.int32)
+        bad_tile |= ((x != x) | (x == float("inf"))).to(tl.int32)
+        xmax_tile = tl.maximum(xmax_tile, x)
+    xmax = tl.max(xmax_tile, axis=1)
+    bad = tl.max(bad_tile, axis=1) | (xmax == -float("inf")).to(tl.int32)
     tl.store(bad_ptr + rows, bad, mask=rmask)
 
     temperature = tl.load(temp_ptr + rows, mask=rmask, other=1.0)
