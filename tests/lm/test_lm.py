@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sleepcore.lm import (Branch, as_examples, encode, end_of_turn, final_hidden, next_token_loss, next_token_sum,
-                          pad_id, response_hidden, tree_attention_mask, tree_batch)
+from sleepcore.lm import (Branch, as_examples, encode, end_of_turn, final_hidden, gold_logprobs, next_token_loss,
+                          next_token_sum, pad_id, response_hidden, tree_attention_mask, tree_batch)
 from sleepcore.models import tiny_model
 from _tiny_models import CONFIGS, random_prompts, tiny_model as family_model
 
@@ -106,3 +106,23 @@ def test_token_trees_give_each_path_its_plain_forward(family, width_multiple):
         tree_batch([[Branch([1, 2], 0)]], 0, "cpu")
     with pytest.raises(ValueError, match="width_multiple"):
         tree_batch(trees, 0, "cpu", width_multiple=0)
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_gold_logprobs_shares_a_prompt_across_its_answers(family):
+    """Answers after one prompt scored as one token tree (the prompt computed once) give each
+    token's log-probability of one padded row per example: runs of a shared prompt, a prompt that
+    comes back after another, an empty answer, batches that cut between groups (gemma3: sliding
+    window 5, shorter than the prompts)."""
+    model = family_model(family)
+    tokenizer = type("Tokenizer", (), {"pad_token_id": 0, "eos_token_id": 1})()
+    first, second = random_prompts([9, 6])
+    answers = random_prompts([3, 1, 4, 2, 5], seed=2) + [[]]
+    examples = [(first, a) for a in answers[:3]] + [(second, a) for a in answers[3:]] + [(first, answers[4])]
+    want = gold_logprobs(model, tokenizer, examples, share_prompts=False)
+    assert [len(row) for row in want] == [len(a) for _, a in examples]
+    for batch_size in (1, 2, 16):
+        got = gold_logprobs(model, tokenizer, examples, batch_size=batch_size)
+        assert [len(row) for row in got] == [len(row) for row in want]
+        for have, expected in zip(got, want):
+            torch.testing.assert_close(torch.tensor(have), torch.tensor(expected), rtol=1e-5, atol=1e-5)

@@ -125,7 +125,8 @@ def gold_logprobs_with_adapters(model, tokenizer, adapters: BatchedAdapters, exa
     try:
         for start in range(0, len(examples), batch_size):
             adapters.set_index(torch.tensor(adapter_index[start:start + batch_size], device=device))
-            result += gold_logprobs(model, tokenizer, examples[start:start + batch_size], batch_size=batch_size)
+            result += gold_logprobs(model, tokenizer, examples[start:start + batch_size], batch_size=batch_size,
+                                    share_prompts=False)  # one row per example: the adapter index is per row
     finally:
         adapters.set_index(None)
         model.train(training)
