@@ -129,6 +129,16 @@ def test_a_new_expert_per_dreaming_sleep_has_its_slots(tmp_path):
     assert [s["dreaming"]["stages"]["dreaming"]["steps"] >= 1 for s in report["results"]["sleep"]["sleeps"]] == [1, 1]
 
 
+def test_dreaming_first_dreams_before_knowledge_seeding(tmp_path):
+    assert main(["eval", "knowledge", "--tiny", "--sleeps", "1", "--methods", "dreaming-round0", "--set",
+                 "suite.dream_training.dreaming_first=true", "--output-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "knowledge.json").read_text())
+    stages = report["results"]["dreaming-round0"]["sleeps"][0]["dreaming"]["stages"]
+    assert list(stages) == ["dreaming", "seeding"] and all(stage["steps"] >= 1 for stage in stages.values())
+    with pytest.raises(TypeError, match="dream_training.dreaming_first"):
+        DreamTraining(dreaming_first=1)
+
+
 def test_training_people_named_like_evaluated_ones_are_dropped():
     names = {person.name for person in generate_biographies(BiographyConfig(num_people=3, seed=5)).people}
     with pytest.raises(ValueError, match="dream_training.people"):

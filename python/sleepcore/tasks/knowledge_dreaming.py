@@ -66,11 +66,14 @@ class DreamTraining:
         people: training people (biographies of ``seed``; any sharing an evaluation person's name is dropped).
         seed: their biography seed (the suite's evaluation people use ``KnowledgeSuiteConfig.seed``).
         share: the fraction of a Sleep row's budget for the dreaming stage (the rest: Knowledge Seeding).
+        dreaming_first: a Sleep row dreams before Knowledge Seeding instead of after it (both train
+            the sleep's expert; SEAL's row has no seeding stage).
     """
 
     people: int = 20
     seed: int = 1000
     share: float = 0.5
+    dreaming_first: bool = False
 
     def __post_init__(self):
         integer("dream_training.people", self.people, minimum=1)
@@ -78,6 +81,7 @@ class DreamTraining:
         number("dream_training.share", self.share, above=0.0, maximum=1.0)
         if self.share >= 1.0:
             raise ValueError(f"dream_training.share must be strictly between 0 and 1, got {self.share!r}")
+        instance("dream_training.dreaming_first", self.dreaming_first, bool)
 
 
 def check_suite_dreaming(dreaming: DreamingConfig, training: DreamTraining) -> None:
@@ -191,7 +195,8 @@ class DreamingRow(TrainedRow):
         dreaming = dataclasses.replace(row_dreaming(c.dreaming, method, path), token_budget=dreaming_budget,
                                        steps=step_cap(c, self.multiplier))
         seeding = super().sleep_config(max(1, budget - dreaming_budget))  # Knowledge Seeding as the ks row's
-        stages = ("dreaming",) if method == "seal" else ("seeding", "dreaming")
+        stages = ("dreaming",) if method == "seal" else \
+            ("dreaming", "seeding") if c.dream_training.dreaming_first else ("seeding", "dreaming")
         return dataclasses.replace(seeding, stages=stages, dreaming=dreaming)
 
 
