@@ -16,7 +16,6 @@ machine's Triton version.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import tempfile
@@ -83,6 +82,15 @@ class Recorder:
         return None
 
 
+def _kernel_names() -> set[str]:
+    """``module.name`` of every launched kernel (a JIT function named ``*_kernel``) in sleepcore.kernels."""
+    from sleepcore.kernels import batched_lora, jsd, logprobs, paged_attention, sampling
+
+    return {f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
+            for module in (batched_lora, jsd, logprobs, paged_attention, sampling)
+            for name, value in vars(module).items() if isinstance(value, JITFunction) and name.endswith("_kernel")}
+
+
 def _launch_every_kernel() -> None:
     """Each launcher with the options and sizes that select different constexprs or block sizes."""
     from sleepcore.kernels import batched_lora, jsd, logprobs, paged_attention, sampling
@@ -144,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(recorder.failures)} failed, kernels: {', '.join(names)}")
     for failure in recorder.failures:
         print("FAILED", failure)
-    return 1 if recorder.failures or not recorder.compiled else 0
+    missing = sorted(_kernel_names() - set(names))
+    if missing:
+        print("NOT LAUNCHED (add them to _launch_every_kernel):", ", ".join(missing))
+    return 1 if recorder.failures or missing or not recorder.compiled else 0
 
 
 if __name__ == "__main__":
