@@ -16,7 +16,9 @@ machine's Triton version.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import pkgutil
 import sys
 import tempfile
 
@@ -83,11 +85,13 @@ class Recorder:
 
 
 def _kernel_names() -> set[str]:
-    """``module.name`` of every launched kernel (a JIT function named ``*_kernel``) in sleepcore.kernels."""
-    from sleepcore.kernels import batched_lora, jsd, logprobs, paged_attention, sampling
+    """``module.name`` of every launched kernel (a JIT function named ``*_kernel``) in every module of
+    sleepcore.kernels, so a new kernel file is caught too."""
+    import sleepcore.kernels
 
-    return {f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
-            for module in (batched_lora, jsd, logprobs, paged_attention, sampling)
+    modules = [importlib.import_module(f"sleepcore.kernels.{info.name}")
+               for info in pkgutil.iter_modules(sleepcore.kernels.__path__)]
+    return {f"{module.__name__.rsplit('.', 1)[-1]}.{name}" for module in modules
             for name, value in vars(module).items() if isinstance(value, JITFunction) and name.endswith("_kernel")}
 
 
