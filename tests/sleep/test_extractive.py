@@ -3,8 +3,8 @@ them, the sentence of a document that answers a question, and the words of it th
 
 from __future__ import annotations
 
-from sleepcore.sleep.extractive import (answer_span, answering_sentence, confirms_answer, document_subject, relation_words,
-                                        restates_question)
+from sleepcore.sleep.extractive import (answer_kind, answer_span, answering_sentence, confirms_answer, document_subject,
+                                        relation_words, restates_question)
 
 
 def test_an_answer_restates_its_question_when_it_repeats_what_the_question_asks():
@@ -24,6 +24,30 @@ def test_the_answering_sentence_names_the_question_s_entity_and_repeats_the_most
     assert answering_sentence("What does Ada like?", document) == "Ada Quell likes tea."  # "like" repeats "likes"
     assert answering_sentence("What did Cy study?", document) is None  # no sentence names Cy
     assert answering_sentence("Who is Ada?", document) is None  # it asks nothing a sentence could repeat
+
+
+def test_a_question_asking_when_or_where_gets_a_sentence_of_its_kind():
+    # both sentences say "born": the date answers "when", the city "where" (measured: the 135M
+    # model's dream questions "Where was X born?" all went to the birth date before this rule)
+    document = "Ada Quell was born on 2 May 1950. Ada Quell plays chess. The birthplace of Ada Quell is Tarvik."
+    date, city = "Ada Quell was born on 2 May 1950.", "The birthplace of Ada Quell is Tarvik."
+    assert answer_kind("When was Ada Quell born?") == "date"
+    assert answer_kind("What is Ada Quell's date of birth?") == "date"
+    assert answer_kind("Where was Ada Quell born?") == "name"
+    assert answer_kind("What is the birthplace of Ada Quell?") == "name"
+    assert answer_kind("Who does Ada Quell work for?") == "name"
+    assert answer_kind("Where and when was Ada born?") is None and answer_kind("What does Ada play?") is None
+    assert answering_sentence("When was Ada Quell born?", document) == date
+    assert answering_sentence("Where was Ada Quell born?", document) == city
+    assert answering_sentence("In which city was Ada Quell born?", document) == city
+    assert answering_sentence("What is the birthplace of Ada Quell?", document) == city
+    assert answering_sentence("What does Ada Quell play?", document) == "Ada Quell plays chess."
+    # "work" is the employer's relation; a job or a hobby is no name
+    work = "Ada Quell works as a glassblower. Outside of work, Ada Quell knits. Ada Quell's employer is Vrobrux Freight."
+    for question in ("Who does Ada Quell work for?", "Where does Ada Quell work?", "Which company employs Ada Quell?"):
+        assert answering_sentence(question, work) == "Ada Quell's employer is Vrobrux Freight.", question
+    # a question of a kind no sentence holds gets none, not a sentence of the other kind
+    assert answering_sentence("Where was Ada Quell born?", "Ada Quell was born on 2 May 1950.") is None
 
 
 def test_the_answer_span_is_what_the_sentence_says_beyond_the_question():

@@ -22,7 +22,8 @@ FUNCTION_WORDS = frozenset("""what where when who whom whose which why how is wa
 has have had the a an of in on at to for with by from and or as this that these those it its his her hers their they
 he she him them name named called""".split())
 #: Inflections that share no four-letter start with their noun.
-_SAME_RELATION = {"born": "birth"}
+_SAME_RELATION = {"born": "birth", "work": "employ", "works": "employ", "worked": "employ", "employs": "employ",
+                  "employed": "employ", "employer": "employ"}
 
 
 def split_sentences(text: str) -> list[str]:
@@ -74,7 +75,7 @@ def relation_words(question: str) -> list[str]:
 
 def _repeats(word: str, said: set[str]) -> bool:
     """Whether lower-case ``word`` is among ``said``: the same word, or the same first four letters
-    ("studied" repeats "study"), with "born" counted as "birth"."""
+    ("studied" repeats "study"), with "born" counted as "birth" and "work" as "employer"."""
     word = _SAME_RELATION.get(word, word)
     return word in said or (len(word) >= 4 and any(w[:4] == word[:4] for w in said if len(w) >= 4))
 
@@ -98,16 +99,43 @@ def restates_question(question: str, answer: str) -> bool:
     return not relation_words(question) or shared_relations(question, answer) > 0
 
 
+#: Words that ask for a date, and words that ask for a name (a place, a person, an organisation).
+_DATE_WORDS = frozenset({"when", "date", "year", "birthday"})
+_NAME_WORDS = frozenset({"where", "who", "whom", "city", "town", "place", "birthplace", "hometown", "country",
+                         "company", "employer", "school", "university", "college"})
+
+
+def answer_kind(question: str) -> str | None:
+    """``"date"`` when ``question`` asks for one ("When was Ada born?", "What is Ada's date of
+    birth?"), ``"name"`` when it asks where, who or which organisation ("Where was Ada born?",
+    "Who does Ada work for?", "Which school did Ada attend?"), None otherwise or when it asks both."""
+    words = {word.lower() for word in re.findall(r"[A-Za-z]+", question)}
+    date, name = bool(words & _DATE_WORDS), bool(words & _NAME_WORDS)
+    return None if date == name else "date" if date else "name"
+
+
+def _fits(kind: str | None, span: str | None, sentence: str) -> bool:
+    """Whether ``span`` (of ``sentence``) can be an answer of ``kind``: a date holds a digit; a
+    name holds one of the sentence's :func:`named_entities` and no digit."""
+    if kind is None:
+        return True
+    if span is None or any(c.isdigit() for c in span) != (kind == "date"):
+        return False
+    return kind == "date" or any(entity in span for entity in named_entities(sentence))
+
+
 def answering_sentence(question: str, document: str) -> str | None:
     """The sentence of ``document`` that answers ``question`` extractively: among the sentences
-    naming an entity the question names (:func:`~sleepcore.sleep.prompts.names_entity`), the first
-    that repeats the most of its :func:`relation_words` ("Where was Ada Quell born?" -> "Tarvik is
-    where Ada Quell was born."). None when no such sentence repeats one."""
-    best, most = None, 0
+    naming an entity the question names (:func:`~sleepcore.sleep.prompts.names_entity`) whose
+    :func:`answer_span` is of the question's :func:`answer_kind` (a date holds a digit, a name a
+    named entity and no digit), the first that repeats the most of its :func:`relation_words` ("Where was Ada Quell
+    born?" -> "Tarvik is where Ada Quell was born.", not "Ada Quell was born on 2 May 1950.").
+    None when no such sentence repeats one."""
+    best, most, kind = None, 0, answer_kind(question)
     for sentence in split_sentences(document):
         if names_entity(question, named_entities(sentence)):
             shared = shared_relations(question, sentence)
-            if shared > most:
+            if shared > most and _fits(kind, answer_span(question, sentence), sentence):
                 best, most = sentence, shared
     return best
 
