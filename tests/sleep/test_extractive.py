@@ -43,7 +43,8 @@ def test_a_question_asking_when_or_where_gets_a_sentence_of_its_kind():
     assert answering_sentence("What is the birthplace of Ada Quell?", document) == city
     assert answering_sentence("What does Ada Quell play?", document) == "Ada Quell plays chess."
     # "work" is the employer's relation; a job or a hobby is no name
-    work = "Ada Quell works as a glassblower. Outside of work, Ada Quell knits. Ada Quell's employer is Vrobrux Freight."
+    work = ("Ada Quell works as a glassblower. Outside of work, Ada Quell knits wool scarves. "
+            "Ada Quell's employer is Vrobrux Freight.")
     for question in ("Who does Ada Quell work for?", "Where does Ada Quell work?", "Which company employs Ada Quell?"):
         assert answering_sentence(question, work) == "Ada Quell's employer is Vrobrux Freight.", question
     # a question of a kind no sentence holds gets none, not a sentence of the other kind

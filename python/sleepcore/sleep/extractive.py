@@ -114,28 +114,28 @@ def answer_kind(question: str) -> str | None:
     return None if date == name else "date" if date else "name"
 
 
-def _fits(kind: str | None, span: str | None, sentence: str) -> bool:
-    """Whether ``span`` (of ``sentence``) can be an answer of ``kind``: a date holds a digit; a
-    name holds one of the sentence's :func:`named_entities` and no digit."""
+def _fits(kind: str | None, span: str | None) -> bool:
+    """Whether ``span`` can be an answer of ``kind``: a date holds a digit; a name holds a
+    capitalised word and no digit."""
     if kind is None:
         return True
     if span is None or any(c.isdigit() for c in span) != (kind == "date"):
         return False
-    return kind == "date" or any(entity in span for entity in named_entities(sentence))
+    return kind == "date" or any(word[:1].isupper() for word in span.split())
 
 
 def answering_sentence(question: str, document: str) -> str | None:
     """The sentence of ``document`` that answers ``question`` extractively: among the sentences
     naming an entity the question names (:func:`~sleepcore.sleep.prompts.names_entity`) whose
     :func:`answer_span` is of the question's :func:`answer_kind` (a date holds a digit, a name a
-    named entity and no digit), the first that repeats the most of its :func:`relation_words` ("Where was Ada Quell
+    capitalised word and no digit), the first that repeats the most of its :func:`relation_words` ("Where was Ada Quell
     born?" -> "Tarvik is where Ada Quell was born.", not "Ada Quell was born on 2 May 1950.").
     None when no such sentence repeats one."""
     best, most, kind = None, 0, answer_kind(question)
     for sentence in split_sentences(document):
         if names_entity(question, named_entities(sentence)):
             shared = shared_relations(question, sentence)
-            if shared > most and _fits(kind, answer_span(question, sentence), sentence):
+            if shared > most and _fits(kind, answer_span(question, sentence)):
                 best, most = sentence, shared
     return best
 
