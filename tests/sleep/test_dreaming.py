@@ -90,6 +90,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(answer_max_tokens=0), ValueError, "answer_max_tokens"),
     (dict(questions_name_entity="yes"), TypeError, "questions_name_entity"),
     (dict(answers_restate_question=1), TypeError, "answers_restate_question"),
+    (dict(statement_lines="no"), TypeError, "statement_lines"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -168,6 +169,10 @@ def test_a_dream_s_questions_answered_by_the_document_s_sentences(wrapped):
     assert short[0][0][0] == (prompt, answer_ids(tokenizer, text, answer_span(f"Where was {person.name} born?", born))
                               + end_of_turn(tokenizer))
     assert short[0][0][1:] == examples[0][0][1:] and short[0][1] == examples[0][1]
+    # without the statement lines only the answered questions are left
+    bare, _ = answered_examples(engine, tokenizer, question_dreams(documents), documents,
+                                tiny_dreaming(answers="span", statement_lines=False), teacher=None, seed=5)
+    assert bare[0][0] == short[0][0][:1] and bare[0][1] == []
 
 
 def test_a_question_names_an_entity_when_it_holds_a_word_of_it():

@@ -83,6 +83,9 @@ class DreamingConfig:
     part of that sentence the question does not say
     (:func:`~sleepcore.sleep.extractive.answer_span`: the short-answer form; a question it says all
     of is dropped).
+    With ``statement_lines`` (default) the answered questions come with the dream's lines that hold no
+    question, learnt as written (distilled or not, by ``objective``); False learns the answered
+    questions and the document alone (no effect with ``answers = "dream"``).
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
@@ -185,6 +188,7 @@ class DreamingConfig:
     answer_max_tokens: int = 48
     questions_name_entity: bool = True
     answers_restate_question: bool = True
+    statement_lines: bool = True
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
@@ -214,6 +218,7 @@ class DreamingConfig:
         boolean("noise", self.noise)
         boolean("questions_name_entity", self.questions_name_entity)
         boolean("answers_restate_question", self.answers_restate_question)
+        boolean("statement_lines", self.statement_lines)
         number("reward_margin", self.reward_margin, minimum=0.0)
         for name in ("noise_scale", "inner_learning_rate", "generator_learning_rate"):
             positive(name, getattr(self, name))

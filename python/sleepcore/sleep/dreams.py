@@ -94,9 +94,9 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     with ``documents[i]`` in its turn (one engine call under the ``teacher`` context manager factory,
     seeded by ``seed``; answers of fewer than 2 tokens are dropped, and with
     ``config.answers_restate_question`` those that do not
-    :func:`~sleepcore.sleep.extractive.restates_question`; the stop token is kept), then the
-    dream's lines without a question as written. With ``"sentence"``: the same questions, each
-    answered by the document's
+    :func:`~sleepcore.sleep.extractive.restates_question`; the stop token is kept), then (with
+    ``config.statement_lines``) the dream's lines without a question as written. With
+    ``"sentence"``: the same questions, each answered by the document's
     :func:`~sleepcore.sleep.extractive.answering_sentence` and the end-of-turn ids (dropped when
     none answers it; ``teacher`` is not called); with ``"span"`` by the words of that sentence
     that answer it (:func:`~sleepcore.sleep.extractive.answer_span`)."""
@@ -135,7 +135,7 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     for index, own in enumerate(dreams):
         for k, dream in enumerate(own):
             statements = "\n".join(line for line in dream_lines(dream.text) if "?" not in line)
-            examples[index][k] += dream_examples(tokenizer, statements)
+            examples[index][k] += dream_examples(tokenizer, statements) if config.statement_lines else []
     return examples, questions
 
 
