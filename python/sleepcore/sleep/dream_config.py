@@ -47,6 +47,9 @@ OBJECTIVES = ("sft", "distill")
 #: the document (each question answered by its own sentence that answers it), or the words of that
 #: sentence that answer it.
 ANSWERS = ("dream", "teacher", "sentence", "span")
+#: Who writes the dreams at sleep time: the model as it is (after consolidation, its new expert on),
+#: or the sleep's teacher (the smaller self: that expert off).
+WRITERS = ("model", "teacher")
 #: The ``ANSWERS`` taken from the document (fixed responses, nothing sampled).
 DOCUMENT_ANSWERS = ("sentence", "span")
 
@@ -130,7 +133,14 @@ class DreamingConfig:
     (measured: SEAL's reward 0.062 -> 0.031, generator loss 0.05).
 
     Sleep time: the generator is ``generator_path`` (a file ``Dreamer`` wrote; None: the untrained
-    model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes. The kept
+    model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes, on top of
+    the ``writer``: ``"model"`` (the model as it is: after consolidation, with the expert that
+    consolidation trained) or ``"teacher"`` (the sleep's teacher, the smaller self: that expert off;
+    needs ``objective = "distill"``). Measured on SmolLM2-135M-Instruct (10 people, seed 1, the
+    question prompt, answers by span): after Knowledge Seeding x8 the model writes no question that
+    names a person of the documents (0 of 56 dreams; before the sleep: 60 questions), only
+    statements, most of them invented ("The place where X was born is: Zaibiwick"). The kept
+    dreams train the
     dreams train the ``expert``: ``"consolidated"`` (the sleep's expert, after consolidation) or
     ``"new"`` (a new expert of the same level), for at most ``steps`` steps of ``batch_size``
     examples of ``optimizer``, stopping at ``token_budget`` trained tokens when set. ``objective``:
@@ -179,6 +189,7 @@ class DreamingConfig:
     generator_batch_size: int = 4
     generator_path: str | None = None
     generator_level: int = 0
+    writer: str = "model"
     expert: str = "consolidated"
     objective: str = "distill"
     hard_label_weight: float = 0.0
@@ -233,11 +244,15 @@ class DreamingConfig:
         choice("expert", self.expert, EXPERTS)
         choice("objective", self.objective, OBJECTIVES)
         choice("answers", self.answers, ANSWERS)
+        choice("writer", self.writer, WRITERS)
         number("hard_label_weight", self.hard_label_weight, minimum=0.0)
         choice("hard_label_items", self.hard_label_items, HARD_LABEL_ITEMS)
         if self.hard_label_weight > 0 and self.objective != "distill":
             raise ValueError(f"hard_label_weight adds cross-entropy to the distillation, so it needs objective = "
                              f"'distill' ('sft' is cross-entropy alone), got objective = {self.objective!r}")
+        if self.writer == "teacher" and self.objective != "distill":
+            raise ValueError(f"writer = 'teacher' needs objective = 'distill' (the teacher is the distillation's), "
+                             f"got objective = {self.objective!r}")
         if self.answers == "teacher" and self.objective != "distill":
             raise ValueError(f"answers = 'teacher' needs objective = 'distill' (the teacher that answers is the one "
                              f"distilled), got objective = {self.objective!r}")
