@@ -92,7 +92,6 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(answers_restate_question=1), TypeError, "answers_restate_question"),
     (dict(statement_lines="no"), TypeError, "statement_lines"),
     (dict(writer="generator"), ValueError, "writer"),
-    (dict(writer="teacher", objective="sft"), ValueError, "writer"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -392,23 +391,24 @@ def test_the_stage_learns_the_teacher_s_answers_to_its_dreams_questions(wrapped,
     assert not any(sample.fixed for sample in stage.items)  # the teacher's answers are sampled
 
 
-@pytest.mark.parametrize("writer", ["model", "teacher"])
-def test_the_writer_is_the_model_as_it_is_or_the_sleep_s_teacher(wrapped, monkeypatch, writer):
-    """With ``writer = "teacher"`` the consolidated expert is off while the dreams are written (the
-    smaller self writes) and on again afterwards; with ``"model"`` it writes too."""
+@pytest.mark.parametrize("writer", ["model", "base"])
+def test_the_writer_is_the_model_as_it_is_or_the_base_model(wrapped, monkeypatch, writer):
+    """With ``writer = "base"`` every memory expert is off while the dreams are written (the
+    consolidated one and an earlier sleep's) and on again afterwards; with ``"model"`` they write too."""
     model, tokenizer, memory, engine = wrapped
     import sleepcore.sleep.dreaming as dreaming_module
-    slot = memory.new_expert(0)
+    earlier, slot = memory.new_expert(0), memory.new_expert(0)
     seen = []
 
     def write(engine, tokenizer, memory, texts, *args, **kwargs):
-        seen.append(slot in memory.active_slots(0))
+        seen.append(memory.active_slots(0))
         return question_dreams(texts)
 
     monkeypatch.setattr(dreaming_module, "write_dreams", write)
     context = StageContext(model, tokenizer, memory, engine, 0, slot, seed=3)
     DreamingStage(context, tiny_dreaming(writer=writer, answers="span")).prepare(DATASET.passages[:2], progress=False)
-    assert seen == [writer == "model"] and slot in memory.active_slots(0)
+    assert seen == [[earlier, slot] if writer == "model" else []]
+    assert {earlier, slot} <= set(memory.active_slots(0))
 
 
 def test_answers_taken_from_the_document_are_the_fixed_items(wrapped, monkeypatch):

@@ -47,9 +47,9 @@ OBJECTIVES = ("sft", "distill")
 #: the document (each question answered by its own sentence that answers it), or the words of that
 #: sentence that answer it.
 ANSWERS = ("dream", "teacher", "sentence", "span")
-#: Who writes the dreams at sleep time: the model as it is (after consolidation, its new expert on),
-#: or the sleep's teacher (the smaller self: that expert off).
-WRITERS = ("model", "teacher")
+#: Who writes the dreams at sleep time: the model as it is (its memory experts on, the one
+#: consolidation just trained included), or the base model (every memory expert off).
+WRITERS = ("model", "base")
 #: The ``ANSWERS`` taken from the document (fixed responses, nothing sampled).
 DOCUMENT_ANSWERS = ("sentence", "span")
 
@@ -134,12 +134,15 @@ class DreamingConfig:
 
     Sleep time: the generator is ``generator_path`` (a file ``Dreamer`` wrote; None: the untrained
     model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes, on top of
-    the ``writer``: ``"model"`` (the model as it is: after consolidation, with the expert that
-    consolidation trained) or ``"teacher"`` (the sleep's teacher, the smaller self: that expert off;
-    needs ``objective = "distill"``). Measured on SmolLM2-135M-Instruct (10 people, seed 1, the
-    question prompt, answers by span): after Knowledge Seeding x8 the model writes no question that
-    names a person of the documents (0 of 56 dreams; before the sleep: 60 questions), only
-    statements, most of them invented ("The place where X was born is: Zaibiwick"). The kept
+    the ``writer``: ``"model"`` (the model as it is: every active memory expert on, the one
+    consolidation just trained included) or ``"base"`` (every memory expert off: writing is the base
+    model's skill, or the trained generator's; the document it writes about is in its prompt).
+    Measured on SmolLM2-135M-Instruct (10 people after a 1-person sleep, seed 1, the question prompt,
+    answers by span, Knowledge Seeding x8 first): written by the model after consolidation, the
+    dreams held no answerable question in either sleep (0 question items; the base model's dreams:
+    60 for the same documents), only statements, many invented ("The place where X was born is:
+    Zaibiwick"); with the new expert off but the first sleep's expert on, still none in the second
+    sleep (5 in the first, where that is the base model). The kept
     dreams train the
     dreams train the ``expert``: ``"consolidated"`` (the sleep's expert, after consolidation) or
     ``"new"`` (a new expert of the same level), for at most ``steps`` steps of ``batch_size``
@@ -250,9 +253,6 @@ class DreamingConfig:
         if self.hard_label_weight > 0 and self.objective != "distill":
             raise ValueError(f"hard_label_weight adds cross-entropy to the distillation, so it needs objective = "
                              f"'distill' ('sft' is cross-entropy alone), got objective = {self.objective!r}")
-        if self.writer == "teacher" and self.objective != "distill":
-            raise ValueError(f"writer = 'teacher' needs objective = 'distill' (the teacher is the distillation's), "
-                             f"got objective = {self.objective!r}")
         if self.answers == "teacher" and self.objective != "distill":
             raise ValueError(f"answers = 'teacher' needs objective = 'distill' (the teacher that answers is the one "
                              f"distilled), got objective = {self.objective!r}")

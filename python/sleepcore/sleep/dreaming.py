@@ -1,6 +1,6 @@
 """The Dreaming stage (METHOD.md §4, "Dreaming during sleep"): after consolidation, for each
 buffered document the dream generator (with random-expert noise; on the model as it is, or on
-the sleep's teacher with ``writer = "teacher"``) writes ``m`` dreams
+the base model with ``writer = "base"``) writes ``m`` dreams
 (:mod:`sleepcore.sleep.dreams`), gradient importance keeps ``k + b`` of them
 (:mod:`sleepcore.sleep.dream_selection`; with ``answers = "teacher"`` a dream's questions are
 first answered by the teacher reading the document), and an expert learns them: the sleep's
@@ -93,7 +93,7 @@ class DreamingStage:
         fresh = c.expert != "consolidated"
         self._train(context.memory.new_expert(context.level, seed=context.seed) if fresh else context.slot)
         weights = load_generator(c.generator_path) if c.generator_path else None
-        writer = self.trainer.teacher(reading=False) if c.writer == "teacher" else contextlib.nullcontext()
+        writer = context.memory.switched_off() if c.writer == "base" else contextlib.nullcontext()
         with writer, generator_expert(context.memory, c.generator_level, weights):
             dreams = write_dreams(context.engine, context.tokenizer, context.memory, [d for _, d in mine], c,
                                   seed=context.seed, progress=progress) if mine else []
