@@ -435,6 +435,21 @@ def test_answers_taken_from_the_document_are_the_fixed_items(wrapped, monkeypatc
     assert math.isfinite(stage.step(stage.items[:4])["loss"])
 
 
+def test_a_dreaming_stage_without_an_answered_question_warns(wrapped, monkeypatch):
+    """Dreams that hold no answerable question leave only statements and documents to learn: the
+    stage says so instead of training on them silently."""
+    model, tokenizer, memory, engine = wrapped
+    import sleepcore.sleep.dreaming as dreaming_module
+    statements = lambda engine, tokenizer, memory, texts, *a, **k: [  # noqa: E731
+        [Dream(index, k, [1], [1], "The answer is: Zaibiwick") for k in range(2)] for index in range(len(texts))]
+    monkeypatch.setattr(dreaming_module, "write_dreams", statements)
+    context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+    stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=1, random_kept=1, dreams_per_document=2))
+    with pytest.warns(RuntimeWarning, match="no kept dream holds a question"):
+        stage.prepare(DATASET.passages[:2], progress=False)
+    assert stage.report["questions"] == 0 and stage.items
+
+
 def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, monkeypatch):
     sleeper = make_sleeper(seeding(), stages=("dreaming",), dreaming=tiny_dreaming())
     weights = {layer: (torch.randn(8, 64) * 0.1, torch.randn(64, 8) * 0.1) for layer in sleeper.memory.layers}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 
 import torch
 
@@ -108,6 +109,10 @@ class DreamingStage:
                        "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
                        "questions": sum(len(record["questions"]) for record in records),
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
+        if c.answers != "dream" and not self.report["questions"]:
+            warnings.warn(f"dreaming: no kept dream holds a question answered by {c.answers!r}, so only the dreams' "
+                          f"statements and the documents are learnt (measured cause: a consolidated expert that "
+                          f"stops the writer asking; try writer = 'base')", RuntimeWarning, stacklevel=2)
         if c.objective == "distill":
             examples = self._distillation_items(records, documents)
             self.report["dream_kl_before"] = self.trainer.replay_kl(examples)
