@@ -244,6 +244,19 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch, failure
     assert sorted(os.listdir(tmp_path)) == ["memory.safetensors"]
 
 
+def test_switched_off_keeps_the_chosen_experts_and_restores_the_rest():
+    model, memory = _memory_with_experts()
+    ids = _ids()
+    full = _logits(model, ids)
+    with memory.switched_off():
+        assert memory.active_slots(0) == [] and memory.active_slots(1) == []
+    with memory.switched_off(keep=[(0, 1)]):
+        assert memory.active_slots(0) == [1] and memory.active_slots(1) == []
+        only = _logits(model, ids)
+    assert memory.active_slots(0) == [0, 1] and memory.active_slots(1) == [0]
+    assert torch.equal(_logits(model, ids), full) and not torch.allclose(only, full)
+
+
 def test_random_expert_noise_changes_outputs_inside_and_restores_them_after():
     model, memory = _memory_with_experts("qwen3")
     ids = _ids()

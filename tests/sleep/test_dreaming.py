@@ -153,7 +153,7 @@ def test_a_dream_s_questions_are_its_lines_cut_after_the_question_mark():
 def test_a_dream_s_questions_answered_by_the_document_s_sentences(wrapped):
     _, tokenizer, _, engine = wrapped
     documents, person = DATASET.passages[:1], DATASET.people[0]
-    config = tiny_dreaming(answers="sentence")
+    config = tiny_dreaming(answers="sentence", statement_lines=True)
     examples, asked = answered_examples(engine, tokenizer, question_dreams(documents), documents, config,
                                         teacher=None, seed=5)  # the teacher is never called
     # the first sentence repeating "born" whose answer is a name: the question asks where, not when
@@ -166,13 +166,13 @@ def test_a_dream_s_questions_answered_by_the_document_s_sentences(wrapped):
     assert examples[0][1] == as_examples(tokenizer, [f"{person.name} works hard."])
     assert tuple(prompt) in asked[0]  # the teacher prompts of the questions, for distillation
     short, _ = answered_examples(engine, tokenizer, question_dreams(documents), documents,
-                                 tiny_dreaming(answers="span"), teacher=None, seed=5)
+                                 tiny_dreaming(answers="span", statement_lines=True), teacher=None, seed=5)
     assert short[0][0][0] == (prompt, answer_ids(tokenizer, text, answer_span(f"Where was {person.name} born?", born))
                               + end_of_turn(tokenizer))
     assert short[0][0][1:] == examples[0][0][1:] and short[0][1] == examples[0][1]
-    # without the statement lines only the answered questions are left
+    # without the statement lines (the default) only the answered questions are left
     bare, _ = answered_examples(engine, tokenizer, question_dreams(documents), documents,
-                                tiny_dreaming(answers="span", statement_lines=False), teacher=None, seed=5)
+                                tiny_dreaming(answers="span"), teacher=None, seed=5)
     assert bare[0][0] == short[0][0][:1] and bare[0][1] == []
 
 
@@ -196,7 +196,7 @@ def test_the_teacher_answers_a_dream_s_questions_after_reading_its_document(wrap
         yield
 
     config = tiny_dreaming(answers=answers, answer_max_tokens=6, questions_name_entity=questions_name_entity,
-                           answers_restate_question=restate)
+                           answers_restate_question=restate, statement_lines=True)
     examples, asked = answered_examples(engine, tokenizer, dreams, documents, config, teacher=teacher, seed=5)
     if answers == "dream":
         assert examples == [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams]
@@ -392,12 +392,21 @@ def test_the_stage_learns_the_teacher_s_answers_to_its_dreams_questions(wrapped,
 
 
 @pytest.mark.parametrize("writer", ["model", "base"])
-def test_the_writer_is_the_model_as_it_is_or_the_base_model(wrapped, monkeypatch, writer):
-    """With ``writer = "base"`` every memory expert is off while the dreams are written (the
-    consolidated one and an earlier sleep's) and on again afterwards; with ``"model"`` they write too."""
-    model, tokenizer, memory, engine = wrapped
+def test_the_writer_is_the_model_as_it_is_or_the_base_model(monkeypatch, tmp_path, writer):
+    """With ``writer = "base"`` every memory expert but the generator's is off while the dreams are
+    written (the consolidated one and an earlier sleep's) and on again afterwards, unchanged; with
+    ``"model"`` they write too."""
+    model, tokenizer = tiny_model(DATASET.passages + DATASET.company_passages, seed=0)
+    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=4, slots=3),)))
+    engine = Engine(model, tokenizer, kv_memory_bytes=32 << 20)
     import sleepcore.sleep.dreaming as dreaming_module
     earlier, slot = memory.new_expert(0), memory.new_expert(0)
+    with torch.no_grad():
+        for mlp in memory.layers.values():
+            mlp.levels[0].B[earlier].normal_()  # a trained expert: the function depends on it
+    before = {layer: mlp.levels[0].B[earlier].clone() for layer, mlp in memory.layers.items()}
+    weights = {layer: (torch.randn(4, 64) * 0.1, torch.randn(64, 4) * 0.1) for layer in memory.layers}
+    save_generator(tmp_path / "generator.safetensors", weights)
     seen = []
 
     def write(engine, tokenizer, memory, texts, *args, **kwargs):
@@ -406,9 +415,12 @@ def test_the_writer_is_the_model_as_it_is_or_the_base_model(wrapped, monkeypatch
 
     monkeypatch.setattr(dreaming_module, "write_dreams", write)
     context = StageContext(model, tokenizer, memory, engine, 0, slot, seed=3)
-    DreamingStage(context, tiny_dreaming(writer=writer, answers="span")).prepare(DATASET.passages[:2], progress=False)
-    assert seen == [[earlier, slot] if writer == "model" else []]
-    assert {earlier, slot} <= set(memory.active_slots(0))
+    config = tiny_dreaming(writer=writer, answers="span", generator_path=str(tmp_path / "generator.safetensors"))
+    DreamingStage(context, config).prepare(DATASET.passages[:2], progress=False)
+    generator = 2  # the lowest free slot, taken before anything is switched off
+    assert seen == [[earlier, slot, generator] if writer == "model" else [generator]]
+    assert memory.active_slots(0) == [earlier, slot]
+    assert all(torch.equal(mlp.levels[0].B[earlier], before[layer]) for layer, mlp in memory.layers.items())
 
 
 def test_answers_taken_from_the_document_are_the_fixed_items(wrapped, monkeypatch):
@@ -469,7 +481,7 @@ def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, 
     sleeper.config = dataclasses.replace(sleeper.config, dreaming=tiny_dreaming(generator_path=generator))
     sleeper.wake(DATASET.passages)
     summary = sleeper.sleep(progress=False)
-    assert seen == [[0, 1]] and sleeper.memory.active_slots(0) == [summary["slot"]]
+    assert seen == [[1]] and sleeper.memory.active_slots(0) == [summary["slot"]]  # the base model writes
     with pytest.raises(FileNotFoundError, match="generator_path"):
         load_generator(tmp_path / "missing.safetensors")
 

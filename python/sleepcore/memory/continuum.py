@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -172,11 +172,14 @@ class ContinuumMemory:
         return counts
 
     @contextlib.contextmanager
-    def switched_off(self) -> Iterator[None]:
-        """Inside the context no expert of any level is active (the original model); on exit the
-        experts that were active are active again."""
+    def switched_off(self, keep: Iterable[tuple[int, int]] = ()) -> Iterator[None]:
+        """Inside the context no expert of any level is active (the original model) but those in
+        ``keep`` (``(level, slot)`` pairs); on exit the experts that were active are active again.
+        A switched-off slot is not free: :meth:`new_expert` inside the context would overwrite it."""
         self._check_wrapped()
-        active = [(level, slot) for level in range(len(self.config.levels)) for slot in self.active_slots(level)]
+        keep = set(keep)
+        active = [(level, slot) for level in range(len(self.config.levels)) for slot in self.active_slots(level)
+                  if (level, slot) not in keep]
         for expert in active:
             self.deactivate(*expert)
         try:

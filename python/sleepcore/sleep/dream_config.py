@@ -86,9 +86,13 @@ class DreamingConfig:
     part of that sentence the question does not say
     (:func:`~sleepcore.sleep.extractive.answer_span`: the short-answer form; a question it says all
     of is dropped).
-    With ``statement_lines`` (default) the answered questions come with the dream's lines that hold no
-    question, learnt as written (distilled or not, by ``objective``); False learns the answered
-    questions and the document alone (no effect with ``answers = "dream"``).
+    With ``statement_lines`` the answered questions come with the dream's lines that hold no
+    question, learnt as written (distilled or not, by ``objective``); False (the default) learns the
+    answered questions and the document alone (no effect with ``answers = "dream"``). Measured on
+    SmolLM2-135M-Instruct (10 people after a 1-person sleep, the base model writing, answers by span,
+    Knowledge Seeding x8 then Dreaming x8): a question dream's other lines are mostly invented or
+    copied from the prompt's worked example ("Marie Curie: She studied physics ... and is a pastry
+    chef."); without them "contains" rose on every seed (README, Dreaming, session 20).
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
@@ -134,15 +138,17 @@ class DreamingConfig:
 
     Sleep time: the generator is ``generator_path`` (a file ``Dreamer`` wrote; None: the untrained
     model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes, on top of
-    the ``writer``: ``"model"`` (the model as it is: every active memory expert on, the one
-    consolidation just trained included) or ``"base"`` (every memory expert off: writing is the base
-    model's skill, or the trained generator's; the document it writes about is in its prompt).
+    the ``writer``: ``"base"`` (the default: every memory expert off; writing is the base model's
+    skill, or the trained generator's, and the document it writes about is in its prompt) or
+    ``"model"`` (the model as it is: every active memory expert on, the one consolidation just
+    trained included).
     Measured on SmolLM2-135M-Instruct (10 people after a 1-person sleep, seed 1, the question prompt,
     answers by span, Knowledge Seeding x8 first): written by the model after consolidation, the
     dreams held no answerable question in either sleep (0 question items; the base model's dreams:
     60 for the same documents), only statements, many invented ("The place where X was born is:
     Zaibiwick"); with the new expert off but the first sleep's expert on, still none in the second
-    sleep (5 in the first, where that is the base model). The kept
+    sleep (5 in the first, where that is the base model); with the base model writing, Sleep's
+    "contains" rose on all three seeds (README, Dreaming, session 20). The kept
     dreams train the
     dreams train the ``expert``: ``"consolidated"`` (the sleep's expert, after consolidation) or
     ``"new"`` (a new expert of the same level), for at most ``steps`` steps of ``batch_size``
@@ -192,7 +198,7 @@ class DreamingConfig:
     generator_batch_size: int = 4
     generator_path: str | None = None
     generator_level: int = 0
-    writer: str = "model"
+    writer: str = "base"
     expert: str = "consolidated"
     objective: str = "distill"
     hard_label_weight: float = 0.0
@@ -202,7 +208,7 @@ class DreamingConfig:
     answer_max_tokens: int = 48
     questions_name_entity: bool = True
     answers_restate_question: bool = True
-    statement_lines: bool = True
+    statement_lines: bool = False
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None

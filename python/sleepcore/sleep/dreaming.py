@@ -94,10 +94,11 @@ class DreamingStage:
         fresh = c.expert != "consolidated"
         self._train(context.memory.new_expert(context.level, seed=context.seed) if fresh else context.slot)
         weights = load_generator(c.generator_path) if c.generator_path else None
-        writer = context.memory.switched_off() if c.writer == "base" else contextlib.nullcontext()
-        with writer, generator_expert(context.memory, c.generator_level, weights):
-            dreams = write_dreams(context.engine, context.tokenizer, context.memory, [d for _, d in mine], c,
-                                  seed=context.seed, progress=progress) if mine else []
+        with generator_expert(context.memory, c.generator_level, weights) as generator:  # a free slot, first
+            own = [] if generator is None else [(c.generator_level, generator)]
+            with context.memory.switched_off(keep=own) if c.writer == "base" else contextlib.nullcontext():
+                dreams = write_dreams(context.engine, context.tokenizer, context.memory, [d for _, d in mine], c,
+                                      seed=context.seed, progress=progress) if mine else []
         answered, asked = answered_examples(context.engine, context.tokenizer, dreams, [d for _, d in mine], c,
                                             teacher=self.trainer.teacher if c.answers == "teacher" else None,
                                             seed=context.seed, progress=progress)
