@@ -148,9 +148,8 @@ class DreamingConfig:
     60 for the same documents), only statements, many invented ("The place where X was born is:
     Zaibiwick"); with the new expert off but the first sleep's expert on, still none in the second
     sleep (5 in the first, where that is the base model); with the base model writing, Sleep's
-    "contains" rose on all three seeds (README, Dreaming, session 20). The kept
-    dreams train the
-    dreams train the ``expert``: ``"consolidated"`` (the sleep's expert, after consolidation) or
+    "contains" rose on all three seeds (README, Dreaming, session 20). The kept dreams train the
+    ``expert``: ``"consolidated"`` (the sleep's expert, after consolidation) or
     ``"new"`` (a new expert of the same level), for at most ``steps`` steps of ``batch_size``
     examples of ``optimizer``, stopping at ``token_budget`` trained tokens when set. ``objective``:
     ``"sft"`` (next-token training on the dreams' lines and the document) or ``"distill"`` (forward

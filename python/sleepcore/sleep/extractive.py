@@ -128,9 +128,9 @@ def answering_sentence(question: str, document: str) -> str | None:
     """The sentence of ``document`` that answers ``question`` extractively: among the sentences
     naming an entity the question names (:func:`~sleepcore.sleep.prompts.names_entity`) whose
     :func:`answer_span` is of the question's :func:`answer_kind` (a date holds a digit, a name a
-    capitalised word and no digit), the first that repeats the most of its :func:`relation_words` ("Where was Ada Quell
-    born?" -> "Tarvik is where Ada Quell was born.", not "Ada Quell was born on 2 May 1950.").
-    None when no such sentence repeats one."""
+    capitalised word and no digit), the first that repeats the most of its :func:`relation_words`
+    ("Where was Ada Quell born?" -> "Tarvik is where Ada Quell was born.", not "Ada Quell was born
+    on 2 May 1950."). None when no such sentence repeats one."""
     best, most, kind = None, 0, answer_kind(question)
     for sentence in split_sentences(document):
         if names_entity(question, named_entities(sentence)):
