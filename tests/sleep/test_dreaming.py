@@ -92,6 +92,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(answers_restate_question=1), TypeError, "answers_restate_question"),
     (dict(statement_lines="no"), TypeError, "statement_lines"),
     (dict(writer="generator"), ValueError, "writer"),
+    (dict(max_epochs=0), ValueError, "max_epochs"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -484,6 +485,19 @@ def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, 
     assert seen == [[1]] and sleeper.memory.active_slots(0) == [summary["slot"]]  # the base model writes
     with pytest.raises(FileNotFoundError, match="generator_path"):
         load_generator(tmp_path / "missing.safetensors")
+
+
+def test_max_epochs_ends_the_dreaming_stage_after_that_many_passes(monkeypatch):
+    import sleepcore.sleep.dreaming as dreaming_module
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    sleeper = make_sleeper(seeding(), stages=("dreaming",),
+                           dreaming=tiny_dreaming(answers="span", steps=50, batch_size=2, max_epochs=2))
+    sleeper.wake(DATASET.passages[:2])
+    dreaming = sleeper.sleep(progress=False)["stages"]["dreaming"]
+    per_epoch = -(-dreaming["examples"] // 2)
+    assert dreaming["steps"] == 2 * per_epoch < 50  # two whole passes, not the 50-step cap
+    assert [m["epoch"] for m in dreaming["history"]] == [0] * per_epoch + [1] * per_epoch
 
 
 # ---------------------------------------------------------------------- meta-training

@@ -151,7 +151,8 @@ class DreamingConfig:
     "contains" rose on all three seeds (README, Dreaming, session 20). The kept dreams train the
     ``expert``: ``"consolidated"`` (the sleep's expert, after consolidation) or
     ``"new"`` (a new expert of the same level), for at most ``steps`` steps of ``batch_size``
-    examples of ``optimizer``, stopping at ``token_budget`` trained tokens when set. ``objective``:
+    examples of ``optimizer``, stopping at ``token_budget`` trained tokens or after ``max_epochs``
+    passes over the items, whichever comes first, when set. ``objective``:
     ``"sft"`` (next-token training on the dreams' lines and the document) or ``"distill"`` (forward
     KL to the sleep's teacher, which reads the document, at every token of the same lines: a fact
     the dream invents is corrected by the teacher's distribution instead of learnt as written).
@@ -211,6 +212,7 @@ class DreamingConfig:
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
+    max_epochs: int | None = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     def __post_init__(self):
@@ -231,7 +233,7 @@ class DreamingConfig:
         if self.top_k + self.random_kept > self.dreams_per_document:
             raise ValueError(f"top_k + random_kept must be <= dreams_per_document ({self.dreams_per_document}), got "
                              f"{self.top_k} + {self.random_kept}")
-        for name in ("inner_steps", "inner_max_tokens", "token_budget"):
+        for name in ("inner_steps", "inner_max_tokens", "token_budget", "max_epochs"):
             integer(name, getattr(self, name), minimum=1, optional=True)
         integer("generator_level", self.generator_level, minimum=0)
         boolean("noise", self.noise)

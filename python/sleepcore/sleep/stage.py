@@ -53,7 +53,8 @@ class Stage(Protocol):
     Attributes:
         name: the stage's registry name (``"seeding"``, ``"sft"``, ...).
         config: has ``steps`` (an upper bound), ``batch_size`` and ``token_budget`` (None or an int:
-            the stage stops at the first step that reaches it).
+            the stage stops at the first step that reaches it), and may have ``max_epochs`` (None or
+            an int: the stage stops after that many passes over its items).
         items: the training items, available after ``prepare`` or ``load_state_dict``.
     """
 
@@ -127,8 +128,9 @@ def run_stage(stage: Stage, buffer=None, *, memory=None, root: Path | None = Non
     budget, trained = c.token_budget, sum(m["tokens"] for m in history)
     bar = tqdm(desc=desc or stage.name, unit="tok" if budget else "step", disable=not progress,
                initial=trained if budget else len(history), total=budget or c.steps)
+    epochs = getattr(c, "max_epochs", None)
     for step in range(len(history), c.steps):
-        if budget is not None and trained >= budget:
+        if (budget is not None and trained >= budget) or (epochs is not None and batches.completed_epochs >= epochs):
             break
         batch = [stage.items[i] for i in batches.next()]
         metrics = {**(log_fields or {}), "stage": stage.name, "step": step + 1, "epoch": batches.epoch,

@@ -32,6 +32,11 @@ class EpochBatches:
     def batches_per_epoch(self) -> int:
         return -(-self.size // self.batch_size)
 
+    @property
+    def completed_epochs(self) -> int:
+        """Epochs whose every batch has been drawn."""
+        return self.epoch + (self.batch == self.batches_per_epoch)
+
     def next(self) -> list[int]:
         """The next batch of indices (moving to a new epoch when the current one is used up)."""
         if self.batch == self.batches_per_epoch:
