@@ -111,9 +111,10 @@ class DreamingStage:
                        "questions": sum(len(record["questions"]) for record in records),
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
         if c.answers != "dream" and not self.report["questions"]:
+            hint = ("; a consolidated expert can stop the writer asking: try writer = 'base'"
+                    if c.writer == "model" else "")
             warnings.warn(f"dreaming: no kept dream holds a question answered by {c.answers!r}, so only the dreams' "
-                          f"statements and the documents are learnt (measured cause: a consolidated expert that "
-                          f"stops the writer asking; try writer = 'base')", RuntimeWarning, stacklevel=2)
+                          f"statements and the documents are learnt{hint}", RuntimeWarning, stacklevel=2)
         if c.objective == "distill":
             examples = self._distillation_items(records, documents)
             self.report["dream_kl_before"] = self.trainer.replay_kl(examples)
