@@ -22,8 +22,7 @@ FUNCTION_WORDS = frozenset("""what where when who whom whose which why how is wa
 has have had the a an of in on at to for with by from and or as this that these those it its his her hers their they
 he she him them name named called""".split())
 #: Inflections that share no four-letter start with their noun.
-_SAME_RELATION = {"born": "birth", "work": "employ", "works": "employ", "worked": "employ", "employs": "employ",
-                  "employed": "employ", "employer": "employ"}
+_SAME_RELATION = {"born": "birth", "work": "employ", "works": "employ", "worked": "employ"}
 
 
 def split_sentences(text: str) -> list[str]:
