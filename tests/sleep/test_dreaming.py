@@ -47,7 +47,7 @@ FP32 = OptimizerConfig(compute_dtype="float32")
 def tiny_dreaming(**options) -> DreamingConfig:
     values = dict(dreams_per_document=4, top_k=1, random_kept=1, max_new_tokens=16, inner_rank=4, inner_epochs=2,
                   inner_learning_rate=0.05, rounds=2, generator_steps=2, generator_batch_size=2, steps=3,
-                  batch_size=4, optimizer=FP32)
+                  batch_size=4, min_questions=0, optimizer=FP32)  # a tiny model's dreams hold few questions
     return DreamingConfig(**{**values, **options})
 
 
@@ -93,6 +93,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(statement_lines="no"), TypeError, "statement_lines"),
     (dict(writer="generator"), ValueError, "writer"),
     (dict(max_epochs=0), ValueError, "max_epochs"),
+    (dict(min_questions=-1), ValueError, "min_questions"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -485,6 +486,36 @@ def test_the_stage_writes_with_a_trained_generator_in_a_released_slot(tmp_path, 
     assert seen == [[1]] and sleeper.memory.active_slots(0) == [summary["slot"]]  # the base model writes
     with pytest.raises(FileNotFoundError, match="generator_path"):
         load_generator(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("expert", ["consolidated", "new"])
+def test_too_few_answered_questions_train_nothing_and_a_resume_skips_again(tmp_path, monkeypatch, expert):
+    """Below ``min_questions`` the stage trains nothing (a few answers learnt alone become the answer
+    to every question), says why, leaves the experts as they were, and is finished on resume."""
+    import sleepcore.sleep.dreaming as dreaming_module
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    dreaming = tiny_dreaming(answers="span", expert=expert, min_questions=1000)
+    sleeper = make_sleeper(seeding(), stages=("dreaming",), dreaming=dreaming, output_dir=str(tmp_path))
+    sleeper.wake(DATASET.passages[:2])
+    with pytest.warns(RuntimeWarning, match="min_questions = 1000"):
+        summary = sleeper.sleep(progress=False)
+    dreaming_summary = summary["stages"]["dreaming"]
+    assert dreaming_summary["questions"] > 0 and "fewer than min_questions" in dreaming_summary["skipped"]
+    assert (dreaming_summary["steps"], dreaming_summary["tokens"], dreaming_summary["examples"]) == (0, 0, 0)
+    untrained = [p for slot in range(2) for p in sleeper.memory.trainable(0, slot)[1::2]]  # every B
+    assert all(not p.any() for p in untrained)  # a new expert's B is 0, and nothing trained it
+    assert sleeper.memory.active_slots(0) == [summary["slot"]]  # a "new" expert is not left on
+    resumed = make_sleeper(seeding(), stages=("dreaming",), dreaming=dreaming, output_dir=str(tmp_path))
+    resumed.wake(DATASET.passages[:2])
+    monkeypatch.setattr(dreaming_module, "write_dreams", None)  # finished: nothing is written again
+    assert resumed.sleep(progress=False)["stages"]["dreaming"] == dreaming_summary
+    enough = tiny_dreaming(answers="span", expert=expert, min_questions=dreaming_summary["questions"])
+    sleeper = make_sleeper(seeding(), stages=("dreaming",), dreaming=enough)
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    sleeper.wake(DATASET.passages[:2])
+    assert sleeper.sleep(progress=False)["stages"]["dreaming"]["steps"] > 0  # at the floor it trains
 
 
 def test_max_epochs_ends_the_dreaming_stage_after_that_many_passes(monkeypatch):

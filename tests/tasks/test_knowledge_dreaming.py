@@ -11,7 +11,7 @@ import pytest
 
 from sleepcore.cli import main
 from sleepcore.cli.eval import TINY_CONFIG
-from sleepcore.sleep.dream_config import DreamingConfig
+from sleepcore.sleep.dream_config import IMPLICATIONS, QUESTIONS, DreamingConfig
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
@@ -109,8 +109,9 @@ def test_the_report_shows_rewards_and_targets(run):
 
 def test_sleep_time_configs_of_the_rows():
     dreaming = DreamingConfig(dreams_per_document=4, top_k=1, random_kept=1, reward_score="gold_log_prob",
-                              reward_baseline="document", answers="teacher")
+                              reward_baseline="document", answers="teacher", prompts=(QUESTIONS,))
     seal = row_dreaming(dreaming, "seal", "seal.safetensors")
+    assert seal.prompts == (IMPLICATIONS,)  # SEAL's self-edit prompt, whatever the suite's
     assert (seal.noise, seal.selection, seal.kept, seal.generator_path) == (False, "random", 4, "seal.safetensors")
     assert (seal.answers, seal.objective, seal.reward_score, seal.reward_baseline) == ("dream", "sft", "metric",
                                                                                        "unadapted")  # SEAL's

@@ -54,6 +54,7 @@ class DreamingStage:
         self.slot: int | None = None
         self.trainer: NextTokenStage | KnowledgeSeeding | None = None
         self.report: dict = {}
+        self.skipped: str | None = None  # why the stage trains nothing (min_questions), or None
 
     def _train(self, slot: int) -> None:
         c = self.config
@@ -110,9 +111,16 @@ class DreamingStage:
                        "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
                        "questions": sum(len(record["questions"]) for record in records),
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
+        hint = "; a consolidated expert can stop the writer asking: try writer = 'base'" if c.writer == "model" else ""
+        if c.answers != "dream" and self.report["questions"] < c.min_questions:
+            self.skipped = (f"{self.report['questions']} answered questions in the kept dreams, fewer than "
+                            f"min_questions = {c.min_questions}: so few would teach their answers to every question")
+            warnings.warn(f"dreaming trains nothing: {self.skipped}{hint}", RuntimeWarning, stacklevel=2)
+            if fresh:
+                context.memory.deactivate(context.level, self.slot)
+            self.items = self.trainer.items = []
+            return
         if c.answers != "dream" and not self.report["questions"]:
-            hint = ("; a consolidated expert can stop the writer asking: try writer = 'base'"
-                    if c.writer == "model" else "")
             warnings.warn(f"dreaming: no kept dream holds a question answered by {c.answers!r}, so only the dreams' "
                           f"statements and the documents are learnt{hint}", RuntimeWarning, stacklevel=2)
         if c.objective == "distill":
@@ -143,6 +151,8 @@ class DreamingStage:
         expert; with ``objective = "distill"`` also the KL to the teacher on them before and after
         (``dream_kl_before``, ``dream_kl_after``) and ``prepare_forward_tokens`` (the teacher's
         forward and the student's for the KL before)."""
+        if self.skipped is not None:
+            return {**self.report, "skipped": self.skipped, "examples": 0, "expert": None}
         after = {"dream_kl_after": self.trainer.replay_kl(self.items)} if self.config.objective == "distill" else {}
         return {**self.report, **after, "examples": len(self.items), "expert": [self.context.level, self.slot]}
 

@@ -56,6 +56,8 @@ class Stage(Protocol):
             the stage stops at the first step that reaches it), and may have ``max_epochs`` (None or
             an int: the stage stops after that many passes over its items).
         items: the training items, available after ``prepare`` or ``load_state_dict``.
+        skipped: optional; a stage that leaves ``items`` empty on purpose sets it to the reason, and
+            :func:`run_stage` then returns its summary with no step (else no items is an error).
     """
 
     name: str
@@ -121,7 +123,12 @@ def run_stage(stage: Stage, buffer=None, *, memory=None, root: Path | None = Non
     else:
         stage.prepare(buffer, progress=progress)
     if not stage.items:
-        raise RuntimeError(f"stage {stage.name!r} has nothing to train on (no items after prepare)")
+        if getattr(stage, "skipped", None) is None:
+            raise RuntimeError(f"stage {stage.name!r} has nothing to train on (no items after prepare)")
+        summary = {"steps": 0, "tokens": 0, "history": [], **stage.summary()}
+        if root is not None:
+            _save(root, stage, memory, [], None, owner_state, summary=summary)
+        return summary
     batches = EpochBatches(len(stage.items), c.batch_size, seed)
     if resumed is not None:
         batches.load_state_dict(resumed[1]["batches"])
@@ -152,12 +159,13 @@ def run_stage(stage: Stage, buffer=None, *, memory=None, root: Path | None = Non
     return summary
 
 
-def _save(root: Path, stage: Stage, memory, history: list, batches: EpochBatches, owner_state, *, summary=None):
+def _save(root: Path, stage: Stage, memory, history: list, batches: EpochBatches | None, owner_state, *,
+          summary=None):
     tensors, state = stage.state_dict()
     tensors = {f"stage.{name}": tensor for name, tensor in tensors.items()}
     tensors["rng.torch"] = torch.get_rng_state()
     save_checkpoint(root, len(history), tensors=tensors, memory=memory, state={
-        "stage": state, "history": history, "batches": batches.state_dict(), "python_rng": random_state(),
+        "stage": state, "history": history, "batches": batches and batches.state_dict(), "python_rng": random_state(),
         "owner": owner_state(), "finished": summary is not None, "summary": summary})
 
 

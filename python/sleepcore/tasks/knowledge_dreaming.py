@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sleepcore.sleep.config import SleepConfig
-from sleepcore.sleep.dream_config import DreamingConfig
+from sleepcore.sleep.dream_config import IMPLICATIONS, DreamingConfig
 from sleepcore.sleep.dream_tasks import DreamTask
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.sleeper import Sleeper
@@ -103,11 +103,13 @@ def experts_per_sleep(config) -> int:
 
 
 def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
-    """SEAL's variant: no noise, no selection, every dream kept and learnt as written (its own
-    answers, next-token training), rewarded by the task's metric against the unadapted model."""
-    return dataclasses.replace(dreaming, noise=False, selection="random", top_k=dreaming.dreams_per_document,
-                               random_kept=0, answers="dream", objective="sft", reward_score="metric",
-                               reward_baseline="unadapted")
+    """SEAL's variant: its own self-edit prompt (a list of implications), no noise, no selection,
+    every dream kept and learnt as written (its own answers, next-token training), rewarded by the
+    task's metric against the unadapted model. The prompt is SEAL's whatever the suite's: a dream
+    learnt as written must say its facts, which a list of questions (``QUESTIONS``) does not."""
+    return dataclasses.replace(dreaming, prompts=(IMPLICATIONS,), noise=False, selection="random",
+                               top_k=dreaming.dreams_per_document, random_kept=0, answers="dream", objective="sft",
+                               reward_score="metric", reward_baseline="unadapted")
 
 
 def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
