@@ -94,6 +94,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(writer="generator"), ValueError, "writer"),
     (dict(max_epochs=0), ValueError, "max_epochs"),
     (dict(min_questions=-1), ValueError, "min_questions"),
+    (dict(rehearse_consolidation="yes"), TypeError, "rehearse_consolidation"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -321,6 +322,44 @@ def test_a_sleeper_runs_seeding_then_dreaming(tmp_path, expert, objective):
         assert dreaming["dream_kl_before"] > 0 and math.isfinite(dreaming["dream_kl_after"])
         assert dreaming["prepare_forward_tokens"] > 0
         assert all(math.isfinite(json.loads(line)["kl_teacher"]) for line in lines)
+
+
+@pytest.mark.parametrize("objective", ["distill", "sft"])
+def test_dreaming_rehearses_the_consolidation_replay_also_after_a_resume(tmp_path, monkeypatch, objective):
+    """With ``rehearse_consolidation`` the dreaming stage's items are its dreams' items, then
+    Knowledge Seeding's replay samples of the same sleep (as pairs for "sft"), also when the sleep
+    resumes after a finished seeding stage; the summary's examples and KL count the dreams alone."""
+    import sleepcore.sleep.dreaming as dreaming_module
+    config = seeding(steps=2, batch_size=3, max_new_tokens=8, completions=2, samples_per_prompt=1)
+    dreaming = tiny_dreaming(objective=objective, rehearse_consolidation=True)
+    seen = []
+    real_prepare = dreaming_module.DreamingStage.prepare
+
+    def spy(stage, buffer, **kwargs):
+        seen.append([tuple(item.student_prompt) for item in stage.rehearsal])
+        real_prepare(stage, buffer, **kwargs)
+        seen.append(stage.items)
+
+    monkeypatch.setattr(dreaming_module.DreamingStage, "prepare", spy)
+    replay = []
+    for attempt in range(2):  # the second attempt resumes: seeding finished, dreaming not started
+        if attempt:
+            import shutil
+            shutil.rmtree(tmp_path / "sleep-000" / "dreaming")
+        sleeper = make_sleeper(config, stages=("seeding", "dreaming"), output_dir=str(tmp_path), dreaming=dreaming)
+        sleeper.wake(DATASET.passages)
+        summary = sleeper.sleep(progress=False)
+        rehearsed, items = seen[-2], seen[-1]
+        replay.append(rehearsed)
+        dreamt = summary["stages"]["dreaming"]
+        assert dreamt["rehearsed"] == len(rehearsed) > 0 and len(items) == dreamt["examples"] + len(rehearsed)
+        tail = items[dreamt["examples"]:]
+        if objective == "distill":
+            assert all(isinstance(item, ReplaySample) and item.teacher_hidden is not None for item in tail)
+            assert [tuple(item.student_prompt) for item in tail] == rehearsed
+        else:
+            assert [tuple(prompt) for prompt, _ in tail] == rehearsed
+    assert replay[0] == replay[1]  # the finished seeding stage's replay, loaded from its checkpoint
 
 
 def test_distilled_dreams_are_read_by_the_teacher_after_their_document(wrapped):

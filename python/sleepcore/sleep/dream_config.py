@@ -100,6 +100,9 @@ class DreamingConfig:
     every greedy answer of the person became one of them ("1983, Baidran Furnishings" to all 7
     questions), at 17-22 passes over the items and at 4 (seed 0: 4 steps); the 10-person sleeps
     after it gave 24-65 and did not collapse (README, Dreaming, session 21).
+    With ``rehearse_consolidation`` the stage learns the sleep's earlier stages' replay samples
+    (Knowledge Seeding's, with their cached teacher states; as (prompt, response) pairs with
+    ``objective = "sft"``) beside its dreams, in one shuffled item set at the stage's budget.
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
@@ -217,6 +220,7 @@ class DreamingConfig:
     answers_restate_question: bool = True
     statement_lines: bool = False
     min_questions: int = 8
+    rehearse_consolidation: bool = False
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
@@ -249,6 +253,7 @@ class DreamingConfig:
         boolean("questions_name_entity", self.questions_name_entity)
         boolean("answers_restate_question", self.answers_restate_question)
         boolean("statement_lines", self.statement_lines)
+        boolean("rehearse_consolidation", self.rehearse_consolidation)
         number("reward_margin", self.reward_margin, minimum=0.0)
         for name in ("noise_scale", "inner_learning_rate", "generator_learning_rate"):
             positive(name, getattr(self, name))

@@ -55,6 +55,7 @@ class DreamingStage:
         self.trainer: NextTokenStage | KnowledgeSeeding | None = None
         self.report: dict = {}
         self.skipped: str | None = None  # why the stage trains nothing (min_questions), or None
+        self.rehearsal: list = []  # the sleep's earlier stages' items (the Sleeper sets them)
 
     def _train(self, slot: int) -> None:
         c = self.config
@@ -128,7 +129,17 @@ class DreamingStage:
             self.report["dream_kl_before"] = self.trainer.replay_kl(examples)
             self.report["prepare_forward_tokens"] = sum(len(item.teacher_prompt) + len(item.student_prompt)
                                                         + 2 * len(item.response) for item in examples)
-        self.items = self.trainer.items = examples
+        rehearsed = self._rehearsed_items() if c.rehearse_consolidation else []
+        self.report["rehearsed"] = len(rehearsed)
+        self.items = self.trainer.items = examples + rehearsed
+
+    def _rehearsed_items(self) -> list:
+        """The earlier stages' replay samples (Knowledge Seeding's, teacher states cached) in the
+        trainer's item form: as they are to distil, as (prompt, response) pairs to train on."""
+        samples = [item for item in self.rehearsal if isinstance(item, ReplaySample)]
+        if self.config.objective == "distill":
+            return samples
+        return [(sample.student_prompt, sample.response) for sample in samples]
 
     def _select(self, index: int, document: str, own: list, examples: list, questions: dict) -> dict:
         """Document ``index``'s kept dreams (``own``, with their training ``examples``; ``questions``:
@@ -153,15 +164,16 @@ class DreamingStage:
         forward and the student's for the KL before)."""
         if self.skipped is not None:
             return {**self.report, "skipped": self.skipped, "examples": 0, "expert": None}
-        after = {"dream_kl_after": self.trainer.replay_kl(self.items)} if self.config.objective == "distill" else {}
-        return {**self.report, **after, "examples": len(self.items), "expert": [self.context.level, self.slot]}
+        dreamt = self.items[:len(self.items) - self.report.get("rehearsed", 0)]
+        after = {"dream_kl_after": self.trainer.replay_kl(dreamt)} if self.config.objective == "distill" else {}
+        return {**self.report, **after, "examples": len(dreamt), "expert": [self.context.level, self.slot]}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, state = self.trainer.state_dict()
-        return tensors, {**state, "slot": self.slot, "report": self.report}
+        return tensors, {**state, "slot": self.slot, "report": self.report, "skipped": self.skipped}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
-        self.report = state["report"]
+        self.report, self.skipped = state["report"], state.get("skipped")
         self._train(int(state["slot"]))
         self.trainer.load_state_dict(tensors, state)
         self.items = self.trainer.items

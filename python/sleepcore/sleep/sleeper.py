@@ -103,15 +103,18 @@ class Sleeper:
         def owner_state():
             return {"slot": slot, "buffer": self.buffer.state(), "wake": self.fast.state_dict() if self.fast else None}
 
-        stages = {}
+        stages, earlier_items = {}, []
         for index, name in enumerate(c.stages):
             stage_root = root / name if root else None
             resumed = first if index == 0 else (resume_point(stage_root, self.memory) if root else None)
             stage = STAGES[name](context, getattr(c, name))
+            if hasattr(stage, "rehearsal"):
+                stage.rehearsal = list(earlier_items)
             stages[name] = run_stage(stage, self.buffer, memory=self.memory, root=stage_root, resumed=resumed,
                                      seed=c.seed, checkpoint_every=c.checkpoint_every, owner_state=owner_state,
                                      progress=progress, desc=f"sleep {self.sleeps} {name}",
                                      log_fields={"sleep": self.sleeps})
+            earlier_items += stage.items
         replayed = [text for summary in stages.values() for text in summary.pop("student_prompts", [])]
         summary = {"sleep": self.sleeps, "level": c.receiver_level, "slot": slot, "documents": len(self.buffer),
                    "fast_updates": self.fast.updates if self.fast else 0, "stages": stages}

@@ -58,6 +58,8 @@ class Stage(Protocol):
         items: the training items, available after ``prepare`` or ``load_state_dict``.
         skipped: optional; a stage that leaves ``items`` empty on purpose sets it to the reason, and
             :func:`run_stage` then returns its summary with no step (else no items is an error).
+        rehearsal: optional; a stage that has it is given, before ``prepare``, the items of the
+            sleep's earlier stages (:class:`~sleepcore.sleep.sleeper.Sleeper`) to learn beside its own.
     """
 
     name: str
@@ -111,10 +113,10 @@ def run_stage(stage: Stage, buffer=None, *, memory=None, root: Path | None = Non
     history = []
     if resumed is not None:
         tensors, state = resumed
+        stage.load_state_dict({k[len("stage."):]: v for k, v in tensors.items() if k.startswith("stage.")},
+                              state["stage"])  # a finished stage too: a later stage may rehearse its items
         if state.get("finished"):
             return state["summary"]
-        stage.load_state_dict({k[len("stage."):]: v for k, v in tensors.items() if k.startswith("stage.")},
-                              state["stage"])
         history = state["history"]
         restore_random_state(state["python_rng"])
         torch.set_rng_state(tensors["rng.torch"])

@@ -1,0 +1,92 @@
+"""Instrument, not a method (issue 12): which facts did a sleep's items teach, and which were answered?
+
+For one row of a finished ``sleepcore eval knowledge`` run (its ``output_dir``, with the stages'
+checkpoints), reads the last sleep's training items from each stage's last checkpoint (Knowledge
+Seeding's replay, Dreaming's items) and counts a fact as **taught** by a stage when one of the
+stage's question items with a fixed answer (``ReplaySample.fixed``: an answer taken from the
+document) names the person (their first name is in the question) and its answer holds the fact's
+value (normalised "contains"). Then, per group of facts (taught by no stage, by seeding only, by
+dreaming only, by both), how many the row answers right closed-book after that sleep (the
+report's ``contains_each``). Fixed items whose answer holds no value of the person they name are
+counted as ``untaught items`` (reversed questions, "What is Kaifuholt?", and spans of another fact).
+
+    python bench/taught_facts.py RUN_DIR --method dreaming-round0 [--sleep -1] [--out OUT.json]
+
+RUN_DIR holds ``knowledge.json`` and ``<method>/x<budget>/sleep-<n>/<stage>/step-*`` (the run's
+config must have the suite's ``sleeps`` and ``seed``, read from ``knowledge.json``). Decoding uses the
+tokenizer alone (no model forward).
+"""
+
+import argparse
+import collections
+import glob
+import json
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from sleepcore.models import cache_path
+from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig, sleep_groups
+from sleepcore.tasks.metrics import normalize_answer
+
+STAGES = ("seeding", "dreaming")
+
+
+def taught_by(items: list[dict], tokenizer, people) -> tuple[set, int, int]:
+    """``(facts taught, fixed items, fixed items teaching no fact)`` of one stage's checkpointed items."""
+    taught, fixed, untaught = set(), 0, 0
+    for item in items:
+        if not item["fixed"]:
+            continue
+        fixed += 1
+        question = tokenizer.decode(item["student_prompt"])
+        answer = normalize_answer(tokenizer.decode(item["response"], skip_special_tokens=True))
+        facts = {(person.name, fact.attribute) for person in people for fact in person.facts
+                 if person.name.split()[0] in question and normalize_answer(fact.value) in answer}
+        taught |= facts
+        untaught += not facts
+    return taught, fixed, untaught
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--method", default="dreaming-round0", help="the row (a folder of RUN_DIR)")
+    parser.add_argument("--sleep", type=int, default=-1, help="which sleep (default: the last)")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="the packaged model whose tokenizer decodes")
+    parser.add_argument("--out", help="write the counts as JSON here")
+    args = parser.parse_args()
+    run = Path(args.run_dir)
+    report = json.loads((run / "knowledge.json").read_text())
+    suite = report["config"]
+    groups = sleep_groups(KnowledgeSuiteConfig(sleeps=tuple(suite["sleeps"]), seed=suite["seed"]))
+    index = args.sleep % len(groups)
+    group = groups[index]
+    right = report["results"][args.method]["sleeps"][index]["one_hop"]["contains_each"]
+    tokenizer = AutoTokenizer.from_pretrained(cache_path(args.model))
+    taught, stages = {}, {}
+    for stage in STAGES:
+        steps = sorted(glob.glob(str(run / args.method / "x*" / f"sleep-{index:03d}" / stage / "step-*")))
+        if not steps:
+            continue
+        items = json.loads((Path(steps[-1]) / "state.json").read_text())["stage"]["replay"]
+        facts, fixed, untaught = taught_by(items, tokenizer, group.people)
+        stages[stage] = {"fixed_items": fixed, "untaught_items": untaught, "facts": len(facts)}
+        for fact in facts:
+            taught.setdefault(fact, set()).add(stage)
+        print(f"{stage:9s} fixed items {fixed:3d}, teaching no fact {untaught:3d}, facts taught {len(facts):3d}")
+    counts = collections.Counter()
+    for question, correct in zip(group.questions, right):
+        counts["+".join(sorted(taught.get((question.person, question.attribute), ()))) or "none", correct] += 1
+    groups_out = {}
+    for kind in sorted({kind for kind, _ in counts}):
+        total = counts[kind, 0] + counts[kind, 1]
+        groups_out[kind] = {"facts": total, "right": counts[kind, 1]}
+        print(f"taught by {kind:17s} facts {total:3d}, answered right {counts[kind, 1]:3d} ({counts[kind, 1] / total:.2f})")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "sleep": index,
+                                              "stages": stages, "groups": groups_out}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
