@@ -82,7 +82,8 @@ def main() -> None:
     for kind in sorted({kind for kind, _ in counts}):
         total = counts[kind, 0] + counts[kind, 1]
         groups_out[kind] = {"facts": total, "right": counts[kind, 1]}
-        print(f"taught by {kind:17s} facts {total:3d}, answered right {counts[kind, 1]:3d} ({counts[kind, 1] / total:.2f})")
+        right_share = counts[kind, 1] / total
+        print(f"taught by {kind:17s} facts {total:3d}, answered right {counts[kind, 1]:3d} ({right_share:.2f})")
     if args.out:
         Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "sleep": index,
                                               "stages": stages, "groups": groups_out}, indent=1) + "\n")
