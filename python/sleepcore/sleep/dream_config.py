@@ -107,7 +107,7 @@ class DreamingConfig:
     Dreaming x8, seeds 0-2; README, Dreaming, session 21): without it, the facts that only
     Knowledge Seeding's replay taught were answered right 10-17% of the time after Dreaming, against
     44-50% after Knowledge Seeding alone; with it, "contains" 0.286 / 0.500 / 0.243 against
-    0.300 / 0.300 / - without it and 0.257 / 0.300 / 0.157 for Knowledge Seeding x16 alone; with
+    0.300 / 0.300 / 0.229 without it and 0.257 / 0.300 / 0.157 for Knowledge Seeding x16 alone; with
     it and 8 dreams per document (4 + 2 kept) 0.357 / 0.543 / 0.329. One run per seed, so it
     stays off by default until more runs confirm it.
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
