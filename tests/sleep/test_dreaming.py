@@ -83,6 +83,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(objective="cross_entropy"), ValueError, "objective"),
     (dict(answers="model"), ValueError, "answers"),
     (dict(answers="teacher", objective="sft"), ValueError, "answers"),
+    (dict(sentence_finder="model"), ValueError, "sentence_finder"),
     (dict(hard_label_weight=-1.0), ValueError, "hard_label_weight"),
     (dict(hard_label_weight=1.0, objective="sft"), ValueError, "hard_label_weight"),
     (dict(hard_label_items="answers"), ValueError, "hard_label_items"),
@@ -177,6 +178,22 @@ def test_a_dream_s_questions_answered_by_the_document_s_sentences(wrapped):
     bare, _ = answered_examples(engine, tokenizer, question_dreams(documents), documents,
                                 tiny_dreaming(answers="span"), teacher=None, seed=5)
     assert bare[0][0] == short[0][0][:1] and bare[0][1] == []
+    # a reader answers the questions the words cannot place ("What does X do?", "Which company employs X?")
+    chosen = {}
+
+    def reader(requests):
+        chosen.update((question, candidates[-1]) for question, candidates in requests)
+        return [len(candidates) - 1 for _, candidates in requests]
+    read, _ = answered_examples(engine, tokenizer, question_dreams(documents), documents,
+                                tiny_dreaming(answers="span"), teacher=None, seed=5, reader=reader)
+    assert list(chosen) == [f"What does {person.name} do?", f"Which company employs {person.name}?"]
+
+    def item(question):
+        text = qa_prompt(tokenizer, question)
+        return encode(tokenizer, text), answer_ids(tokenizer, text, answer_span(question, chosen[question])) + \
+            end_of_turn(tokenizer)
+    assert read[0][0] == bare[0][0] + [item(f"What does {person.name} do?")]
+    assert read[0][1] == [item(f"Which company employs {person.name}?")]
 
 
 def test_a_question_names_an_entity_when_it_holds_a_word_of_it():
@@ -488,6 +505,25 @@ def test_answers_taken_from_the_document_are_the_fixed_items(wrapped, monkeypatc
     assert math.isfinite(stage.step(stage.items[:4])["loss"])
 
 
+
+def test_the_model_reads_the_questions_the_words_cannot_place(wrapped, monkeypatch):
+    """``sentence_finder = "words_then_model"``: the stage answers more of its dreams' questions."""
+    model, tokenizer, memory, engine = wrapped
+    import sleepcore.sleep.dreaming as dreaming_module
+    documents = DATASET.passages[:2]
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    fixed = {}
+    for finder in ("words", "words_then_model"):
+        context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+        stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
+                                                     sentence_finder=finder))
+        stage.prepare(documents, progress=False)
+        fixed[finder] = sum(sample.fixed for sample in stage.items)
+        memory.reset(0)
+    # at most "What does X do?" and "Which company employs X?" more per document (their words place neither)
+    assert fixed["words"] < fixed["words_then_model"] <= fixed["words"] + 2 * len(documents)
+
 def test_a_dreaming_stage_without_an_answered_question_warns(wrapped, monkeypatch):
     """Dreams that hold no answerable question leave only statements and documents to learn: the
     stage says so instead of training on them silently."""
@@ -605,6 +641,18 @@ def test_dreamer_fit_runs_two_rounds_and_writes_metrics(wrapped, tmp_path):
     saved = json.loads((tmp_path / "round-00" / "dreams.json").read_text())
     assert sum(d["kept"] for own in saved["dreams"] for d in own) == 6
 
+
+
+def test_the_dreamer_reads_with_the_model_when_configured(wrapped, tmp_path, monkeypatch):
+    import sleepcore.sleep.dreamer as dreamer_module
+    readers = []
+
+    def answered(*args, **options):
+        readers.append(options["reader"])
+        return answered_examples(*args, **options)
+    monkeypatch.setattr(dreamer_module, "answered_examples", answered)
+    _fit(wrapped, tmp_path, 1, sentence_finder="words_then_model")
+    assert readers and all(callable(reader) for reader in readers)
 
 def test_dreamer_resumes_to_the_same_result(tmp_path, monkeypatch):
     fresh = lambda: tiny_model(DATASET.passages + DATASET.company_passages, seed=0)  # noqa: E731

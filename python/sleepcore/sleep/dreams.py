@@ -28,8 +28,9 @@ from sleepcore.lm import as_examples, chat_turn, encode, end_of_turn, qa_prompt
 from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import DOCUMENT, DOCUMENT_ANSWERS, DreamingConfig
-from sleepcore.sleep.extractive import answer_span, answering_sentence, restates_question
+from sleepcore.sleep.extractive import answer_span, restates_question
 from sleepcore.sleep.prompts import named_entities, names_entity
+from sleepcore.sleep.sentence_reader import SentenceReader, answering_sentences
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
@@ -81,7 +82,7 @@ def dream_questions(text: str, entities: list[str] | None = None) -> list[str]:
 
 
 def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
-                      *, teacher, seed: int, progress: bool = False) -> tuple[list[list[list]], list[dict]]:
+                      *, teacher, seed: int, progress: bool = False, reader: SentenceReader | None = None) -> tuple[list[list[list]], list[dict]]:
     """Every dream's training examples and, per document, its questions' teacher prompts.
 
     Returns ``(examples, questions)``: ``examples[i][k]`` is dream k of document i as ``(prompt ids,
@@ -97,9 +98,10 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     :func:`~sleepcore.sleep.extractive.restates_question`; the stop token is kept), then (with
     ``config.statement_lines``) the dream's lines without a question as written. With
     ``"sentence"``: the same questions, each answered by the document's
-    :func:`~sleepcore.sleep.extractive.answering_sentence` and the end-of-turn ids (dropped when
-    none answers it; ``teacher`` is not called); with ``"span"`` by the words of that sentence
-    that answer it (:func:`~sleepcore.sleep.extractive.answer_span`)."""
+    :func:`~sleepcore.sleep.extractive.answering_sentence` (or, where its words find none, the
+    ``reader``'s choice: :func:`~sleepcore.sleep.sentence_reader.answering_sentences`) and the
+    end-of-turn ids (dropped when none answers it; ``teacher`` is not called); with ``"span"`` by
+    the words of that sentence that answer it (:func:`~sleepcore.sleep.extractive.answer_span`)."""
     if config.answers == "dream":
         return [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams], [{} for _ in dreams]
     questions: list[dict] = [{} for _ in dreams]
@@ -114,8 +116,9 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     examples = [[[] for _ in own] for own in dreams]
     if config.answers in DOCUMENT_ANSWERS:
         closing = end_of_turn(tokenizer)
-        for index, k, prompt, question in owners:
-            answer = answering_sentence(question, documents[index])
+        sentences = answering_sentences([question for *_, question in owners],
+                                        [documents[index] for index, *_ in owners], reader)
+        for (index, k, prompt, question), answer in zip(owners, sentences):
             if answer is not None and config.answers == "span":
                 answer = answer_span(question, answer)
             if answer is not None:

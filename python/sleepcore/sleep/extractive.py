@@ -123,19 +123,26 @@ def _fits(kind: str | None, span: str | None) -> bool:
     return kind == "date" or any(word[:1].isupper() for word in span.split())
 
 
+def candidate_sentences(question: str, document: str) -> list[str]:
+    """The sentences of ``document`` that could answer ``question`` extractively, in order: those
+    naming an entity the question names (:func:`names_entity`) whose :func:`answer_span` is of the
+    question's :func:`answer_kind` (a date holds a digit, a name a capitalised word and no digit)."""
+    kind = answer_kind(question)
+    return [sentence for sentence in split_sentences(document)
+            if names_entity(question, named_entities(sentence)) and _fits(kind, answer_span(question, sentence))]
+
+
 def answering_sentence(question: str, document: str) -> str | None:
-    """The sentence of ``document`` that answers ``question`` extractively: among the sentences
-    naming an entity the question names (:func:`~sleepcore.sleep.prompts.names_entity`) whose
-    :func:`answer_span` is of the question's :func:`answer_kind` (a date holds a digit, a name a
-    capitalised word and no digit), the first that repeats the most of its :func:`relation_words`
-    ("Where was Ada Quell born?" -> "Tarvik is where Ada Quell was born.", not "Ada Quell was born
-    on 2 May 1950."). None when no such sentence repeats one."""
-    best, most, kind = None, 0, answer_kind(question)
-    for sentence in split_sentences(document):
-        if names_entity(question, named_entities(sentence)):
-            shared = shared_relations(question, sentence)
-            if shared > most and _fits(kind, answer_span(question, sentence)):
-                best, most = sentence, shared
+    """The sentence of ``document`` that answers ``question`` by its words: among the
+    :func:`candidate_sentences`, the first that repeats the most of the question's
+    :func:`relation_words` ("Where was Ada Quell born?" -> "Tarvik is where Ada Quell was born.",
+    not "Ada Quell was born on 2 May 1950."). None when no candidate repeats one (then the model can
+    read: :mod:`sleepcore.sleep.sentence_reader`)."""
+    best, most = None, 0
+    for sentence in candidate_sentences(question, document):
+        shared = shared_relations(question, sentence)
+        if shared > most:
+            best, most = sentence, shared
     return best
 
 
