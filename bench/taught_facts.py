@@ -7,7 +7,8 @@ stage's question items with a fixed answer (``ReplaySample.fixed``: an answer ta
 document) names the person (their first name is in the question) and its answer holds the fact's
 value (normalised "contains"). Then, per group of facts (taught by no stage, by seeding only, by
 dreaming only, by both), how many the row answers right closed-book after that sleep (the
-report's ``contains_each``). Fixed items whose answer holds no value of the person they name are
+report's ``contains_each``), and per attribute (birth date, occupation, ...) facts, taught,
+right. Fixed items whose answer holds no value of the person they name are
 counted as ``untaught items`` (reversed questions, "What is Kaifuholt?", and spans of another fact).
 
     python bench/taught_facts.py RUN_DIR --method dreaming-round0 [--sleep -1] [--out OUT.json]
@@ -84,9 +85,18 @@ def main() -> None:
         groups_out[kind] = {"facts": total, "right": counts[kind, 1]}
         right_share = counts[kind, 1] / total
         print(f"taught by {kind:17s} facts {total:3d}, answered right {counts[kind, 1]:3d} ({right_share:.2f})")
+    attributes = {}
+    for question, correct in zip(group.questions, right):
+        row = attributes.setdefault(question.attribute, {"facts": 0, "taught": 0, "right": 0})
+        row["facts"] += 1
+        row["taught"] += (question.person, question.attribute) in taught
+        row["right"] += correct
+    print("per attribute (facts, taught, right): " + ", ".join(
+        f"{name} {row['facts']}/{row['taught']}/{row['right']}" for name, row in attributes.items()))
     if args.out:
         Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "sleep": index,
-                                              "stages": stages, "groups": groups_out}, indent=1) + "\n")
+                                              "stages": stages, "groups": groups_out, "attributes": attributes},
+                                             indent=1) + "\n")
 
 
 if __name__ == "__main__":

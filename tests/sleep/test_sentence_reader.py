@@ -62,7 +62,8 @@ def test_the_model_chooses_the_sentence_under_which_the_question_is_likeliest(mo
     model, tokenizer = tiny_model(DATASET.passages, seed=0)
     requests = [("What is Ada Quell's occupation?", candidate_sentences("What is Ada Quell's occupation?", DOCUMENT)),
                 ("Where was Ada Quell born?", ["Tarvik is where Ada Quell was born."]),
-                ("What does Ada Quell like?", ["Ada Quell has a passion for chess.", "Ada Quell has a career as a glassblower."])]
+                ("What does Ada Quell like?", ["Ada Quell has a passion for chess.",
+                                               "Ada Quell has a career as a glassblower."])]
     choices = likeliest_sentences(model, tokenizer, requests)
     for (question, candidates), choice in zip(requests, choices):
         scores = [sum(row) for row in gold_logprobs(model, tokenizer, [
@@ -85,5 +86,5 @@ def test_the_model_reader_reads_with_every_memory_expert_off():
     requests = [(question, candidate_sentences(question, DOCUMENT))] * 2
     with memory.switched_off():
         base = likeliest_sentences(model, tokenizer, requests)
-    assert model_reader(model, tokenizer, memory)(requests) == base
+    assert model_reader(model, tokenizer, memory.switched_off)(requests) == base
     assert slot in memory.active_slots(0)  # on again after reading

@@ -63,7 +63,7 @@ from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreams import Dream, answered_examples, expert_weights, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters, train_adapters
 from sleepcore.sleep.prompts import document_reader
-from sleepcore.sleep.sentence_reader import model_reader
+from sleepcore.sleep.sentence_reader import reader_for
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint
@@ -243,8 +243,8 @@ class Dreamer:
         dreams = self._write(documents, seed=seed, progress=progress, desc=desc)
         answered, asked = answered_examples(self.engine, self.tokenizer, dreams, documents, self.config,
                                             teacher=contextlib.nullcontext, seed=seed,
-                                            reader=model_reader(self.model, self.tokenizer, self.memory)
-                                            if self.config.sentence_finder == "words_then_model" else None)
+                                            reader=reader_for(self.config.sentence_finder, self.model,
+                                                              self.tokenizer, self.memory.switched_off))
         selected = []
         for t, own, examples, questions in zip(indices, dreams, answered, asked):
             document = as_examples(self.tokenizer, [tasks[t].document])

@@ -31,7 +31,7 @@ from sleepcore.sleep.dreams import answered_examples, generator_expert, load_gen
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.prompts import document_reader
 from sleepcore.sleep.replay import ReplaySample
-from sleepcore.sleep.sentence_reader import model_reader
+from sleepcore.sleep.sentence_reader import reader_for
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
 
@@ -105,8 +105,8 @@ class DreamingStage:
         answered, asked = answered_examples(context.engine, context.tokenizer, dreams, [d for _, d in mine], c,
                                             teacher=self.trainer.teacher if c.answers == "teacher" else None,
                                             seed=context.seed, progress=progress,
-                                            reader=model_reader(context.model, context.tokenizer, context.memory)
-                                            if c.sentence_finder == "words_then_model" else None)
+                                            reader=reader_for(c.sentence_finder, context.model, context.tokenizer,
+                                                              context.memory.switched_off))
         records = world.gather([self._select(index, document, own, examples, questions) for (index, document), own,
                                 examples, questions in zip(mine, dreams, answered, asked)])
         scores = [score for record in records for score in record["scores"]]

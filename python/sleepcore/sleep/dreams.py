@@ -82,7 +82,8 @@ def dream_questions(text: str, entities: list[str] | None = None) -> list[str]:
 
 
 def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
-                      *, teacher, seed: int, progress: bool = False, reader: SentenceReader | None = None) -> tuple[list[list[list]], list[dict]]:
+                      *, teacher, seed: int, progress: bool = False,
+                      reader: SentenceReader | None = None) -> tuple[list[list[list]], list[dict]]:
     """Every dream's training examples and, per document, its questions' teacher prompts.
 
     Returns ``(examples, questions)``: ``examples[i][k]`` is dream k of document i as ``(prompt ids,

@@ -23,6 +23,7 @@ p(sentence)``, 82 / 69 / 70.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -56,13 +57,19 @@ def likeliest_sentences(model, tokenizer, requests: list[tuple[str, list[str]]])
     return choices
 
 
-def model_reader(model, tokenizer, memory) -> SentenceReader:
-    """A :data:`SentenceReader` by :func:`likeliest_sentences` of the base model (every memory expert
-    of ``memory`` off while it reads)."""
+def model_reader(model, tokenizer, reading: Callable[[], AbstractContextManager]) -> SentenceReader:
+    """A :data:`SentenceReader` by :func:`likeliest_sentences` of ``model`` inside ``reading()`` (e.g.
+    ``memory.switched_off``: the base model reads; or a stage's teacher context)."""
     def read(requests: list[tuple[str, list[str]]]) -> list[int]:
-        with memory.switched_off():
+        with reading():
             return likeliest_sentences(model, tokenizer, requests)
     return read
+
+
+def reader_for(finder: str, model, tokenizer, reading: Callable[[], AbstractContextManager]) -> SentenceReader | None:
+    """The reader a ``sentence_finder`` setting asks for: :func:`model_reader` for
+    ``"words_then_model"``, None (the words alone) otherwise."""
+    return model_reader(model, tokenizer, reading) if finder == "words_then_model" else None
 
 
 def answering_sentences(questions: list[str], documents: list[str],
@@ -84,3 +91,4 @@ def answering_sentences(questions: list[str], documents: list[str],
         for (index, candidates), choice in zip(pending, choices):
             found[index] = candidates[choice]
     return found
+
