@@ -85,8 +85,9 @@ class DreamTraining:
 
 
 def check_suite_dreaming(dreaming: DreamingConfig, training: DreamTraining) -> None:
-    """The suite's ``dreaming`` and ``dream_training``: their types, and a generator that lives on the
-    fast level and is trained by the suite."""
+    """The suite's ``dreaming`` and ``dream_training``: their types, a generator that lives on the
+    fast level and is trained by the suite, and every row's sleep-time config (built here, so a
+    setting a row cannot take fails before any row runs)."""
     instance("dreaming", dreaming, DreamingConfig, what="a DreamingConfig")
     instance("dream_training", training, DreamTraining, what="a DreamTraining")
     if dreaming.generator_level != FAST_LEVEL:
@@ -94,6 +95,8 @@ def check_suite_dreaming(dreaming: DreamingConfig, training: DreamTraining) -> N
                          f"generator), got {dreaming.generator_level}")
     if dreaming.generator_path is not None:
         raise ValueError("dreaming.generator_path must be unset: the suite meta-trains its own generators")
+    for method in DREAMING_METHODS:
+        row_dreaming(dreaming, method, None)
 
 
 def experts_per_sleep(config) -> int:
@@ -104,12 +107,12 @@ def experts_per_sleep(config) -> int:
 
 def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
     """SEAL's variant: its own self-edit prompt (a list of implications), no noise, no selection,
-    every dream kept and learnt as written (its own answers, next-token training), rewarded by the
-    task's metric against the unadapted model. The prompt is SEAL's whatever the suite's: a dream
+    every dream kept and learnt as written (its own answers, next-token training alone: no
+    ``hard_label_weight``), rewarded by the task's metric against the unadapted model. The prompt is SEAL's whatever the suite's: a dream
     learnt as written must say its facts, which a list of questions (``QUESTIONS``) does not."""
     return dataclasses.replace(dreaming, prompts=(IMPLICATIONS,), noise=False, selection="random",
                                top_k=dreaming.dreams_per_document, random_kept=0, answers="dream", objective="sft",
-                               reward_score="metric", reward_baseline="unadapted")
+                               hard_label_weight=0.0, reward_score="metric", reward_baseline="unadapted")
 
 
 def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
