@@ -98,7 +98,8 @@ def main() -> None:
             report["rows"].append(line)
             print(json.dumps(line), flush=True)
             report["wrong"] += [{"seed": seed, "question": row[1], "gold": row[3], "attribute": attributes[row[3]],
-                                 "sentence": sentence, "answer": answer} for (row, sentence, answer), ok in zip(picked, right) if not ok]
+                                 "sentence": sentence, "answer": answer}
+                                for (row, sentence, answer), ok in zip(picked, right) if not ok]
     with open(args.output, "w") as f:
         json.dump(report, f, indent=1)
 
