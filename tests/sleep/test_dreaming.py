@@ -22,6 +22,7 @@ from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.models import tiny_model
 from sleepcore.rollout import Engine, SamplingParams
+from sleepcore.sleep.buffer import WakeBuffer
 from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
@@ -96,6 +97,10 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(max_epochs=0), ValueError, "max_epochs"),
     (dict(min_questions=-1), ValueError, "min_questions"),
     (dict(rehearse_consolidation="yes"), TypeError, "rehearse_consolidation"),
+    (dict(rehearse_earlier_dreams=-0.5, answers="span"), ValueError, "rehearse_earlier_dreams"),
+    (dict(rehearse_earlier_dreams="all", answers="span"), TypeError, "rehearse_earlier_dreams"),
+    (dict(rehearse_earlier_dreams=0.5), ValueError, "rehearse_earlier_dreams"),  # answers = "dream"
+    (dict(earlier_dreams_capacity=0), ValueError, "earlier_dreams_capacity"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -377,6 +382,75 @@ def test_dreaming_rehearses_the_consolidation_replay_also_after_a_resume(tmp_pat
         else:
             assert [tuple(prompt) for prompt, _ in tail] == rehearsed
     assert replay[0] == replay[1]  # the finished seeding stage's replay, loaded from its checkpoint
+
+
+@pytest.mark.parametrize("objective", ["distill", "sft"])
+def test_a_later_sleep_relearns_the_questions_earlier_dreaming_learnt(tmp_path, monkeypatch, objective):
+    """With ``rehearse_earlier_dreams`` a sleep's Dreaming leaves its learnt questions (with the
+    answers it taught) in the wake buffer, and the next sleep's Dreaming learns that share of them
+    beside its own: distilled from the teacher without the new expert and with the earlier one on
+    (no document), their answers fixed. A sleep resumed after its stages finished leaves the same."""
+    import sleepcore.sleep.dreaming as dreaming_module
+
+    def own_questions(engine, tokenizer, memory, texts, *args, **kwargs):  # about each text's own person
+        people = [next(person for person in DATASET.people if person.name in text) for text in texts]
+        return [[Dream(index, k, [1], [1], dream.format(name=person.name)) for k, dream in enumerate(QUESTION_DREAMS)]
+                for index, person in enumerate(people)]
+
+    monkeypatch.setattr(dreaming_module, "write_dreams", own_questions)
+    seen = []
+    real_prepare = dreaming_module.DreamingStage.prepare
+
+    def spy(stage, buffer, **kwargs):
+        real_prepare(stage, buffer, **kwargs)
+        seen.append(list(stage.items))
+
+    monkeypatch.setattr(dreaming_module.DreamingStage, "prepare", spy)
+    dreaming = tiny_dreaming(objective=objective, answers="span", top_k=1, random_kept=1, dreams_per_document=2,
+                             rehearse_earlier_dreams=0.5)
+    sleeper = make_sleeper(seeding(steps=1, batch_size=2, max_new_tokens=8, completions=2, samples_per_prompt=1),
+                           stages=("seeding", "dreaming"), output_dir=str(tmp_path), dreaming=dreaming)
+    sleeper.wake(DATASET.passages[:2])
+    first = sleeper.sleep(progress=False)["stages"]["dreaming"]
+    learnt = sleeper.buffer.earlier_dreams
+    pairs = [[item.student_prompt, item.response] if objective == "distill" else [list(item[0]), list(item[1])]
+             for item in seen[0][:first["examples"]]]
+    asked = {tuple(encode(sleeper.tokenizer, qa_prompt(sleeper.tokenizer, q))) for own in question_dreams(
+        DATASET.passages[:2]) for dream in own for q in dream_questions(dream.text)}
+    assert first["rehearsed_dreams"] == 0 and learnt  # nothing earlier to relearn in the first sleep
+    assert sorted(learnt) == sorted(pair for pair in pairs if tuple(pair[0]) in asked)  # its questions, not documents
+
+    sleeper.wake(DATASET.passages[2:3])
+    summary = sleeper.sleep(progress=False)
+    second = summary["stages"]["dreaming"]
+    count = second["rehearsed_dreams"]
+    assert count == min(len(learnt), math.ceil(0.5 * second["examples"])) > 0
+    tail = seen[1][second["examples"]:second["examples"] + count]
+    assert len(seen[1]) == second["examples"] + count
+    if objective == "sft":
+        assert all([list(prompt), list(response)] in learnt for prompt, response in tail)
+    else:
+        assert all([s.student_prompt, s.response] in learnt and s.teacher_prompt == s.student_prompt and s.fixed
+                   for s in tail)
+        memory, slot = sleeper.memory, summary["slot"]
+        memory.deactivate(0, slot)  # the teacher: the earlier sleep's expert on, this sleep's off
+        assert memory.active_slots(0)
+        with torch.no_grad():
+            fresh = response_hidden(sleeper.model, [s.teacher_prompt for s in tail], [s.response for s in tail],
+                                    pad_id(sleeper.tokenizer))
+        memory.activate(0, slot)
+        torch.testing.assert_close(torch.cat([s.teacher_hidden for s in tail]), fresh, rtol=1e-4, atol=1e-5)
+    assert len(sleeper.buffer.earlier_dreams) > len(learnt) and all(p in sleeper.buffer.earlier_dreams for p in learnt)
+
+    if objective == "distill":  # the finished second sleep, resumed from its checkpoints, keeps what it learnt
+        after = sleeper.buffer
+        again = make_sleeper(seeding(steps=1, batch_size=2, max_new_tokens=8, completions=2, samples_per_prompt=1),
+                             stages=("seeding", "dreaming"), output_dir=str(tmp_path), dreaming=dreaming)
+        again.sleeps, again.buffer = 1, WakeBuffer.from_state(after.state())
+        again.buffer.earlier_dreams, again.buffer.earlier_dreams_seen = learnt, len(learnt)
+        again.wake(DATASET.passages[2:3])
+        again.sleep(progress=False)
+        assert again.buffer.earlier_dreams == after.earlier_dreams
 
 
 def test_distilled_dreams_are_read_by_the_teacher_after_their_document(wrapped):

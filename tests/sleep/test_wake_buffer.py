@@ -44,3 +44,18 @@ def test_state_round_trip_keeps_the_reservoir_count():
 def test_rehearsal_capacity_must_be_positive():
     with pytest.raises(ValueError, match="rehearsal_capacity"):
         KnowledgeSeedingConfig(rehearsal_capacity=0)
+
+
+def test_consolidated_keeps_the_learnt_dream_questions_in_their_own_reservoir():
+    pairs = [[[1, i], [2, i]] for i in range(6)]
+    buffer = WakeBuffer(earlier=["a"], earlier_seen=1)
+    after = buffer.consolidated(["b"], capacity=10, rng=random.Random(0), dreams=pairs[:4] + pairs[:1],
+                                dreams_capacity=3)
+    assert after.earlier == ["a", "b"] and after.earlier_seen == 2  # the prompts' reservoir is its own
+    assert after.earlier_dreams_seen == 4 and len(after.earlier_dreams) == 3  # a repeated pair counts once
+    assert all(pair in pairs[:4] for pair in after.earlier_dreams)
+    again = after.consolidated([], capacity=10, rng=random.Random(1), dreams=[tuple(map(tuple, p)) for p in pairs])
+    # capacity defaults to `capacity`; the pair the first reservoir dropped is counted again, as a prompt would be
+    assert again.earlier_dreams_seen == 7 and sorted(again.earlier_dreams) == sorted(pairs)
+    assert WakeBuffer.from_state(again.state()) == again
+    assert WakeBuffer.from_state({"documents": [], "questions": [], "earlier": []}).earlier_dreams == []

@@ -122,6 +122,15 @@ class DreamingConfig:
     0.300 / 0.300 / 0.229 without it and 0.257 / 0.300 / 0.157 for Knowledge Seeding x16 alone; with
     it and 8 dreams per document (4 + 2 kept) 0.357 / 0.543 / 0.329. One run per seed, so it
     stays off by default until more runs confirm it.
+    With ``rehearse_earlier_dreams`` (a share; 0, the default, is off) the stage also relearns the
+    questions that earlier sleeps' Dreaming stages learnt, with the answers they were taught
+    (``WakeBuffer.earlier_dreams``, kept by the :class:`~sleepcore.sleep.sleeper.Sleeper` as a
+    uniform sample of at most ``earlier_dreams_capacity``): that share of this sleep's own dream
+    items, drawn at random (at most all of them), joins the items. Distilled, their teacher is the
+    model without the expert being trained and with the earlier experts on (what it knows of them
+    now), their answers hard-labelled as this sleep's document answers are. No document is kept:
+    only the questions and answers the model wrote and learnt. Needs ``answers`` other than
+    ``"dream"`` (the questions must be told from the dreams' other lines).
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
@@ -241,6 +250,8 @@ class DreamingConfig:
     statement_lines: bool = False
     min_questions: int = 8
     rehearse_consolidation: bool = False
+    rehearse_earlier_dreams: float = 0.0
+    earlier_dreams_capacity: int = 4096
     steps: int = 40
     batch_size: int = 8
     token_budget: int | None = None
@@ -263,6 +274,11 @@ class DreamingConfig:
             integer(name, getattr(self, name), minimum=1)
         integer("random_kept", self.random_kept, minimum=0)
         integer("min_questions", self.min_questions, minimum=0)
+        integer("earlier_dreams_capacity", self.earlier_dreams_capacity, minimum=1)
+        number("rehearse_earlier_dreams", self.rehearse_earlier_dreams, minimum=0.0)
+        if self.rehearse_earlier_dreams > 0 and self.answers == "dream":
+            raise ValueError("rehearse_earlier_dreams needs answers other than 'dream' (it relearns the dreams' "
+                             "answered questions, which answers = 'dream' does not tell from their other lines)")
         if self.top_k + self.random_kept > self.dreams_per_document:
             raise ValueError(f"top_k + random_kept must be <= dreams_per_document ({self.dreams_per_document}), got "
                              f"{self.top_k} + {self.random_kept}")

@@ -6,6 +6,9 @@ the base model with ``writer = "base"``) writes ``m`` dreams
 first answered by the teacher reading the document), and an expert learns them: the sleep's
 consolidated expert, or a new expert of the same level (``DreamingConfig.expert``). No gold
 answer is used.
+With ``rehearse_earlier_dreams`` the stage also relearns a share of the questions (with their taught
+answers) that earlier sleeps' Dreaming learnt; it leaves its own in ``learnt_questions``, which the
+:class:`~sleepcore.sleep.sleeper.Sleeper` keeps in the wake buffer for later sleeps.
 With ``objective = "sft"`` the training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on
 the kept dreams' lines and the documents; with ``"distill"`` it is Knowledge Seeding's step
 (forward KL, off-policy, no LTI) on the same token sequences, the teacher being the model without
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import random
 import warnings
 
 import torch
@@ -57,6 +62,7 @@ class DreamingStage:
         self.report: dict = {}
         self.skipped: str | None = None  # why the stage trains nothing (min_questions), or None
         self.rehearsal: list = []  # the sleep's earlier stages' items (the Sleeper sets them)
+        self.learnt_questions: list = []  # [prompt ids, response ids] of the questions it learns (for later sleeps)
 
     def _train(self, slot: int) -> None:
         c = self.config
@@ -124,6 +130,8 @@ class DreamingStage:
                 context.memory.deactivate(context.level, self.slot)
             self.items = self.trainer.items = []
             return
+        if c.rehearse_earlier_dreams > 0:
+            self.learnt_questions = [pair for record in records for pair in _question_items(record)]
         if c.answers != "dream" and not self.report["questions"]:
             warnings.warn(f"dreaming: no kept dream holds a question answered by {c.answers!r}, so only the dreams' "
                           f"statements and the documents are learnt{hint}", RuntimeWarning, stacklevel=2)
@@ -132,9 +140,27 @@ class DreamingStage:
             self.report["dream_kl_before"] = self.trainer.replay_kl(examples)
             self.report["prepare_forward_tokens"] = sum(len(item.teacher_prompt) + len(item.student_prompt)
                                                         + 2 * len(item.response) for item in examples)
+        earlier = self._earlier_dream_items(buffer, len(examples))
         rehearsed = self._rehearsed_items() if c.rehearse_consolidation else []
-        self.report["rehearsed"] = len(rehearsed)
-        self.items = self.trainer.items = examples + rehearsed
+        self.report.update(rehearsed=len(rehearsed), rehearsed_dreams=len(earlier))
+        self.items = self.trainer.items = examples + earlier + rehearsed
+
+    def _earlier_dream_items(self, buffer, count: int) -> list:
+        """``rehearse_earlier_dreams * count`` (rounded up; at most all) of the questions that earlier
+        sleeps' Dreaming learnt (``buffer.earlier_dreams``), drawn at random, in the trainer's item
+        form: replay samples whose teacher reads no document (so it keeps the earlier experts on),
+        their answers fixed when this stage's are, or (prompt, response) pairs."""
+        c = self.config
+        earlier = list(getattr(buffer, "earlier_dreams", []))
+        if c.rehearse_earlier_dreams <= 0 or not earlier:
+            return []
+        wanted = min(len(earlier), math.ceil(c.rehearse_earlier_dreams * count))
+        drawn = random.Random(self.context.seed).sample(earlier, wanted)
+        if c.objective != "distill":
+            return [(list(prompt), list(response)) for prompt, response in drawn]
+        fixed = c.answers in DOCUMENT_ANSWERS
+        return self.trainer.cache_teacher([ReplaySample(list(prompt), list(prompt), list(response), fixed=fixed)
+                                           for prompt, response in drawn])
 
     def _rehearsed_items(self) -> list:
         """The earlier stages' replay samples (Knowledge Seeding's, teacher states cached) in the
@@ -167,16 +193,26 @@ class DreamingStage:
         forward and the student's for the KL before)."""
         if self.skipped is not None:
             return {**self.report, "skipped": self.skipped, "examples": 0, "expert": None}
-        dreamt = self.items[:len(self.items) - self.report.get("rehearsed", 0)]
+        rehearsed = self.report.get("rehearsed", 0) + self.report.get("rehearsed_dreams", 0)
+        dreamt = self.items[:len(self.items) - rehearsed]
         after = {"dream_kl_after": self.trainer.replay_kl(dreamt)} if self.config.objective == "distill" else {}
         return {**self.report, **after, "examples": len(dreamt), "expert": [self.context.level, self.slot]}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, state = self.trainer.state_dict()
-        return tensors, {**state, "slot": self.slot, "report": self.report, "skipped": self.skipped}
+        return tensors, {**state, "slot": self.slot, "report": self.report, "skipped": self.skipped,
+                         "learnt_questions": self.learnt_questions}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         self.report, self.skipped = state["report"], state.get("skipped")
+        self.learnt_questions = state.get("learnt_questions", [])
         self._train(int(state["slot"]))
         self.trainer.load_state_dict(tensors, state)
         self.items = self.trainer.items
+
+
+def _question_items(record: dict) -> list[list[list[int]]]:
+    """A document record's items that are its kept dreams' answered questions, as
+    ``[prompt ids, response ids]``."""
+    asked = {tuple(prompt) for prompt, _ in record["questions"]}
+    return [[list(prompt), list(response)] for prompt, response in record["items"] if tuple(prompt) in asked]

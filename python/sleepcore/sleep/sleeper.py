@@ -103,7 +103,7 @@ class Sleeper:
         def owner_state():
             return {"slot": slot, "buffer": self.buffer.state(), "wake": self.fast.state_dict() if self.fast else None}
 
-        stages, earlier_items = {}, []
+        stages, earlier_items, learnt_questions = {}, [], []
         for index, name in enumerate(c.stages):
             stage_root = root / name if root else None
             resumed = first if index == 0 else (resume_point(stage_root, self.memory) if root else None)
@@ -115,12 +115,15 @@ class Sleeper:
                                      progress=progress, desc=f"sleep {self.sleeps} {name}",
                                      log_fields={"sleep": self.sleeps})
             earlier_items += stage.items
+            learnt_questions += getattr(stage, "learnt_questions", [])
         replayed = [text for summary in stages.values() for text in summary.pop("student_prompts", [])]
         summary = {"sleep": self.sleeps, "level": c.receiver_level, "slot": slot, "documents": len(self.buffer),
                    "fast_updates": self.fast.updates if self.fast else 0, "stages": stages}
-        # consolidated: the documents leave the context; the replayed prompts stay for later rehearsal
+        # consolidated: the documents leave the context; the replayed prompts and the questions Dreaming
+        # learnt stay for later rehearsal
         self.buffer = self.buffer.consolidated(replayed, c.seeding.rehearsal_capacity,
-                                               random.Random(c.seed + self.sleeps))
+                                               random.Random(c.seed + self.sleeps), dreams=learnt_questions,
+                                               dreams_capacity=c.dreaming.earlier_dreams_capacity)
         if c.teacher == "memory":
             self.fast.reset()  # the sender's update: its knowledge now lives in the receiver's expert
         self.sleeps += 1

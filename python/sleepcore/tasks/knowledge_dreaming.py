@@ -108,12 +108,14 @@ def experts_per_sleep(config) -> int:
 def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
     """SEAL's variant: its own self-edit prompt (a list of implications), no noise, no selection,
     every dream kept and learnt as written (its own answers, next-token training alone: no
-    ``hard_label_weight``), rewarded by the task's metric against the unadapted model. The prompt
+    ``hard_label_weight``), rewarded by the task's metric against the unadapted model, no
+    rehearsal of earlier sleeps' dreams (``rehearse_earlier_dreams``: ours). The prompt
     is SEAL's whatever the suite's: a dream learnt as written must say its facts, which a list of
     questions (``QUESTIONS``) does not."""
     return dataclasses.replace(dreaming, prompts=(IMPLICATIONS,), noise=False, selection="random",
                                top_k=dreaming.dreams_per_document, random_kept=0, answers="dream", objective="sft",
-                               hard_label_weight=0.0, reward_score="metric", reward_baseline="unadapted")
+                               hard_label_weight=0.0, reward_score="metric", reward_baseline="unadapted",
+                               rehearse_earlier_dreams=0.0)
 
 
 def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
