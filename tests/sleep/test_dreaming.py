@@ -144,9 +144,11 @@ QUESTION_DREAMS = ("Where was {name} born? In a city.\nWhat does {name} do?\n{na
 
 
 def question_dreams(documents: list[str]) -> list[list[Dream]]:
-    """Two dreams per document with questions in them (a random tiny model writes none)."""
+    """Two dreams per document with questions about the document's own person in them (a random
+    tiny model writes none)."""
+    people = [next(person for person in DATASET.people if person.name in document) for document in documents]
     return [[Dream(index, k, [1], [1], text.format(name=person.name)) for k, text in enumerate(QUESTION_DREAMS)]
-            for index, (_, person) in enumerate(zip(documents, DATASET.people))]
+            for index, person in enumerate(people)]
 
 
 def test_a_dream_s_questions_are_its_lines_cut_after_the_question_mark():
@@ -391,13 +393,8 @@ def test_a_later_sleep_relearns_the_questions_earlier_dreaming_learnt(tmp_path, 
     beside its own: distilled from the teacher without the new expert and with the earlier one on
     (no document), their answers fixed. A sleep resumed after its stages finished leaves the same."""
     import sleepcore.sleep.dreaming as dreaming_module
-
-    def own_questions(engine, tokenizer, memory, texts, *args, **kwargs):  # about each text's own person
-        people = [next(person for person in DATASET.people if person.name in text) for text in texts]
-        return [[Dream(index, k, [1], [1], dream.format(name=person.name)) for k, dream in enumerate(QUESTION_DREAMS)]
-                for index, person in enumerate(people)]
-
-    monkeypatch.setattr(dreaming_module, "write_dreams", own_questions)
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
     seen = []
     real_prepare = dreaming_module.DreamingStage.prepare
 
