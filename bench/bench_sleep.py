@@ -16,9 +16,12 @@ the closed-book gap ((sleep - base) / (in-context - base)) and >= 2x Knowledge S
 closure; the ordering sleep >= seal > ks >= base; Sleep's retention within 5 points and its drift
 KL against SFT's (add sft to ``--methods`` for that one); each generator's ReST-EM reward higher
 after the last round than at round 0. The CSV gets one row per generator and round too
-(``case = rest-em``). Budget: the whole run under 2 hours on the 2-core machine (not measured yet).
+(``case = rest-em``). ``--dreaming`` runs the settings of ``bench/configs/issue12-dreaming.toml``
+(the best measured so far; ``--config`` another ``sleepcore eval knowledge`` TOML, ``--set`` one
+field). Budget: the whole run under 2 hours on the 2-core machine (not measured yet).
 
-Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--dreaming] [--tiny]``
+Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--dreaming] [--tiny]
+[--config FILE.toml] [--set KEY.PATH=VALUE]``
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ import dataclasses
 from pathlib import Path
 
 from sleepcore.benchmarks import harness
-from sleepcore.cli.eval import config_from_arguments, run_knowledge_eval
-from sleepcore.models import DEFAULT_MODEL
+from sleepcore.cli.eval import knowledge_defaults, run_knowledge_eval, suite_flags
+from sleepcore.cli.options import add_config_arguments, by_tiny, configure
 from sleepcore.tasks.knowledge_report import check_targets, retention_delta
 
 #: Issue 12's table (``--dreaming``).
 DREAMING_TABLE = ("base", "in-context", "ks", "seal", "sleep", "sleep-no-selection", "sleep-no-noise",
                   "dreaming-round0")
+#: ``--dreaming``'s config unless ``--config`` is given.
+DREAMING_CONFIG = Path(__file__).parent / "configs" / "issue12-dreaming.toml"
 
 
 def rows_of(report: dict) -> list[dict]:
@@ -57,26 +62,32 @@ def rows_of(report: dict) -> list[dict]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, "suite.seed=0")
     parser.add_argument("--sleeps", default=None)
     parser.add_argument("--methods", default=None)
     parser.add_argument("--tokens-per-document", type=int, default=None)
-    parser.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke run)")
+    parser.add_argument("--tiny", action="store_true", default=None, help="a tiny random model (a smoke run)")
     parser.add_argument("--dreaming", action="store_true",
-                        help=f"issue 12: methods {','.join(DREAMING_TABLE)} (unless --methods), documents only")
-    parser.add_argument("--output-dir", default="bench-sleep")
+                        help=f"issue 12: {DREAMING_CONFIG.name} (unless --config), documents only")
+    parser.add_argument("--output-dir", default=None)
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args(argv)
-    methods = args.methods or (",".join(DREAMING_TABLE) if args.dreaming else None)
-    config = config_from_arguments(args.tiny, args.sleeps, methods, args.tokens_per_document)
+    if args.dreaming and args.config is None and not args.tiny:
+        args.config = str(DREAMING_CONFIG)
+    methods = args.methods or (",".join(DREAMING_TABLE) if args.dreaming and args.config is None else None)
+    flags = {"tiny": args.tiny, "output_dir": args.output_dir,
+             **{f"suite.{key}": value for key, value in suite_flags(args.sleeps, methods,
+                                                                    args.tokens_per_document).items()}}
     if args.dreaming:
-        config = dataclasses.replace(config, wake_questions=False)
-    report = run_knowledge_eval("tiny" if args.tiny else DEFAULT_MODEL, config, output_dir=args.output_dir)
+        flags["suite.wake_questions"] = False
+    config = configure(args, flags, by_tiny(knowledge_defaults))
+    output_dir = config.output_dir if args.output_dir or args.config else "bench-sleep"
+    report = run_knowledge_eval(config.model, config.suite, output_dir=output_dir)
     for check in check_targets(report):
         print(check)
     csv_path = args.csv or harness.results_path("sleep-knowledge", Path(__file__).parent / "results")
     harness.append_csv(csv_path, rows_of(report))
     print(f"appended to {csv_path}")
-
 
 if __name__ == "__main__":
     main()

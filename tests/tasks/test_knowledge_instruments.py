@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from sleepcore.cli import main
-from sleepcore.cli.eval import TINY_CONFIG, config_from_arguments
+from sleepcore.cli import build_parser, main
+from sleepcore.cli.eval import TINY_CONFIG, knowledge_config
 from sleepcore.lm import answer_text, end_of_turn, gold_logprobs, qa_examples, qa_prompt
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import tiny_model
@@ -291,7 +291,8 @@ def test_costs_count_forward_tokens_where_a_stage_reports_them():
 
 
 def test_budgets_from_the_flag_and_the_config(capsys, tmp_path):
-    assert config_from_arguments(True, None, None, None, "1,4,0.5").budgets == (1.0, 4.0, 0.5)
+    args = build_parser().parse_args(["eval", "knowledge", "--tiny", "--budgets", "1,4,0.5"])
+    assert knowledge_config(args).suite.budgets == (1.0, 4.0, 0.5)
     assert KnowledgeSuiteConfig(budgets=[1, 16]).budgets == (1.0, 16.0)
     for bad in ((), (1, 1), (0,), ("x",)):
         with pytest.raises(ValueError, match="budgets"):

@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from sleepcore.cli import main
-from sleepcore.cli.eval import TINY_CONFIG, config_from_arguments
+from sleepcore.cli import build_parser, main
+from sleepcore.cli.eval import TINY_CONFIG, knowledge_config
 from sleepcore.tasks.knowledge_methods import ROW_SEEDING, TrainedRow
 from sleepcore.tasks.knowledge_report import check_targets, format_table, retention_delta
 from sleepcore.tasks.knowledge_suite import DEFAULT_METHODS, KnowledgeSuiteConfig, documents_of, sleep_groups
@@ -116,4 +116,5 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     assert "--sleeps" in capsys.readouterr().err
     assert main(["eval", "knowledge", "--tiny", "--methods", "ks,foo", "--output-dir", str(tmp_path)]) == 1
     assert "methods" in capsys.readouterr().err
-    assert config_from_arguments(True, "2", "base,ks", 10).sleeps == (2,)
+    args = build_parser().parse_args(["eval", "knowledge", "--tiny", "--sleeps", "2", "--methods", "base,ks"])
+    assert knowledge_config(args).suite.sleeps == (2,)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from sleepcore import validation
-from sleepcore.cli.options import add_config_arguments, by_tiny, configure, describe, floats, given, integers, names
+from sleepcore.cli.options import add_config_arguments, by_tiny, configure, describe, floats, integers, names
 from sleepcore.configuration import with_overrides
 from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
 from sleepcore.sleep.config import KnowledgeSeedingConfig
@@ -106,13 +106,6 @@ def suite_flags(sleeps: str | None, methods: str | None, tokens_per_document: in
     """The suite options of the command line as overrides of ``KnowledgeSuiteConfig`` fields."""
     return {"sleeps": integers("--sleeps", sleeps), "methods": names(methods),
             "tokens_per_document": tokens_per_document, "budgets": floats("--budgets", budgets)}
-
-
-def config_from_arguments(tiny: bool, sleeps: str | None, methods: str | None,
-                          tokens_per_document: int | None, budgets: str | None = None) -> KnowledgeSuiteConfig:
-    """The command-line options over the default (or tiny) suite config; ValueError names a bad option."""
-    overrides = given(suite_flags(sleeps, methods, tokens_per_document, budgets))
-    return with_overrides(TINY_CONFIG if tiny else KnowledgeSuiteConfig(), overrides)
 
 
 def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
