@@ -8,8 +8,10 @@ document) names the person (their first name is in the question) and its answer 
 value (normalised "contains"). Then, per group of facts (taught by no stage, by seeding only, by
 dreaming only, by both), how many the row answers right closed-book after that sleep (the
 report's ``contains_each``), and per attribute (birth date, occupation, ...) facts, taught,
-right. Fixed items whose answer holds no value of the person they name are
-counted as ``untaught items`` (reversed questions, "What is Kaifuholt?", and spans of another fact).
+right; and the taught facts split by whether an item asked the evaluation's own wording of the
+question, and by how many items taught the fact. Fixed items whose answer holds no value of the
+person they name are counted as ``untaught items`` (reversed questions, "What is Kaifuholt?", and
+spans of another fact).
 
     python bench/taught_facts.py RUN_DIR --method dreaming-round0 [--sleep -1] [--out OUT.json]
 
@@ -33,20 +35,43 @@ from sleepcore.tasks.metrics import normalize_answer
 STAGES = ("seeding", "dreaming")
 
 
-def taught_by(items: list[dict], tokenizer, people) -> tuple[set, int, int]:
-    """``(facts taught, fixed items, fixed items teaching no fact)`` of one stage's checkpointed items."""
-    taught, fixed, untaught = set(), 0, 0
+def taught_by(items: list[dict], tokenizer, people) -> tuple[dict, int, int]:
+    """``(facts taught -> the normalised questions that taught them, fixed items, fixed items teaching
+    no fact)`` of one stage's checkpointed items."""
+    taught, fixed, untaught = {}, 0, 0
     for item in items:
         if not item["fixed"]:
             continue
         fixed += 1
-        question = tokenizer.decode(item["student_prompt"])
+        question = tokenizer.decode(item["student_prompt"], skip_special_tokens=True)
         answer = normalize_answer(tokenizer.decode(item["response"], skip_special_tokens=True))
         facts = {(person.name, fact.attribute) for person in people for fact in person.facts
                  if person.name.split()[0] in question and normalize_answer(fact.value) in answer}
-        taught |= facts
+        for fact in facts:
+            taught.setdefault(fact, []).append(normalize_answer(question))
         untaught += not facts
     return taught, fixed, untaught
+
+
+def by_teaching(group, right: list[int], questions: dict) -> dict:
+    """The taught facts split two ways: whether an item asked the evaluation's own wording of the
+    question (its normalised text inside the item's prompt), and how many items taught the fact."""
+    splits = collections.defaultdict(lambda: {"facts": 0, "right": 0})
+    for question, correct in zip(group.questions, right):
+        asked = questions.get((question.person, question.attribute))
+        if not asked:
+            continue
+        wording = normalize_answer(question.text)
+        same = "evaluation's wording" if any(wording in prompt for prompt in asked) else "other wordings only"
+        count = len(asked)
+        items = "1 item" if count == 1 else "2-3 items" if count <= 3 else "4-7 items" if count <= 7 else "8+ items"
+        for key in (same, items):
+            splits[key]["facts"] += 1
+            splits[key]["right"] += correct
+    for key, row in sorted(splits.items()):
+        print(f"taught in {key:21s} facts {row['facts']:3d}, answered right {row['right']:3d} "
+              f"({row['right'] / row['facts']:.2f})")
+    return dict(splits)
 
 
 def main() -> None:
@@ -65,7 +90,7 @@ def main() -> None:
     group = groups[index]
     right = report["results"][args.method]["sleeps"][index]["one_hop"]["contains_each"]
     tokenizer = AutoTokenizer.from_pretrained(cache_path(args.model))
-    taught, stages = {}, {}
+    taught, stages, questions = {}, {}, {}
     for stage in STAGES:
         steps = sorted(glob.glob(str(run / args.method / "x*" / f"sleep-{index:03d}" / stage / "step-*")))
         if not steps:
@@ -73,8 +98,9 @@ def main() -> None:
         items = json.loads((Path(steps[-1]) / "state.json").read_text())["stage"]["replay"]
         facts, fixed, untaught = taught_by(items, tokenizer, group.people)
         stages[stage] = {"fixed_items": fixed, "untaught_items": untaught, "facts": len(facts)}
-        for fact in facts:
+        for fact, asked in facts.items():
             taught.setdefault(fact, set()).add(stage)
+            questions.setdefault(fact, []).extend(asked)
         print(f"{stage:9s} fixed items {fixed:3d}, teaching no fact {untaught:3d}, facts taught {len(facts):3d}")
     counts = collections.Counter()
     for question, correct in zip(group.questions, right):
@@ -85,6 +111,7 @@ def main() -> None:
         groups_out[kind] = {"facts": total, "right": counts[kind, 1]}
         right_share = counts[kind, 1] / total
         print(f"taught by {kind:17s} facts {total:3d}, answered right {counts[kind, 1]:3d} ({right_share:.2f})")
+    teaching = by_teaching(group, right, questions)
     attributes = {}
     for question, correct in zip(group.questions, right):
         row = attributes.setdefault(question.attribute, {"facts": 0, "taught": 0, "right": 0})
@@ -95,7 +122,8 @@ def main() -> None:
         f"{name} {row['facts']}/{row['taught']}/{row['right']}" for name, row in attributes.items()))
     if args.out:
         Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "sleep": index,
-                                              "stages": stages, "groups": groups_out, "attributes": attributes},
+                                              "stages": stages, "groups": groups_out, "teaching": teaching,
+                                              "attributes": attributes},
                                              indent=1) + "\n")
 
 

@@ -27,7 +27,7 @@ from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
-from sleepcore.sleep.dreaming import DreamingStage
+from sleepcore.sleep.dreaming import DreamingStage, balanced_questions
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
                                     load_generator, save_generator, write_dreams)
@@ -101,6 +101,8 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(rehearse_earlier_dreams="all", answers="span"), TypeError, "rehearse_earlier_dreams"),
     (dict(rehearse_earlier_dreams=0.5), ValueError, "rehearse_earlier_dreams"),  # answers = "dream"
     (dict(earlier_dreams_capacity=0), ValueError, "earlier_dreams_capacity"),
+    (dict(balance_answers=True), ValueError, "balance_answers"),  # answers = "dream"
+    (dict(balance_answers="yes", answers="span"), TypeError, "balance_answers"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -575,6 +577,53 @@ def test_answers_taken_from_the_document_are_the_fixed_items(wrapped, monkeypatc
         assert own and not any(s.fixed for s in own)
     assert math.isfinite(stage.step(stage.items[:4])["loss"])
 
+
+
+class LetterTokenizer:
+    """Decodes a token id list as its letters (1 -> "a"), for records built by hand."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(ord("a") + i - 1) for i in ids) + " "
+
+
+def test_balanced_questions_ask_every_answer_the_mean_number_of_times():
+    asked = [([10 + k], [1]) for k in range(5)] + [([20], [2])] + [([30], [3]), ([31], [3])]
+    document = ([99], [7, 7])
+    record = {"items": asked + [document], "document": 0,
+              "questions": [[list(prompt), [500 + prompt[0]]] for prompt, _ in asked]}
+    balanced = balanced_questions(record, LetterTokenizer(), random.Random(0))
+    questions, others = balanced["items"][:-1], balanced["items"][-1:]
+    assert others == [document]  # the document (and any statement line) stays, last
+    counts = {}
+    for prompt, response in questions:
+        counts[tuple(response)] = counts.get(tuple(response), 0) + 1
+    assert counts == {(1,): 3, (2,): 3, (3,): 3}  # ceil(8 / 3 answers)
+    assert len({prompt[0] for prompt, response in questions if response == [1]}) == 3  # a subset, no repeat
+    assert sorted(prompt[0] for prompt, response in questions if response == [3]) == [30, 30, 31]  # in turn
+    assert balanced["questions"] == [[prompt, [500 + prompt[0]]] for prompt, _ in questions]
+    assert balanced_questions({**record, "items": [document], "questions": []}, LetterTokenizer(),
+                              random.Random(0))["items"] == [document]
+
+
+def test_the_stage_balances_its_question_items_by_answer(wrapped, monkeypatch):
+    model, tokenizer, memory, engine = wrapped
+    import sleepcore.sleep.dreaming as dreaming_module
+    person = DATASET.people[0]
+    texts = ("Where was {name} born?\nIn which city was {name} born?\nWhere was {name} born, which city?",
+             "What was the name of {name}'s first pet?")
+    dreams = [[Dream(0, k, [1], [1], text.format(name=person.name)) for k, text in enumerate(texts)]]
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda *a, **k: dreams)
+    counts = {}
+    for balance in (False, True):
+        context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+        stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
+                                                     min_questions=0, balance_answers=balance))
+        stage.prepare(DATASET.passages[:1], progress=False)
+        answers = [tuple(sample.response) for sample in stage.items if sample.fixed]
+        counts[balance] = sorted(answers.count(answer) for answer in set(answers))
+    assert len(set(counts[False])) > 1  # the dreams ask about some answers more often than others
+    assert len(set(counts[True])) == 1 and len(counts[True]) == len(counts[False])
+    assert counts[True][0] == math.ceil(sum(counts[False]) / len(counts[False]))
 
 
 def test_the_model_reads_the_questions_the_words_cannot_place(wrapped, monkeypatch):

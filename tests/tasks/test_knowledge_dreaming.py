@@ -110,8 +110,8 @@ def test_the_report_shows_rewards_and_targets(run):
 
 def test_sleep_time_configs_of_the_rows():
     dreaming = DreamingConfig(dreams_per_document=4, top_k=1, random_kept=1, reward_score="gold_log_prob",
-                              reward_baseline="document", answers="teacher", prompts=(QUESTIONS,),
-                              hard_label_weight=4.0, rehearse_earlier_dreams=0.5)
+                              reward_baseline="document", answers="span", prompts=(QUESTIONS,),
+                              hard_label_weight=4.0, rehearse_earlier_dreams=0.5, balance_answers=True)
     seal = row_dreaming(dreaming, "seal", "seal.safetensors")
     assert seal.prompts == (IMPLICATIONS,)  # SEAL's self-edit prompt, whatever the suite's
     assert (seal.noise, seal.selection, seal.kept, seal.generator_path) == (False, "random", 4, "seal.safetensors")
@@ -119,10 +119,11 @@ def test_sleep_time_configs_of_the_rows():
                                                                                        "unadapted")  # SEAL's
     assert seal.hard_label_weight == 0.0  # learnt as written: cross-entropy alone
     assert seal.rehearse_earlier_dreams == 0.0  # our addition, not SEAL's (and its dreams hold no answered questions)
+    assert not seal.balance_answers  # ours too
     sleep = row_dreaming(dreaming, "sleep", "g")
     assert sleep.kept == 2 and sleep.noise and (sleep.objective, sleep.reward_score, sleep.answers) == (
-        "distill", "gold_log_prob", "teacher") and sleep.hard_label_weight == 4.0
-    assert sleep.rehearse_earlier_dreams == 0.5
+        "distill", "gold_log_prob", "span") and sleep.hard_label_weight == 4.0
+    assert sleep.rehearse_earlier_dreams == 0.5 and sleep.balance_answers
     assert row_dreaming(dreaming, "sleep-no-selection", "g").selection == "random"
     assert row_dreaming(dreaming, "sleep-no-noise", "g").noise is False
     assert row_dreaming(dreaming, "dreaming-round0", None).generator_path is None

@@ -136,6 +136,12 @@ class DreamingConfig:
     0.543 -> 0.486 and 0.314 -> 0.229, against 0.543 -> 0.171 and 0.314 -> 0.171 without it, and
     the new people's was 0.06 and 0.09 lower (README, Dreaming, session 23). Off by default until
     more runs confirm it.
+    With ``balance_answers`` (off by default; needs ``answers`` "sentence" or "span") the sleep's
+    Dreaming stage resamples each document's kept question items so that every distinct answer is asked about
+    equally often (:func:`~sleepcore.sleep.dreaming.balanced_questions`): the dreams ask about some
+    facts many times and others once or twice, and read fact by fact a fact taught by 8 or more
+    items was answered right 24 times of 26, one taught by 2-3 items 16 of 58 (README, Dreaming,
+    session 24).
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
@@ -255,6 +261,7 @@ class DreamingConfig:
     statement_lines: bool = False
     min_questions: int = 8
     rehearse_consolidation: bool = False
+    balance_answers: bool = False
     rehearse_earlier_dreams: float = 0.0
     earlier_dreams_capacity: int = 4096
     steps: int = 40
@@ -295,6 +302,10 @@ class DreamingConfig:
         boolean("answers_restate_question", self.answers_restate_question)
         boolean("statement_lines", self.statement_lines)
         boolean("rehearse_consolidation", self.rehearse_consolidation)
+        boolean("balance_answers", self.balance_answers)
+        if self.balance_answers and self.answers not in DOCUMENT_ANSWERS:
+            raise ValueError(f"balance_answers needs answers in {DOCUMENT_ANSWERS} (it groups the questions by the "
+                             f"document's answer to them), got answers = {self.answers!r}")
         number("reward_margin", self.reward_margin, minimum=0.0)
         for name in ("noise_scale", "inner_learning_rate", "generator_learning_rate"):
             positive(name, getattr(self, name))

@@ -9,6 +9,8 @@ answer is used.
 With ``rehearse_earlier_dreams`` the stage also relearns a share of the questions (with their taught
 answers) that earlier sleeps' Dreaming learnt; it leaves its own in ``learnt_questions``, which the
 :class:`~sleepcore.sleep.sleeper.Sleeper` keeps in the wake buffer for later sleeps.
+With ``balance_answers`` each document's question items are resampled so that every distinct
+answer is asked about equally often (:func:`balanced_questions`).
 With ``objective = "sft"`` the training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on
 the kept dreams' lines and the documents; with ``"distill"`` it is Knowledge Seeding's step
 (forward KL, off-policy, no LTI) on the same token sequences, the teacher being the model without
@@ -115,6 +117,9 @@ class DreamingStage:
                                                               context.memory.switched_off))
         records = world.gather([self._select(index, document, own, examples, questions) for (index, document), own,
                                 examples, questions in zip(mine, dreams, answered, asked)])
+        if c.balance_answers:
+            records = [balanced_questions(record, context.tokenizer, random.Random(context.seed * 100_003 + index))
+                       for index, record in enumerate(records)]
         scores = [score for record in records for score in record["scores"]]
         examples = [item for record in records for item in record["items"]]
         self.report = {"dreams": sum(record["dreams"] for record in records), "kept": len(scores),
@@ -216,3 +221,32 @@ def _question_items(record: dict) -> list[list[list[int]]]:
     ``[prompt ids, response ids]``."""
     asked = {tuple(prompt) for prompt, _ in record["questions"]}
     return [[list(prompt), list(response)] for prompt, response in record["items"] if tuple(prompt) in asked]
+
+
+def balanced_questions(record: dict, tokenizer, rng: random.Random) -> dict:
+    """A document record with its question items resampled so that each distinct answer (its decoded
+    response, case and surrounding spaces ignored) is asked about the same number of times: the mean
+    count over the document's answers, rounded up. An answer asked about more often keeps a random
+    subset of its items, one asked about less often repeats its items in turn; the record's other
+    items (statement lines, the document) stay, after the questions.
+
+    Why: read fact by fact (``bench/taught_facts.py``, README, Dreaming, session 24), the facts that
+    eight or more items taught were answered right closed-book 24 times of 26, those that two or three
+    taught 16 of 58, and the dreams ask about some facts far more often than others."""
+    teacher = {tuple(prompt): prompt_of_teacher for prompt, prompt_of_teacher in record["questions"]}
+    by_answer, others = {}, []
+    for item in record["items"]:
+        prompt, response = item
+        if tuple(prompt) in teacher:
+            by_answer.setdefault(tokenizer.decode(response, skip_special_tokens=True).strip().lower(), []).append(item)
+        else:
+            others.append(item)
+    if not by_answer:
+        return record
+    target = math.ceil(sum(len(group) for group in by_answer.values()) / len(by_answer))
+    questions = []
+    for group in by_answer.values():
+        questions += rng.sample(group, target) if len(group) >= target else \
+            [group[index % len(group)] for index in range(target)]
+    return {**record, "items": questions + others,
+            "questions": [[prompt, teacher[tuple(prompt)]] for prompt, _ in questions]}
