@@ -137,8 +137,9 @@ class DreamingConfig:
     the new people's was 0.06 and 0.09 lower (README, Dreaming, session 23). Off by default until
     more runs confirm it.
     With ``balance_answers`` (off by default; needs ``answers`` "sentence" or "span") the sleep's
-    Dreaming stage resamples each document's kept question items so that every distinct answer is asked about
-    equally often (:func:`~sleepcore.sleep.dreaming.balanced_questions`): the dreams ask about some
+    Dreaming stage resamples each document's kept question items so that every distinct answer is
+    asked about equally often (:func:`~sleepcore.sleep.dreaming.balanced_questions`; meta-training's
+    inner loops learn each dream as it is): the dreams ask about some
     facts many times and others once or twice, and read fact by fact a fact taught by 8 or more
     items was answered right 24 times of 26, one taught by 2-3 items 16 of 58 (README, Dreaming,
     session 24).
