@@ -232,7 +232,8 @@ def balanced_questions(record: dict, tokenizer, rng: random.Random) -> dict:
 
     Why: read fact by fact (``bench/taught_facts.py``, README, Dreaming, session 24), the facts that
     eight or more items taught were answered right closed-book 24 times of 26, those that two or three
-    taught 16 of 58, and the dreams ask about some facts far more often than others."""
+    taught 16 of 58, and the dreams ask about some facts far more often than others. End to end it
+    did not help (``DreamingConfig.balance_answers``)."""
     teacher = {tuple(prompt): prompt_of_teacher for prompt, prompt_of_teacher in record["questions"]}
     by_answer, others = {}, []
     for item in record["items"]:
