@@ -80,9 +80,10 @@ def main(argv=None) -> None:
                                                                     args.tokens_per_document).items()}}
     if args.dreaming:
         flags["suite.wake_questions"] = False
-    config = configure(args, flags, by_tiny(knowledge_defaults))
-    output_dir = config.output_dir if args.output_dir or args.config else "bench-sleep"
-    report = run_knowledge_eval(config.model, config.suite, output_dir=output_dir)
+    defaults = by_tiny(knowledge_defaults)
+    config = configure(args, flags, lambda values, overrides: dataclasses.replace(defaults(values, overrides),
+                                                                                  output_dir="bench-sleep"))
+    report = run_knowledge_eval(config.model, config.suite, output_dir=config.output_dir)
     for check in check_targets(report):
         print(check)
     csv_path = args.csv or harness.results_path("sleep-knowledge", Path(__file__).parent / "results")
