@@ -10,7 +10,8 @@ knowledge.json/.png to ``--output-dir`` and appends one row per method and sleep
 Issue 12 (Dreaming; ``--dreaming``): the methods base, in-context, ks (= Sleep without Dreaming),
 seal, sleep, sleep-no-selection, sleep-no-noise and dreaming-round0, every row from documents alone
 (``wake_questions`` off, so ks sees no question either), on held-out people; the generators are
-meta-trained once by ReST-EM on 20 training people of another seed (names disjoint). Targets
+meta-trained once by ReST-EM on ``dream_training.people`` training people of another seed (6 in the
+shipped config; names disjoint). Targets
 (``tasks.knowledge_report.check_targets``, last sleep, 1-hop "contains"): Sleep closes >= 0.5 of
 the closed-book gap ((sleep - base) / (in-context - base)) and >= 2x Knowledge Seeding's gap
 closure; the ordering sleep >= seal > ks >= base; Sleep's retention within 5 points and its drift
@@ -18,7 +19,8 @@ KL against SFT's (add sft to ``--methods`` for that one); each generator's ReST-
 after the last round than at round 0. The CSV gets one row per generator and round too
 (``case = rest-em``). ``--dreaming`` runs the settings of ``bench/configs/issue12-dreaming.toml``
 (the best measured so far; ``--config`` another ``sleepcore eval knowledge`` TOML, ``--set`` one
-field). Budget: the whole run under 2 hours on the 2-core machine (not measured yet).
+field). Budget: the whole run under 2 hours on the 2-core machine; measured in session 26 (two
+threads, alone): about 3 h 20 min, 70 of them the two generators' meta-training (README, Dreaming).
 
 Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--dreaming] [--tiny]
 [--config FILE.toml] [--set KEY.PATH=VALUE]``
