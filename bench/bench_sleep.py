@@ -23,7 +23,9 @@ field). Budget: the whole run under 2 hours on the 2-core machine; measured in s
 threads, alone): about 3 h 20 min, 70 of them the two generators' meta-training (README, Dreaming).
 
 Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--dreaming] [--tiny]
-[--config FILE.toml] [--set KEY.PATH=VALUE]``
+[--config FILE.toml] [--set KEY.PATH=VALUE] [--resume]`` (``--resume``: keep the rows and
+generators an interrupted run of the same config finished in ``--output-dir``; a resumed run's CSV
+``seconds`` are still each row's own)
 """
 
 from __future__ import annotations
@@ -72,12 +74,14 @@ def main(argv=None) -> None:
     parser.add_argument("--dreaming", action="store_true",
                         help=f"issue 12: {DREAMING_CONFIG.name} (unless --config), documents only")
     parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--resume", action="store_true", default=None,
+                        help="keep the rows and generators an interrupted run of the same config finished")
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.dreaming and args.config is None and not args.tiny:
         args.config = str(DREAMING_CONFIG)
     methods = args.methods or (",".join(DREAMING_TABLE) if args.dreaming and args.config is None else None)
-    flags = {"tiny": args.tiny, "output_dir": args.output_dir,
+    flags = {"tiny": args.tiny, "output_dir": args.output_dir, "resume": args.resume,
              **{f"suite.{key}": value for key, value in suite_flags(args.sleeps, methods,
                                                                     args.tokens_per_document).items()}}
     if args.dreaming:
@@ -85,7 +89,7 @@ def main(argv=None) -> None:
     defaults = by_tiny(knowledge_defaults)
     config = configure(args, flags, lambda values, overrides: dataclasses.replace(defaults(values, overrides),
                                                                                   output_dir="bench-sleep"))
-    report = run_knowledge_eval(config.model, config.suite, output_dir=config.output_dir)
+    report = run_knowledge_eval(config.model, config.suite, output_dir=config.output_dir, resume=config.resume)
     for check in check_targets(report):
         print(check)
     csv_path = args.csv or harness.results_path("sleep-knowledge", Path(__file__).parent / "results")

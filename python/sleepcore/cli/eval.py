@@ -43,6 +43,7 @@ KNOWLEDGE_EXAMPLE = """\
 model = "smollm2-135m-instruct"   # a packaged name, a local Hugging Face folder, or "tiny"
 output_dir = "sleepcore-eval"     # checkpoints, knowledge.json, knowledge.png
 tiny = false                      # true: the tiny random model and the small protocol (TINY_CONFIG)
+resume = false                    # true: keep the rows and generators a run of this config finished
 [suite]                           # KnowledgeSuiteConfig fields
 sleeps = [1, 50]                  # people per sleep, in order
 methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-lti, ks-memory, the oracles, and
@@ -63,17 +64,21 @@ share = 0.5
 class EvalKnowledgeConfig:
     """What ``sleepcore eval knowledge`` runs: the suite's config on ``model``, written to
     ``output_dir``. ``tiny`` selects the tiny random model and :data:`TINY_CONFIG` as defaults
-    (see :func:`knowledge_defaults`); fields given explicitly still override them."""
+    (see :func:`knowledge_defaults`); fields given explicitly still override them. ``resume`` reads
+    back the rows and generators that an interrupted run of the same suite config finished in
+    ``output_dir`` (:mod:`sleepcore.tasks.knowledge_resume`)."""
 
     model: str = DEFAULT_MODEL
     output_dir: str = "sleepcore-eval"
     tiny: bool = False
+    resume: bool = False
     suite: KnowledgeSuiteConfig = field(default_factory=KnowledgeSuiteConfig)
 
     def __post_init__(self):
         validation.text("model", self.model)
         validation.text("output_dir", self.output_dir)
         validation.boolean("tiny", self.tiny)
+        validation.boolean("resume", self.resume)
         validation.instance("suite", self.suite, KnowledgeSuiteConfig, what="a KnowledgeSuiteConfig table")
 
 
@@ -83,8 +88,10 @@ def knowledge_defaults(tiny: bool) -> EvalKnowledgeConfig:
 
 
 def run_knowledge_eval(model: str = DEFAULT_MODEL, config: KnowledgeSuiteConfig | None = None, *,
-                       output_dir: str | os.PathLike = "sleepcore-eval", progress: bool = True) -> dict:
-    """Runs the suite on ``model`` ("tiny" for a tiny random model); returns the report."""
+                       output_dir: str | os.PathLike = "sleepcore-eval", progress: bool = True,
+                       resume: bool = False) -> dict:
+    """Runs the suite on ``model`` ("tiny" for a tiny random model); returns the report. ``resume``:
+    keep what a run of the same config finished in ``output_dir`` (see :class:`EvalKnowledgeConfig`)."""
     try:
         import matplotlib  # noqa: F401  (the report's plot: checked before the long run, not after)
     except ModuleNotFoundError:
@@ -93,7 +100,7 @@ def run_knowledge_eval(model: str = DEFAULT_MODEL, config: KnowledgeSuiteConfig 
     corpus = [document for group in sleep_groups(config) for document in documents_of(group)]
     loaded, tokenizer = load_model_or_tiny(model, corpus)
     suite = KnowledgeSuite(loaded, tokenizer, config, output_dir, progress=progress,
-                           kv_memory_bytes=(64 if model == "tiny" else 1024) << 20)
+                           kv_memory_bytes=(64 if model == "tiny" else 1024) << 20, resume=resume)
     report = {"model": model, **suite.run()}
     path = write_report(report, output_dir)
     print(format_table(report))
@@ -121,11 +128,14 @@ def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", help="multipliers of the sleep budget, e.g. 1,4,16: each trained row runs once "
                                           "per multiplier (suite.budgets)")
     parser.add_argument("--output-dir", help="checkpoints, knowledge.json/.png (default sleepcore-eval)")
+    parser.add_argument("--resume", action="store_true", default=None,
+                        help="keep the rows and generators an interrupted run of the same config finished in "
+                             "--output-dir (resume)")
 
 
 def knowledge_config(args: argparse.Namespace) -> EvalKnowledgeConfig:
     """The config of ``sleepcore eval knowledge``: defaults (tiny or not), file, flags, ``--set``."""
-    flags = {"model": args.model, "output_dir": args.output_dir, "tiny": args.tiny,
+    flags = {"model": args.model, "output_dir": args.output_dir, "tiny": args.tiny, "resume": args.resume,
              **{f"suite.{key}": value for key, value in
                 suite_flags(args.sleeps, args.methods, args.tokens_per_document, args.budgets).items()}}
     return configure(args, flags, by_tiny(knowledge_defaults))
@@ -133,7 +143,7 @@ def knowledge_config(args: argparse.Namespace) -> EvalKnowledgeConfig:
 
 def run_knowledge(args: argparse.Namespace) -> int:
     config = knowledge_config(args)
-    run_knowledge_eval(config.model, config.suite, output_dir=config.output_dir)
+    run_knowledge_eval(config.model, config.suite, output_dir=config.output_dir, resume=config.resume)
     return 0
 
 

@@ -126,9 +126,8 @@ class Dreamer:
             atomic_write_text(self._metrics_path(), "".join(json.dumps(record) + "\n" for record in history))
         for index in range(len(history), self.config.rounds):
             started = time.perf_counter()
-            round_dir = self.root / f"round-{index:02d}"
-            measured = self._measured(round_dir, tasks, base, index, progress)
-            update = self._rest_em(round_dir, measured, index, progress)
+            measured = self.measured(tasks, base, index, progress=progress)
+            update = self._rest_em(self.root / f"round-{index:02d}", measured, index, progress)
             record = {"round": index, **measured["summary"], **update, "seconds": time.perf_counter() - started}
             history.append(record)
             if main:  # before the checkpoint: a crash between the two reruns the round to the same weights
@@ -145,13 +144,16 @@ class Dreamer:
         self.root.mkdir(parents=True, exist_ok=True)
         return self.root / "metrics.jsonl"
 
-    def _measured(self, round_dir: Path, tasks, base, index: int, progress: bool) -> dict:
-        saved = round_dir / "dreams.json"
+    def measured(self, tasks, base: list[float], index: int, *, progress: bool = False) -> dict:
+        """Round ``index``'s :meth:`measure` (seed ``seed * 1000 + index``) with the generator as it is,
+        cached in ``round-<index>/dreams.json``: a round already measured is read back, not redone.
+        ``index = config.rounds`` (after :meth:`fit`) measures the trained generator the same way."""
+        saved = self.root / f"round-{index:02d}" / "dreams.json"
         if world.all_gather_objects(saved.is_file())[0]:  # rank 0's view: every rank takes the same branch
             return json.loads(saved.read_text())
         measured = self.measure(tasks, base, seed=self.seed * 1000 + index, progress=progress, desc=f"round {index}")
         if world.is_main():
-            round_dir.mkdir(parents=True, exist_ok=True)
+            saved.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(saved, json.dumps(measured))
         return measured
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import IMPLICATIONS, DreamingConfig
 from sleepcore.sleep.dream_tasks import DreamTask
-from sleepcore.sleep.dreamer import Dreamer
+from sleepcore.sleep.dreamer import GENERATOR_FILE, Dreamer
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.knowledge_methods import FAST_LEVEL, TrainedRow, documents_of, step_cap
@@ -139,32 +139,41 @@ def training_tasks(training: DreamTraining, excluded: set[str]) -> list[DreamTas
 
 def train_generators(suite) -> dict:
     """Meta-trains the generators the suite's rows need, each from the unchanged model, into
-    ``<output_dir>/generators/<name>/`` (afresh). Returns the report's ``dreaming`` entry:
-    ``training_people``, ``share`` and per generator ``rounds`` (Dreamer's per-round metrics),
-    ``final`` (the trained generator measured after the last round), ``reward_per_round``, ``path``
-    and ``seconds`` (the meta-training and the final measurement: in no row's sleep costs)."""
+    ``<output_dir>/generators/<name>/`` (afresh, or resumed with the suite's ``resume``). Returns the
+    report's ``dreaming`` entry: ``training_people``, ``share`` and per generator ``rounds``
+    (Dreamer's per-round metrics), ``final`` (the trained generator measured after the last round),
+    ``reward_per_round``, ``path`` and ``seconds`` (the meta-training and the final measurement: in
+    no row's sleep costs; a resumed generator's are the resuming process's, and it says ``resumed``)."""
     c = suite.config
     names = sorted({GENERATOR_OF[m] for m in c.methods if m in DREAMING_METHODS} - {None})
     excluded = {person.name for group in suite.groups for person in group.people}
     tasks = training_tasks(c.dream_training, excluded)
     generators = {}
     for name in names:
-        started = time.perf_counter()
-        suite._reset()
-        folder = suite.output_dir / "generators" / name
-        shutil.rmtree(folder, ignore_errors=True)
-        config = seal_dreaming(c.dreaming) if name == "seal" else c.dreaming
-        dreamer = Dreamer(suite.model, suite.tokenizer, suite.memory, config, metric=contains_match,
-                          output_dir=folder, engine=suite.engine, seed=c.seed)
-        fitted = dreamer.fit(tasks, progress=suite.progress)
-        final = dreamer.measure(tasks, fitted["base_scores"], seed=c.seed * 1000 + config.rounds,
-                                progress=suite.progress, desc=f"{name} generator after round {config.rounds - 1}")
-        rounds = fitted["rounds"]
-        generators[name] = {"rounds": rounds, "final": final["summary"], "path": fitted["generator"],
-                            "reward_per_round": [r["reward"] for r in rounds] + [final["summary"]["reward"]],
-                            "seconds": time.perf_counter() - started}
+        entry = suite.results.cached(f"generators/{name}", lambda name=name: train_generator(suite, name, tasks))
+        # where it is now (a resumed run's folder may have moved)
+        generators[name] = {**entry, "path": str(suite.output_dir / "generators" / name / GENERATOR_FILE)}
     suite._reset()
     return {"training_people": len(tasks), "share": c.dream_training.share, "generators": generators}
+
+
+def train_generator(suite, name: str, tasks: list[DreamTask]) -> dict:
+    """One generator of :func:`train_generators`: ReST-EM, then the trained generator measured once more."""
+    c, started = suite.config, time.perf_counter()
+    suite._reset()
+    folder = suite.output_dir / "generators" / name
+    resumed = suite.results.resume and folder.is_dir()
+    if not suite.results.resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    config = seal_dreaming(c.dreaming) if name == "seal" else c.dreaming
+    dreamer = Dreamer(suite.model, suite.tokenizer, suite.memory, config, metric=contains_match,
+                      output_dir=folder, engine=suite.engine, seed=c.seed)
+    fitted = dreamer.fit(tasks, progress=suite.progress)
+    final = dreamer.measured(tasks, fitted["base_scores"], config.rounds, progress=suite.progress)["summary"]
+    rounds = fitted["rounds"]
+    return {"rounds": rounds, "final": final, "path": fitted["generator"],
+            "reward_per_round": [r["reward"] for r in rounds] + [final["reward"]],
+            "seconds": time.perf_counter() - started, "resumed": resumed}
 
 
 def merge_stages(stages: dict) -> dict:

@@ -30,6 +30,10 @@ Protocol:
 * Drift: mean per-token KL(original || updated) on the original model's own greedy answers to
   generic chat prompts (none about the biographies), after the last sleep.
 
+Resume (``resume=True``, :mod:`sleepcore.tasks.knowledge_resume`): finished rows and generators
+are read back from the output folder; the report's ``resumed`` lists them, and its ``seconds`` is
+this process's (each row's and generator's own ``seconds`` are those of the run that made it).
+
 Report: ``results[row]`` holds ``sleeps`` (and for trained rows ``retention``, ``drift_kl``,
 ``seconds``, ``budget``) of its run at the largest multiplier, the one the table's targets use;
 trained rows also hold ``runs``, every multiplier's run in order, each with its ``history``.
@@ -58,6 +62,7 @@ from sleepcore.tasks.knowledge_eval import evaluate
 from sleepcore.tasks.knowledge_methods import (CONSOLIDATED_LEVEL, FAST_LEVEL, ORACLE_METHODS, SLEEPER_METHODS,
                                                TrainedRow, documents_of, wake_questions_of)
 from sleepcore.tasks.knowledge_metrics import add_derived, compact_history, sleep_costs
+from sleepcore.tasks.knowledge_resume import SuiteResults
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "TRAINED_METHODS", "UNTRAINED_METHODS",
            "KnowledgeSuite", "KnowledgeSuiteConfig", "documents_of", "sleep_groups", "wake_questions_of"]
@@ -160,10 +165,12 @@ class KnowledgeSuite:
         model, tokenizer: a Hugging Face causal LM of a supported family, and its tokenizer.
         config: :class:`KnowledgeSuiteConfig`.
         output_dir: sleep checkpoints and metrics go to ``<output_dir>/<method>/x<multiplier>/``.
+        resume: read the rows and generators an earlier run of the same config finished in
+            ``output_dir`` back instead of redoing them (see the module docstring).
     """
 
     def __init__(self, model, tokenizer, config: KnowledgeSuiteConfig, output_dir, *, kv_memory_bytes: int = 1 << 30,
-                 progress: bool = True):
+                 progress: bool = True, resume: bool = False):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.output_dir, self.progress = Path(output_dir), progress
         levels = (LevelConfig(rank=config.rank, slots=1, period=config.fast_period),
@@ -172,19 +179,24 @@ class KnowledgeSuite:
         self.engine = Engine(model, tokenizer, kv_memory_bytes=kv_memory_bytes)
         self.groups = sleep_groups(config)
         self.dreaming = None  # the Dreaming rows' generators (train_generators), once per run
+        self.results = SuiteResults(self.output_dir, to_dict(config), resume=resume)
 
     def run(self) -> dict:
         """Every row (the untrained ones first); returns the report (also what
         :func:`~sleepcore.tasks.knowledge_report.write_report` writes)."""
         started = time.perf_counter()
         methods = self.config.methods
-        results = {method: self._untrained(method) for method in methods if method in UNTRAINED_METHODS}
+        results = {method: self.results.cached(method, lambda method=method: self._untrained(method))
+                   for method in methods if method in UNTRAINED_METHODS}
         trained = [method for method in methods if method in TRAINED_METHODS]
         drift_set = self._drift_set() if trained else []
         if any(method in DREAMING_METHODS for method in trained):
             self.dreaming = train_generators(self)
         for method in trained:
-            runs = [self._run(method, multiplier, drift_set) for multiplier in self.config.budgets]
+            runs = [self.results.cached(f"{method}/x{multiplier:g}",
+                                        lambda method=method, multiplier=multiplier: self._run(method, multiplier,
+                                                                                               drift_set))
+                    for multiplier in self.config.budgets]
             primary = max(runs, key=lambda run: run["budget"])
             results[method] = {**{k: v for k, v in primary.items() if k != "history"}, "runs": runs}
         report = {"config": to_dict(self.config), "groups": [len(g.people) for g in self.groups],
@@ -193,6 +205,8 @@ class KnowledgeSuite:
                   "seconds": time.perf_counter() - started}
         if self.dreaming is not None:
             report["dreaming"] = self.dreaming
+        if self.results.loaded:
+            report["resumed"] = list(self.results.loaded)
         add_derived(report)
         return report
 
