@@ -146,6 +146,21 @@ def test_dreaming_first_dreams_before_knowledge_seeding(tmp_path):
         DreamTraining(dreaming_first=1)
 
 
+def test_without_the_final_measurement_the_rewards_stop_at_the_last_round(tmp_path):
+    assert main(["eval", "knowledge", "--tiny", "--sleeps", "1", "--methods", "sleep", "--set",
+                 "suite.dreaming.rounds=2", "--set", "suite.dream_training.final_measurement=false",
+                 "--output-dir", str(tmp_path)]) == 0
+    generator = json.loads((tmp_path / "knowledge.json").read_text())["dreaming"]["generators"]["sleep"]
+    assert generator["final"] is None and [r["round"] for r in generator["rounds"]] == [0, 1]
+    assert generator["reward_per_round"] == [r["reward"] for r in generator["rounds"]]
+    assert not (tmp_path / "generators" / "sleep" / "round-02").exists()
+    assert (tmp_path / "knowledge_dreaming.png").is_file()
+    with pytest.raises(ValueError, match="dream_training.final_measurement"):
+        KnowledgeSuiteConfig(dreaming=DreamingConfig(rounds=1), dream_training=DreamTraining(final_measurement=False))
+    with pytest.raises(TypeError, match="dream_training.final_measurement"):
+        DreamTraining(final_measurement="no")
+
+
 def test_training_people_named_like_evaluated_ones_are_dropped():
     names = {person.name for person in generate_biographies(BiographyConfig(num_people=3, seed=5)).people}
     with pytest.raises(ValueError, match="dream_training.people"):

@@ -11,8 +11,10 @@ awake in these rows).
   and without selection: every dream kept, ``top_k = dreams_per_document``, ``random_kept = 0``;
   SEAL's reward, the task's metric against the unadapted model; its dreams learnt as written,
   ``answers = "dream"``, ``objective = "sft"``).
-  After the last round the trained generator is measured once more (``Dreamer.measure``), so
-  ``reward_per_round`` is round 0 (the untrained model) ... round R (after R updates).
+  After the last round the trained generator is measured once more (``Dreamer.measured``), so
+  ``reward_per_round`` is round 0 (the untrained model) ... round R (after R updates); with
+  ``dream_training.final_measurement = false`` it stops at round R - 1 (after R - 1 updates: the
+  last update is used at sleep time unmeasured), which saves one round's measurement per generator.
 * **Rows** (:class:`DreamingRow`, each a :class:`~sleepcore.sleep.sleeper.Sleeper`):
   ``sleep`` = Knowledge Seeding then Dreaming with Sleep's generator; ``sleep-no-selection`` the
   same with ``selection = "random"``; ``sleep-no-noise`` with ``noise = False`` (both ablations
@@ -68,12 +70,15 @@ class DreamTraining:
         share: the fraction of a Sleep row's budget for the dreaming stage (the rest: Knowledge Seeding).
         dreaming_first: a Sleep row dreams before Knowledge Seeding instead of after it (both train
             the sleep's expert; SEAL's row has no seeding stage).
+        final_measurement: measure each trained generator once more after its last round (the
+            reward after R updates); False needs ``dreaming.rounds >= 2`` (a reward curve of two points).
     """
 
     people: int = 20
     seed: int = 1000
     share: float = 0.5
     dreaming_first: bool = False
+    final_measurement: bool = True
 
     def __post_init__(self):
         integer("dream_training.people", self.people, minimum=1)
@@ -82,6 +87,7 @@ class DreamTraining:
         if self.share >= 1.0:
             raise ValueError(f"dream_training.share must be strictly between 0 and 1, got {self.share!r}")
         instance("dream_training.dreaming_first", self.dreaming_first, bool)
+        instance("dream_training.final_measurement", self.final_measurement, bool)
 
 
 def check_suite_dreaming(dreaming: DreamingConfig, training: DreamTraining) -> None:
@@ -95,6 +101,9 @@ def check_suite_dreaming(dreaming: DreamingConfig, training: DreamTraining) -> N
                          f"generator), got {dreaming.generator_level}")
     if dreaming.generator_path is not None:
         raise ValueError("dreaming.generator_path must be unset: the suite meta-trains its own generators")
+    if not training.final_measurement and dreaming.rounds < 2:
+        raise ValueError(f"dream_training.final_measurement = false needs dreaming.rounds >= 2 (the reward of "
+                         f"round 0 and a later one), got rounds = {dreaming.rounds}")
     for method in DREAMING_METHODS:
         row_dreaming(dreaming, method, None)
 
@@ -141,7 +150,8 @@ def train_generators(suite) -> dict:
     """Meta-trains the generators the suite's rows need, each from the unchanged model, into
     ``<output_dir>/generators/<name>/`` (afresh, or resumed with the suite's ``resume``). Returns the
     report's ``dreaming`` entry: ``training_people``, ``share`` and per generator ``rounds``
-    (Dreamer's per-round metrics), ``final`` (the trained generator measured after the last round),
+    (Dreamer's per-round metrics), ``final`` (the trained generator measured after the last round;
+    None without ``dream_training.final_measurement``),
     ``reward_per_round``, ``path`` and ``seconds`` (the meta-training and the final measurement: in
     no row's sleep costs; a resumed generator's are the resuming process's, and it says ``resumed``)."""
     c = suite.config
@@ -169,10 +179,11 @@ def train_generator(suite, name: str, tasks: list[DreamTask]) -> dict:
     dreamer = Dreamer(suite.model, suite.tokenizer, suite.memory, config, metric=contains_match,
                       output_dir=folder, engine=suite.engine, seed=c.seed)
     fitted = dreamer.fit(tasks, progress=suite.progress)
-    final = dreamer.measured(tasks, fitted["base_scores"], config.rounds, progress=suite.progress)["summary"]
+    final = dreamer.measured(tasks, fitted["base_scores"], config.rounds, progress=suite.progress)["summary"] \
+        if c.dream_training.final_measurement else None
     rounds = fitted["rounds"]
     return {"rounds": rounds, "final": final, "path": fitted["generator"],
-            "reward_per_round": [r["reward"] for r in rounds] + [final["reward"]],
+            "reward_per_round": [r["reward"] for r in rounds + ([final] if final else [])],
             "seconds": time.perf_counter() - started, "resumed": resumed}
 
 
@@ -299,7 +310,7 @@ def plot_rewards(report: dict, path) -> bool:
     for name, generator in generators.items():
         values = generator["reward_per_round"]
         rewards.plot(range(len(values)), values, marker="o", label=name)
-        measured = generator["rounds"] + [generator["final"]]
+        measured = generator["rounds"] + ([generator["final"]] if generator["final"] else [])
         scores.plot(range(len(measured)), [m["adapted_score"] for m in measured], marker="o", label=f"{name} adapted")
         scores.plot(range(len(measured)), [m["best_score"] for m in measured], marker="^", linestyle=":",
                     label=f"{name} best of m")
