@@ -97,6 +97,8 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(max_epochs=0), ValueError, "max_epochs"),
     (dict(min_questions=-1), ValueError, "min_questions"),
     (dict(rehearse_consolidation="yes"), TypeError, "rehearse_consolidation"),
+    (dict(repair_names="yes", answers="span"), TypeError, "repair_names"),
+    (dict(repair_names=True), ValueError, "repair_names"),
     (dict(rehearse_earlier_dreams=-0.5, answers="span"), ValueError, "rehearse_earlier_dreams"),
     (dict(rehearse_earlier_dreams="all", answers="span"), TypeError, "rehearse_earlier_dreams"),
     (dict(rehearse_earlier_dreams=0.5), ValueError, "rehearse_earlier_dreams"),  # answers = "dream"
@@ -203,6 +205,21 @@ def test_a_dream_s_questions_answered_by_the_document_s_sentences(wrapped):
             end_of_turn(tokenizer)
     assert read[0][0] == bare[0][0] + [item(f"What does {person.name} do?")]
     assert read[0][1] == [item(f"Which company employs {person.name}?")]
+
+
+def test_a_dream_s_misspelt_names_are_repaired_before_its_questions_are_answered(wrapped):
+    _, tokenizer, _, engine = wrapped
+    documents, person = DATASET.passages[:1], DATASET.people[0]
+    first, last = person.name.split(" ", 1)
+    misspelt = first[:-1] + ("x" if first[-1] != "x" else "y")  # one letter off: alike, not equal
+    dreams = [[Dream(0, 0, [1], [1], f"Where was {misspelt} {last} born?\nWhere was {person.name} born?")]]
+    plain, asked_plain = answered_examples(engine, tokenizer, dreams, documents, tiny_dreaming(answers="span"),
+                                           teacher=None, seed=5)
+    repaired, asked = answered_examples(engine, tokenizer, dreams, documents,
+                                        tiny_dreaming(answers="span", repair_names=True), teacher=None, seed=5)
+    right = tuple(encode(tokenizer, qa_prompt(tokenizer, f"Where was {person.name} born?")))
+    assert len(plain[0][0]) == 2 and len(asked_plain[0]) == 2  # the misspelt question is learnt as it is
+    assert list(asked[0]) == [right] and repaired[0][0] == plain[0][0][1:]  # repaired: one question, once
 
 
 def test_a_question_names_an_entity_when_it_holds_a_word_of_it():

@@ -4,7 +4,7 @@ them, the sentence of a document that answers a question, and the words of it th
 from __future__ import annotations
 
 from sleepcore.sleep.extractive import (answer_kind, answer_span, answering_sentence, confirms_answer, document_subject,
-                                        relation_words, restates_question)
+                                        relation_words, repaired_names, restates_question)
 
 
 def test_an_answer_restates_its_question_when_it_repeats_what_the_question_asks():
@@ -89,3 +89,17 @@ def test_a_reader_confirms_a_question_when_it_gives_the_sentence_s_answer():
     assert not confirms_answer("Anything.", f"Is it true that {born[:-1]}?", born)  # nothing new to answer
     # a name said in part is not said ("Tarvik" could be another "Tarvik ..." of the same kind)
     assert not confirms_answer("Tarvik.", "Where did Ada Quell study?", "Ada Quell studied at Tarvik College.")
+
+
+def test_misspelt_words_of_a_document_s_multi_word_names_are_put_right():
+    entities = ["Pofaris Pairoushill", "Tililo Drapobith", "Nupax Foods", "Nugecrest"]
+    assert repaired_names("Where did Poffers Pairoushill work?", entities) == "Where did Pofaris Pairoushill work?"
+    assert repaired_names("What is Tililo Drapoboth's first pet?", entities) == "What is Tililo Drapobith's first pet?"
+    assert repaired_names("Did Tililo Drapobith work at Nupax Fods?", entities) == \
+        "Did Tililo Drapobith work at Nupax Foods?"
+    for unchanged in ("Where was Marie Curie born?",  # no word of a name spelt right
+                      "Who is Pintres Pairoushill?",  # not alike enough (similarity 0.43)
+                      "What did Tililo Xyz do?", "Where is Nugecrst?",  # unlike; a one-word entity is never repaired
+                      "Where did Pofaris Pairoushill work?", "Where did pofaris Pairoushill work?"):  # lower case
+        assert repaired_names(unchanged, entities) == unchanged
+    assert repaired_names("Who is Pintres Pairoushill?", entities, similarity=0.4) == "Who is Pofaris Pairoushill?"

@@ -28,7 +28,7 @@ from sleepcore.lm import as_examples, chat_turn, encode, end_of_turn, qa_prompt
 from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import DOCUMENT, DOCUMENT_ANSWERS, DreamingConfig
-from sleepcore.sleep.extractive import answer_span, restates_question
+from sleepcore.sleep.extractive import answer_span, repaired_names, restates_question
 from sleepcore.sleep.prompts import named_entities, names_entity
 from sleepcore.sleep.sentence_reader import SentenceReader, answering_sentences
 
@@ -91,7 +91,8 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     teacher prompt ids (for :func:`~sleepcore.sleep.prompts.document_reader`). With
     ``config.answers = "dream"``: :func:`dream_examples` of each text, no questions. With
     ``"teacher"``: each of a dream's questions (:func:`dream_questions`; with
-    ``config.questions_name_entity`` only those naming an entity of the document) asked closed-book
+    ``config.questions_name_entity`` only those naming an entity of the document; with
+    ``config.repair_names`` their misspelt names put right, :func:`repaired_names`) asked closed-book
     (:func:`~sleepcore.lm.qa_prompt`) with the answer the teacher samples reading the same question
     with ``documents[i]`` in its turn (one engine call under the ``teacher`` context manager factory,
     seeded by ``seed``; answers of fewer than 2 tokens are dropped, and with
@@ -108,9 +109,13 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
     questions: list[dict] = [{} for _ in dreams]
     owners = []
     for index, (own, document) in enumerate(zip(dreams, documents)):
-        entities = named_entities(document) if config.questions_name_entity else None
+        names = named_entities(document)
+        entities = names if config.questions_name_entity else None
         for k, dream in enumerate(own):
-            for question in dream_questions(dream.text, entities):
+            asked = dream_questions(dream.text, entities)
+            if config.repair_names:
+                asked = list(dict.fromkeys(repaired_names(question, names) for question in asked))
+            for question in asked:
                 prompt = tuple(encode(tokenizer, qa_prompt(tokenizer, question)))
                 questions[index].setdefault(prompt, encode(tokenizer, qa_prompt(tokenizer, question, document)))
                 owners.append((index, k, prompt, question))
