@@ -61,8 +61,8 @@ def repaired_names(question: str, entities: list[str], *, similarity: float = 0.
     Levenshtein similarity >= ``similarity``): "Where did Poffers Pairoushill work?" with the entity
     "Pofaris Pairoushill" -> "Where did Pofaris Pairoushill work?". A dream of a 135M model misspells
     about one question in ten so ("Tililo Drapoboth" for "Tililo Drapobith"), and learns its answer
-    under a name that no later question uses. Where entities compete for a window, the one with the
-    most exact words wins; windows do not overlap; an entity of one word is never a repair."""
+    under a name that no later question uses. Longer entities are tried first and a word is repaired
+    at most once; an entity of one word never repairs anything."""
     from rapidfuzz.distance import Levenshtein
 
     words = list(re.finditer(r"[A-Za-z]+", question))
@@ -76,9 +76,9 @@ def repaired_names(question: str, entities: list[str], *, similarity: float = 0.
             if any(index in replacements for index in window):
                 continue
             pairs = [(index, words[index].group(), part) for index, part in zip(window, parts)]
-            exact = [part for _, word, part in pairs if word == part and part[0].isupper()]
+            anchored = any(word == part and part[0].isupper() for _, word, part in pairs)
             wrong = [(index, word, part) for index, word, part in pairs if word != part]
-            if not exact or not wrong or not all(
+            if not anchored or not wrong or not all(
                     word[0].isupper() and part[0].isupper()
                     and Levenshtein.normalized_similarity(word, part) >= similarity for _, word, part in wrong):
                 continue
