@@ -11,6 +11,12 @@ gradient in place, and runs the two gradient GEMMs: ``N x V`` is never materiali
 sampler uses this same function, so rollout and trainer log-probs agree by construction; chunks
 below ``MIN_GEMM_ROWS`` rows are zero-padded so a row's result does not depend on its batch.
 
+16-bit inputs on the CPU are computed in float32 (an fp32 copy of the weight per call, results
+and gradients cast back): CPU GEMMs cannot return fp32 from 16-bit operands, and logits rounded
+to 16 bits before the softmax made the fp16 weight gradient miss DESIGN.md's 16-bit rule (0.042
+against plain PyTorch's 0.015, tests/ops/vocab_parallel seed 3973723359); on CPUs without native
+16-bit units fp32 GEMMs are also several times faster.
+
 With a ``process_group`` (or a DTensor weight) the weight is this rank's vocabulary shard: the
 ``sleepcore::vocab_parallel_linear_logprobs`` pair of ops runs the same loop with the row
 functions of :mod:`sleepcore.ops.vocab_parallel_rows` (one all-gather of per-row statistics per
@@ -42,7 +48,15 @@ def row_functions(shard: VocabShard | None):
             functools.partial(vocab_parallel_rows.logprob_grad_rows, shard=shard))
 
 
+def _cpu_float32(hidden, weight, bias):
+    """16-bit CPU inputs as float32 (see the module docstring); others as they are."""
+    if hidden.device.type != "cpu" or hidden.dtype == torch.float32:
+        return hidden, weight, bias
+    return hidden.float(), weight.float(), None if bias is None else bias.float()
+
+
 def _forward(hidden, weight, token_ids, bias, temperature, chunk_size, backend, with_entropy, shard=None):
+    hidden, weight, bias = _cpu_float32(hidden, weight, bias)
     rows = hidden.shape[0]
     logp = hidden.new_empty(rows, dtype=torch.float32)
     lse = hidden.new_empty(rows, dtype=torch.float32)
@@ -61,6 +75,8 @@ def _forward(hidden, weight, token_ids, bias, temperature, chunk_size, backend, 
 def _backward_impl(grad_logp, grad_entropy, hidden, weight, token_ids, bias, lse, entropy, temperature, chunk_size,
                    backend, grad_hidden, grad_weight, grad_bias, shard=None):
     grad_rows = row_functions(shard)[1]
+    dtypes = (hidden.dtype, weight.dtype, hidden.dtype if bias is None else bias.dtype)  # the fake op's
+    hidden, weight, bias = _cpu_float32(hidden, weight, bias)
 
     def rows_kernel(logits, chunk, grad):
         grad_rows(logits, token_ids[chunk], lse[chunk], None if entropy is None else entropy[chunk], grad_logp[chunk],
@@ -72,7 +88,7 @@ def _backward_impl(grad_logp, grad_entropy, hidden, weight, token_ids, bias, lse
                               grad_weight=grad_weight, grad_bias=grad_bias, min_gemm_rows=MIN_GEMM_ROWS)
     if shard is not None:
         shard.sum_(grads[0])
-    return grads
+    return tuple(grad if grad.dtype == dtype else grad.to(dtype) for grad, dtype in zip(grads, dtypes))
 
 
 @torch.library.custom_op("sleepcore::fused_linear_logprobs", mutates_args=())
