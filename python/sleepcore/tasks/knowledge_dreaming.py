@@ -162,7 +162,7 @@ def train_generators(suite) -> dict:
     generators = {}
     for name in names:
         entry = suite.results.cached(f"generators/{name}", lambda name=name: train_generator(suite, name, tasks))
-        # where it is now (a resumed run's folder may have moved)
+        # the path is where the generator is now, not where it was saved (a resumed folder may have moved)
         generators[name] = {**entry, "path": str(suite.output_dir / "generators" / name / GENERATOR_FILE)}
     suite._reset()
     return {"training_people": len(tasks), "share": c.dream_training.share, "generators": generators}
@@ -183,7 +183,7 @@ def train_generator(suite, name: str, tasks: list[DreamTask]) -> dict:
     final = dreamer.measured(tasks, fitted["base_scores"], config.rounds, progress=suite.progress)["summary"] \
         if c.dream_training.final_measurement else None
     rounds = fitted["rounds"]
-    return {"rounds": rounds, "final": final, "path": fitted["generator"],
+    return {"rounds": rounds, "final": final,
             "reward_per_round": [r["reward"] for r in rounds + ([final] if final else [])],
             "seconds": time.perf_counter() - started, "resumed": resumed}
 
