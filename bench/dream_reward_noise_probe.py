@@ -7,7 +7,8 @@ the same document differ too: by their random ``A`` initialisation and the order
 examples (the inner loop's seed). This probe trains the document-only baseline of every training
 person under ``--seeds`` seeds (``Dreamer.base_scores``, the meta-training's own code path) and
 reports, per document, the spread (max - min) of its score across seeds, next to the unadapted
-model's score. A reward margin (``DreamingConfig.reward_margin``) below that spread rewards seed luck.
+model's score, and the same spread per question (what ``reward = "covers"`` compares). A reward
+margin (``DreamingConfig.reward_margin``) below that spread rewards seed luck.
 
     python bench/dream_reward_noise_probe.py OUT.json [--people 12] [--seeds 4] [--objective distill]
 
@@ -45,19 +46,27 @@ def main() -> None:
                             inner_learning_rate=1e-2, reward_score="gold_log_prob", reward_baseline="document",
                             objective=args.objective)
 
-    def baselines(dreaming: DreamingConfig, seed: int) -> list[float]:
+    def baselines(dreaming: DreamingConfig, seed: int) -> tuple[list[float], list[list[float]]]:
         return Dreamer(model, tokenizer, memory, dreaming, metric=contains_match, output_dir=f"{args.output}.runs",
                        seed=seed).base_scores(tasks)
 
-    document = {seed: baselines(config, seed) for seed in range(args.seeds)}
-    unadapted = baselines(dataclasses.replace(config, reward_baseline="unadapted"), 0)
+    measured = {seed: baselines(config, seed) for seed in range(args.seeds)}
+    document = {seed: scores for seed, (scores, _) in measured.items()}
+    questions = {seed: per_question for seed, (_, per_question) in measured.items()}
+    unadapted = baselines(dataclasses.replace(config, reward_baseline="unadapted"), 0)[0]
     spread = [max(document[s][t] for s in document) - min(document[s][t] for s in document) for t in range(len(tasks))]
-    report = {"people": args.people, "seeds": args.seeds, "objective": args.objective, "document": document, "unadapted": unadapted,
-              "spread": spread, "seconds": time.perf_counter() - started}
+    question_spread = [[max(questions[s][t][q] for s in questions) - min(questions[s][t][q] for s in questions)
+                        for q in range(len(task.questions))] for t, task in enumerate(tasks)]
+    report = {"people": args.people, "seeds": args.seeds, "objective": args.objective, "document": document,
+              "unadapted": unadapted, "spread": spread, "questions": questions, "question_spread": question_spread,
+              "seconds": time.perf_counter() - started}
     for t, value in enumerate(spread):
         mean = sum(document[s][t] for s in document) / args.seeds
         print(f"document {t:2d}: unadapted {unadapted[t]:7.3f}  document-only {mean:7.3f}  spread over seeds {value:.3f}")
     print(f"spread: min {min(spread):.3f}, mean {sum(spread) / len(spread):.3f}, max {max(spread):.3f}")
+    flat = sorted(value for own in question_spread for value in own)
+    print(f"per-question spread over {len(flat)} questions: median {flat[len(flat) // 2]:.3f}, "
+          f"90th percentile {flat[int(0.9 * (len(flat) - 1))]:.3f}, max {flat[-1]:.3f}")
     with open(args.output, "w") as handle:
         json.dump(report, handle, indent=2)
 

@@ -866,6 +866,35 @@ def test_reward_rules():
         assign_rewards(records(), [0, 0], "improves", margin=-1.0)
 
 
+def test_the_covers_reward_pays_the_fewest_dreams_that_cover_what_any_dream_covers():
+    def dream(score, per_question, kept=True):
+        return {"kept": kept, "score": score, "question_scores": per_question}
+
+    base = [[0.0, 0.0, 0.0, 0.0], [1.0, 1.0]]
+    records = [[dream(0.9, [1.0, 1.0, 0.0, 0.0]),  # covers 0, 1
+                dream(0.8, [1.0, 0.0, 0.0, 0.0]),  # 0 only: nothing new after the first
+                dream(0.5, [0.0, 0.0, 1.0, 0.0]),  # 2: new
+                dream(0.7, [0.0, 0.0, 0.0, 1.0], kept=False),  # not kept: never rewarded
+                dream(0.6, [0.0, 0.0, 1.0, 0.0])],  # 2 again, at a higher score than the other
+               [dream(0.0, [0.5, 1.0])]]  # covers nothing: beats no question's baseline
+    mean = assign_rewards(records, [0.0, 0.0], "covers", base_questions=base)
+    assert [[r.get("reward") for r in own] for own in records] == [[1, 0, 0, None, 1], [0]]
+    assert mean == pytest.approx(2 / 5)
+    # ties on new questions go to the higher score; the margin applies per question
+    tied = [[dream(0.1, [0.5, 0.0]), dream(0.2, [0.0, 0.5])]]
+    assign_rewards(tied, [0.0], "covers", base_questions=[[0.0, 0.0]])
+    assert [r["reward"] for r in tied[0]] == [1, 1]
+    tied = [[dream(0.1, [0.5, 0.5]), dream(0.2, [0.5, 0.5])]]
+    assign_rewards(tied, [0.0], "covers", base_questions=[[0.0, 0.0]])
+    assert [r["reward"] for r in tied[0]] == [0, 1]
+    assign_rewards(tied, [0.0], "covers", base_questions=[[0.0, 0.0]], margin=0.5)
+    assert [r["reward"] for r in tied[0]] == [0, 0]
+    with pytest.raises(ValueError, match="base_questions"):
+        assign_rewards(tied, [0.0], "covers")
+    with pytest.raises(ValueError, match="question scores"):
+        assign_rewards(tied, [0.0], "covers", base_questions=[[0.0]])
+
+
 def test_gold_logprobs_through_adapters_equal_each_adapter_alone(wrapped):
     model, tokenizer, memory, _ = wrapped
     pairs = [(q, gold) for task in tasks() for q, gold in task.questions]
@@ -895,7 +924,8 @@ def test_document_baseline_scores_an_adapter_trained_on_the_document(wrapped, tm
                                inner_adapters=2, objective="sft")
         dreamer = Dreamer(model, tokenizer, memory, config, metric=lambda p, g: 0.0, output_dir=tmp_path / baseline,
                           engine=engine, seed=2)
-        scores[baseline] = dreamer.base_scores(tasks())
+        scores[baseline], per_question = dreamer.base_scores(tasks())
+        assert [len(own) for own in per_question] == [len(task.questions) for task in tasks()]
     prompts = [[qa_prompt(tokenizer, q) for q, _ in task.questions] for task in tasks()]
     for task, own, score in zip(tasks(), prompts, scores["unadapted"]):
         values = gold_logprobs(model, tokenizer, qa_examples(tokenizer, own, [gold for _, gold in task.questions]))
@@ -915,6 +945,22 @@ def test_dreamer_fit_with_the_dense_reward_against_the_document(wrapped, tmp_pat
         kept = [d for d in own if d["kept"]]
         best = max(kept, key=lambda d: d["score"])
         assert [d["reward"] for d in kept] == [int(d is best and d["score"] > base) for d in kept]
+
+
+def test_dreamer_fit_with_the_covers_reward(wrapped, tmp_path):
+    _, result = _fit(wrapped, tmp_path, 1, reward_score="gold_log_prob", reward_baseline="document",
+                     reward="covers")
+    saved = json.loads((tmp_path / "round-00" / "dreams.json").read_text())
+    for own, task, base in zip(saved["dreams"], tasks(), result["base_question_scores"]):
+        assert len(base) == len(task.questions)
+        kept = [d for d in own if d["kept"]]
+        for d in kept:  # the score is the token-weighted mean of the questions' own scores: within their range
+            assert len(d["question_scores"]) == len(task.questions)
+            assert min(d["question_scores"]) - 1e-6 <= d["score"] <= max(d["question_scores"]) + 1e-6
+        covered = [{q for q, (v, b) in enumerate(zip(d["question_scores"], base)) if v > b} for d in kept]
+        rewarded = [c for d, c in zip(kept, covered) if d["reward"]]
+        assert set().union(*covered) == set().union(*rewarded)  # every question some dream covers is covered
+        assert all(c for c in rewarded)  # and no rewarded dream covers nothing
 
 
 @pytest.mark.parametrize("objective", ["sft", "distill"])

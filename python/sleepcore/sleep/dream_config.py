@@ -32,7 +32,7 @@ QUESTIONS = ("Write questions that the passage below answers, one per line. Each
              "Passage: " + DOCUMENT + "\nQuestions:")
 
 SELECTION_SCORES = ("norm", "cosine", "random")
-REWARD_RULES = ("improves", "best_of_m")
+REWARD_RULES = ("improves", "best_of_m", "covers")
 #: What the reward scores: the greedy answers by the task's metric, or the gold answers' log-probability.
 REWARD_SCORES = ("metric", "gold_log_prob")
 #: What a dream's adapted model must beat: the model as it is, or an adapter trained on the document alone.
@@ -185,7 +185,11 @@ class DreamingConfig:
     adapter trained the same way on the document alone, so that a dream is rewarded for what it
     adds to reading the document; computed once per run, the generator plays no part in it).
     ``reward``: ``"improves"`` rewards every dream that beats its baseline by more than
-    ``reward_margin``, ``"best_of_m"`` (SEAL) the best dream of each document when it does. Measured
+    ``reward_margin``, ``"best_of_m"`` (SEAL) the best dream of each document when it does,
+    ``"covers"`` the fewest dreams of each document that together cover every question some dream
+    lifts by more than ``reward_margin`` on that question's own score (a greedy set cover; it pays
+    for teaching more of the document's facts, where the other two pay for one answerable
+    question as much as for seven). Measured
     noise floor (SmolLM2-135M-Instruct, 12 training people, document-only adapters from 4 seeds):
     a document's gold log-prob per token varies by 0.03-0.18 nats (``objective = "sft"``) or
     0.02-0.14 (``"distill"``) with the adapter's seed alone, so with ``"gold_log_prob"`` against

@@ -40,14 +40,20 @@ def check_tasks(tasks) -> list[DreamTask]:
 
 
 def assign_rewards(records: list[list[dict]], base: list[float], rule: str, done: list[dict] | None = None, *,
-                   margin: float = 0.0) -> float:
+                   margin: float = 0.0, base_questions: list[list[float]] | None = None) -> float:
     """Sets ``reward`` (0/1) on every kept dream of ``records`` (per task, dicts with ``kept`` and
     ``score``: None until its inner loop ran) by ``rule``: ``"improves"`` rewards each dream whose
     score beats its task's ``base`` by more than ``margin``; ``"best_of_m"`` only the best scored
-    dream of each task (the first of equal scores) when it does. Returns the mean reward over
-    ``done`` (default: all kept)."""
+    dream of each task (the first of equal scores) when it does; ``"covers"`` the fewest dreams of
+    each task that together cover the questions any of them covers, where a dream covers question
+    ``q`` when its ``question_scores[q]`` beats ``base_questions[task][q]`` by more than ``margin``
+    (greedy set cover: the dream covering the most questions not yet covered, ties to the higher
+    score, then the earlier dream; so a document's rewarded dreams teach different facts, not the
+    same easy one many times). Returns the mean reward over ``done`` (default: all kept)."""
     choice("rule", rule, REWARD_RULES)
     number("margin", margin, minimum=0.0)
+    if rule == "covers" and base_questions is None:
+        raise ValueError("base_questions is required by rule = 'covers' (the baseline's score per question)")
     for t, own in enumerate(records):
         scored = [r for r in own if r["kept"] and r["score"] is not None]
         for r in scored:
@@ -55,5 +61,24 @@ def assign_rewards(records: list[list[dict]], base: list[float], rule: str, done
         if rule == "best_of_m" and scored:
             best = max(scored, key=lambda r: r["score"])
             best["reward"] = int(best["score"] > base[t] + margin)
+        if rule == "covers":
+            _reward_cover(scored, base_questions[t], margin)
     done = done if done is not None else [r for own in records for r in own if r["kept"]]
     return sum(r["reward"] for r in done) / max(1, len(done))
+
+
+def _reward_cover(scored: list[dict], base: list[float], margin: float) -> None:
+    """``"covers"`` for one task's scored dreams (see :func:`assign_rewards`)."""
+    covers = []
+    for r in scored:
+        if len(r["question_scores"]) != len(base):
+            raise ValueError(f"a dream has {len(r['question_scores'])} question scores, its task {len(base)}")
+        covers.append({q for q, (value, floor) in enumerate(zip(r["question_scores"], base)) if value > floor + margin})
+    covered: set[int] = set()
+    while True:
+        gains = [(len(own - covered), r["score"], -k) for k, (r, own) in enumerate(zip(scored, covers))]
+        if not gains or max(gains)[0] == 0:
+            return
+        k = -max(gains)[2]
+        scored[k]["reward"] = 1
+        covered |= covers[k]

@@ -107,18 +107,23 @@ class Dreamer:
 
     def fit(self, tasks, *, progress: bool = True) -> dict:
         """Runs (or resumes) ``config.rounds`` ReST-EM rounds; returns ``{"rounds": [per-round metrics],
-        "base_scores", "generator": path}``."""
+        "base_scores", "base_question_scores", "generator": path}`` (the baseline's score per task,
+        and per question of each task)."""
         tasks = check_tasks(tasks)
         checkpoint = latest_checkpoint(self.root / "rounds")
         if checkpoint is not None:
             tensors, state = load_checkpoint(checkpoint, self.memory)
             torch.set_rng_state(tensors["rng.torch"])  # a resumed run draws what an unbroken one would
             self.slot, history, base = state["slot"], state["history"], state["base_scores"]
+            base_questions = state.get("base_question_scores")  # None in a run checkpointed before it was kept
+            if base_questions is None and self.config.reward == "covers":
+                raise ValueError(f"the run in {self.root} kept no per-question baseline, which reward = 'covers' "
+                                 f"needs: start it in a new output_dir")
         else:
             # B = 0: round 0's generator is the model itself; a seeded A, so a restarted round 0 is the same
             self.slot = self.memory.new_expert(self.level, seed=self.seed)
             self.memory.deactivate(self.level, self.slot)
-            history, base = [], self.base_scores(tasks, progress=progress)
+            history, (base, base_questions) = [], self.base_scores(tasks, progress=progress)
         if len(base) != len(tasks):
             raise ValueError(f"the run in {self.root} has {len(base)} tasks, got {len(tasks)}")
         main = world.is_main()
@@ -126,7 +131,7 @@ class Dreamer:
             atomic_write_text(self._metrics_path(), "".join(json.dumps(record) + "\n" for record in history))
         for index in range(len(history), self.config.rounds):
             started = time.perf_counter()
-            measured = self.measured(tasks, base, index, progress=progress)
+            measured = self.measured(tasks, base, index, base_questions=base_questions, progress=progress)
             update = self._rest_em(self.root / f"round-{index:02d}", measured, index, progress)
             record = {"round": index, **measured["summary"], **update, "seconds": time.perf_counter() - started}
             history.append(record)
@@ -134,71 +139,82 @@ class Dreamer:
                 save_generator(self.root / GENERATOR_FILE, expert_weights(self.memory, self.level, self.slot),
                                info={"rounds": index + 1, "level": self.level})
             save_checkpoint(self.root / "rounds", index + 1, tensors={"rng.torch": torch.get_rng_state()},
-                            memory=self.memory, state={"slot": self.slot, "history": history, "base_scores": base})
+                            memory=self.memory, state={"slot": self.slot, "history": history, "base_scores": base,
+                                                       "base_question_scores": base_questions})
             if main:
                 with open(self._metrics_path(), "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-        return {"rounds": history, "base_scores": base, "generator": str(self.root / GENERATOR_FILE)}
+        return {"rounds": history, "base_scores": base, "base_question_scores": base_questions,
+                "generator": str(self.root / GENERATOR_FILE)}
 
     def _metrics_path(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         return self.root / "metrics.jsonl"
 
-    def measured(self, tasks, base: list[float], index: int, *, progress: bool = False) -> dict:
+    def measured(self, tasks, base: list[float], index: int, *, base_questions: list[list[float]] | None = None,
+                 progress: bool = False) -> dict:
         """Round ``index``'s :meth:`measure` (seed ``seed * 1000 + index``) with the generator as it is,
         cached in ``round-<index>/dreams.json``: a round already measured is read back, not redone.
         ``index = config.rounds`` (after :meth:`fit`) measures the trained generator the same way."""
         saved = self.root / f"round-{index:02d}" / "dreams.json"
         if world.all_gather_objects(saved.is_file())[0]:  # rank 0's view: every rank takes the same branch
             return json.loads(saved.read_text())
-        measured = self.measure(tasks, base, seed=self.seed * 1000 + index, progress=progress, desc=f"round {index}")
+        measured = self.measure(tasks, base, seed=self.seed * 1000 + index, base_questions=base_questions,
+                                progress=progress, desc=f"round {index}")
         if world.is_main():
             saved.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(saved, json.dumps(measured))
         return measured
 
     # ------------------------------------------------------------------ one round's measurement
-    def base_scores(self, tasks, *, progress: bool = False) -> list[float]:
-        """The reward's baseline score per task (``config.reward_baseline``, generator off): the
-        model as it is (``"unadapted"``) or a fresh adapter trained on the document alone
-        (``"document"``, one inner loop per chunk of ``inner_adapters`` tasks)."""
+    def base_scores(self, tasks, *, progress: bool = False) -> tuple[list[float], list[list[float]]]:
+        """The reward's baseline (``config.reward_baseline``, generator off): the model as it is
+        (``"unadapted"``) or a fresh adapter trained on the document alone (``"document"``, one
+        inner loop per chunk of ``inner_adapters`` tasks), scored as :meth:`_scores` does: per task,
+        and per question of each task."""
         tasks = check_tasks(tasks)
         if self.config.reward_baseline == "unadapted":
             with batched_adapters(self.memory, 1, rank=self.config.inner_rank) as adapters:
                 return self._scores(adapters, tasks, [-1] * len(tasks))
-        size, scores = self.config.inner_adapters, []
+        size, scores, questions = self.config.inner_adapters, [], []
         for start in tqdm(range(0, len(tasks), size), desc="document baselines", unit="chunk",
                           disable=not (progress and world.is_main())):
             chunk = tasks[start:start + size]
             examples = [as_examples(self.tokenizer, [task.document]) for task in chunk]
             # a negative seed: apart from every round's chunk seeds (seed * 7919 + start, seed >= 0)
-            scores += self._inner_loop(examples, chunk, seed=-(self.seed * 7919 + start + 1))
-        return scores
+            own, per_question = self._inner_loop(examples, chunk, seed=-(self.seed * 7919 + start + 1))
+            scores, questions = scores + own, questions + per_question
+        return scores, questions
 
-    def _scores(self, adapters, tasks, index: list[int]) -> list[float]:
-        """Per task, the closed-book score through adapter ``index[t]`` (-1: none): the mean of the
-        metric over its questions, or the mean log-probability per gold answer token."""
+    def _scores(self, adapters, tasks, index: list[int]) -> tuple[list[float], list[list[float]]]:
+        """The closed-book scores through adapter ``index[t]`` (-1: none) of each task: the mean of
+        the metric over its questions, or the mean log-probability per gold answer token of all its
+        questions; and per question (the metric, or that answer's mean log-probability per token)."""
         prompts, rows = [], []
         for row, (task, k) in enumerate(zip(tasks, index)):
             for question, gold in task.questions:
                 prompts.append(qa_prompt(self.tokenizer, question))
                 rows.append((row, k, gold))
         adapter_index = [k for _, k, _ in rows]
-        totals, counts = [0.0] * len(tasks), [0] * len(tasks)
+        totals, counts, questions = [0.0] * len(tasks), [0] * len(tasks), [[] for _ in tasks]
         if self.config.reward_score == "gold_log_prob":
             examples = qa_examples(self.tokenizer, prompts, [gold for _, _, gold in rows])
             logprobs = gold_logprobs_with_adapters(self.model, self.tokenizer, adapters, examples, adapter_index)
             for (row, _, _), values in zip(rows, logprobs):
                 totals[row], counts[row] = totals[row] + sum(values), counts[row] + len(values)
+                questions[row].append(sum(values) / len(values))
         else:
             answers = answer_with_adapters(self.model, self.tokenizer, adapters, prompts, adapter_index)
             for (row, _, gold), prediction in zip(rows, answers):
-                totals[row], counts[row] = totals[row] + float(self.metric(prediction, gold)), counts[row] + 1
-        return [total / count for total, count in zip(totals, counts)]
+                questions[row].append(float(self.metric(prediction, gold)))
+                totals[row], counts[row] = totals[row] + questions[row][-1], counts[row] + 1
+        return [total / count for total, count in zip(totals, counts)], questions
 
-    def measure(self, tasks, base: list[float], *, seed: int, progress: bool = False, desc: str = "dreams") -> dict:
+    def measure(self, tasks, base: list[float], *, seed: int, base_questions: list[list[float]] | None = None,
+                progress: bool = False, desc: str = "dreams") -> dict:
         """Generate, select, inner loop and reward with the current generator (no update): per task
-        its dreams with ``selection_score``, ``kept``, ``score`` (adapted) and ``reward``, and a
+        its dreams with ``selection_score``, ``kept``, ``score`` (adapted), ``question_scores`` (per
+        question; ``base_questions`` are the baseline's, which ``reward = "covers"`` needs) and ``reward``, and a
         ``summary`` (means over kept dreams; ``reward`` is the fraction rewarded). Under torchrun a
         collective: each rank works on its blocks and every rank returns the whole result."""
         if self.slot is None:
@@ -211,6 +227,7 @@ class Dreamer:
         kept = [(t, k) for t, (_, order) in enumerate(selected) for k in order]  # (task, dream), selection order
         chunks = [(start, kept[start:start + c.inner_adapters]) for start in range(0, len(kept), c.inner_adapters)]
         mine, scores, done = world.block(chunks), [], []
+        rule = {"margin": c.reward_margin, "base_questions": base_questions}
         bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc=f"{desc} inner loops", unit="dream",
                    disable=not (progress and world.is_main()))
         for start, chunk in mine:
@@ -219,16 +236,16 @@ class Dreamer:
             questions = [{tuple(p): teacher for p, teacher in records[t][k]["questions"]} for t, k in chunk]
             scores.append(self._inner_loop(examples, [tasks[t] for t, _ in chunk], seed=seed * 7919 + start,
                                            questions=questions))
-            for (t, k), score in zip(chunk, scores[-1]):
-                records[t][k]["score"] = score
+            for (t, k), score, per_question in zip(chunk, *scores[-1]):
+                records[t][k].update(score=score, question_scores=per_question)
             done += [records[t][k] for t, k in chunk]
             bar.update(len(chunk))
-            bar.set_postfix(reward=f"{assign_rewards(records, base, c.reward, done, margin=c.reward_margin):.2f}")
+            bar.set_postfix(reward=f"{assign_rewards(records, base, c.reward, done, **rule):.2f}")
         bar.close()
         for (_, chunk), own in zip(chunks, world.gather(scores)):
-            for (t, k), score in zip(chunk, own):
-                records[t][k]["score"] = score
-        assign_rewards(records, base, c.reward, margin=c.reward_margin)
+            for (t, k), score, per_question in zip(chunk, *own):
+                records[t][k].update(score=score, question_scores=per_question)
+        assign_rewards(records, base, c.reward, **rule)
         scored = [records[t][k] for t, k in kept]
         best = [max(r["score"] for r in own if r["kept"]) for own in records]
         summary = {"documents": len(tasks), "dreams": sum(map(len, records)), "kept": len(kept),
@@ -276,7 +293,8 @@ class Dreamer:
                                        progress=progress and not alone)
         return dreams
 
-    def _inner_loop(self, examples, tasks, *, seed: int, questions: list[dict] | None = None) -> list[float]:
+    def _inner_loop(self, examples, tasks, *, seed: int, questions: list[dict] | None = None
+                    ) -> tuple[list[float], list[list[float]]]:
         """Adapter k trained on ``examples[k]`` as the sleep will learn a dream (``config.objective``:
         next-token training, or forward KL to the model reading ``tasks[k]``'s document,
         :func:`~sleepcore.sleep.prompts.document_reader` with ``questions[k]``), then scored on

@@ -180,8 +180,8 @@ def train_generator(suite, name: str, tasks: list[DreamTask]) -> dict:
     dreamer = Dreamer(suite.model, suite.tokenizer, suite.memory, config, metric=contains_match,
                       output_dir=folder, engine=suite.engine, seed=c.seed)
     fitted = dreamer.fit(tasks, progress=suite.progress)
-    final = dreamer.measured(tasks, fitted["base_scores"], config.rounds, progress=suite.progress)["summary"] \
-        if c.dream_training.final_measurement else None
+    final = dreamer.measured(tasks, fitted["base_scores"], config.rounds, base_questions=fitted["base_question_scores"],
+                             progress=suite.progress)["summary"] if c.dream_training.final_measurement else None
     rounds = fitted["rounds"]
     return {"rounds": rounds, "final": final,
             "reward_per_round": [r["reward"] for r in rounds + ([final] if final else [])],
