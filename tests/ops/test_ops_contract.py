@@ -19,9 +19,11 @@ def topk_teacher(n=9, v=40, k=4):
     return logp.indices, logp.values
 
 
-def opcheck_cases():
-    sh, sw, th, tw = linear_args()
-    bias = torch.randn(40, requires_grad=True)
+def opcheck_cases(dtype=torch.float32):
+    """(op, args); ``dtype`` is the fused linear ops' hidden states, weights and biases (the
+    divergence-of-logits cases stay float32)."""
+    sh, sw, th, tw = linear_args(dtype=dtype)
+    bias = torch.randn(40, dtype=dtype, requires_grad=True)
     scale = torch.rand(9)
     ids, logprobs = topk_teacher()
     logits_s, logits_t = torch.randn(9, 40, requires_grad=True), torch.randn(9, 40)
@@ -34,17 +36,17 @@ def opcheck_cases():
         (sleepcore.fused_linear_topk_jsd_rows.default, (sh, sw, ids, logprobs, scale, None, 0.5, 1.0, 5, "auto")),
         (sleepcore.generalized_jsd.default, (logits_s, logits_t, scale, 0.5, 2.0, "auto", True)),
         (sleepcore.generalized_jsd_rows.default, (logits_s, logits_t, scale, 0.1, 1.0, "auto")),
-        (sleepcore.fused_linear_policy_loss.default, (*policy_inputs(), None, None, 1.0, 6, "auto", "grpo", 0.2, 0.2,
-                                                      None, 0.0, "k3", 0.0, None, True, True, False)),
-        (sleepcore.fused_linear_policy_loss.default, (*policy_inputs(bias), torch.randn(3, 3), torch.randn(3, 3), 0.7,
-                                                      4, "auto", "gspo", 0.2, 0.3, 2.0, 0.1, "k2", 0.01, 1.5, True,
-                                                      True, True)),
+        (sleepcore.fused_linear_policy_loss.default, (*policy_inputs(dtype=dtype), None, None, 1.0, 6, "auto", "grpo",
+                                                      0.2, 0.2, None, 0.0, "k3", 0.0, None, True, True, False)),
+        (sleepcore.fused_linear_policy_loss.default, (*policy_inputs(bias, dtype=dtype), torch.randn(3, 3),
+                                                      torch.randn(3, 3), 0.7, 4, "auto", "gspo", 0.2, 0.3, 2.0, 0.1,
+                                                      "k2", 0.01, 1.5, True, True, True)),
     ]
 
 
-def policy_inputs(bias=None, B=3, T=3):
+def policy_inputs(bias=None, B=3, T=3, dtype=torch.float32):
     """hidden [B*T, H], weight, bias, ids (-1: masked), old_logp, advantages, mask, aggregation weights."""
-    sh, sw, _, _ = linear_args(n=B * T)
+    sh, sw, _, _ = linear_args(n=B * T, dtype=dtype)
     mask = torch.rand(B, T) > 0.3
     ids = torch.where(mask.reshape(-1), torch.randint(0, 40, (B * T,)), -1)
     return sh, sw, bias, ids, torch.randn(B, T), torch.randn(B), mask, mask.float() / mask.sum().clamp_min(1)
@@ -53,6 +55,15 @@ def policy_inputs(bias=None, B=3, T=3):
 @pytest.mark.parametrize("case", range(8))
 def test_opcheck(seed, case):
     op, args = opcheck_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [0, 1, 2, 3, 6, 7])
+def test_opcheck_16bit(seed, case, dtype):
+    """16-bit fused linear ops: on the CPU they compute in float32, and must still return the fake
+    ops' dtypes (gradients in the inputs' dtypes)."""
+    op, args = opcheck_cases(dtype)[case]
     torch.library.opcheck(op, args)
 
 

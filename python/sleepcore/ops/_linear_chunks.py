@@ -5,6 +5,10 @@ For each chunk of ``C`` rows: ``logits = hidden[chunk] @ weight.T (+ bias)`` int
 loss gradient w.r.t. the logits; then ``grad_hidden[chunk] = G @ weight``,
 ``grad_weight += G.T @ hidden[chunk]`` and ``grad_bias += G.sum(0)``. Peak extra memory is the
 buffer(s), O(C x V), never N x V. Weight and bias gradients accumulate in float32.
+
+On the CPU, the ops run 16-bit inputs through this loop in float32 (:func:`cpu_float32`, then
+:func:`grads_in_dtypes`): CPU GEMMs cannot return fp32 from 16-bit operands, so the logits would
+be rounded to 16 bits before the softmax.
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ import torch
 _CPU_BUFFER_BYTES = 96 << 20
 _GPU_BUFFER_BYTES = 1 << 30
 _GPU_MAX_ROWS = 4096
+_SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 
 
 def default_chunk_size(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Rows per chunk chosen from V, the dtype and the device (capped at ``rows``)."""
+    """Rows per chunk chosen from V, the dtype and the device (capped at ``rows``); on the CPU the
+    logits buffer is fp32 for 16-bit inputs too (:func:`cpu_float32`), so it is sized as fp32."""
     element_bytes = torch.empty((), dtype=dtype).element_size()
     if device.type == "cuda":
         chunk = min(_GPU_MAX_ROWS, _GPU_BUFFER_BYTES // (vocab * element_bytes))
     else:
-        chunk = _CPU_BUFFER_BYTES // (vocab * element_bytes)
+        chunk = _CPU_BUFFER_BYTES // (vocab * max(element_bytes, 4))
     chunk = max(32, chunk // 32 * 32)
     return max(1, min(rows, chunk))
 
@@ -36,6 +42,19 @@ def grad_flags(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     wanted = torch.is_grad_enabled()
     return (wanted and hidden.requires_grad, wanted and weight.requires_grad,
             wanted and bias is not None and bias.requires_grad)
+
+
+def cpu_float32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The tensors, those that are bf16/fp16 on a CPU as float32 copies (others and None as they are)."""
+    return tuple(t.float() if t is not None and t.device.type == "cpu" and t.dtype in _SIXTEEN_BIT else t
+                 for t in tensors)
+
+
+def grads_in_dtypes(grads, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """:func:`linear_chunks`' ``(grad_hidden, grad_weight, grad_bias)`` cast to the dtypes these
+    (original, not :func:`cpu_float32`) inputs give them: the fake ops' dtypes."""
+    dtypes = (hidden.dtype, weight.dtype, hidden.dtype if bias is None else bias.dtype)
+    return tuple(grad if grad.dtype == dtype else grad.to(dtype) for grad, dtype in zip(grads, dtypes))
 
 
 def _chunk_logits(chunk_hidden, weight, buffer, min_gemm_rows):

@@ -12,6 +12,11 @@ GEMMs into reused buffers, the per-row kernel (``_C`` on CPU, Triton on CUDA) wr
 in place, the logit gradient, then the two gradient GEMMs. Gradients are computed during the
 forward pass (for the scalar reductions) so backward only scales them.
 
+16-bit inputs on the CPU, student and teacher alike, are computed in float32 as in
+:mod:`sleepcore.ops.fused_linear_logprobs` (fp32 copies of both weights per call, gradients cast
+back): CPU GEMMs cannot return fp32 from 16-bit operands, so both sides' logits would otherwise be
+rounded to 16 bits before the softmax.
+
 With a ``process_group`` (or DTensor weights) both weights are this rank's vocabulary shard: the
 ``sleepcore::vocab_parallel_linear_jsd`` ops run the same loop with
 :func:`sleepcore.ops.vocab_parallel_rows.jsd_rows` (per chunk, one all-gather of both sides'
@@ -27,7 +32,8 @@ import torch
 from torch import Tensor
 
 from sleepcore.ops import _checks, _vocab_parallel, vocab_parallel_rows
-from sleepcore.ops._linear_chunks import default_chunk_size, grad_flags, linear_divergence
+from sleepcore.ops._linear_chunks import (cpu_float32, default_chunk_size, grad_flags, grads_in_dtypes,
+                                         linear_divergence)
 from sleepcore.ops._reduction import keep_mask, row_scale as reduction_row_scale
 from sleepcore.ops._row_weighted import RowWeightedSpec, register_row_weighted
 from sleepcore.ops._vocab_parallel import VocabShard
@@ -36,6 +42,9 @@ from sleepcore.ops.divergence_rows import jsd_rows
 
 def _run(student_hidden, student_weight, teacher_hidden, teacher_weight, row_scale, student_bias, teacher_bias,
          beta, temperature, chunk_size, backend, grad_hidden, grad_weight, grad_bias, shard=None):
+    student = (student_hidden, student_weight, student_bias)
+    student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias = cpu_float32(
+        *student, teacher_hidden, teacher_weight, teacher_bias)
     teacher_buffer = teacher_hidden.new_empty(min(chunk_size, teacher_hidden.shape[0]), teacher_weight.shape[0])
 
     def rows_kernel(student_logits, rows, loss, grad):
@@ -49,9 +58,10 @@ def _run(student_hidden, student_weight, teacher_hidden, teacher_weight, row_sca
             vocab_parallel_rows.jsd_rows(student_logits, teacher_logits, row_scale[rows], loss, grad, beta=beta,
                                          temperature=temperature, shard=shard)
 
-    return linear_divergence(student_hidden, student_weight, student_bias, row_scale, rows_kernel, shard=shard,
-                             chunk_size=chunk_size, grad_hidden=grad_hidden, grad_weight=grad_weight,
-                             grad_bias=grad_bias)
+    loss, row_loss, *grads = linear_divergence(student_hidden, student_weight, student_bias, row_scale, rows_kernel,
+                                               shard=shard, chunk_size=chunk_size, grad_hidden=grad_hidden,
+                                               grad_weight=grad_weight, grad_bias=grad_bias)
+    return loss, row_loss, *grads_in_dtypes(grads, *student)
 
 
 @torch.library.custom_op("sleepcore::fused_linear_jsd", mutates_args=())

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from sleepcore.ops import _checks, _vocab_parallel, vocab_parallel_rows
-from sleepcore.ops._linear_chunks import default_chunk_size, linear_chunks
+from sleepcore.ops._linear_chunks import cpu_float32, default_chunk_size, grads_in_dtypes, linear_chunks
 from sleepcore.ops._vocab_parallel import VocabShard
 from sleepcore.ops.fused_linear_jsd import prepare_linear_inputs
 from sleepcore.ops.logprob_rows import logprob_grad_rows, logprob_rows
@@ -48,15 +48,8 @@ def row_functions(shard: VocabShard | None):
             functools.partial(vocab_parallel_rows.logprob_grad_rows, shard=shard))
 
 
-def _cpu_float32(hidden, weight, bias):
-    """16-bit CPU inputs as float32 (see the module docstring); others as they are."""
-    if hidden.device.type != "cpu" or hidden.dtype == torch.float32:
-        return hidden, weight, bias
-    return hidden.float(), weight.float(), None if bias is None else bias.float()
-
-
 def _forward(hidden, weight, token_ids, bias, temperature, chunk_size, backend, with_entropy, shard=None):
-    hidden, weight, bias = _cpu_float32(hidden, weight, bias)
+    hidden, weight, bias = cpu_float32(hidden, weight, bias)
     rows = hidden.shape[0]
     logp = hidden.new_empty(rows, dtype=torch.float32)
     lse = hidden.new_empty(rows, dtype=torch.float32)
@@ -75,8 +68,8 @@ def _forward(hidden, weight, token_ids, bias, temperature, chunk_size, backend, 
 def _backward_impl(grad_logp, grad_entropy, hidden, weight, token_ids, bias, lse, entropy, temperature, chunk_size,
                    backend, grad_hidden, grad_weight, grad_bias, shard=None):
     grad_rows = row_functions(shard)[1]
-    dtypes = (hidden.dtype, weight.dtype, hidden.dtype if bias is None else bias.dtype)  # the fake op's
-    hidden, weight, bias = _cpu_float32(hidden, weight, bias)
+    inputs = (hidden, weight, bias)
+    hidden, weight, bias = cpu_float32(*inputs)
 
     def rows_kernel(logits, chunk, grad):
         grad_rows(logits, token_ids[chunk], lse[chunk], None if entropy is None else entropy[chunk], grad_logp[chunk],
@@ -88,7 +81,7 @@ def _backward_impl(grad_logp, grad_entropy, hidden, weight, token_ids, bias, lse
                               grad_weight=grad_weight, grad_bias=grad_bias, min_gemm_rows=MIN_GEMM_ROWS)
     if shard is not None:
         shard.sum_(grads[0])
-    return tuple(grad if grad.dtype == dtype else grad.to(dtype) for grad, dtype in zip(grads, dtypes))
+    return grads_in_dtypes(grads, *inputs)
 
 
 @torch.library.custom_op("sleepcore::fused_linear_logprobs", mutates_args=())

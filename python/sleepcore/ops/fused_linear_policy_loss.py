@@ -8,6 +8,10 @@ three logits-sized GEMMs in all, against four for the primitive plus autograd, a
 never materialised. Aggregation weights come precomputed from the mask and the global counts,
 so chunking does not change the loss.
 
+16-bit inputs on the CPU are computed in float32 as in :mod:`sleepcore.ops.fused_linear_logprobs`
+(an fp32 copy of the weight per call, gradients cast back): CPU GEMMs cannot return fp32 from
+16-bit operands, so the logits would otherwise be rounded to 16 bits before the softmax.
+
 With a ``process_group`` (or a DTensor weight) the weight is this rank's vocabulary shard: the
 ``sleepcore::vocab_parallel_linear_policy_loss`` op uses the vocab-parallel log-prob rows of
 :mod:`sleepcore.ops.vocab_parallel_rows` (one all-gather per chunk; the policy terms are then
@@ -23,7 +27,8 @@ import torch
 from torch import Tensor
 
 from sleepcore.ops import _checks, _vocab_parallel
-from sleepcore.ops._linear_chunks import default_chunk_size, grad_flags, linear_chunks
+from sleepcore.ops._linear_chunks import (cpu_float32, default_chunk_size, grad_flags, grads_in_dtypes,
+                                         linear_chunks)
 from sleepcore.ops._vocab_parallel import VocabShard
 from sleepcore.ops.fused_linear_jsd import prepare_linear_inputs
 from sleepcore.ops.fused_linear_logprobs import MIN_GEMM_ROWS, row_functions
@@ -60,6 +65,8 @@ def _policy_loss(hidden, weight, bias, token_ids, old_logp, advantages, mask, we
                  entropy_coef, tis_cap, grad_hidden, grad_weight, grad_bias, shard=None):
     config = PolicyLossConfig(loss_type, eps_low, eps_high, clip_ratio_c, kl_coef, kl_estimator, entropy_coef,
                               tis_cap, "token-mean")
+    inputs = (hidden, weight, bias)
+    hidden, weight, bias = cpu_float32(*inputs)
     seq_len = mask.shape[1]
     logp, entropy, lse = (hidden.new_empty(hidden.shape[0], dtype=torch.float32) for _ in range(3))
     total = hidden.new_zeros((), dtype=torch.float32)
@@ -87,7 +94,7 @@ def _policy_loss(hidden, weight, bias, token_ids, old_logp, advantages, mask, we
                               min_gemm_rows=MIN_GEMM_ROWS)
     if shard is not None:
         shard.sum_(grads[0])
-    return (total, logp.view(mask.shape), entropy.view(mask.shape), *grads)
+    return (total, logp.view(mask.shape), entropy.view(mask.shape), *grads_in_dtypes(grads, *inputs))
 
 
 @torch.library.custom_op("sleepcore::fused_linear_policy_loss", mutates_args=())

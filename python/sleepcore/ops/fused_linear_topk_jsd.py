@@ -9,6 +9,11 @@ log-sum-exp over the other ids for the student). Both rest log-probs are floored
 :func:`sleepcore.ops.fused_linear_jsd`; the temperature divides the student's logits only, so
 store the teacher's log-probs at the distillation temperature.
 
+16-bit student inputs on the CPU are computed in float32 as in
+:mod:`sleepcore.ops.fused_linear_logprobs` (an fp32 copy of the weight per call, gradients cast
+back): CPU GEMMs cannot return fp32 from 16-bit operands, so the logits would otherwise be rounded
+to 16 bits before the softmax.
+
 With a ``process_group`` (or a DTensor weight) the student's weight is this rank's vocabulary
 shard and the top-k ids may fall on any shard: the ``sleepcore::vocab_parallel_linear_topk_jsd``
 ops run :func:`sleepcore.ops.vocab_parallel_rows.topk_jsd_rows` (one all-gather per chunk) and
@@ -23,7 +28,8 @@ import torch
 from torch import Tensor
 
 from sleepcore.ops import _checks, _vocab_parallel, vocab_parallel_rows
-from sleepcore.ops._linear_chunks import default_chunk_size, grad_flags, linear_divergence
+from sleepcore.ops._linear_chunks import (cpu_float32, default_chunk_size, grad_flags, grads_in_dtypes,
+                                         linear_divergence)
 from sleepcore.ops._reduction import keep_mask, row_scale as reduction_row_scale
 from sleepcore.ops._row_weighted import RowWeightedSpec, register_row_weighted
 from sleepcore.ops._vocab_parallel import VocabShard
@@ -33,6 +39,9 @@ from sleepcore.ops.fused_linear_jsd import prepare_linear_inputs
 
 def _run(student_hidden, student_weight, teacher_ids, teacher_logprobs, row_scale, student_bias, beta, temperature,
          chunk_size, backend, grad_hidden, grad_weight, grad_bias, shard=None):
+    student = (student_hidden, student_weight, student_bias)
+    student_hidden, student_weight, student_bias = cpu_float32(*student)
+
     def rows_kernel(student_logits, rows, loss, grad):
         if shard is None:
             topk_jsd_rows(student_logits, teacher_ids[rows], teacher_logprobs[rows], row_scale[rows], loss, grad,
@@ -42,9 +51,10 @@ def _run(student_hidden, student_weight, teacher_ids, teacher_logprobs, row_scal
                                               row_scale[rows], loss, grad, beta=beta, temperature=temperature,
                                               shard=shard)
 
-    return linear_divergence(student_hidden, student_weight, student_bias, row_scale, rows_kernel, shard=shard,
-                             chunk_size=chunk_size, grad_hidden=grad_hidden, grad_weight=grad_weight,
-                             grad_bias=grad_bias)
+    loss, row_loss, *grads = linear_divergence(student_hidden, student_weight, student_bias, row_scale, rows_kernel,
+                                               shard=shard, chunk_size=chunk_size, grad_hidden=grad_hidden,
+                                               grad_weight=grad_weight, grad_bias=grad_bias)
+    return loss, row_loss, *grads_in_dtypes(grads, *student)
 
 
 @torch.library.custom_op("sleepcore::fused_linear_topk_jsd", mutates_args=())

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sleepcore import ops, reference
-from _tolerance import assert_close_fp32
+from sleepcore.reference.distill import REST_LOG_FLOOR, jsd_from_logprobs
+from _tolerance import assert_close_fp32, assert_low_precision
 
 
 def make_inputs(n, h, v, k, temperature=1.0):
@@ -58,6 +59,41 @@ def test_k_equal_v_reduces_to_full_op(seed, beta):
     assert_close_fp32(topk, full, "loss")
     for got, want in zip(grads(topk, hidden, weight), grads(full, hidden, weight)):
         assert_close_fp32(got, want, "grad")
+
+
+def plain_topk_jsd(hidden, weight, bias, ids, logprobs, labels, beta, temperature):
+    """Plain PyTorch with the student in its own dtype (the 16-bit rule's baseline): 16-bit logits,
+    log-normaliser and k + 1 student bins; the stored teacher's log-probs stay float32. ``"sum"``
+    reduction (gradients of order 1, where the rule's 1e-2 does not hide every error)."""
+    z = (hidden @ weight.T + bias) / temperature
+    log_normaliser = torch.logsumexp(z, -1, keepdim=True)
+    rest = torch.logsumexp(z.scatter(-1, ids, float("-inf")), -1, keepdim=True) - log_normaliser
+    student = torch.cat([z.gather(-1, ids) - log_normaliser, rest.clamp_min(REST_LOG_FLOOR)], -1)
+    teacher_rest = (1 - logprobs.exp().sum(-1, keepdim=True)).clamp_min(0).log().clamp_min(REST_LOG_FLOOR)
+    per_token = jsd_from_logprobs(student, torch.cat([logprobs, teacher_rest], -1), beta)
+    return (per_token * (labels != -100)).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_rule(seed, dtype):
+    hidden, weight, ids, logprobs, labels, _ = make_inputs(33, 64, 777, 16, temperature=0.7)
+    bias = torch.randn(777, requires_grad=True)
+    kwargs = dict(beta=0.5, temperature=0.7)
+    expected = reference.fused_linear_topk_jsd(hidden, weight, ids, logprobs, labels, student_bias=bias,
+                                               reduction="sum", **kwargs)
+    low = [t.detach().to(dtype).requires_grad_() for t in (hidden, weight, bias)]
+    plain = plain_topk_jsd(*low, ids, logprobs, labels, **kwargs)
+    actual = ops.fused_linear_topk_jsd(low[0], low[1], ids, logprobs, labels, student_bias=low[2], chunk_size=8,
+                                       reduction="sum", **kwargs)
+    grad_output = torch.tensor(2.5)
+    assert actual.dtype == torch.float32
+    assert_low_precision(actual, expected, plain, "loss")
+    got = grads(actual, *low, grad_output=grad_output)
+    assert [g.dtype for g in got] == [dtype] * 3
+    for name, g, want, base in zip(("grad_hidden", "grad_weight", "grad_bias"), got,
+                                   grads(expected, hidden, weight, bias, grad_output=grad_output),
+                                   grads(plain, *low, grad_output=grad_output)):
+        assert_low_precision(g, want, base, name)
 
 
 def test_out_of_range_ids_raise_on_cpu(seed):

@@ -180,10 +180,12 @@ def test_low_precision(seed, dtype):
     plain, _ = reference.policy_loss(logp, batch["old_logp"], batch["advantages"], batch["mask"],
                                      ref_logp=batch["ref_logp"], entropy=entropy, kl_coef=0.1, entropy_coef=0.01)
     assert_low_precision(loss, expected, plain, "loss")
-    got, = torch.autograd.grad(loss, low["hidden"])
-    assert got.dtype == dtype
-    assert_low_precision(got, torch.autograd.grad(expected, batch["hidden"])[0],
-                         torch.autograd.grad(plain, low["hidden"])[0], "grad_hidden")
+    wrt = ("hidden", "weight")
+    for name, got, want, base in zip(wrt, torch.autograd.grad(loss, [low[n] for n in wrt]),
+                                     torch.autograd.grad(expected, [batch[n] for n in wrt]),
+                                     torch.autograd.grad(plain, [low[n] for n in wrt])):
+        assert got.dtype == dtype
+        assert_low_precision(got, want, base, f"grad_{name}")
 
 
 def test_compile_fullgraph(seed):
