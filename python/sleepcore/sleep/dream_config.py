@@ -165,7 +165,9 @@ class DreamingConfig:
     (:func:`~sleepcore.sleep.extractive.repaired_names`: "Tililo Drapoboth" -> "Tililo Drapobith"):
     in the untrained generator's kept dreams of 10 held-out people (seed 4) about one question
     item in ten named a person or place misspelt, and learnt its answer under that name (README,
-    Dreaming, session 27; not yet measured end to end).
+    Dreaming, session 27). Measured end to end (session 28, the untrained generator's row, seed
+    4): 0.500 "contains" against 0.586 without it, 22 of 32 distinct people's facts against 20;
+    within one seed's noise, not a gain.
 
     Selection: each dream's SFT-loss gradient on a fresh inner-loop adapter, scalarised by
     ``selection``: ``"norm"`` (default), ``"cosine"`` (with the document's gradient) or ``"random"``
