@@ -227,7 +227,7 @@ class Dreamer:
         kept = [(t, k) for t, (_, order) in enumerate(selected) for k in order]  # (task, dream), selection order
         chunks = [(start, kept[start:start + c.inner_adapters]) for start in range(0, len(kept), c.inner_adapters)]
         mine, scores, done = world.block(chunks), [], []
-        rule = {"margin": c.reward_margin, "base_questions": base_questions}
+        reward_options = {"margin": c.reward_margin, "base_questions": base_questions}
         bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc=f"{desc} inner loops", unit="dream",
                    disable=not (progress and world.is_main()))
         for start, chunk in mine:
@@ -240,12 +240,12 @@ class Dreamer:
                 records[t][k].update(score=score, question_scores=per_question)
             done += [records[t][k] for t, k in chunk]
             bar.update(len(chunk))
-            bar.set_postfix(reward=f"{assign_rewards(records, base, c.reward, done, **rule):.2f}")
+            bar.set_postfix(reward=f"{assign_rewards(records, base, c.reward, done, **reward_options):.2f}")
         bar.close()
         for (_, chunk), own in zip(chunks, world.gather(scores)):
             for (t, k), score, per_question in zip(chunk, *own):
                 records[t][k].update(score=score, question_scores=per_question)
-        assign_rewards(records, base, c.reward, **rule)
+        assign_rewards(records, base, c.reward, **reward_options)
         scored = [records[t][k] for t, k in kept]
         best = [max(r["score"] for r in own if r["kept"]) for own in records]
         summary = {"documents": len(tasks), "dreams": sum(map(len, records)), "kept": len(kept),
