@@ -33,8 +33,8 @@ from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dr
                                     load_generator, save_generator, write_dreams)
 from sleepcore.sleep.extractive import answer_span, restates_question
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
-from sleepcore.sleep.prompts import (after_context, document_reader, named_entities, names_entity, split_sentences,
-                                     with_context)
+from sleepcore.sleep.prompts import (QUESTION_REWRITE_EXAMPLES, after_context, document_reader, named_entities,
+                                     names_entity, split_sentences, with_context)
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
@@ -105,6 +105,10 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(earlier_dreams_capacity=0), ValueError, "earlier_dreams_capacity"),
     (dict(balance_answers=True), ValueError, "balance_answers"),  # answers = "dream"
     (dict(balance_answers="yes", answers="span"), TypeError, "balance_answers"),
+    (dict(question_rewrites=-1, answers="span"), ValueError, "question_rewrites"),
+    (dict(question_rewrites=1.5, answers="span"), TypeError, "question_rewrites"),
+    (dict(question_rewrites=2), ValueError, "question_rewrites"),  # answers = "dream"
+    (dict(question_rewrites=2, answers="teacher", objective="distill"), ValueError, "question_rewrites"),
     (dict(rounds=0), ValueError, "rounds"),
     (dict(inner_learning_rate=-1.0), ValueError, "inner_learning_rate"),
     (dict(generator_path=3), TypeError, "generator_path"),
@@ -641,6 +645,75 @@ def test_the_stage_balances_its_question_items_by_answer(wrapped, monkeypatch):
     assert len(set(counts[False])) > 1  # the dreams ask about some answers more often than others
     assert len(set(counts[True])) == 1 and len(counts[True]) == len(counts[False])
     assert counts[True][0] == math.ceil(sum(counts[False]) / len(counts[False]))
+
+
+class Completion:
+    def __init__(self, text):
+        self.text = text
+
+
+class Output:
+    def __init__(self, texts):
+        self.completions = [Completion(text) for text in texts]
+
+
+def test_the_stage_learns_each_kept_question_also_in_the_base_model_s_rewrites(wrapped, monkeypatch):
+    """``question_rewrites``: the base model (memory off) rewrites every distinct kept question once,
+    ``question_rewrites`` samples each; a rewrite's misspelt name is put right, and a new rewrite that
+    names the question's entities and that the document answers with the question's answer is
+    learnt right after its question, with that fixed answer and its own teacher prompt (the document
+    in its turn); the original, a rewrite without the name and one asking for another fact are not."""
+    model, tokenizer, memory, engine = wrapped
+    import sleepcore.sleep.dreaming as dreaming_module
+    person, document = DATASET.people[0], DATASET.passages[0]
+    first, last = person.name.split()
+    misspelt = f"{first} {last[:-2]}{'x' if last[-2] != 'x' else 'y'}{last[-1]}"
+    asked = f"Where was {person.name} born?"
+    dreams = [[Dream(0, 0, [1], [1], f"{asked}\n{asked}"), Dream(0, 1, [1], [1], "No question.")]]
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda *a, **k: dreams)
+    rewrites = [f"In what place was {misspelt} born? Lyon.\nmore", f"where was {person.name} born ?",
+                "Where was she born?", f"{person.name} was born where?", f"When was {person.name} born?",
+                "no question mark"]
+    calls = []
+
+    def generate(prompts, params, progress=True, **_):
+        calls.append((list(prompts), params, memory.active_slots(0)))
+        return [Output(rewrites[:params.n]) for _ in prompts]
+    monkeypatch.setattr(engine, "generate", generate)
+    items = {}
+    for count in (0, len(rewrites)):
+        context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+        stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
+                                                     question_rewrites=count))
+        stage.prepare([document], progress=False)
+        items[count] = [sample for sample in stage.items if sample.fixed]
+        assert stage.report["question_rewrites"] == (0 if count == 0 else 2)
+    assert len(calls) == 1  # off: the engine is not asked
+    prompts, params, active = calls[0]
+    assert prompts == [QUESTION_REWRITE_EXAMPLES.replace("{question}", asked)] and params.n == len(rewrites)
+    assert active == []  # the base model rewrites (the new expert is on outside)
+    (question,) = items[0]
+    assert [tuple(sample.student_prompt) for sample in items[len(rewrites)]] == [
+        tuple(encode(tokenizer, qa_prompt(tokenizer, text)))
+        for text in (asked, f"In what place was {person.name} born?", f"{person.name} was born where?")]
+    assert all(sample.response == question.response for sample in items[len(rewrites)])
+    assert items[len(rewrites)][2].teacher_prompt == encode(
+        tokenizer, qa_prompt(tokenizer, f"{person.name} was born where?", document))
+
+
+def test_question_rewrites_run_through_the_engine(wrapped, monkeypatch):
+    """The rewrites sampled by the real engine (a tiny random model's are rarely usable): the stage
+    runs and every rewrite item it adds is a question of its document with a kept question's answer."""
+    model, tokenizer, memory, engine = wrapped
+    import sleepcore.sleep.dreaming as dreaming_module
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+    stage = DreamingStage(context, tiny_dreaming(answers="span", question_rewrites=2))
+    stage.prepare(DATASET.passages[:2], progress=False)
+    added = stage.report["question_rewrites"]
+    assert isinstance(added, int) and added >= 0 and stage.report["questions"] > added
+    assert len([sample for sample in stage.items if sample.fixed]) == stage.report["questions"]
 
 
 def test_the_model_reads_the_questions_the_words_cannot_place(wrapped, monkeypatch):

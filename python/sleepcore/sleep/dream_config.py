@@ -169,6 +169,14 @@ class DreamingConfig:
     4): 0.500 "contains" against 0.586 without it, 22 of 32 distinct people's facts against 20;
     within one seed's noise, not a gain.
 
+    With ``question_rewrites`` (0, the default, is off; needs ``answers`` "sentence" or "span") the
+    sleep's Dreaming stage, after selection, samples that many rewrites of each kept question from
+    the base model and learns every new one that names the question's entities and that the
+    document answers as it answers the question, with the question's answer
+    (:mod:`sleepcore.sleep.question_rewrites`; meta-training's inner loops learn each dream as it is):
+    read fact by fact, a taught fact was recalled more often the more items taught it, and more
+    often when an item used the evaluation's own wording (README, Dreaming, session 28).
+
     Selection: each dream's SFT-loss gradient on a fresh inner-loop adapter, scalarised by
     ``selection``: ``"norm"`` (default), ``"cosine"`` (with the document's gradient) or ``"random"``
     (no gradient: the ablation); the ``top_k`` best plus ``random_kept`` (b) others at random are kept.
@@ -280,6 +288,7 @@ class DreamingConfig:
     rehearse_consolidation: bool = False
     balance_answers: bool = False
     repair_names: bool = False
+    question_rewrites: int = 0
     rehearse_earlier_dreams: float = 0.0
     earlier_dreams_capacity: int = 4096
     steps: int = 40
@@ -328,6 +337,10 @@ class DreamingConfig:
         if self.repair_names and self.answers == "dream":
             raise ValueError("repair_names corrects the questions a dream asks, so it needs answers other than "
                              "'dream' (a dream learnt as written asks none)")
+        integer("question_rewrites", self.question_rewrites, minimum=0)
+        if self.question_rewrites and self.answers not in DOCUMENT_ANSWERS:
+            raise ValueError(f"question_rewrites keeps a rewrite when the document answers it as it answers its "
+                             f"question, so it needs answers in {DOCUMENT_ANSWERS}, got answers = {self.answers!r}")
         number("reward_margin", self.reward_margin, minimum=0.0)
         for name in ("noise_scale", "inner_learning_rate", "generator_learning_rate"):
             positive(name, getattr(self, name))

@@ -9,6 +9,8 @@ answer is used.
 With ``rehearse_earlier_dreams`` the stage also relearns a share of the questions (with their taught
 answers) that earlier sleeps' Dreaming learnt; it leaves its own in ``learnt_questions``, which the
 :class:`~sleepcore.sleep.sleeper.Sleeper` keeps in the wake buffer for later sleeps.
+With ``question_rewrites`` each kept question is also learnt in the base model's other wordings
+(:mod:`sleepcore.sleep.question_rewrites`).
 With ``balance_answers`` each document's question items are resampled so that every distinct
 answer is asked about equally often (:func:`balanced_questions`).
 With ``objective = "sft"`` the training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on
@@ -37,6 +39,7 @@ from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dreams import answered_examples, generator_expert, load_generator, write_dreams
 from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
 from sleepcore.sleep.prompts import document_reader
+from sleepcore.sleep.question_rewrites import rewritten_questions
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.sentence_reader import reader_for
 from sleepcore.sleep.sft import NextTokenStage
@@ -115,8 +118,14 @@ class DreamingStage:
                                             seed=context.seed, progress=progress,
                                             reader=reader_for(c.sentence_finder, context.model, context.tokenizer,
                                                               context.memory.switched_off))
-        records = world.gather([self._select(index, document, own, examples, questions) for (index, document), own,
-                                examples, questions in zip(mine, dreams, answered, asked)])
+        records = [self._select(index, document, own, examples, questions) for (index, document), own, examples,
+                   questions in zip(mine, dreams, answered, asked)]
+        rewrites = 0
+        if c.question_rewrites and records:
+            records, rewrites = rewritten_questions(context.engine, context.tokenizer, context.memory, records, dreams,
+                                                    [d for _, d in mine], c, seed=context.seed, progress=progress)
+        records = world.gather(records)
+        rewrites = sum(world.gather([rewrites]))
         if c.balance_answers:
             records = [balanced_questions(record, context.tokenizer, random.Random(context.seed * 100_003 + index))
                        for index, record in enumerate(records)]
@@ -125,10 +134,11 @@ class DreamingStage:
         self.report = {"dreams": sum(record["dreams"] for record in records), "kept": len(scores),
                        "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
                        "questions": sum(len(record["questions"]) for record in records),
+                       "question_rewrites": rewrites,
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
         hint = "; a consolidated expert can stop the writer asking: try writer = 'base'" if c.writer == "model" else ""
-        if c.answers != "dream" and self.report["questions"] < c.min_questions:
-            self.skipped = (f"{self.report['questions']} answered questions in the kept dreams, fewer than "
+        if c.answers != "dream" and self.report["questions"] - rewrites < c.min_questions:
+            self.skipped = (f"{self.report['questions'] - rewrites} answered questions in the kept dreams, fewer than "
                             f"min_questions = {c.min_questions}: so few would teach their answers to every question")
             warnings.warn(f"dreaming trains nothing: {self.skipped}{hint}", RuntimeWarning, stacklevel=2)
             if fresh:

@@ -81,6 +81,38 @@ def dream_questions(text: str, entities: list[str] | None = None) -> list[str]:
     return list(dict.fromkeys(questions))
 
 
+def asked_questions(tokenizer, dreams: list[list[Dream]], documents: list[str],
+                    config: DreamingConfig) -> list[list[list[tuple[tuple[int, ...], str]]]]:
+    """``asked[i][k]``: the questions dream k of document i asks (:func:`dream_questions`; with
+    ``config.questions_name_entity`` only those naming an entity of ``documents[i]``; with
+    ``config.repair_names`` their misspelt names put right), each as ``(closed-book prompt ids,
+    question text)``."""
+    asked = []
+    for own, document in zip(dreams, documents):
+        names = named_entities(document)
+        entities = names if config.questions_name_entity else None
+        per_dream = []
+        for dream in own:
+            texts = dream_questions(dream.text, entities)
+            if config.repair_names:
+                texts = list(dict.fromkeys(repaired_names(question, names) for question in texts))
+            per_dream.append([(tuple(encode(tokenizer, qa_prompt(tokenizer, question))), question)
+                              for question in texts])
+        asked.append(per_dream)
+    return asked
+
+
+def document_answer_ids(tokenizer, question: str, sentence: str | None, answers: str) -> list[int] | None:
+    """The response ids a question learns from the document's ``sentence`` that answers it (None:
+    none does): the sentence (``answers = "sentence"``) or the words of it that answer the question
+    (``"span"``, :func:`~sleepcore.sleep.extractive.answer_span`; None when there are none), then
+    the end-of-turn ids."""
+    answer = answer_span(question, sentence) if sentence is not None and answers == "span" else sentence
+    if answer is None:
+        return None
+    return answer_ids(tokenizer, qa_prompt(tokenizer, question), answer) + end_of_turn(tokenizer)
+
+
 def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: list[str], config: DreamingConfig,
                       *, teacher, seed: int, progress: bool = False,
                       reader: SentenceReader | None = None) -> tuple[list[list[list]], list[dict]]:
@@ -108,28 +140,19 @@ def answered_examples(engine, tokenizer, dreams: list[list[Dream]], documents: l
         return [[dream_examples(tokenizer, dream.text) for dream in own] for own in dreams], [{} for _ in dreams]
     questions: list[dict] = [{} for _ in dreams]
     owners = []
-    for index, (own, document) in enumerate(zip(dreams, documents)):
-        names = named_entities(document)
-        entities = names if config.questions_name_entity else None
-        for k, dream in enumerate(own):
-            asked = dream_questions(dream.text, entities)
-            if config.repair_names:
-                asked = list(dict.fromkeys(repaired_names(question, names) for question in asked))
-            for question in asked:
-                prompt = tuple(encode(tokenizer, qa_prompt(tokenizer, question)))
+    for index, (asked, document) in enumerate(zip(asked_questions(tokenizer, dreams, documents, config), documents)):
+        for k, own in enumerate(asked):
+            for prompt, question in own:
                 questions[index].setdefault(prompt, encode(tokenizer, qa_prompt(tokenizer, question, document)))
                 owners.append((index, k, prompt, question))
     examples = [[[] for _ in own] for own in dreams]
     if config.answers in DOCUMENT_ANSWERS:
-        closing = end_of_turn(tokenizer)
         sentences = answering_sentences([question for *_, question in owners],
                                         [documents[index] for index, *_ in owners], reader)
-        for (index, k, prompt, question), answer in zip(owners, sentences):
-            if answer is not None and config.answers == "span":
-                answer = answer_span(question, answer)
-            if answer is not None:
-                examples[index][k].append((list(prompt), answer_ids(tokenizer, qa_prompt(tokenizer, question), answer)
-                                           + closing))
+        for (index, k, prompt, question), sentence in zip(owners, sentences):
+            response = document_answer_ids(tokenizer, question, sentence, config.answers)
+            if response is not None:
+                examples[index][k].append((list(prompt), response))
     else:
         params = SamplingParams(n=1, temperature=config.answer_temperature, max_tokens=config.answer_max_tokens,
                                 seed=seed)
