@@ -118,3 +118,20 @@ def test_suite_results_cache(tmp_path):
         SuiteResults(tmp_path, {"a": [1], "b": 0, "methods": ["x"]}, resume=True)
     with pytest.raises(TypeError, match="resume"):
         SuiteResults(tmp_path, {}, resume="yes")
+
+
+def test_a_field_added_since_the_saved_run_matches_at_its_default(tmp_path):
+    """A resumed run's config may hold fields the saved one lacks (options added to the code since,
+    off by default): at their defaults they match; set otherwise, or without defaults, they differ,
+    named with their path."""
+    saved = {"seed": 1, "dreaming": {"top_k": 2}, "methods": ["x"]}
+    SuiteResults(tmp_path, saved, resume=False)
+    defaults = {"seed": 0, "dreaming": {"top_k": 2, "rewrites": 0}, "methods": []}
+    SuiteResults(tmp_path, {**saved, "dreaming": {"top_k": 2, "rewrites": 0}}, resume=True, defaults=defaults)
+    SuiteResults(tmp_path, saved, resume=False)
+    with pytest.raises(ValueError, match=r"different dreaming\.rewrites\)"):
+        SuiteResults(tmp_path, {**saved, "dreaming": {"top_k": 2, "rewrites": 8}}, resume=True, defaults=defaults)
+    with pytest.raises(ValueError, match=r"different dreaming\.rewrites"):
+        SuiteResults(tmp_path, {**saved, "dreaming": {"top_k": 2, "rewrites": 0}}, resume=True)
+    with pytest.raises(ValueError, match=r"different dreaming\.top_k, seed"):
+        SuiteResults(tmp_path, {**saved, "seed": 2, "dreaming": {"top_k": 3}}, resume=True, defaults=defaults)

@@ -7,7 +7,8 @@ round, :meth:`~sleepcore.sleep.dreamer.Dreamer.fit`, and its final measurement, 
 :meth:`~sleepcore.sleep.dreamer.Dreamer.measured`); an interrupted row is rerun from the unchanged
 model. ``<output_dir>/suite.json`` holds the run's config: a resumed run must have the same one
 (``methods`` may differ, so rows can be added), or it raises ``ValueError`` naming the fields that
-differ.
+differ. A field the saved config lacks (added to the code since) matches when the run's value is
+that field's default: the options are added off by default, so the older run behaved as the default.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ class SuiteResults:
         root: the run's output folder.
         config: the suite's config as a JSON-able dict (``configuration.to_dict``).
         resume: read finished parts back; if False every part is recomputed (and saved again).
+        defaults: the default config as the same kind of dict, for fields a saved config lacks
+            (None: any field it lacks differs).
     """
 
-    def __init__(self, root, config: dict, *, resume: bool):
+    def __init__(self, root, config: dict, *, resume: bool, defaults: dict | None = None):
         if not isinstance(resume, bool):
             raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
         self.root, self.resume, self.loaded = Path(root), resume, []
@@ -41,8 +44,7 @@ class SuiteResults:
         path = self.root / CONFIG_FILE
         if resume and path.is_file():
             saved = json.loads(path.read_text())
-            differ = sorted(key for key in set(saved) | set(config)
-                            if key != "methods" and saved.get(key) != config.get(key))
+            differ = _differences(saved, config, json.loads(json.dumps(defaults)) if defaults else None, skip={"methods"})
             if differ:
                 raise ValueError(f"resume: {self.root} holds a run of another config (different "
                                  f"{', '.join(differ)}); use another output_dir or do not resume")
@@ -60,3 +62,22 @@ class SuiteResults:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(result))
         return result
+
+
+def _differences(saved: dict, config: dict, defaults: dict | None, *, skip: set = frozenset(), where: str = "") -> list[str]:
+    """The dotted names of the fields whose values differ between ``saved`` and ``config``, sorted; a
+    field ``saved`` lacks matches when ``config`` has its value in ``defaults``."""
+    differ = []
+    for key in sorted(set(saved) | set(config)):
+        name, value = f"{where}{key}", config.get(key)
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if key in skip:
+            continue
+        if key not in saved:
+            if not isinstance(defaults, dict) or key not in defaults or value != default:
+                differ.append(name)
+        elif isinstance(saved[key], dict) and isinstance(value, dict):
+            differ += _differences(saved[key], value, default, where=f"{name}.")
+        elif saved[key] != value:
+            differ.append(name)
+    return differ

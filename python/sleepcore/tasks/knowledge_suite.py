@@ -179,7 +179,8 @@ class KnowledgeSuite:
         self.engine = Engine(model, tokenizer, kv_memory_bytes=kv_memory_bytes)
         self.groups = sleep_groups(config)
         self.dreaming = None  # the Dreaming rows' generators (train_generators), once per run
-        self.results = SuiteResults(self.output_dir, to_dict(config), resume=resume)
+        self.results = SuiteResults(self.output_dir, to_dict(config), resume=resume,
+                                    defaults=to_dict(type(config)()))
 
     def run(self) -> dict:
         """Every row (the untrained ones first); returns the report (also what
