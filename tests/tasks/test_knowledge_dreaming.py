@@ -66,6 +66,7 @@ def test_every_dreaming_row_runs_each_sleep_at_the_budget(run):
                 kept = dreams_per_document if method == "seal" else TINY_CONFIG.dreaming.kept
                 assert sleep["dreaming"]["kept"] == kept * documents and sleep["dreaming"]["samples"]
                 assert sleep["dreaming"]["rehearsed_dreams"] == 0  # rehearse_earlier_dreams is off by default
+                assert sleep["dreaming"]["question_rewrites"] == 0  # question_rewrites too
 
 
 def test_dreaming_rows_see_documents_only(run):

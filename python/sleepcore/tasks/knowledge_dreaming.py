@@ -194,14 +194,15 @@ def merge_stages(stages: dict) -> dict:
     """One summary of a sleep's stages (the suite's costs read it): tokens, steps, history and
     forward tokens summed over the stages, Knowledge Seeding's own figures as they are, and
     ``dreaming``: per stage its tokens and steps, and the dreaming stage's dreams, kept, examples, question
-    items, rehearsed items (the consolidation replay's, earlier sleeps' dream questions) and samples."""
+    items (and how many of them are rewrites, ``question_rewrites``), rehearsed items (the consolidation replay's, earlier sleeps' dream questions) and samples."""
     merged = {key: value for summary in stages.values() for key, value in summary.items() if key != "examples"}
     merged.update(tokens=sum(s["tokens"] for s in stages.values()), steps=sum(s["steps"] for s in stages.values()),
                   history=[step for s in stages.values() for step in s["history"]],
                   prepare_forward_tokens=sum(s.get("prepare_forward_tokens") or 0 for s in stages.values()))
     dreams = stages["dreaming"]
     merged["dreaming"] = {"stages": {name: {"tokens": s["tokens"], "steps": s["steps"]} for name, s in stages.items()},
-                          **{key: dreams[key] for key in ("dreams", "kept", "examples", "questions", "kept_score_mean",
+                          **{key: dreams[key] for key in ("dreams", "kept", "examples", "questions",
+                                                          "question_rewrites", "kept_score_mean",
                                                           "rehearsed", "rehearsed_dreams", "samples", "dream_kl_before",
                                                           "dream_kl_after")
                              if key in dreams}}
