@@ -107,6 +107,18 @@ def test_resume_refuses_another_config_by_field(first, tmp_path, capsys):
     assert main(ARGS[:-1] + ["base,sleep", "--output-dir", str(output), "--resume"]) == 0  # methods may change
 
 
+def test_resume_adds_budget_points(first, tmp_path):
+    """``budgets`` may change on resume: the saved multiplier's rows are read back, a new one is run."""
+    output = _copy(first, tmp_path)
+    assert main(ARGS[:-1] + ["base,sft", "--budgets", "0.5,1", "--output-dir", str(output), "--resume"]) == 0
+    report = json.loads((output / "knowledge.json").read_text())
+    assert sorted(report["resumed"]) == ["base", "sft/x1"]
+    runs = report["results"]["sft"]["runs"]
+    assert [run["budget"] for run in runs] == [0.5, 1.0] and (output / "sft" / "x0.5" / "result.json").is_file()
+    assert runs[1]["sleeps"] == first[1]["results"]["sft"]["runs"][0]["sleeps"]
+    assert runs[0]["sleeps"][0]["budget"] < runs[1]["sleeps"][0]["budget"]
+
+
 def test_suite_results_cache(tmp_path):
     computed = []
     results = SuiteResults(tmp_path, {"a": (1, 2), "methods": ["x"]}, resume=False)
