@@ -13,7 +13,7 @@ question, and by how many items taught the fact. Fixed items whose answer holds 
 person they name are counted as ``untaught items`` (reversed questions, "What is Kaifuholt?", and
 spans of another fact).
 
-    python bench/taught_facts.py RUN_DIR --method dreaming-round0 [--sleep -1] [--out OUT.json]
+    python bench/taught_facts.py RUN_DIR --method dreaming-round0 [--budget 16] [--sleep -1] [--out OUT.json]
 
 RUN_DIR holds ``knowledge.json`` and ``<method>/x<budget>/sleep-<n>/<stage>/step-*`` (the run's
 config must have the suite's ``sleeps`` and ``seed``, read from ``knowledge.json``). Decoding uses the
@@ -78,6 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("--method", default="dreaming-round0", help="the row (a folder of RUN_DIR)")
+    parser.add_argument("--budget", type=float, help="which budget multiplier of the row (default: its largest, "
+                                                     "the one the report's table shows)")
     parser.add_argument("--sleep", type=int, default=-1, help="which sleep (default: the last)")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the packaged model whose tokenizer decodes")
     parser.add_argument("--out", help="write the counts as JSON here")
@@ -88,11 +90,15 @@ def main() -> None:
     groups = sleep_groups(KnowledgeSuiteConfig(sleeps=tuple(suite["sleeps"]), seed=suite["seed"]))
     index = args.sleep % len(groups)
     group = groups[index]
-    right = report["results"][args.method]["sleeps"][index]["one_hop"]["contains_each"]
+    runs = {run_["budget"]: run_ for run_ in report["results"][args.method]["runs"]}
+    budget = max(runs) if args.budget is None else args.budget
+    if budget not in runs:
+        raise SystemExit(f"--budget {budget:g}: the {args.method} row ran at {', '.join(f'{b:g}' for b in sorted(runs))}")
+    right = runs[budget]["sleeps"][index]["one_hop"]["contains_each"]
     tokenizer = AutoTokenizer.from_pretrained(cache_path(args.model))
     taught, stages, questions = {}, {}, {}
     for stage in STAGES:
-        steps = sorted(glob.glob(str(run / args.method / "x*" / f"sleep-{index:03d}" / stage / "step-*")))
+        steps = sorted(glob.glob(str(run / args.method / f"x{budget:g}" / f"sleep-{index:03d}" / stage / "step-*")))
         if not steps:
             continue
         items = json.loads((Path(steps[-1]) / "state.json").read_text())["stage"]["replay"]
@@ -121,7 +127,7 @@ def main() -> None:
     print("per attribute (facts, taught, right): " + ", ".join(
         f"{name} {row['facts']}/{row['taught']}/{row['right']}" for name, row in attributes.items()))
     if args.out:
-        Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "sleep": index,
+        Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "budget": budget, "sleep": index,
                                               "stages": stages, "groups": groups_out, "teaching": teaching,
                                               "attributes": attributes},
                                              indent=1) + "\n")
