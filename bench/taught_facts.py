@@ -93,7 +93,8 @@ def main() -> None:
     runs = {run_["budget"]: run_ for run_ in report["results"][args.method]["runs"]}
     budget = max(runs) if args.budget is None else args.budget
     if budget not in runs:
-        raise SystemExit(f"--budget {budget:g}: the {args.method} row ran at {', '.join(f'{b:g}' for b in sorted(runs))}")
+        ran = ", ".join(f"{b:g}" for b in sorted(runs))
+        raise SystemExit(f"--budget {budget:g}: the {args.method} row ran at {ran}")
     right = runs[budget]["sleeps"][index]["one_hop"]["contains_each"]
     tokenizer = AutoTokenizer.from_pretrained(cache_path(args.model))
     taught, stages, questions = {}, {}, {}

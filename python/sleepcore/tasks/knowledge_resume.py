@@ -7,8 +7,8 @@ round, :meth:`~sleepcore.sleep.dreamer.Dreamer.fit`, and its final measurement, 
 :meth:`~sleepcore.sleep.dreamer.Dreamer.measured`); an interrupted row is rerun from the unchanged
 model. ``<output_dir>/suite.json`` holds the run's config: a resumed run must have the same one
 (``methods`` and ``budgets`` may differ, so rows and budget points can be added: each row at each
-multiplier runs from the unchanged model with its own seed), or it raises ``ValueError`` naming the fields that
-differ. A field the saved config lacks (added to the code since) matches when the run's value is
+multiplier runs from the unchanged model with its own seed), or it raises ``ValueError`` naming
+the fields that differ. A field the saved config lacks (added to the code since) matches when the run's value is
 that field's default: the options are added off by default, so the older run behaved as the default.
 """
 
@@ -47,7 +47,8 @@ class SuiteResults:
         path = self.root / CONFIG_FILE
         if resume and path.is_file():
             saved = json.loads(path.read_text())
-            differ = _differences(saved, config, json.loads(json.dumps(defaults)) if defaults else None, skip=RESUMABLE_CHANGES)
+            defaults = json.loads(json.dumps(defaults)) if defaults else None
+            differ = _differences(saved, config, defaults, skip=RESUMABLE_CHANGES)
             if differ:
                 raise ValueError(f"resume: {self.root} holds a run of another config (different "
                                  f"{', '.join(differ)}); use another output_dir or do not resume")
