@@ -193,8 +193,9 @@ def train_generator(suite, name: str, tasks: list[DreamTask]) -> dict:
 def merge_stages(stages: dict) -> dict:
     """One summary of a sleep's stages (the suite's costs read it): tokens, steps, history and
     forward tokens summed over the stages, Knowledge Seeding's own figures as they are, and
-    ``dreaming``: per stage its tokens and steps, and the dreaming stage's dreams, kept, examples, question
-    items (and how many of them are rewrites, ``question_rewrites``), rehearsed items (the consolidation replay's, earlier sleeps' dream questions) and samples."""
+    ``dreaming``: per stage its tokens and steps, and the dreaming stage's dreams, kept, examples,
+    question items (and how many of them are rewrites, ``question_rewrites``), rehearsed items (the
+    consolidation replay's, earlier sleeps' dream questions) and samples."""
     merged = {key: value for summary in stages.values() for key, value in summary.items() if key != "examples"}
     merged.update(tokens=sum(s["tokens"] for s in stages.values()), steps=sum(s["steps"] for s in stages.values()),
                   history=[step for s in stages.values() for step in s["history"]],

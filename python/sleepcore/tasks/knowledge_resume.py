@@ -68,7 +68,8 @@ class SuiteResults:
         return result
 
 
-def _differences(saved: dict, config: dict, defaults: dict | None, *, skip: set = frozenset(), where: str = "") -> list[str]:
+def _differences(saved: dict, config: dict, defaults: dict | None, *, skip: set = frozenset(),
+                 where: str = "") -> list[str]:
     """The dotted names of the fields whose values differ between ``saved`` and ``config``, sorted; a
     field ``saved`` lacks matches when ``config`` has its value in ``defaults``."""
     differ = []
