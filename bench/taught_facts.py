@@ -15,6 +15,12 @@ spans of another fact).
 
     python bench/taught_facts.py RUN_DIR --method dreaming-round0 [--budget 16] [--sleep -1] [--out OUT.json]
 
+With ``--retention`` it looks for the first sleep's people in the last sleep's items instead (what that
+sleep rehearsed of them with a fixed answer: Dreaming's ``rehearse_earlier_dreams`` questions;
+Knowledge Seeding's ``rehearsal`` prompts get the teacher's sampled answers, so they never count),
+and splits their facts by whether the last sleep rehearsed them and whether each was answered
+right after its own sleep and after the last one (the report's ``retention``).
+
 RUN_DIR holds ``knowledge.json`` and ``<method>/x<budget>/sleep-<n>/<stage>/step-*`` (the run's
 config must have the suite's ``sleeps`` and ``seed``, read from ``knowledge.json``). Decoding uses the
 tokenizer alone (no model forward).
@@ -74,6 +80,18 @@ def by_teaching(group, right: list[int], questions: dict) -> dict:
     return dict(splits)
 
 
+def retention_split(group, before: list[int], after: list[int], taught: dict) -> dict:
+    """The first sleep's facts by the stages of the last sleep that rehearsed them, each counted as
+    right after its own sleep (``before``) and after the last (``after``): kept, lost, gained, never."""
+    counts = collections.defaultdict(lambda: {"kept": 0, "lost": 0, "gained": 0, "never": 0})
+    for question, was, now in zip(group.questions, before, after):
+        kind = "+".join(sorted(taught.get((question.person, question.attribute), ()))) or "none"
+        counts[kind]["kept" if was and now else "lost" if was else "gained" if now else "never"] += 1
+    for kind, row in sorted(counts.items()):
+        print(f"rehearsed by {kind:17s} " + ", ".join(f"{name} {value:3d}" for name, value in row.items()))
+    return dict(counts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
@@ -82,6 +100,8 @@ def main() -> None:
                                                      "the one the report's table shows)")
     parser.add_argument("--sleep", type=int, default=-1, help="which sleep (default: the last)")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the packaged model whose tokenizer decodes")
+    parser.add_argument("--retention", action="store_true",
+                        help="the first sleep's facts: rehearsed by the last sleep, kept or lost (see above)")
     parser.add_argument("--out", help="write the counts as JSON here")
     args = parser.parse_args()
     run = Path(args.run_dir)
@@ -89,14 +109,18 @@ def main() -> None:
     suite = report["config"]
     groups = sleep_groups(KnowledgeSuiteConfig(sleeps=tuple(suite["sleeps"]), seed=suite["seed"]))
     index = args.sleep % len(groups)
-    group = groups[index]
+    if args.retention and index == 0:
+        raise SystemExit("--retention: the run has one sleep, or --sleep chose the first")
+    group = groups[0] if args.retention else groups[index]
     runs = {run_["budget"]: run_ for run_ in report["results"][args.method]["runs"]}
     budget = max(runs) if args.budget is None else args.budget
     if budget not in runs:
         ran = ", ".join(f"{b:g}" for b in sorted(runs))
         raise SystemExit(f"--budget {budget:g}: the {args.method} row ran at {ran}")
-    right = runs[budget]["sleeps"][index]["one_hop"]["contains_each"]
+    right = runs[budget]["sleeps"][0 if args.retention else index]["one_hop"]["contains_each"]
     tokenizer = AutoTokenizer.from_pretrained(cache_path(args.model))
+    if args.retention:
+        print(f"the first sleep's {len(group.people)} people in sleep {index}'s items (other people's items teach none):")
     taught, stages, questions = {}, {}, {}
     for stage in STAGES:
         steps = sorted(glob.glob(str(run / args.method / f"x{budget:g}" / f"sleep-{index:03d}" / stage / "step-*")))
@@ -109,6 +133,13 @@ def main() -> None:
             taught.setdefault(fact, set()).add(stage)
             questions.setdefault(fact, []).extend(asked)
         print(f"{stage:9s} fixed items {fixed:3d}, teaching no fact {untaught:3d}, facts taught {len(facts):3d}")
+    if args.retention:
+        retained = runs[budget]["retention"][0]["one_hop"]["contains_each"]
+        split = retention_split(group, right, retained, taught)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "budget": budget,
+                                                  "sleep": index, "stages": stages, "retention": split}, indent=1) + "\n")
+        return
     counts = collections.Counter()
     for question, correct in zip(group.questions, right):
         counts["+".join(sorted(taught.get((question.person, question.attribute), ()))) or "none", correct] += 1
