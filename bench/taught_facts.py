@@ -120,7 +120,8 @@ def main() -> None:
     right = runs[budget]["sleeps"][0 if args.retention else index]["one_hop"]["contains_each"]
     tokenizer = AutoTokenizer.from_pretrained(cache_path(args.model))
     if args.retention:
-        print(f"the first sleep's {len(group.people)} people in sleep {index}'s items (other people's items teach none):")
+        print(f"the first sleep's {len(group.people)} people in sleep {index}'s items "
+              "(other people's items teach none):")
     taught, stages, questions = {}, {}, {}
     for stage in STAGES:
         steps = sorted(glob.glob(str(run / args.method / f"x{budget:g}" / f"sleep-{index:03d}" / stage / "step-*")))
@@ -133,13 +134,19 @@ def main() -> None:
             taught.setdefault(fact, set()).add(stage)
             questions.setdefault(fact, []).extend(asked)
         print(f"{stage:9s} fixed items {fixed:3d}, teaching no fact {untaught:3d}, facts taught {len(facts):3d}")
+    found = {"run": str(run), "method": args.method, "budget": budget, "sleep": index, "stages": stages}
     if args.retention:
         retained = runs[budget]["retention"][0]["one_hop"]["contains_each"]
-        split = retention_split(group, right, retained, taught)
-        if args.out:
-            Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "budget": budget,
-                                                  "sleep": index, "stages": stages, "retention": split}, indent=1) + "\n")
-        return
+        found["retention"] = retention_split(group, right, retained, taught)
+    else:
+        found.update(counted(group, right, taught, questions))
+    if args.out:
+        Path(args.out).write_text(json.dumps(found, indent=1) + "\n")
+
+
+def counted(group, right: list[int], taught: dict, questions: dict) -> dict:
+    """The facts by the stages that taught them, by how they were taught, and per attribute: each
+    count with how many of them were answered right (printed as well)."""
     counts = collections.Counter()
     for question, correct in zip(group.questions, right):
         counts["+".join(sorted(taught.get((question.person, question.attribute), ()))) or "none", correct] += 1
@@ -158,11 +165,7 @@ def main() -> None:
         row["right"] += correct
     print("per attribute (facts, taught, right): " + ", ".join(
         f"{name} {row['facts']}/{row['taught']}/{row['right']}" for name, row in attributes.items()))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"run": str(run), "method": args.method, "budget": budget, "sleep": index,
-                                              "stages": stages, "groups": groups_out, "teaching": teaching,
-                                              "attributes": attributes},
-                                             indent=1) + "\n")
+    return {"groups": groups_out, "teaching": teaching, "attributes": attributes}
 
 
 if __name__ == "__main__":
