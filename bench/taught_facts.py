@@ -80,13 +80,17 @@ def by_teaching(group, right: list[int], questions: dict) -> dict:
     return dict(splits)
 
 
+def stages_of(question, taught: dict) -> str:
+    """The stages that taught ``question``'s fact, joined by "+" ("none" when none did)."""
+    return "+".join(sorted(taught.get((question.person, question.attribute), ()))) or "none"
+
+
 def retention_split(group, before: list[int], after: list[int], taught: dict) -> dict:
     """The first sleep's facts by the stages of the last sleep that rehearsed them, each counted as
     right after its own sleep (``before``) and after the last (``after``): kept, lost, gained, never."""
     counts = collections.defaultdict(lambda: {"kept": 0, "lost": 0, "gained": 0, "never": 0})
     for question, was, now in zip(group.questions, before, after):
-        kind = "+".join(sorted(taught.get((question.person, question.attribute), ()))) or "none"
-        counts[kind]["kept" if was and now else "lost" if was else "gained" if now else "never"] += 1
+        counts[stages_of(question, taught)]["kept" if was and now else "lost" if was else "gained" if now else "never"] += 1
     for kind, row in sorted(counts.items()):
         print(f"rehearsed by {kind:17s} " + ", ".join(f"{name} {value:3d}" for name, value in row.items()))
     return dict(counts)
@@ -149,7 +153,7 @@ def counted(group, right: list[int], taught: dict, questions: dict) -> dict:
     count with how many of them were answered right (printed as well)."""
     counts = collections.Counter()
     for question, correct in zip(group.questions, right):
-        counts["+".join(sorted(taught.get((question.person, question.attribute), ()))) or "none", correct] += 1
+        counts[stages_of(question, taught), correct] += 1
     groups_out = {}
     for kind in sorted({kind for kind, _ in counts}):
         total = counts[kind, 0] + counts[kind, 1]
