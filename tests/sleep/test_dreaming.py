@@ -103,6 +103,9 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(rehearse_earlier_dreams="all", answers="span"), TypeError, "rehearse_earlier_dreams"),
     (dict(rehearse_earlier_dreams=0.5), ValueError, "rehearse_earlier_dreams"),  # answers = "dream"
     (dict(earlier_dreams_capacity=0), ValueError, "earlier_dreams_capacity"),
+    (dict(rehearse_earlier_seeding="yes", rehearse_earlier_dreams=0.5, answers="span"), TypeError,
+     "rehearse_earlier_seeding"),
+    (dict(rehearse_earlier_seeding=True, answers="span"), ValueError, "rehearse_earlier_seeding"),  # no share
     (dict(balance_answers=True), ValueError, "balance_answers"),  # answers = "dream"
     (dict(balance_answers="yes", answers="span"), TypeError, "balance_answers"),
     (dict(question_rewrites=-1, answers="span"), ValueError, "question_rewrites"),
@@ -471,6 +474,37 @@ def test_a_later_sleep_relearns_the_questions_earlier_dreaming_learnt(tmp_path, 
         again.wake(DATASET.passages[2:3])
         again.sleep(progress=False)
         assert again.buffer.earlier_dreams == after.earlier_dreams
+
+
+def test_knowledge_seedings_fixed_answers_join_the_rehearsal_pool(tmp_path, monkeypatch):
+    """With ``rehearse_earlier_seeding`` the questions that a sleep's Knowledge Seeding learnt with a
+    fixed answer join the pool of questions later sleeps' Dreaming rehearses, beside the questions
+    Dreaming learnt; its sampled items do not, and without the option the pool is Dreaming's alone."""
+    import sleepcore.sleep.dreaming as dreaming_module
+    from sleepcore.sleep.knowledge_seeding import KnowledgeSeeding
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    real_prepare, fixed = KnowledgeSeeding.prepare, []
+
+    def answers_from_the_document(stage, buffer, **kwargs):  # two items as if sentence_questions had made them
+        real_prepare(stage, buffer, **kwargs)
+        stage.items[:2] = [dataclasses.replace(item, fixed=True) for item in stage.items[:2]]
+        fixed.append([[list(item.student_prompt), list(item.response)] for item in stage.items[:2]])
+
+    monkeypatch.setattr(KnowledgeSeeding, "prepare", answers_from_the_document)
+    pools = {}
+    for joined in (False, True):
+        dreaming = tiny_dreaming(objective="distill", answers="span", top_k=1, random_kept=1, dreams_per_document=2,
+                                 rehearse_earlier_dreams=0.5, rehearse_earlier_seeding=joined)
+        sleeper = make_sleeper(seeding(steps=1, batch_size=2, max_new_tokens=8, completions=2, samples_per_prompt=1),
+                               stages=("seeding", "dreaming"), output_dir=str(tmp_path / str(joined)), dreaming=dreaming)
+        sleeper.wake(DATASET.passages[:2])
+        sleeper.sleep(progress=False)
+        pools[joined] = {(tuple(prompt), tuple(response)) for prompt, response in sleeper.buffer.earlier_dreams}
+    assert fixed[0] == fixed[1] and len(fixed[0]) == 2  # the same sleep both times
+    seeded = {(tuple(prompt), tuple(response)) for prompt, response in fixed[0]}
+    assert pools[False] and not pools[False] & seeded  # Dreaming's questions alone
+    assert pools[True] == pools[False] | seeded
 
 
 def test_distilled_dreams_are_read_by_the_teacher_after_their_document(wrapped):

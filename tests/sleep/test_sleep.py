@@ -371,6 +371,7 @@ def test_sentence_answers_replay_the_documents_sentence_scored_by_the_teacher():
         assert sample.response[-len(closing):] == closing and sample.fixed  # given, not sampled
         assert sleeper.tokenizer.decode(sample.response[:-len(closing)]).strip() in sentences
     assert all(s.fixed for s in replay.replay_from_state(*replay.replay_state(run.items)))  # kept by a checkpoint
+    assert run.fixed_questions() == [[s.student_prompt, s.response] for s in run.items]  # all fixed, for rehearsal
     with torch.no_grad(), run.teacher():  # the teacher's states on the sentence, as a plain forward gives them
         fresh = response_hidden(sleeper.model, [s.teacher_prompt for s in run.items], [s.response for s in run.items],
                                 run.pad_id)

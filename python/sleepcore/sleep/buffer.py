@@ -41,8 +41,9 @@ class WakeBuffer:
     the student prompts (texts, no answers) that earlier sleeps replayed, kept across sleeps for the
     ``rehearsal`` replay builder (a bounded uniform sample of them: :meth:`consolidated`);
     ``earlier_seen``: how many distinct prompts that sample was drawn from. ``earlier_dreams``: the
-    questions that earlier sleeps' Dreaming stages learnt, each ``[prompt ids, response ids]`` (the
-    answer it was taught), for ``DreamingConfig.rehearse_earlier_dreams``, and ``earlier_dreams_seen``
+    questions that earlier sleeps' Dreaming stages learnt (with ``rehearse_earlier_seeding``, also
+    Knowledge Seeding's fixed-answer questions), each ``[prompt ids, response ids]`` (the answer it
+    was taught), for ``DreamingConfig.rehearse_earlier_dreams``, and ``earlier_dreams_seen``
     the same count for them."""
 
     documents: list[str] = field(default_factory=list)
@@ -75,8 +76,8 @@ class WakeBuffer:
         Past the capacity it is a reservoir sample (:func:`reservoir`): every distinct prompt
         remembered so far is kept with the same probability, so each sleep's share of later
         rehearsal stays in proportion to the prompts it replayed, however many sleeps come after.
-        ``dreams`` (``[prompt ids, response ids]`` pairs: the questions this sleep's Dreaming
-        learnt) join ``earlier_dreams`` the same way, at most ``dreams_capacity`` (default
+        ``dreams`` (``[prompt ids, response ids]`` pairs: the questions this sleep learnt with
+        fixed answers) join ``earlier_dreams`` the same way, at most ``dreams_capacity`` (default
         ``capacity``) of them."""
         earlier, seen = reservoir(self.earlier, self.earlier_seen, replayed, capacity, rng)
         dreamt, dreamt_seen = reservoir(self.earlier_dreams, self.earlier_dreams_seen,

@@ -136,6 +136,15 @@ class DreamingConfig:
     0.543 -> 0.486 and 0.314 -> 0.229, against 0.543 -> 0.171 and 0.314 -> 0.171 without it, and
     the new people's was 0.06 and 0.09 lower (README, Dreaming, session 23). Off by default until
     more runs confirm it.
+    With ``rehearse_earlier_seeding`` (off by default; needs ``rehearse_earlier_dreams``) the
+    questions that earlier sleeps' Knowledge Seeding learnt with a fixed answer (its
+    ``sentence_questions`` items with ``sentence_answers`` "span" or "sentence":
+    :meth:`~sleepcore.sleep.knowledge_seeding.KnowledgeSeeding.fixed_questions`) join that pool
+    too, so the share is drawn from both stages' questions. Why: read fact by fact over two sleeps
+    (README, Dreaming, session 31), of the first sleep's right facts those that an earlier
+    Dreaming question covered were mostly kept (seed 4: 18 of 22, seed 5: 4 of 6) and those none
+    covered were all lost (1 and 5): the pool of Dreaming's questions alone covered 26 and 16 of
+    the 35 facts.
     With ``balance_answers`` (off by default; needs ``answers`` "sentence" or "span") the sleep's
     Dreaming stage resamples each document's kept question items so that every distinct answer is
     asked about equally often (:func:`~sleepcore.sleep.dreaming.balanced_questions`; meta-training's
@@ -294,6 +303,7 @@ class DreamingConfig:
     repair_names: bool = False
     question_rewrites: int = 0
     rehearse_earlier_dreams: float = 0.0
+    rehearse_earlier_seeding: bool = False
     earlier_dreams_capacity: int = 4096
     steps: int = 40
     batch_size: int = 8
@@ -322,6 +332,10 @@ class DreamingConfig:
         if self.rehearse_earlier_dreams > 0 and self.answers == "dream":
             raise ValueError("rehearse_earlier_dreams needs answers other than 'dream' (it relearns the dreams' "
                              "answered questions, which answers = 'dream' does not tell from their other lines)")
+        boolean("rehearse_earlier_seeding", self.rehearse_earlier_seeding)
+        if self.rehearse_earlier_seeding and self.rehearse_earlier_dreams <= 0:
+            raise ValueError("rehearse_earlier_seeding adds to the pool that rehearse_earlier_dreams draws from, so it "
+                             f"needs rehearse_earlier_dreams > 0, got {self.rehearse_earlier_dreams}")
         if self.top_k + self.random_kept > self.dreams_per_document:
             raise ValueError(f"top_k + random_kept must be <= dreams_per_document ({self.dreams_per_document}), got "
                              f"{self.top_k} + {self.random_kept}")

@@ -193,6 +193,12 @@ class KnowledgeSeeding:
                 "coverage": self.coverage, "prepare_forward_tokens": self.prepare_forward_tokens,
                 "trained_fraction": trained / max(tokens, 1), "student_prompts": list(self.student_prompts)}
 
+    def fixed_questions(self) -> list[list[list[int]]]:
+        """``[student prompt ids, response ids]`` of the replay items whose response is fixed (the
+        answers taken from the document: ``sentence_questions`` with ``sentence_answers``), which a
+        later sleep's Dreaming can rehearse (``DreamingConfig.rehearse_earlier_seeding``)."""
+        return [[list(sample.student_prompt), list(sample.response)] for sample in self.items if sample.fixed]
+
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, replay = replay_state(self.items)
         runtime_tensors, runtime_state = self.runtime.state_dict()

@@ -116,11 +116,13 @@ class Sleeper:
                                      log_fields={"sleep": self.sleeps})
             earlier_items += stage.items
             learnt_questions += getattr(stage, "learnt_questions", [])
+            if c.dreaming.rehearse_earlier_seeding and hasattr(stage, "fixed_questions"):
+                learnt_questions += stage.fixed_questions()
         replayed = [text for summary in stages.values() for text in summary.pop("student_prompts", [])]
         summary = {"sleep": self.sleeps, "level": c.receiver_level, "slot": slot, "documents": len(self.buffer),
                    "fast_updates": self.fast.updates if self.fast else 0, "stages": stages}
         # consolidated: the documents leave the context; the replayed prompts and the questions Dreaming
-        # learnt stay for later rehearsal
+        # (with rehearse_earlier_seeding, Knowledge Seeding too) learnt stay for later rehearsal
         self.buffer = self.buffer.consolidated(replayed, c.seeding.rehearsal_capacity,
                                                random.Random(c.seed + self.sleeps), dreams=learnt_questions,
                                                dreams_capacity=c.dreaming.earlier_dreams_capacity)
