@@ -27,7 +27,7 @@ from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
-from sleepcore.sleep.dreaming import DreamingStage, balanced_questions
+from sleepcore.sleep.dreaming import DreamingStage, balanced_questions, distinct_questions
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
                                     load_generator, save_generator, write_dreams)
@@ -108,6 +108,8 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(rehearse_earlier_seeding=True, answers="span"), ValueError, "rehearse_earlier_seeding"),  # no share
     (dict(balance_answers=True), ValueError, "balance_answers"),  # answers = "dream"
     (dict(balance_answers="yes", answers="span"), TypeError, "balance_answers"),
+    (dict(distinct_questions=True), ValueError, "distinct_questions"),  # answers = "dream"
+    (dict(distinct_questions=1, answers="span"), TypeError, "distinct_questions"),
     (dict(question_rewrites=-1, answers="span"), ValueError, "question_rewrites"),
     (dict(question_rewrites=1.5, answers="span"), TypeError, "question_rewrites"),
     (dict(question_rewrites=2), ValueError, "question_rewrites"),  # answers = "dream"
@@ -658,6 +660,38 @@ def test_balanced_questions_ask_every_answer_the_mean_number_of_times():
     assert balanced["questions"] == [[prompt, [500 + prompt[0]]] for prompt, _ in questions]
     assert balanced_questions({**record, "items": [document], "questions": []}, LetterTokenizer(),
                               random.Random(0))["items"] == [document]
+
+
+def test_distinct_questions_keep_the_first_item_of_each_question():
+    asked = [([10], [1]), ([11], [1]), ([10], [1]), ([20], [2, 2]), ([11], [1]), ([10], [1])]
+    statement, document = ([40, 41], [5]), ([99], [7, 7])
+    record = {"items": asked[:3] + [statement] + asked[3:] + [document], "document": 0, "scores": [0.5],
+              "questions": [[list(prompt), [500 + prompt[0]]] for prompt, _ in asked]}
+    distinct = distinct_questions(record)
+    assert distinct["items"] == [([10], [1]), ([11], [1]), statement, ([20], [2, 2]), document]
+    assert distinct["questions"] == [[[10], [510]], [[11], [511]], [[20], [520]]]
+    assert distinct["scores"] == [0.5] and distinct["document"] == 0  # the rest of the record as it was
+    assert record["items"][2] == ([10], [1])  # the input is not changed
+
+
+def test_the_stage_learns_a_question_asked_by_several_dreams_once(wrapped, monkeypatch):
+    model, tokenizer, memory, engine = wrapped
+    import sleepcore.sleep.dreaming as dreaming_module
+    person = DATASET.people[0]
+    texts = ("Where was {name} born?\nWhat was the name of {name}'s first pet?",
+             "Where was {name} born?\nIn which city was {name} born?")
+    dreams = [[Dream(0, k, [1], [1], text.format(name=person.name)) for k, text in enumerate(texts)]]
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda *a, **k: dreams)
+    prompts = {}
+    for distinct in (False, True):
+        context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+        stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
+                                                     min_questions=0, distinct_questions=distinct))
+        stage.prepare(DATASET.passages[:1], progress=False)
+        prompts[distinct] = [tuple(sample.student_prompt) for sample in stage.items if sample.fixed]
+        assert stage.report["questions"] == len(prompts[distinct])
+    assert len(prompts[False]) > len(set(prompts[False]))  # both dreams ask where the person was born
+    assert sorted(prompts[True]) == sorted(set(prompts[False]))  # each question once, none lost
 
 
 def test_the_stage_balances_its_question_items_by_answer(wrapped, monkeypatch):

@@ -11,6 +11,8 @@ answers) that earlier sleeps' Dreaming learnt; it leaves its own in ``learnt_que
 :class:`~sleepcore.sleep.sleeper.Sleeper` keeps in the wake buffer for later sleeps.
 With ``question_rewrites`` each kept question is also learnt in the base model's other wordings
 (:mod:`sleepcore.sleep.question_rewrites`).
+With ``distinct_questions`` a document's question asked by several kept dreams is learnt once
+(:func:`distinct_questions`).
 With ``balance_answers`` each document's question items are resampled so that every distinct
 answer is asked about equally often (:func:`balanced_questions`).
 With ``objective = "sft"`` the training is :class:`~sleepcore.sleep.sft.NextTokenStage`'s step on
@@ -126,6 +128,8 @@ class DreamingStage:
                                                     [d for _, d in mine], c, seed=context.seed, progress=progress)
         records = world.gather(records)
         rewrites = sum(world.gather([rewrites]))
+        if c.distinct_questions:
+            records = [distinct_questions(record) for record in records]
         if c.balance_answers:
             records = [balanced_questions(record, context.tokenizer, random.Random(context.seed * 100_003 + index))
                        for index, record in enumerate(records)]
@@ -231,6 +235,26 @@ def _question_items(record: dict) -> list[list[list[int]]]:
     ``[prompt ids, response ids]``."""
     asked = {tuple(prompt) for prompt, _ in record["questions"]}
     return [[list(prompt), list(response)] for prompt, response in record["items"] if tuple(prompt) in asked]
+
+
+def distinct_questions(record: dict) -> dict:
+    """A document record whose question items each ask a different question: of the items with the
+    same closed-book prompt ids (the same question in several kept dreams), the first stays; the
+    record's other items (statement lines, the document) stay where they are.
+
+    Why: a ReST-EM-trained generator writes nearly the same dream many times, so selection keeps
+    copies, and the stage spent its budget on repeats (README, Dreaming, session 34)."""
+    teacher = {tuple(prompt): prompt_of_teacher for prompt, prompt_of_teacher in record["questions"]}
+    seen, items = set(), []
+    for item in record["items"]:
+        key = tuple(item[0])
+        if key in teacher:
+            if key in seen:
+                continue
+            seen.add(key)
+        items.append(item)
+    return {**record, "items": items,
+            "questions": [[prompt, teacher[tuple(prompt)]] for prompt, _ in items if tuple(prompt) in teacher]}
 
 
 def balanced_questions(record: dict, tokenizer, rng: random.Random) -> dict:
