@@ -16,14 +16,18 @@ machine's Triton version.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import pkgutil
+import shutil
 import sys
 import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)  # before Triton is imported: real JIT functions
-os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="sleepcore-aot-")  # compile, never reuse
+_CACHE = tempfile.mkdtemp(prefix="sleepcore-aot-")
+os.environ["TRITON_CACHE_DIR"] = _CACHE  # compile, never reuse
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)  # about 10 MB of cubins per run
 
 import torch  # noqa: E402
 import triton  # noqa: E402
