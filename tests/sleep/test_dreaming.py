@@ -674,20 +674,26 @@ def test_distinct_questions_keep_the_first_item_of_each_question():
     assert record["items"][2] == ([10], [1])  # the input is not changed
 
 
-def test_the_stage_learns_a_question_asked_by_several_dreams_once(wrapped, monkeypatch):
+def _stage_on_dreams(wrapped, monkeypatch, texts, **options) -> DreamingStage:
+    """A Dreaming stage prepared on the first person's passage, its two kept dreams being ``texts``
+    (``{name}``: the person's name), with span answers and ``options``."""
     model, tokenizer, memory, engine = wrapped
     import sleepcore.sleep.dreaming as dreaming_module
-    person = DATASET.people[0]
+    dreams = [[Dream(0, k, [1], [1], text.format(name=DATASET.people[0].name)) for k, text in enumerate(texts)]]
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda *a, **k: dreams)
+    context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
+    stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
+                                                 min_questions=0, **options))
+    stage.prepare(DATASET.passages[:1], progress=False)
+    return stage
+
+
+def test_the_stage_learns_a_question_asked_by_several_dreams_once(wrapped, monkeypatch):
     texts = ("Where was {name} born?\nWhat was the name of {name}'s first pet?",
              "Where was {name} born?\nIn which city was {name} born?")
-    dreams = [[Dream(0, k, [1], [1], text.format(name=person.name)) for k, text in enumerate(texts)]]
-    monkeypatch.setattr(dreaming_module, "write_dreams", lambda *a, **k: dreams)
     prompts = {}
     for distinct in (False, True):
-        context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
-        stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
-                                                     min_questions=0, distinct_questions=distinct))
-        stage.prepare(DATASET.passages[:1], progress=False)
+        stage = _stage_on_dreams(wrapped, monkeypatch, texts, distinct_questions=distinct)
         prompts[distinct] = [tuple(sample.student_prompt) for sample in stage.items if sample.fixed]
         assert stage.report["questions"] == len(prompts[distinct])
     assert len(prompts[False]) > len(set(prompts[False]))  # both dreams ask where the person was born
@@ -695,19 +701,11 @@ def test_the_stage_learns_a_question_asked_by_several_dreams_once(wrapped, monke
 
 
 def test_the_stage_balances_its_question_items_by_answer(wrapped, monkeypatch):
-    model, tokenizer, memory, engine = wrapped
-    import sleepcore.sleep.dreaming as dreaming_module
-    person = DATASET.people[0]
     texts = ("Where was {name} born?\nIn which city was {name} born?\nWhere was {name} born, which city?",
              "What was the name of {name}'s first pet?")
-    dreams = [[Dream(0, k, [1], [1], text.format(name=person.name)) for k, text in enumerate(texts)]]
-    monkeypatch.setattr(dreaming_module, "write_dreams", lambda *a, **k: dreams)
     counts = {}
     for balance in (False, True):
-        context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
-        stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
-                                                     min_questions=0, balance_answers=balance))
-        stage.prepare(DATASET.passages[:1], progress=False)
+        stage = _stage_on_dreams(wrapped, monkeypatch, texts, balance_answers=balance)
         answers = [tuple(sample.response) for sample in stage.items if sample.fixed]
         counts[balance] = sorted(answers.count(answer) for answer in set(answers))
     assert len(set(counts[False])) > 1  # the dreams ask about some answers more often than others
