@@ -242,8 +242,8 @@ def distinct_questions(record: dict) -> dict:
     same closed-book prompt ids (the same question in several kept dreams), the first stays; the
     record's other items (statement lines, the document) stay where they are.
 
-    Why: a ReST-EM-trained generator writes nearly the same dream many times, so selection keeps
-    copies, and the stage spent its budget on repeats (README, Dreaming, session 34)."""
+    Why: a ReST-EM-trained generator asks the same questions in many of a document's dreams, so the
+    kept dreams overlap and the stage spent its budget on repeats (README, Dreaming, session 34)."""
     teacher = {tuple(prompt): prompt_of_teacher for prompt, prompt_of_teacher in record["questions"]}
     seen, items = set(), []
     for item in record["items"]:
