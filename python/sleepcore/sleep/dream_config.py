@@ -165,9 +165,9 @@ class DreamingConfig:
     a ReST-EM-trained generator writes the same questions in many of a document's dreams (session
     34: 68 distinct questions in 125 kept items on seed 4 and 77 in 216 on seed 1, against 96 in
     105 and 165 in 205 for the untrained generator), which spends the stage's budget on repeats.
-    Measured end to end (README, Dreaming, session 34; one run each): Sleep 0.400 -> 0.429 on
-    seed 4 and 0.500 -> 0.586 on seed 1, drift 3.5 -> 2.6 and 3.4 -> 2.8; off by default until
-    more seeds confirm it.
+    Measured end to end (README, Dreaming, session 34; one run each): Sleep 0.400 -> 0.429 (bf16)
+    and 0.443 -> 0.486 (fp32) on seed 4, 0.500 -> 0.586 on seed 1, drift lower in all three; off
+    by default until more seeds confirm it.
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
