@@ -253,6 +253,12 @@ def distinct_questions(record: dict) -> dict:
                 continue
             seen.add(key)
         items.append(item)
+    return _with_items(record, items, teacher)
+
+
+def _with_items(record: dict, items: list, teacher: dict) -> dict:
+    """``record`` with ``items`` in place of its own and its question list rebuilt from them
+    (``teacher``: a question's student prompt ids, as a tuple, to its teacher prompt ids)."""
     return {**record, "items": items,
             "questions": [[prompt, teacher[tuple(prompt)]] for prompt, _ in items if tuple(prompt) in teacher]}
 
@@ -283,5 +289,4 @@ def balanced_questions(record: dict, tokenizer, rng: random.Random) -> dict:
     for group in by_answer.values():
         questions += rng.sample(group, target) if len(group) >= target else \
             [group[index % len(group)] for index in range(target)]
-    return {**record, "items": questions + others,
-            "questions": [[prompt, teacher[tuple(prompt)]] for prompt, _ in questions]}
+    return _with_items(record, questions + others, teacher)
