@@ -28,9 +28,9 @@ from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreaming import DreamingStage, balanced_questions, distinct_questions
-from sleepcore.sleep.dreamer import Dreamer
+from sleepcore.sleep.dreamer import Dreamer, rewarded_pairs
 from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
-                                    load_generator, save_generator, write_dreams)
+                                    load_generator, save_generator, without_repeated_lines, write_dreams)
 from sleepcore.sleep.extractive import answer_span, restates_question
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
 from sleepcore.sleep.prompts import (QUESTION_REWRITE_EXAMPLES, after_context, document_reader, named_entities,
@@ -110,6 +110,7 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(balance_answers="yes", answers="span"), TypeError, "balance_answers"),
     (dict(distinct_questions=True), ValueError, "distinct_questions"),  # answers = "dream"
     (dict(distinct_questions=1, answers="span"), TypeError, "distinct_questions"),
+    (dict(generator_distinct_lines="yes"), TypeError, "generator_distinct_lines"),
     (dict(question_rewrites=-1, answers="span"), ValueError, "question_rewrites"),
     (dict(question_rewrites=1.5, answers="span"), TypeError, "question_rewrites"),
     (dict(question_rewrites=2), ValueError, "question_rewrites"),  # answers = "dream"
@@ -1100,6 +1101,53 @@ def test_dreamer_fit_with_the_covers_reward(wrapped, tmp_path):
         rewarded = [c for d, c in zip(kept, covered) if d["reward"]]
         assert set().union(*covered) == set().union(*rewarded)  # every question some dream covers is covered
         assert all(c for c in rewarded)  # and no rewarded dream covers nothing
+
+
+def test_without_repeated_lines_keeps_each_line_once_per_document():
+    texts = ["Where was Ada born?\nWhat did Ada study?", "no question here", "1. where was ada born?\n\nWhen did Ada die?",
+             "- What did Ada study?\nWhen did Ada die?", "What did Ada write?\nWhat did Ada write?"]
+    kept = without_repeated_lines(texts)
+    assert kept[0] is texts[0] and kept[1] is texts[1]  # nothing repeated: the same text
+    assert kept[2] == "When did Ada die?"  # list marker and case ignored; the blank line goes too
+    assert kept[3] is None  # every line written before
+    assert kept[4] == "What did Ada write?"  # a line repeated inside one text
+    assert without_repeated_lines([]) == []
+
+
+def test_rest_em_learns_each_rewarded_dream_without_lines_an_earlier_one_wrote(wrapped):
+    tokenizer = wrapped[1]
+    stop = tokenizer.eos_token_id
+    assert stop is not None
+
+    def record(text, reward, stopped=True):
+        return {"text": text, "reward": reward, "prompt_ids": [7, len(text)],
+                "token_ids": encode(tokenizer, text) + ([stop] if stopped else [])}
+    first = [record("Who is Ada?\nWhere was Ada born?", 1), record("Who is Ada?\nWhen did Ada die?", 0),
+             record("Where was Ada born?\nWhat did Ada study?", 1), record("- who is ada?", 1),
+             record("Where was Ada born?\nWhat did Ada write?", 1, stopped=False)]
+    second = [record("Who is Ada?", 1)]  # another document: its lines are its own
+    rewarded = [r for own in (first, second) for r in own if r["reward"]]
+    assert rewarded_pairs([first, second], tokenizer) == [(r["prompt_ids"], r["token_ids"]) for r in rewarded]
+    assert rewarded_pairs([first, second], tokenizer, distinct_lines=True) == [
+        (first[0]["prompt_ids"], first[0]["token_ids"]),  # the first rewarded dream as sampled
+        (first[2]["prompt_ids"], encode(tokenizer, "What did Ada study?") + [stop]),  # the unrewarded dream counts not
+        (first[4]["prompt_ids"], encode(tokenizer, "What did Ada write?")),  # no stop token when it had none
+        (second[0]["prompt_ids"], second[0]["token_ids"])]  # first[3] repeats only: left out
+
+
+def test_dreamer_fit_trains_the_generator_on_distinct_lines_when_configured(wrapped, tmp_path, monkeypatch):
+    import sleepcore.sleep.dreamer as dreamer_module
+    calls = []
+
+    def spy(records, tokenizer, **options):
+        calls.append((options, rewarded_pairs(records, tokenizer, **options)))
+        return calls[-1][1]
+    monkeypatch.setattr(dreamer_module, "rewarded_pairs", spy)
+    _, result = _fit(wrapped, tmp_path, 1, generator_distinct_lines=True)
+    assert [options for options, _ in calls] == [{"distinct_lines": True}]
+    pairs = calls[0][1]
+    assert pairs and len(pairs) <= result["rounds"][0]["rewarded"]
+    assert result["rounds"][0]["generator_steps"] == min(2, math.ceil(2 * len(pairs) / 2))
 
 
 @pytest.mark.parametrize("objective", ["sft", "distill"])

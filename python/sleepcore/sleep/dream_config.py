@@ -234,7 +234,11 @@ class DreamingConfig:
     ``generator_learning_rate``, at most ``generator_steps`` steps) of the generator's own expert on
     (dream prompt, rewarded dream). Epochs, not a fixed step count: with one or two rewarded dreams
     a fixed 20 steps of 4 trained the generator 40 times on each and it collapsed onto them
-    (measured: SEAL's reward 0.062 -> 0.031, generator loss 0.05).
+    (measured: SEAL's reward 0.062 -> 0.031, generator loss 0.05). With ``generator_distinct_lines``
+    (off by default) each rewarded dream is learnt without the lines an earlier rewarded dream of
+    its document wrote (:func:`~sleepcore.sleep.dreamer.rewarded_pairs`): trained on every rewarded
+    dream as written, the generator asks the same questions in all of a document's dreams
+    (session 34).
 
     Sleep time: the generator is ``generator_path`` (a file ``Dreamer`` wrote; None: the untrained
     model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes, on top of
@@ -296,6 +300,7 @@ class DreamingConfig:
     generator_epochs: int = 2
     generator_steps: int = 20
     generator_batch_size: int = 4
+    generator_distinct_lines: bool = False
     generator_path: str | None = None
     generator_level: int = 0
     writer: str = "base"
@@ -366,6 +371,7 @@ class DreamingConfig:
             raise ValueError(f"balance_answers needs answers in {DOCUMENT_ANSWERS} (it groups the questions by the "
                              f"document's answer to them), got answers = {self.answers!r}")
         boolean("distinct_questions", self.distinct_questions)
+        boolean("generator_distinct_lines", self.generator_distinct_lines)
         if self.distinct_questions and self.answers == "dream":
             raise ValueError("distinct_questions acts on the questions a dream asks, so it needs answers other than "
                              "'dream' (a dream learnt as written asks none)")

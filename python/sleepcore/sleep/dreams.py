@@ -62,6 +62,27 @@ def dream_lines(text: str) -> list[str]:
     return [line for line in (_LIST_MARKER.sub("", raw).strip() for raw in text.splitlines()) if line]
 
 
+def without_repeated_lines(texts: list[str]) -> list[str | None]:
+    """Each of one document's dream ``texts``, in order, without the lines an earlier text or an
+    earlier line of its own already wrote (lines compared as :func:`dream_lines` reads them, case
+    ignored). A text that repeats no line comes back as it is (the same object); one that does comes
+    back as its new lines, blank lines dropped, or None when none is new."""
+    seen: set[str] = set()
+    kept: list[str | None] = []
+    for text in texts:
+        lines, repeated = [], False
+        for raw in text.splitlines():
+            key = _LIST_MARKER.sub("", raw).strip().casefold()
+            if key and key in seen:
+                repeated = True
+                continue
+            seen.add(key)
+            if key:
+                lines.append(raw)
+        kept.append(text if not repeated else "\n".join(lines) if lines else None)
+    return kept
+
+
 def dream_examples(tokenizer, text: str, document: str | None = None) -> list[tuple[list[int], list[int]]]:
     """Next-token examples of a dream: each line its own example, then ``document`` (when given).
     Lines of fewer than 2 tokens are dropped; an empty list when nothing is left."""

@@ -121,7 +121,8 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
     rehearsal of earlier sleeps' questions (``rehearse_earlier_dreams`` and
     ``rehearse_earlier_seeding``: ours) and no balancing of the
     questions by answer (``balance_answers``: ours, and it needs answers from the document) nor of
-    repeated questions (``distinct_questions``: ours), no repair
+    repeated questions (``distinct_questions``) or of the lines its generator learns
+    (``generator_distinct_lines``; both ours), no repair
     of the questions' names (``repair_names``: ours; a dream learnt as written asks none) and no
     rewrites of them (``question_rewrites``: ours, for the same reason). The prompt
     is SEAL's whatever the suite's: a dream learnt as written must say its facts, which a list of
@@ -130,7 +131,8 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
                                top_k=dreaming.dreams_per_document, random_kept=0, answers="dream", objective="sft",
                                hard_label_weight=0.0, reward_score="metric", reward_baseline="unadapted",
                                rehearse_earlier_dreams=0.0, rehearse_earlier_seeding=False, balance_answers=False,
-                               distinct_questions=False, repair_names=False, question_rewrites=0)
+                               distinct_questions=False, generator_distinct_lines=False, repair_names=False,
+                               question_rewrites=0)
 
 
 def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
