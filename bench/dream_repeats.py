@@ -5,7 +5,10 @@ Two counts per run folder:
 
 * ``meta-training``: for each ReST-EM round of each generator (``generators/<name>/round-*/dreams.json``),
   the questions the dreams ask (:func:`~sleepcore.sleep.dreams.dream_questions`, per dream) and how
-  many of them are distinct within their document;
+  many of them are distinct within their document; and the lines of the round's rewarded dreams
+  (what its ReST-EM update learns) and how many are left once each document's rewarded dreams lose
+  the lines an earlier one wrote (:func:`~sleepcore.sleep.dreams.without_repeated_lines`, what it
+  learns with ``generator_distinct_lines``);
 * ``sleep``: for each Dreaming row given with ``--method``, the last sleep's kept question items
   (the Dreaming stage's fixed-answer items, from its last checkpoint, the rehearsed consolidation
   items left out) and how many distinct closed-book prompts they hold.
@@ -20,7 +23,7 @@ import glob
 import json
 from pathlib import Path
 
-from sleepcore.sleep.dreams import dream_questions
+from sleepcore.sleep.dreams import dream_lines, dream_questions, without_repeated_lines
 
 
 def meta_training(run: Path) -> list[dict]:
@@ -29,8 +32,12 @@ def meta_training(run: Path) -> list[dict]:
     for path in sorted(run.glob("generators/*/round-*/dreams.json")):
         documents = json.loads(path.read_text())["dreams"]
         asked = [[q for dream in own for q in dream_questions(dream["text"])] for own in documents]
+        rewarded = [[dream["text"] for dream in own if dream["reward"]] for own in documents]
         rows.append({"generator": path.parts[-3], "round": path.parts[-2], "questions": sum(map(len, asked)),
-                     "distinct": sum(len(set(own)) for own in asked)})
+                     "distinct": sum(len(set(own)) for own in asked),
+                     "rewarded_lines": sum(len(dream_lines(text)) for own in rewarded for text in own),
+                     "rewarded_new_lines": sum(len(dream_lines(text)) for own in rewarded
+                                               for text in without_repeated_lines(own) if text is not None)})
     return rows
 
 
@@ -58,7 +65,8 @@ def main() -> None:
               "sleep": [sleep_items(args.run, method, args.budget) for method in args.method]}
     for row in report["meta_training"]:
         print(f"{row['generator']:6s} {row['round']}: {row['distinct']} distinct of {row['questions']} questions "
-              f"({row['distinct'] / max(row['questions'], 1):.2f})")
+              f"({row['distinct'] / max(row['questions'], 1):.2f}); rewarded dreams' lines {row['rewarded_lines']}, "
+              f"{row['rewarded_new_lines']} new within their document")
     for row in report["sleep"]:
         print(f"{row['method']:18s} {row['sleep']}: {row['distinct']} distinct of {row['question_items']} question items")
     if args.out:
