@@ -683,8 +683,8 @@ def _stage_on_dreams(wrapped, monkeypatch, texts, **options) -> DreamingStage:
     dreams = [[Dream(0, k, [1], [1], text.format(name=DATASET.people[0].name)) for k, text in enumerate(texts)]]
     monkeypatch.setattr(dreaming_module, "write_dreams", lambda *a, **k: dreams)
     context = StageContext(model, tokenizer, memory, engine, 0, memory.new_expert(0), seed=3)
-    stage = DreamingStage(context, tiny_dreaming(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
-                                                 min_questions=0, **options))
+    stage = DreamingStage(context, tiny_dreaming(**{**dict(answers="span", top_k=2, random_kept=0, dreams_per_document=2,
+                                                        min_questions=0), **options}))
     stage.prepare(DATASET.passages[:1], progress=False)
     return stage
 
@@ -699,6 +699,10 @@ def test_the_stage_learns_a_question_asked_by_several_dreams_once(wrapped, monke
         assert stage.report["questions"] == len(prompts[distinct])
     assert len(prompts[False]) > len(set(prompts[False]))  # both dreams ask where the person was born
     assert sorted(prompts[True]) == sorted(set(prompts[False]))  # each question once, none lost
+    # min_questions counts the questions as selected: the option changes what is learnt, not whether
+    stage = _stage_on_dreams(wrapped, monkeypatch, texts, distinct_questions=True, min_questions=len(prompts[False]))
+    assert stage.skipped is None and stage.report["kept_questions"] == len(prompts[False])
+    assert sorted(tuple(sample.student_prompt) for sample in stage.items if sample.fixed) == sorted(prompts[True])
 
 
 def test_the_stage_balances_its_question_items_by_answer(wrapped, monkeypatch):

@@ -111,7 +111,11 @@ class DreamingConfig:
     Seeding x8 then Dreaming x8, seeds 0-2): the dreams gave 1, 5 and 1 answered questions, and
     every greedy answer of the person became one of them ("1983, Baidran Furnishings" to all 7
     questions), at 17-22 passes over the items and at 4 (seed 0: 4 steps); the 10-person sleeps
-    after it gave 24-65 and did not collapse (README, Dreaming, session 21).
+    after it gave 24-65 and did not collapse (README, Dreaming, session 21). The count is of the
+    kept dreams' questions as selected, before ``distinct_questions`` and ``balance_answers``
+    (those change what the stage learns, not whether it trains; counted after them, a 1-person
+    sleep's 20 and 12 questions became 5 and 7 distinct ones and its Dreaming trained nothing:
+    session 35).
     With ``rehearse_consolidation`` the stage learns the sleep's earlier stages' replay samples
     (Knowledge Seeding's, with their cached teacher states; as (prompt, response) pairs with
     ``objective = "sft"``) beside its dreams, in one shuffled item set at the stage's budget.

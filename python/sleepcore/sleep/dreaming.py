@@ -128,6 +128,7 @@ class DreamingStage:
                                                     [d for _, d in mine], c, seed=context.seed, progress=progress)
         records = world.gather(records)
         rewrites = sum(world.gather([rewrites]))
+        asked = sum(len(record["questions"]) for record in records) - rewrites  # as selected: what min_questions counts
         if c.distinct_questions:
             records = [distinct_questions(record) for record in records]
         if c.balance_answers:
@@ -137,12 +138,12 @@ class DreamingStage:
         examples = [item for record in records for item in record["items"]]
         self.report = {"dreams": sum(record["dreams"] for record in records), "kept": len(scores),
                        "documents": len(documents), "kept_score_mean": sum(scores) / len(scores) if scores else 0.0,
-                       "questions": sum(len(record["questions"]) for record in records),
+                       "questions": sum(len(record["questions"]) for record in records), "kept_questions": asked,
                        "question_rewrites": rewrites,
                        "samples": [text for record in records for text in record["samples"]][:SAMPLES]}
         hint = "; a consolidated expert can stop the writer asking: try writer = 'base'" if c.writer == "model" else ""
-        if c.answers != "dream" and self.report["questions"] - rewrites < c.min_questions:
-            self.skipped = (f"{self.report['questions'] - rewrites} answered questions in the kept dreams, fewer than "
+        if c.answers != "dream" and asked < c.min_questions:
+            self.skipped = (f"{asked} answered questions in the kept dreams, fewer than "
                             f"min_questions = {c.min_questions}: so few would teach their answers to every question")
             warnings.warn(f"dreaming trains nothing: {self.skipped}{hint}", RuntimeWarning, stacklevel=2)
             if fresh:
