@@ -169,9 +169,9 @@ class DreamingConfig:
     a ReST-EM-trained generator writes the same questions in many of a document's dreams (session
     34: 68 distinct questions in 125 kept items on seed 4 and 77 in 216 on seed 1, against 96 in
     105 and 165 in 205 for the untrained generator), which spends the stage's budget on repeats.
-    Measured end to end (README, Dreaming, session 34; one run each): Sleep 0.400 -> 0.429 (bf16)
-    and 0.443 -> 0.486 (fp32) on seed 4, 0.500 -> 0.586 on seed 1, drift lower in all three; off
-    by default until more seeds confirm it.
+    Measured end to end (README, Dreaming, sessions 34-35; one run each): Sleep 0.400 -> 0.429
+    (bf16) and 0.443 -> 0.486 (fp32) on seed 4, 0.500 -> 0.586 on seed 1, 0.371 -> 0.471 on seed
+    5, drift lower in all four.
     With ``questions_name_entity`` (default) a question is asked only when it names an entity of its
     document (a capitalised word of :func:`~sleepcore.sleep.prompts.named_entities`): "Where did she
     work?" or the prompt's worked example ("Where was Marie Curie born?") would teach an answer
@@ -242,7 +242,9 @@ class DreamingConfig:
     (off by default) each rewarded dream is learnt without the lines an earlier rewarded dream of
     its document wrote (:func:`~sleepcore.sleep.dreamer.rewarded_pairs`): trained on every rewarded
     dream as written, the generator asks the same questions in all of a document's dreams
-    (session 34).
+    (session 34). Measured (README, Dreaming, session 35; seeds 1, 4, 5, one run each): the
+    sleep-time generator's kept question items were more often distinct (77 -> 149 of 216 -> 263
+    on seed 1), but the Sleep row moved -2, -4 and +2 questions of 70: no gain, so it stays off.
 
     Sleep time: the generator is ``generator_path`` (a file ``Dreamer`` wrote; None: the untrained
     model, SEAL's round 0), loaded into a free slot of ``generator_level`` while it writes, on top of
