@@ -700,6 +700,7 @@ def test_the_stage_learns_a_question_asked_by_several_dreams_once(wrapped, monke
     assert len(prompts[False]) > len(set(prompts[False]))  # both dreams ask where the person was born
     assert sorted(prompts[True]) == sorted(set(prompts[False]))  # each question once, none lost
     # min_questions counts the questions as selected: the option changes what is learnt, not whether
+    wrapped[2].deactivate(0, stage.context.slot)  # the fixture's level has two slots
     stage = _stage_on_dreams(wrapped, monkeypatch, texts, distinct_questions=True, min_questions=len(prompts[False]))
     assert stage.skipped is None and stage.report["kept_questions"] == len(prompts[False])
     assert sorted(tuple(sample.student_prompt) for sample in stage.items if sample.fixed) == sorted(prompts[True])
