@@ -27,7 +27,7 @@ from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
-from sleepcore.sleep.dreaming import DreamingStage, balanced_questions, distinct_questions
+from sleepcore.sleep.dreaming import DreamingStage, balanced_questions, distinct_questions, spread_by_answer
 from sleepcore.sleep.dreamer import Dreamer, rewarded_pairs
 from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
                                     load_generator, save_generator, without_repeated_lines, write_dreams)
@@ -106,6 +106,8 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(rehearse_earlier_seeding="yes", rehearse_earlier_dreams=0.5, answers="span"), TypeError,
      "rehearse_earlier_seeding"),
     (dict(rehearse_earlier_seeding=True, answers="span"), ValueError, "rehearse_earlier_seeding"),  # no share
+    (dict(rehearse_draw="fact", rehearse_earlier_dreams=0.5, answers="span"), ValueError, "rehearse_draw"),
+    (dict(rehearse_draw="answers", answers="span"), ValueError, "rehearse_draw"),  # no share
     (dict(balance_answers=True), ValueError, "balance_answers"),  # answers = "dream"
     (dict(balance_answers="yes", answers="span"), TypeError, "balance_answers"),
     (dict(distinct_questions=True), ValueError, "distinct_questions"),  # answers = "dream"
@@ -508,6 +510,53 @@ def test_knowledge_seedings_fixed_answers_join_the_rehearsal_pool(tmp_path, monk
     seeded = {(tuple(prompt), tuple(response)) for prompt, response in fixed[0]}
     assert pools[False] and not pools[False] & seeded  # Dreaming's questions alone
     assert pools[True] == pools[False] | seeded
+
+
+def test_spread_by_answer_draws_every_answer_once_before_any_twice():
+    pool = [[[1, index], [7]] for index in range(6)] + [[[2, index], [8]] for index in range(2)] + [[[3, 0], [9]]]
+    for seed in range(5):
+        for count in range(len(pool) + 2):
+            drawn = spread_by_answer([list(pair) for pair in pool], count, random.Random(seed))
+            assert len(drawn) == min(count, len(pool)) and all(pair in pool for pair in drawn)
+            assert len({tuple(prompt) for prompt, _ in drawn}) == len(drawn)  # no pair twice
+            answers = [tuple(response) for _, response in drawn]
+            assert len(set(answers[:3])) == min(count, 3)  # the three answers first
+            if count >= 5:  # then the second of each answer that has one
+                assert sorted(answers[3:5]) == [(7,), (8,)]
+    assert spread_by_answer(pool, 4, random.Random(0)) == spread_by_answer(pool, 4, random.Random(0))
+    assert spread_by_answer([], 3, random.Random(0)) == []
+
+
+def test_a_later_sleep_draws_the_earlier_questions_spread_over_their_answers(tmp_path, monkeypatch):
+    """With ``rehearse_draw = "answers"`` the second sleep's rehearsed questions are drawn from the
+    whole pool by :func:`spread_by_answer`: as many distinct answers as the count allows."""
+    import sleepcore.sleep.dreaming as dreaming_module
+    monkeypatch.setattr(dreaming_module, "write_dreams", lambda engine, tokenizer, memory, texts, *a, **k:
+                        question_dreams(texts))
+    draws = []
+    real_spread = dreaming_module.spread_by_answer
+
+    def spy(pool, count, rng):
+        drawn = real_spread(pool, count, rng)
+        draws.append((len(pool), count, drawn))
+        return drawn
+
+    monkeypatch.setattr(dreaming_module, "spread_by_answer", spy)
+    dreaming = tiny_dreaming(objective="sft", answers="span", top_k=1, random_kept=1, dreams_per_document=2,
+                             rehearse_earlier_dreams=0.5, rehearse_draw="answers")
+    sleeper = make_sleeper(seeding(steps=1, batch_size=2, max_new_tokens=8, completions=2, samples_per_prompt=1),
+                           stages=("seeding", "dreaming"), output_dir=str(tmp_path), dreaming=dreaming)
+    sleeper.wake(DATASET.passages[:2])
+    sleeper.sleep(progress=False)
+    assert not draws  # nothing earlier to draw from in the first sleep
+    pool = [list(pair) for pair in sleeper.buffer.earlier_dreams]
+    sleeper.wake(DATASET.passages[2:3])
+    second = sleeper.sleep(progress=False)["stages"]["dreaming"]
+    (size, count, drawn), = draws
+    assert size == len(pool) and count == second["rehearsed_dreams"] == len(drawn) > 0
+    assert all(pair in pool for pair in drawn)
+    answers = {tuple(response) for _, response in pool}
+    assert len({tuple(response) for _, response in drawn}) == min(count, len(answers))
 
 
 def test_distilled_dreams_are_read_by_the_teacher_after_their_document(wrapped):

@@ -113,7 +113,7 @@ def test_sleep_time_configs_of_the_rows():
     dreaming = DreamingConfig(dreams_per_document=4, top_k=1, random_kept=1, reward_score="gold_log_prob",
                               reward_baseline="document", answers="span", prompts=(QUESTIONS,),
                               hard_label_weight=4.0, rehearse_earlier_dreams=0.5, rehearse_earlier_seeding=True,
-                              balance_answers=True, distinct_questions=True, generator_distinct_lines=True,
+                              rehearse_draw="answers", balance_answers=True, distinct_questions=True, generator_distinct_lines=True,
                               repair_names=True, question_rewrites=3)
     seal = row_dreaming(dreaming, "seal", "seal.safetensors")
     assert seal.prompts == (IMPLICATIONS,)  # SEAL's self-edit prompt, whatever the suite's
@@ -122,7 +122,7 @@ def test_sleep_time_configs_of_the_rows():
                                                                                        "unadapted")  # SEAL's
     assert seal.hard_label_weight == 0.0  # learnt as written: cross-entropy alone
     assert seal.rehearse_earlier_dreams == 0.0  # our addition, not SEAL's (and its dreams hold no answered questions)
-    assert not seal.rehearse_earlier_seeding
+    assert not seal.rehearse_earlier_seeding and seal.rehearse_draw == "uniform"
     assert not seal.balance_answers and not seal.distinct_questions  # ours too
     assert not seal.generator_distinct_lines
     assert not seal.repair_names and seal.question_rewrites == 0
@@ -130,6 +130,7 @@ def test_sleep_time_configs_of_the_rows():
     assert sleep.kept == 2 and sleep.noise and (sleep.objective, sleep.reward_score, sleep.answers) == (
         "distill", "gold_log_prob", "span") and sleep.hard_label_weight == 4.0
     assert sleep.rehearse_earlier_dreams == 0.5 and sleep.rehearse_earlier_seeding and sleep.balance_answers
+    assert sleep.rehearse_draw == "answers"
     assert sleep.distinct_questions and sleep.generator_distinct_lines
     assert sleep.repair_names and sleep.question_rewrites == 3
     assert row_dreaming(dreaming, "sleep-no-selection", "g").selection == "random"

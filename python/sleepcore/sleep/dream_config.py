@@ -39,6 +39,9 @@ REWARD_SCORES = ("metric", "gold_log_prob")
 REWARD_BASELINES = ("unadapted", "document")
 EXPERTS = ("consolidated", "new")
 NOISE_RESAMPLING = ("step", "call")
+#: How rehearse_earlier_dreams draws from the pool of earlier questions: uniformly at random, or one
+#: question per distinct answer in turn (the answers spread as far as the count allows).
+REHEARSE_DRAWS = ("uniform", "answers")
 #: How the sleep-time expert learns the kept dreams: next-token training on their text, or
 #: distillation of the in-context teacher (the document in its context) along their text.
 OBJECTIVES = ("sft", "distill")
@@ -153,6 +156,13 @@ class DreamingConfig:
     "contains" went 0.657 -> 0.600 and 0.314 -> 0.429 (-5.7 and +11.4 points, against -8.6 and
     -8.6 with Dreaming's pool alone), the new people's 0.486 and 0.443 (against 0.371 and 0.414).
     One run per seed, so it stays off by default; turn it on with ``rehearse_earlier_dreams``.
+    ``rehearse_draw`` says how the share is drawn from that pool: ``"uniform"`` (the default: at
+    random) or ``"answers"`` (:func:`~sleepcore.sleep.dreaming.spread_by_answer`: one question per
+    distinct answer in turn, so a draw smaller than the pool rehearses as many of the earlier facts
+    as it can). Why: with ``distinct_questions`` a sleep's own items are fewer, so the share draws
+    fewer earlier questions; measured over a 5-person first sleep (seed 4, session 36) the pool of
+    111 questions covered 31 of the first people's 35 facts and the uniform draw of 41 covered 21,
+    and the facts no drawn question covered were mostly lost (README, Dreaming, session 36).
     With ``balance_answers`` (off by default; needs ``answers`` "sentence" or "span") the sleep's
     Dreaming stage resamples each document's kept question items so that every distinct answer is
     asked about equally often (:func:`~sleepcore.sleep.dreaming.balanced_questions`; meta-training's
@@ -329,6 +339,7 @@ class DreamingConfig:
     question_rewrites: int = 0
     rehearse_earlier_dreams: float = 0.0
     rehearse_earlier_seeding: bool = False
+    rehearse_draw: str = "uniform"
     earlier_dreams_capacity: int = 4096
     steps: int = 40
     batch_size: int = 8
@@ -361,6 +372,10 @@ class DreamingConfig:
         if self.rehearse_earlier_seeding and self.rehearse_earlier_dreams <= 0:
             raise ValueError("rehearse_earlier_seeding adds to the pool that rehearse_earlier_dreams draws from, so it "
                              f"needs rehearse_earlier_dreams > 0, got {self.rehearse_earlier_dreams}")
+        choice("rehearse_draw", self.rehearse_draw, REHEARSE_DRAWS)
+        if self.rehearse_draw != "uniform" and self.rehearse_earlier_dreams <= 0:
+            raise ValueError(f"rehearse_draw chooses how rehearse_earlier_dreams draws, so rehearse_draw = "
+                             f"{self.rehearse_draw!r} needs rehearse_earlier_dreams > 0, got {self.rehearse_earlier_dreams}")
         if self.top_k + self.random_kept > self.dreams_per_document:
             raise ValueError(f"top_k + random_kept must be <= dreams_per_document ({self.dreams_per_document}), got "
                              f"{self.top_k} + {self.random_kept}")

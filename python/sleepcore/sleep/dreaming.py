@@ -7,7 +7,8 @@ first answered by the teacher reading the document), and an expert learns them: 
 consolidated expert, or a new expert of the same level (``DreamingConfig.expert``). No gold
 answer is used.
 With ``rehearse_earlier_dreams`` the stage also relearns a share of the questions (with their taught
-answers) that earlier sleeps' Dreaming learnt; it leaves its own in ``learnt_questions``, which the
+answers) that earlier sleeps' Dreaming learnt (drawn at random, or spread over their answers:
+:func:`spread_by_answer`); it leaves its own in ``learnt_questions``, which the
 :class:`~sleepcore.sleep.sleeper.Sleeper` keeps in the wake buffer for later sleeps.
 With ``question_rewrites`` each kept question is also learnt in the base model's other wordings
 (:mod:`sleepcore.sleep.question_rewrites`).
@@ -167,7 +168,7 @@ class DreamingStage:
 
     def _earlier_dream_items(self, buffer, count: int) -> list:
         """``rehearse_earlier_dreams * count`` (rounded up; at most all) of the questions that earlier
-        sleeps' Dreaming learnt (``buffer.earlier_dreams``), drawn at random, in the trainer's item
+        sleeps' Dreaming learnt (``buffer.earlier_dreams``), drawn as ``rehearse_draw`` says, in the trainer's item
         form: replay samples whose teacher reads no document (so it keeps the earlier experts on),
         their answers fixed when this stage's are, or (prompt, response) pairs."""
         c = self.config
@@ -175,7 +176,8 @@ class DreamingStage:
         if c.rehearse_earlier_dreams <= 0 or not earlier:
             return []
         wanted = min(len(earlier), math.ceil(c.rehearse_earlier_dreams * count))
-        drawn = random.Random(self.context.seed).sample(earlier, wanted)
+        rng = random.Random(self.context.seed)
+        drawn = spread_by_answer(earlier, wanted, rng) if c.rehearse_draw == "answers" else rng.sample(earlier, wanted)
         if c.objective != "distill":
             return [(list(prompt), list(response)) for prompt, response in drawn]
         fixed = c.answers in DOCUMENT_ANSWERS
@@ -236,6 +238,28 @@ def _question_items(record: dict) -> list[list[list[int]]]:
     ``[prompt ids, response ids]``."""
     asked = {tuple(prompt) for prompt, _ in record["questions"]}
     return [[list(prompt), list(response)] for prompt, response in record["items"] if tuple(prompt) in asked]
+
+
+def spread_by_answer(pool: list, count: int, rng: random.Random) -> list:
+    """``count`` of ``pool``'s ``[prompt ids, response ids]`` pairs (at most all of them), drawn so
+    that the answers spread: the pairs grouped by their response ids, the groups and each group's
+    pairs in ``rng``'s random order, then the first pair of every group, the second of every group
+    that has one, and so on, until ``count`` are drawn. So no answer is drawn twice before every
+    answer is drawn once.
+
+    Why: a uniform draw of a share of the earlier questions covers the facts unevenly (a fact asked
+    many times is drawn many times), and the facts that no drawn question rehearsed were mostly lost
+    in the next sleep (README, Dreaming, sessions 31 and 36)."""
+    groups: dict[tuple, list] = {}
+    for pair in pool:
+        groups.setdefault(tuple(pair[1]), []).append(pair)
+    order = list(groups.values())
+    rng.shuffle(order)
+    for group in order:
+        rng.shuffle(group)
+    deepest = max((len(group) for group in order), default=0)
+    spread = [group[depth] for depth in range(deepest) for group in order if depth < len(group)]
+    return spread[:count]
 
 
 def distinct_questions(record: dict) -> dict:

@@ -118,8 +118,8 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
     """SEAL's variant: its own self-edit prompt (a list of implications), no noise, no selection,
     every dream kept and learnt as written (its own answers, next-token training alone: no
     ``hard_label_weight``), rewarded by the task's metric against the unadapted model, no
-    rehearsal of earlier sleeps' questions (``rehearse_earlier_dreams`` and
-    ``rehearse_earlier_seeding``: ours) and no balancing of the
+    rehearsal of earlier sleeps' questions (``rehearse_earlier_dreams``, ``rehearse_earlier_seeding``
+    and ``rehearse_draw``: ours) and no balancing of the
     questions by answer (``balance_answers``: ours, and it needs answers from the document) nor of
     repeated questions (``distinct_questions``) or of the lines its generator learns
     (``generator_distinct_lines``; both ours), no repair
@@ -130,9 +130,9 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
     return dataclasses.replace(dreaming, prompts=(IMPLICATIONS,), noise=False, selection="random",
                                top_k=dreaming.dreams_per_document, random_kept=0, answers="dream", objective="sft",
                                hard_label_weight=0.0, reward_score="metric", reward_baseline="unadapted",
-                               rehearse_earlier_dreams=0.0, rehearse_earlier_seeding=False, balance_answers=False,
-                               distinct_questions=False, generator_distinct_lines=False, repair_names=False,
-                               question_rewrites=0)
+                               rehearse_earlier_dreams=0.0, rehearse_earlier_seeding=False, rehearse_draw="uniform",
+                               balance_answers=False, distinct_questions=False, generator_distinct_lines=False,
+                               repair_names=False, question_rewrites=0)
 
 
 def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
