@@ -106,6 +106,19 @@ def test_tiny_from_the_file_is_tiny_from_the_flag(tmp_path):
     assert knowledge_config(arguments("eval", "knowledge")) == EvalKnowledgeConfig(DEFAULT_MODEL)
 
 
+@pytest.mark.parametrize("name", ["issue12-dreaming", "issue12-retention"])
+def test_the_shipped_bench_configs_load(name):
+    """The configs in ``bench/configs`` load as ``sleepcore eval knowledge`` reads them (every key
+    known, every value valid)."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "bench" / "configs" / f"{name}.toml"
+    config = knowledge_config(arguments("eval", "knowledge", "--config", str(path)))
+    assert config.model == DEFAULT_MODEL and config.suite.dreaming.distinct_questions
+    if name == "issue12-retention":
+        assert config.suite.sleeps == (5, 10) and config.suite.dreaming.rehearse_draw == "answers"
+        assert config.suite.dreaming.rehearse_earlier_dreams == 1.0 and config.suite.dreaming.rehearse_earlier_seeding
+
+
 def test_eval_flags_override_the_file_over_the_tiny_defaults(tmp_path):
     path = write(tmp_path, "tiny = true\n[suite]\nsleeps = [2, 2]\ntokens_per_document = 10\n")
     config = knowledge_config(arguments("eval", "knowledge", "--config", path, "--sleeps", "1",
