@@ -162,7 +162,11 @@ class DreamingConfig:
     as it can). Why: with ``distinct_questions`` a sleep's own items are fewer, so the share draws
     fewer earlier questions; measured over a 5-person first sleep (seed 4, session 36) the pool of
     111 questions covered 31 of the first people's 35 facts and the uniform draw of 41 covered 21,
-    and the facts no drawn question covered were mostly lost (README, Dreaming, session 36).
+    and the facts no drawn question covered were mostly lost. End to end (seeds 4 and 5, one run
+    each): the spread draw at share 0.5 moved the first people's loss from -8.6 / -8.6 points to
+    -8.6 / +5.7; at share 1.0 to +2.9 / +2.9, the new people answering 5 and 1 questions of 70
+    fewer (README, Dreaming, session 36; ``bench/configs/issue12-retention.toml``). One run per
+    seed, so the default stays ``"uniform"``.
     With ``balance_answers`` (off by default; needs ``answers`` "sentence" or "span") the sleep's
     Dreaming stage resamples each document's kept question items so that every distinct answer is
     asked about equally often (:func:`~sleepcore.sleep.dreaming.balanced_questions`; meta-training's
