@@ -31,7 +31,7 @@ from transformers import AutoTokenizer
 from sleepcore.models import cache_path
 from sleepcore.sleep.dreaming import spread_by_answer
 from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig, sleep_groups
-from taught_facts import taught_by
+from taught_facts import row_runs, taught_by
 
 
 def facts_in(pairs: list, tokenizer, people) -> int:
@@ -58,10 +58,7 @@ def main() -> None:
     groups = sleep_groups(KnowledgeSuiteConfig(sleeps=tuple(suite["sleeps"]), seed=suite["seed"]))
     if len(groups) < 2:
         raise SystemExit(f"{run}: the run has one sleep, so nothing earlier was rehearsed")
-    runs = {row["budget"]: row for row in report["results"][args.method]["runs"]}
-    budget = max(runs) if args.budget is None else args.budget
-    if budget not in runs:
-        raise SystemExit(f"--budget {budget:g}: the {args.method} row ran at {', '.join(f'{b:g}' for b in sorted(runs))}")
+    runs, budget = row_runs(report, args.method, args.budget)
     steps = sorted(glob.glob(str(run / args.method / f"x{budget:g}" / f"sleep-{len(groups) - 1:03d}" / "dreaming"
                                  / "step-*")))
     if not steps:

@@ -116,11 +116,7 @@ def main() -> None:
     if args.retention and index == 0:
         raise SystemExit("--retention: the run has one sleep, or --sleep chose the first")
     group = groups[0] if args.retention else groups[index]
-    runs = {run_["budget"]: run_ for run_ in report["results"][args.method]["runs"]}
-    budget = max(runs) if args.budget is None else args.budget
-    if budget not in runs:
-        ran = ", ".join(f"{b:g}" for b in sorted(runs))
-        raise SystemExit(f"--budget {budget:g}: the {args.method} row ran at {ran}")
+    runs, budget = row_runs(report, args.method, args.budget)
     right = runs[budget]["sleeps"][0 if args.retention else index]["one_hop"]["contains_each"]
     tokenizer = AutoTokenizer.from_pretrained(cache_path(args.model))
     if args.retention:
@@ -146,6 +142,17 @@ def main() -> None:
         found.update(counted(group, right, taught, questions))
     if args.out:
         Path(args.out).write_text(json.dumps(found, indent=1) + "\n")
+
+
+def row_runs(report: dict, method: str, budget: float | None) -> tuple[dict, float]:
+    """The ``method`` row's runs of a knowledge report by budget multiplier, and the chosen budget
+    (None: the largest, the one the report's table shows); exits naming the budgets the row ran at
+    when it did not run at ``budget``."""
+    runs = {run["budget"]: run for run in report["results"][method]["runs"]}
+    budget = max(runs) if budget is None else budget
+    if budget not in runs:
+        raise SystemExit(f"--budget {budget:g}: the {method} row ran at {', '.join(f'{b:g}' for b in sorted(runs))}")
+    return runs, budget
 
 
 def counted(group, right: list[int], taught: dict, questions: dict) -> dict:
