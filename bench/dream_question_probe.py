@@ -14,19 +14,30 @@ then answered greedily by the model reading the passage (the in-context teacher)
   a ceiling on what self-study replay from these questions can teach.
 
     python bench/dream_question_probe.py OUT.json [--people 10] [--seed 1] [--settings 1.0:noise,0.5:noise,0.5]
+        [--dreams 4] [--windows whole,1,2] [--config bench/configs/issue12-dreaming.toml]
+
+``--windows`` repeats each setting with the dream prompts holding only that many consecutive
+sentences of the passage ("whole": the whole passage, as the library writes dreams): dream k of a
+passage reads window ``k % windows`` (:func:`windowed_dreams`), a hypothesis the library does not
+carry (session 37: fewer facts reached). ``--config`` takes the dream prompts from a suite TOML's
+``[suite.dreaming] prompts`` instead of :data:`~sleepcore.sleep.dream_config.QUESTIONS`.
 
 Prints one JSON line per route; writes the rows and sample (question, answer, facts) triples to ``OUT.json``.
 """
 
 import argparse
+import dataclasses
 import json
+import math
 import time
 
 from dream_fidelity_probe import untrained_dreamer
+from sleepcore.configuration import load_toml
 from sleepcore.lm import encode, qa_prompt
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import QUESTIONS, DreamingConfig
 from sleepcore.sleep.dreams import dream_questions, write_dreams
+from sleepcore.sleep.extractive import split_sentences
 from sleepcore.sleep.prompts import sentence_question_prompts, sentence_question_requests
 from sleepcore.tasks.metrics import normalize_answer
 
@@ -49,6 +60,24 @@ def dream_items(tokenizer, passages: list[str], dreams) -> list[tuple[int, str, 
     return [(index, qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, passages[index]))
             for index, own in enumerate(dreams)
             for question in dict.fromkeys(q for dream in own for q in dream_questions(dream.text))]
+
+
+def windowed_dreams(engine, tokenizer, memory, passages: list[str], config: DreamingConfig, size: int | None):
+    """Per passage, ``config.dreams_per_document`` dreams whose prompts hold consecutive windows of
+    ``size`` sentences (None: the whole passage): dream k reads window ``k % windows``."""
+    if size is None:
+        return write_dreams(engine, tokenizer, memory, passages, config, seed=0)
+    windows = [[" ".join(sentences[start:start + size]) for start in range(0, len(sentences), size)]
+               for sentences in map(split_sentences, passages)]
+    most = math.ceil(config.dreams_per_document / min(len(own) for own in windows))
+    flat = write_dreams(engine, tokenizer, memory, [window for own in windows for window in own],
+                        dataclasses.replace(config, dreams_per_document=most, top_k=1, random_kept=0), seed=0)
+    dreams, start = [], 0
+    for own in windows:
+        per_window = flat[start:start + len(own)]
+        start += len(own)
+        dreams.append([per_window[k % len(own)][k // len(own)] for k in range(config.dreams_per_document)])
+    return dreams
 
 
 def coverage(engine, people, items: list[tuple[int, str, str]], name: str) -> tuple[dict, list]:
@@ -81,16 +110,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="biography seed (people 1..N: the suite's second group)")
     parser.add_argument("--dreams", type=int, default=4, help="dreams per passage from the QUESTIONS prompt")
     parser.add_argument("--settings", default="1.0:noise,0.5:noise,0.5")
+    parser.add_argument("--windows", default="whole", help="window_sentences values, comma-separated ('whole': None)")
+    parser.add_argument("--config", help="a suite TOML whose [suite.dreaming] prompts the dreams use")
     args = parser.parse_args()
+    prompts = tuple(load_toml(args.config)["suite"]["dreaming"]["prompts"]) if args.config else (QUESTIONS,)
+    windows = [None if text == "whole" else int(text) for text in args.windows.split(",")]
     tokenizer, memory, engine, people = untrained_dreamer(args.people, args.seed)
     routes = [("sentence_questions", sentence_questions(engine, people.passages, args.seed))]
     for setting in args.settings.split(","):
         temperature, _, noise = setting.partition(":")
-        config = DreamingConfig(prompts=(QUESTIONS,), dreams_per_document=args.dreams, top_k=1, random_kept=0,
-                                temperature=float(temperature), noise=noise == "noise", max_new_tokens=128)
-        dreams = write_dreams(engine, tokenizer, memory, people.passages, config, seed=0)
-        routes.append((f"QUESTIONS T{temperature}{' noise' if noise else ''}", dream_items(tokenizer, people.passages,
-                                                                                          dreams)))
+        for window in windows:
+            config = DreamingConfig(prompts=prompts, dreams_per_document=args.dreams, top_k=1, random_kept=0,
+                                    temperature=float(temperature), noise=noise == "noise", max_new_tokens=128)
+            dreams = windowed_dreams(engine, tokenizer, memory, people.passages, config, window)
+            routes.append((f"dreams T{temperature}{' noise' if noise else ''} window {window or 'whole'}",
+                           dream_items(tokenizer, people.passages, dreams)))
     routes.append(("union of all", list(dict.fromkeys(item for _, items in routes for item in items))))
     rows, samples = [], {}
     for name, items in routes:
