@@ -14,12 +14,12 @@ then answered greedily by the model reading the passage (the in-context teacher)
   a ceiling on what self-study replay from these questions can teach.
 
     python bench/dream_question_probe.py OUT.json [--people 10] [--seed 1] [--settings 1.0:noise,0.5:noise,0.5]
-        [--dreams 4] [--windows whole,1,2] [--config bench/configs/issue12-dreaming.toml]
+        [--dreams 4] [--views whole,1,2,rotated] [--config bench/configs/issue12-dreaming.toml]
 
-``--windows`` repeats each setting with the dream prompts holding only that many consecutive
-sentences of the passage ("whole": the whole passage, as the library writes dreams): dream k of a
-passage reads window ``k % windows`` (:func:`windowed_dreams`), a hypothesis the library does not
-carry (session 37: fewer facts reached). ``--config`` takes the dream prompts from a suite TOML's
+``--views`` repeats each setting with the dream prompts holding other views of the passage
+(:func:`passage_views`: "whole", the library's; N, windows of N consecutive sentences; "rotated",
+the passage starting at each sentence in turn), hypotheses the library does not carry (session 37).
+``--config`` takes the dream prompts from a suite TOML's
 ``[suite.dreaming] prompts`` instead of :data:`~sleepcore.sleep.dream_config.QUESTIONS`.
 
 Prints one JSON line per route; writes the rows and sample (question, answer, facts) triples to ``OUT.json``.
@@ -62,21 +62,33 @@ def dream_items(tokenizer, passages: list[str], dreams) -> list[tuple[int, str, 
             for question in dict.fromkeys(q for dream in own for q in dream_questions(dream.text))]
 
 
-def windowed_dreams(engine, tokenizer, memory, passages: list[str], config: DreamingConfig, size: int | None):
-    """Per passage, ``config.dreams_per_document`` dreams whose prompts hold consecutive windows of
-    ``size`` sentences (None: the whole passage): dream k reads window ``k % windows``."""
-    if size is None:
+def passage_views(passage: str, view: str) -> list[str]:
+    """What the dream prompts of ``passage`` hold under ``view``: ``"whole"``, the passage; a number
+    N, its sentences in consecutive windows of N; ``"rotated"``, the whole passage once starting at
+    each of its sentences (the sentences after it, then those before it)."""
+    sentences = split_sentences(passage)
+    if view == "whole":
+        return [passage]
+    if view == "rotated":
+        return [" ".join(sentences[start:] + sentences[:start]) for start in range(len(sentences))]
+    size = int(view)
+    return [" ".join(sentences[start:start + size]) for start in range(0, len(sentences), size)]
+
+
+def viewed_dreams(engine, tokenizer, memory, passages: list[str], config: DreamingConfig, view: str):
+    """Per passage, ``config.dreams_per_document`` dreams, dream k from view ``k % views`` of
+    :func:`passage_views` (``"whole"``: the library's own :func:`write_dreams`)."""
+    if view == "whole":
         return write_dreams(engine, tokenizer, memory, passages, config, seed=0)
-    windows = [[" ".join(sentences[start:start + size]) for start in range(0, len(sentences), size)]
-               for sentences in map(split_sentences, passages)]
-    most = math.ceil(config.dreams_per_document / min(len(own) for own in windows))
-    flat = write_dreams(engine, tokenizer, memory, [window for own in windows for window in own],
+    views = [passage_views(passage, view) for passage in passages]
+    most = math.ceil(config.dreams_per_document / min(len(own) for own in views))
+    flat = write_dreams(engine, tokenizer, memory, [text for own in views for text in own],
                         dataclasses.replace(config, dreams_per_document=most, top_k=1, random_kept=0), seed=0)
     dreams, start = [], 0
-    for own in windows:
-        per_window = flat[start:start + len(own)]
+    for own in views:
+        per_view = flat[start:start + len(own)]
         start += len(own)
-        dreams.append([per_window[k % len(own)][k // len(own)] for k in range(config.dreams_per_document)])
+        dreams.append([per_view[k % len(own)][k // len(own)] for k in range(config.dreams_per_document)])
     return dreams
 
 
@@ -110,20 +122,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="biography seed (people 1..N: the suite's second group)")
     parser.add_argument("--dreams", type=int, default=4, help="dreams per passage from the QUESTIONS prompt")
     parser.add_argument("--settings", default="1.0:noise,0.5:noise,0.5")
-    parser.add_argument("--windows", default="whole", help="window_sentences values, comma-separated ('whole': None)")
+    parser.add_argument("--views", default="whole", help="passage views, comma-separated (see above)")
     parser.add_argument("--config", help="a suite TOML whose [suite.dreaming] prompts the dreams use")
     args = parser.parse_args()
     prompts = tuple(load_toml(args.config)["suite"]["dreaming"]["prompts"]) if args.config else (QUESTIONS,)
-    windows = [None if text == "whole" else int(text) for text in args.windows.split(",")]
     tokenizer, memory, engine, people = untrained_dreamer(args.people, args.seed)
     routes = [("sentence_questions", sentence_questions(engine, people.passages, args.seed))]
     for setting in args.settings.split(","):
         temperature, _, noise = setting.partition(":")
-        for window in windows:
+        for view in args.views.split(","):
             config = DreamingConfig(prompts=prompts, dreams_per_document=args.dreams, top_k=1, random_kept=0,
                                     temperature=float(temperature), noise=noise == "noise", max_new_tokens=128)
-            dreams = windowed_dreams(engine, tokenizer, memory, people.passages, config, window)
-            routes.append((f"dreams T{temperature}{' noise' if noise else ''} window {window or 'whole'}",
+            dreams = viewed_dreams(engine, tokenizer, memory, people.passages, config, view)
+            label = f"window {view}" if view.isdigit() or view == "whole" else view
+            routes.append((f"dreams T{temperature}{' noise' if noise else ''} {label}",
                            dream_items(tokenizer, people.passages, dreams)))
     routes.append(("union of all", list(dict.fromkeys(item for _, items in routes for item in items))))
     rows, samples = [], {}
