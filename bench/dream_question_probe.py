@@ -120,11 +120,14 @@ def main() -> None:
     parser.add_argument("output")
     parser.add_argument("--people", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1, help="biography seed (people 1..N: the suite's second group)")
-    parser.add_argument("--dreams", type=int, default=4, help="dreams per passage from the QUESTIONS prompt")
+    parser.add_argument("--dreams", type=int, default=4, help="dreams per passage (QUESTIONS, or --config's prompts)")
     parser.add_argument("--settings", default="1.0:noise,0.5:noise,0.5")
     parser.add_argument("--views", default="whole", help="passage views, comma-separated (see above)")
     parser.add_argument("--config", help="a suite TOML whose [suite.dreaming] prompts the dreams use")
     args = parser.parse_args()
+    for view in args.views.split(","):
+        if view not in ("whole", "rotated") and not (view.isdigit() and int(view) > 0):
+            parser.error(f"--views: each item is 'whole', 'rotated' or a positive sentence count, got {view!r}")
     prompts = tuple(load_toml(args.config)["suite"]["dreaming"]["prompts"]) if args.config else (QUESTIONS,)
     tokenizer, memory, engine, people = untrained_dreamer(args.people, args.seed)
     routes = [("sentence_questions", sentence_questions(engine, people.passages, args.seed))]
