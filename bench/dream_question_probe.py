@@ -76,10 +76,8 @@ def passage_views(passage: str, view: str) -> list[str]:
 
 
 def viewed_dreams(engine, tokenizer, memory, passages: list[str], config: DreamingConfig, view: str):
-    """Per passage, ``config.dreams_per_document`` dreams, dream k from view ``k % views`` of
-    :func:`passage_views` (``"whole"``: the library's own :func:`write_dreams`)."""
-    if view == "whole":
-        return write_dreams(engine, tokenizer, memory, passages, config, seed=0)
+    """Per passage, ``config.dreams_per_document`` dreams (the library's :func:`write_dreams`), dream k
+    from view ``k % views`` of :func:`passage_views` (one view, ``"whole"``: the library's dreams)."""
     views = [passage_views(passage, view) for passage in passages]
     most = math.ceil(config.dreams_per_document / min(len(own) for own in views))
     flat = write_dreams(engine, tokenizer, memory, [text for own in views for text in own],
