@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -110,7 +111,6 @@ def test_tiny_from_the_file_is_tiny_from_the_flag(tmp_path):
 def test_the_shipped_bench_configs_load(name):
     """The configs in ``bench/configs`` load as ``sleepcore eval knowledge`` reads them (every key
     known, every value valid)."""
-    from pathlib import Path
     path = Path(__file__).resolve().parents[2] / "bench" / "configs" / f"{name}.toml"
     config = knowledge_config(arguments("eval", "knowledge", "--config", str(path)))
     assert config.model == DEFAULT_MODEL and config.suite.dreaming.distinct_questions
