@@ -36,6 +36,11 @@ def test_sentence_questions_keep_questions_about_their_sentence():
     requests = sentence_question_requests([passage])
     assert [(d, s) for d, s, _ in requests] == [(0, i) for i in range(len(sentences))]
     assert requests[1][2] == SENTENCE_QUESTION_EXAMPLES.format(sentence=sentences[1])
+    reading = sentence_question_requests([passage], context="document")  # the writer reads the document first
+    assert [(d, s) for d, s, _ in reading] == [(d, s) for d, s, _ in requests]
+    assert reading[1][2] == f"Passage: {passage}\n\n" + requests[1][2]
+    with pytest.raises(ValueError, match="context"):
+        sentence_question_requests([passage], context="paragraph")
     asked = [[f"Where does {name} come from?", "What is the base of the femur?", f"Where does {name} come from?"]]
     asked += [["Why?"]] * (len(requests) - 1)  # too short to be a question
     prompts = sentence_question_prompts([passage], requests, asked)
@@ -62,6 +67,13 @@ def test_sentence_questions_keep_questions_about_their_sentence():
     assert len(sentence_question_prompts([passage], requests, asked)) == 3
     about = sentence_question_prompts([passage], requests, asked, name_subject=True)
     assert len(about) == 2 and not any("Who was born" in p.student for p in about)
+    # saying what it asks: "Who is <name>?" has no relation word, so one fixed answer would be
+    # learnt as the answer to every question about the person
+    asked[0] += [f"Who is {name}?"]
+    every = sentence_question_prompts([passage], requests, asked, answers="span")
+    assert f"Who is {name}?" in [p.question for p in every]
+    said = sentence_question_prompts([passage], requests, asked, answers="span", say_relation=True)
+    assert [p.question for p in said] == [p.question for p in every if p.question != f"Who is {name}?"]
     with pytest.raises(ValueError, match="answers"):
         sentence_question_prompts([passage], requests, asked, answers="gold")
 
@@ -111,6 +123,45 @@ def test_round_trip_asks_the_teacher_greedily_and_drops_what_it_does_not_confirm
     assert calls == [(config.questions_per_sentence, 0.5), (1, 0.0)]
     assert [(p.document, p.sentence) for p in prompts] == [(0, 0)]
     assert DATASET.people[0].facts[0].value in prompts[0].response
+
+def sentence_replay(**fields) -> tuple[set[str], list]:
+    """The questions of a ``sentence_questions``-only replay set of two people's passages, whose
+    writer asks, about each sentence, "Who is <person>?" and "Where was <person> born?"; and the
+    requests the writer was given."""
+    names, requested = [person.name for person in DATASET.people[:2]], []
+
+    def generate(prompts, params, progress=True):
+        completion = lambda text: type("Completion", (), {"text": text})()  # noqa: E731
+        requested.extend(prompts)
+        people = [next(name for name in names if name in prompt) for prompt in prompts]
+        return [type("Output", (), {"completions": [completion(f"Who is {name}?"),
+                                                    completion(f"Where was {name} born?")]})() for name in people]
+
+    config = seeding(prompt_builders=("sentence_questions",), prompts_per_document=20, max_new_tokens=4,
+                     samples_per_prompt=1)
+    config = KnowledgeSeedingConfig(**{**config.__dict__, "max_prompts": None, "sentence_answers": "span", **fields})
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages[:2])
+    sleeper.engine.generate = generate
+    prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, nullcontext, seed=0)
+    return {p.question for p in prompts}, requested
+
+
+def test_questions_say_relation_reaches_the_sentence_question_builder():
+    bare = {f"Who is {person.name}?" for person in DATASET.people[:2]}
+    every, _ = sentence_replay()
+    said, _ = sentence_replay(questions_say_relation=True)
+    assert bare <= every and said == every - bare and said
+
+
+def test_question_writer_context_reaches_the_sentence_question_builder():
+    _, alone = sentence_replay()
+    _, reading = sentence_replay(question_writer_context="document")
+    assert len(reading) == len(alone) and not any(request.startswith("Passage:") for request in alone)
+    assert all(request == f"Passage: {passage}\n\n" + plain
+               for request, plain, passage in zip(reading, alone, [DATASET.passages[0]] * len(split_sentences(
+                   DATASET.passages[0])) + [DATASET.passages[1]] * len(split_sentences(DATASET.passages[1]))))
+
 
 def test_wake_paraphrases_keep_new_questions_about_the_same_person():
     passage, name = DATASET.passages[0], DATASET.people[0].name
@@ -173,12 +224,16 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(teacher_reads_with_earlier_experts="yes")
     with pytest.raises(ValueError, match="sentence_context"):
         KnowledgeSeedingConfig(sentence_context="passage")
+    with pytest.raises(ValueError, match="question_writer_context"):
+        KnowledgeSeedingConfig(question_writer_context="passage")
     with pytest.raises(ValueError, match="sentence_answers"):
         KnowledgeSeedingConfig(sentence_answers="gold")
     with pytest.raises(ValueError, match="questions_per_sentence"):
         KnowledgeSeedingConfig(questions_per_sentence=0)
     with pytest.raises((TypeError, ValueError), match="questions_name_subject"):
         KnowledgeSeedingConfig(questions_name_subject="yes")
+    with pytest.raises((TypeError, ValueError), match="questions_say_relation"):
+        KnowledgeSeedingConfig(questions_say_relation=1)
     with pytest.raises(ValueError, match="round_trip_questions.*'sentence_questions'"):
         KnowledgeSeedingConfig(round_trip_questions=True, prompt_builders=("entity_questions",))
     with pytest.raises(ValueError, match="hard_label_items"):

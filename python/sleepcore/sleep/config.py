@@ -64,6 +64,8 @@ class KnowledgeSeedingConfig:
     questions are sampled per sentence for ``sentence_questions`` (those its filter keeps, once
     each); ``sentence_context`` is what the teacher reads before a ``sentence_questions`` prompt
     (``"document"``, or ``"sentence"``: only the sentence the question was written about);
+    ``question_writer_context`` is what the teacher reads before writing one: the sentence alone
+    after the worked examples (``"sentence"``), or the whole document first (``"document"``);
     ``sentence_answers`` is what the student learns after a ``sentence_questions`` prompt: the
     teacher's samples (``"teacher"``), or the sentence the question was written about as the
     document says it (``"sentence"``: always right, whatever the question; the teacher's
@@ -72,7 +74,10 @@ class KnowledgeSeedingConfig:
     :func:`~sleepcore.sleep.extractive.answer_span`, the short-answer form); with
     ``questions_name_subject`` a sentence question is kept only when it names its document's subject
     (:func:`~sleepcore.sleep.extractive.document_subject`: "Where did Ada study?", not "Who attended
-    Tarvik College?"); with ``round_trip_questions`` only when the teacher, reading the whole
+    Tarvik College?"); with ``questions_say_relation`` only when it says what it asks (a relation
+    word, :func:`~sleepcore.sleep.extractive.relation_words`: not "Who is Ada?" or "What is Tarvik
+    College?", which the 135M teacher writes about 40% of the time and whose one fixed answer is
+    then learnt as the answer to any question about Ada); with ``round_trip_questions`` only when the teacher, reading the whole
     document, answers it greedily with its sentence's answer (a round trip:
     :func:`~sleepcore.sleep.extractive.confirms_answer`; one more teacher generation per written
     question), since the 135M teacher writes many questions that ask another sentence's fact
@@ -153,8 +158,10 @@ class KnowledgeSeedingConfig:
     prompts_per_document: int = 4
     max_prompts: int | None = None
     sentence_context: str = "document"
+    question_writer_context: str = "sentence"
     sentence_answers: str = "teacher"
     questions_name_subject: bool = False
+    questions_say_relation: bool = False
     round_trip_questions: bool = False
     questions_per_sentence: int = 2
     paraphrases_per_question: int = 3
@@ -186,11 +193,13 @@ class KnowledgeSeedingConfig:
         number("replay_temperature", self.replay_temperature, minimum=0.0, optional=True)
         boolean("teacher_reads_with_earlier_experts", self.teacher_reads_with_earlier_experts)
         boolean("questions_name_subject", self.questions_name_subject)
+        boolean("questions_say_relation", self.questions_say_relation)
         boolean("round_trip_questions", self.round_trip_questions)
         for name in ("temperature", "sample_temperature", "clip_eps"):
             positive(name, getattr(self, name))
         choice("judge", self.judge, ("exact_match", "model"))
         choice("sentence_context", self.sentence_context, SENTENCE_CONTEXTS)
+        choice("question_writer_context", self.question_writer_context, SENTENCE_CONTEXTS)
         choice("sentence_answers", self.sentence_answers, SENTENCE_ANSWERS)
         self.prompt_builders = tuple(instance("prompt_builders", self.prompt_builders, (list, tuple)))
         if not self.prompt_builders:

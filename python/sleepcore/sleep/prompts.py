@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 from sleepcore.lm import chat_turn, encode, qa_prompt
 from sleepcore.sleep.extractive import (answer_span, confirms_answer, document_subject, named_entities, names_entity,
-                                        split_sentences)
+                                        relation_words, split_sentences)
 from sleepcore.validation import choice
 
 QUESTION_REQUEST = "Write one short question about a fact in the text above."
@@ -178,20 +178,30 @@ def rehearsal_prompts(earlier: list[str], count: int, rng: random.Random) -> lis
     return [ReplayPrompt(text, text, -1, "rehearsal") for text in rng.sample(earlier, min(count, len(earlier)))]
 
 
-def sentence_question_requests(documents: list[str]) -> list[tuple[int, int, str]]:
-    """``(document, sentence, request)`` for every sentence of every document (``sentence_questions``)."""
-    return [(index, position, SENTENCE_QUESTION_EXAMPLES.format(sentence=sentence))
+def sentence_question_requests(documents: list[str], *, context: str = "sentence") -> list[tuple[int, int, str]]:
+    """``(document, sentence, request)`` for every sentence of every document (``sentence_questions``):
+    the worked examples then the sentence (``context="sentence"``), or the whole document first
+    (``"document"``: "Passage: <document>", then the same request), so that the writer knows whom
+    a sentence is about and what the rest of the document says
+    (``KnowledgeSeedingConfig.question_writer_context``)."""
+    choice("context", context, SENTENCE_CONTEXTS)
+    return [(index, position, (f"Passage: {document}\n\n" if context == "document" else "")
+             + SENTENCE_QUESTION_EXAMPLES.format(sentence=sentence))
             for index, document in enumerate(documents) for position, sentence in enumerate(split_sentences(document))]
 
 
 def sentence_question_prompts(documents: list[str], requests: list[tuple[int, int, str]], asked: list[list[str]],
                               tokenizer=None, *, context: str = "document",
-                              answers: str = "teacher", name_subject: bool = False) -> list[ReplayPrompt]:
+                              answers: str = "teacher", name_subject: bool = False,
+                              say_relation: bool = False) -> list[ReplayPrompt]:
     """Replay prompts from the questions written for the requests of :func:`sentence_question_requests`
     (``asked[i]``: the samples for request i): the first line of each, kept when it names a named
     entity of its sentence (or the sentence names none), and with ``name_subject`` also the
     document's subject (:func:`~sleepcore.sleep.extractive.document_subject`: a question about the
-    person, not one that asks who owns a value), once per distinct question and document.
+    person, not one that asks who owns a value), with ``say_relation`` also a question that says
+    what it asks (a :func:`~sleepcore.sleep.extractive.relation_words` word: "Where was Ada born?",
+    not "Who is Ada?", whose one answer would be learnt as the answer to every question about Ada),
+    once per distinct question and document.
     The teacher reads the whole document before the question (``context="document"``) or only the
     sentence the question was written about (``"sentence"``). With ``answers="sentence"`` the
     prompt's ``response`` is that sentence (the teacher then only scores it), with ``"span"`` the
@@ -212,6 +222,8 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
             if entities and not any(entity in question for entity in entities):
                 continue
             if subject is not None and not names_entity(question, [subject]):
+                continue
+            if say_relation and not relation_words(question):
                 continue
             response = answer_span(question, sentence) if answers == "span" else (
                 sentence if answers == "sentence" else None)

@@ -85,12 +85,13 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     if "entity_questions" in builders:
         generated += entity_prompts(documents, tokenizer, per_document=quota)
     if "sentence_questions" in builders:
-        requests = sentence_question_requests(documents)
+        requests = sentence_question_requests(documents, context=config.question_writer_context)
         asked = teacher_texts(engine, teacher, [request for _, _, request in requests],
                               SamplingParams(n=config.questions_per_sentence, temperature=0.5, max_tokens=24,
                                              seed=seed))
         written = sentence_question_prompts(documents, requests, asked, tokenizer, context=config.sentence_context,
-                                            answers=config.sentence_answers, name_subject=config.questions_name_subject)
+                                            answers=config.sentence_answers, name_subject=config.questions_name_subject,
+                                            say_relation=config.questions_say_relation)
         if config.round_trip_questions:
             read = teacher_texts(engine, teacher, round_trip_requests(documents, written, tokenizer),
                                  SamplingParams(n=1, temperature=0.0, max_tokens=32, seed=seed))
