@@ -65,7 +65,11 @@ class KnowledgeSeedingConfig:
     each); ``sentence_context`` is what the teacher reads before a ``sentence_questions`` prompt
     (``"document"``, or ``"sentence"``: only the sentence the question was written about);
     ``question_writer_context`` is what the teacher reads before writing one: the sentence alone
-    after the worked examples (``"sentence"``), or the whole document first (``"document"``);
+    after the worked examples (``"sentence"``), or the whole document first (``"document"``, so
+    that it knows whom the sentence is about; issue 12 session 38, span answers with hard labels at
+    x16, with ``questions_per_sentence = 4``: Knowledge Seeding's contains 0.300 -> 0.509 over
+    three seeds, the facts its items teach 35-43 -> 50-59 of 70; the default stays until it is
+    measured with the teacher's answers);
     ``sentence_answers`` is what the student learns after a ``sentence_questions`` prompt: the
     teacher's samples (``"teacher"``), or the sentence the question was written about as the
     document says it (``"sentence"``: always right, whatever the question; the teacher's
@@ -77,8 +81,10 @@ class KnowledgeSeedingConfig:
     Tarvik College?"); with ``questions_say_relation`` only when it says what it asks (a relation
     word, :func:`~sleepcore.sleep.extractive.relation_words`: not "Who is Ada?" or "What is Tarvik
     College?", which the 135M teacher writes about 40% of the time and whose one fixed answer is
-    then learnt as the answer to any question about Ada); with ``round_trip_questions`` only when the teacher, reading the whole
-    document, answers it greedily with its sentence's answer (a round trip:
+    then learnt as the answer to any question about Ada; session 38: those questions carry a third
+    of the facts the stage teaches, and dropping them lost 2-4 questions of 70); with
+    ``round_trip_questions`` only when the teacher, reading the whole document, answers it
+    greedily with its sentence's answer (a round trip:
     :func:`~sleepcore.sleep.extractive.confirms_answer`; one more teacher generation per written
     question), since the 135M teacher writes many questions that ask another sentence's fact
     ("What is Ada's occupation?" about her hobby); measured in session 18 it halved the replay and
