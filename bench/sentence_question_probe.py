@@ -35,9 +35,9 @@ from sleepcore.tasks.metrics import normalize_answer
 def taught(people, prompt) -> set[tuple[str, str]]:
     """The (person, attribute) facts one item teaches: its question names the person (first name)
     and its answer holds the value."""
-    person = people.people[prompt.document]
+    person, answer = people.people[prompt.document], normalize_answer(prompt.response)
     return {(person.name, fact.attribute) for fact in person.facts
-            if person.name.split()[0] in prompt.question and normalize_answer(fact.value) in normalize_answer(prompt.response)}
+            if person.name.split()[0] in prompt.question and normalize_answer(fact.value) in answer}
 
 
 def main() -> None:
@@ -52,9 +52,13 @@ def main() -> None:
     for context in contexts:
         if context not in SENTENCE_CONTEXTS:
             parser.error(f"--writer-contexts: each item is one of {SENTENCE_CONTEXTS}, got {context!r}")
-    counts = [int(count) for count in args.questions_per_sentence.split(",")]
+    try:
+        counts = [int(count) for count in args.questions_per_sentence.split(",")]
+    except ValueError:
+        counts = [0]
     if any(count < 1 for count in counts):
-        parser.error(f"--questions-per-sentence: each count must be >= 1, got {args.questions_per_sentence!r}")
+        parser.error("--questions-per-sentence: each count must be a positive integer, "
+                     f"got {args.questions_per_sentence!r}")
     tokenizer, _, engine, people = untrained_dreamer(args.people, args.seed)
     passages, rows, samples = people.passages, [], {}
     for context in contexts:
