@@ -124,6 +124,7 @@ def test_round_trip_asks_the_teacher_greedily_and_drops_what_it_does_not_confirm
     assert [(p.document, p.sentence) for p in prompts] == [(0, 0)]
     assert DATASET.people[0].facts[0].value in prompts[0].response
 
+
 def sentence_replay(**fields) -> tuple[set[str], list]:
     """The questions of a ``sentence_questions``-only replay set of two people's passages, whose
     writer asks, about each sentence, "Who is <person>?" and "Where was <person> born?"; and the
@@ -157,10 +158,9 @@ def test_questions_say_relation_reaches_the_sentence_question_builder():
 def test_question_writer_context_reaches_the_sentence_question_builder():
     _, alone = sentence_replay()
     _, reading = sentence_replay(question_writer_context="document")
-    assert len(reading) == len(alone) and not any(request.startswith("Passage:") for request in alone)
-    assert all(request == f"Passage: {passage}\n\n" + plain
-               for request, plain, passage in zip(reading, alone, [DATASET.passages[0]] * len(split_sentences(
-                   DATASET.passages[0])) + [DATASET.passages[1]] * len(split_sentences(DATASET.passages[1]))))
+    read = [passage for passage in DATASET.passages[:2] for _ in split_sentences(passage)]  # one per sentence
+    assert len(reading) == len(alone) == len(read) and not any(request.startswith("Passage:") for request in alone)
+    assert reading == [f"Passage: {passage}\n\n" + plain for passage, plain in zip(read, alone)]
 
 
 def test_wake_paraphrases_keep_new_questions_about_the_same_person():

@@ -82,7 +82,7 @@ class KnowledgeSeedingConfig:
     word, :func:`~sleepcore.sleep.extractive.relation_words`: not "Who is Ada?" or "What is Tarvik
     College?", which the 135M teacher writes about 40% of the time and whose one fixed answer is
     then learnt as the answer to any question about Ada; session 38: those questions carry a third
-    of the facts the stage teaches, and dropping them lost 2-4 questions of 70); with
+    of the facts the stage teaches, and dropping them lost 2-6 questions of 70); with
     ``round_trip_questions`` only when the teacher, reading the whole document, answers it
     greedily with its sentence's answer (a round trip:
     :func:`~sleepcore.sleep.extractive.confirms_answer`; one more teacher generation per written
