@@ -44,13 +44,21 @@ from sleepcore.tasks.metrics import normalize_answer
 SAMPLES = 12
 
 
+def written_questions(engine, passages: list[str], seed: int, *, count: int = 2,
+                      context: str = "sentence") -> tuple[list, list[list[str]]]:
+    """``(requests, asked)``: the ``sentence_questions`` requests of ``passages`` (the writer reading
+    ``context``) and ``count`` questions the model writes for each, sampled as
+    :func:`~sleepcore.sleep.replay.replay_prompts` samples them (T = 0.5, 24 tokens)."""
+    requests = sentence_question_requests(passages, context=context)
+    outputs = engine.generate([encode(engine.tokenizer, request) for _, _, request in requests],
+                              SamplingParams(n=count, temperature=0.5, max_tokens=24, seed=seed), progress=False)
+    return requests, [[completion.text or "" for completion in output.completions] for output in outputs]
+
+
 def sentence_questions(engine, passages: list[str], seed: int) -> list[tuple[int, str, str]]:
     """``(passage, student prompt, teacher prompt)`` of the ``sentence_questions`` builder as
     :func:`~sleepcore.sleep.replay.replay_prompts` draws it (n = 2, T = 0.5, its entity filter)."""
-    requests = sentence_question_requests(passages)
-    outputs = engine.generate([encode(engine.tokenizer, request) for _, _, request in requests],
-                              SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=seed), progress=False)
-    asked = [[completion.text or "" for completion in output.completions] for output in outputs]
+    requests, asked = written_questions(engine, passages, seed)
     return [(p.document, p.student, p.teacher)
             for p in sentence_question_prompts(passages, requests, asked, engine.tokenizer)]
 

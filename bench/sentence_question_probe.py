@@ -3,7 +3,7 @@ sentence questions teach, with their extractive answers?
 
 For the biography passages of ``--people`` people (people 1..N of ``--seed``: the suite's second
 group), the untrained model writes ``--questions-per-sentence`` questions about each sentence
-through the library's ``sentence_questions`` request (:func:`~sleepcore.sleep.prompts.sentence_question_requests`,
+through the library's ``sentence_questions`` request (``dream_question_probe.written_questions``:
 T 0.5, as :func:`~sleepcore.sleep.replay.replay_prompts` samples it), reading the sentence alone or
 the whole passage first (``--writer-contexts``), and the library's filter and span answers
 (:func:`~sleepcore.sleep.prompts.sentence_question_prompts`, ``answers="span"``, with and without
@@ -25,10 +25,9 @@ import argparse
 import json
 
 from dream_fidelity_probe import untrained_dreamer
-from sleepcore.lm import encode
-from sleepcore.rollout import SamplingParams
+from dream_question_probe import written_questions
 from sleepcore.sleep.extractive import relation_words
-from sleepcore.sleep.prompts import SENTENCE_CONTEXTS, sentence_question_prompts, sentence_question_requests
+from sleepcore.sleep.prompts import SENTENCE_CONTEXTS, sentence_question_prompts
 from sleepcore.tasks.metrics import normalize_answer
 
 
@@ -62,12 +61,8 @@ def main() -> None:
     tokenizer, _, engine, people = untrained_dreamer(args.people, args.seed)
     passages, rows, samples = people.passages, [], {}
     for context in contexts:
-        requests = sentence_question_requests(passages, context=context)
         for count in counts:
-            outputs = engine.generate([encode(tokenizer, request) for *_, request in requests],
-                                      SamplingParams(n=count, temperature=0.5, max_tokens=24, seed=args.seed),
-                                      progress=False)
-            asked = [[completion.text or "" for completion in output.completions] for output in outputs]
+            requests, asked = written_questions(engine, passages, args.seed, count=count, context=context)
             for say_relation in (False, True):
                 items = sentence_question_prompts(passages, requests, asked, tokenizer, answers="span",
                                                   say_relation=say_relation)
