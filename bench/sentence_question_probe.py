@@ -28,15 +28,13 @@ from dream_fidelity_probe import untrained_dreamer
 from dream_question_probe import written_questions
 from sleepcore.sleep.extractive import relation_words
 from sleepcore.sleep.prompts import SENTENCE_CONTEXTS, sentence_question_prompts
-from sleepcore.tasks.metrics import normalize_answer
+from taught_facts import facts_taught
 
 
 def taught(people, prompt) -> set[tuple[str, str]]:
     """The (person, attribute) facts one item teaches: its question names the person (first name)
     and its answer holds the value."""
-    person, answer = people.people[prompt.document], normalize_answer(prompt.response)
-    return {(person.name, fact.attribute) for fact in person.facts
-            if person.name.split()[0] in prompt.question and normalize_answer(fact.value) in answer}
+    return facts_taught([people.people[prompt.document]], prompt.question, prompt.response)
 
 
 def main() -> None:

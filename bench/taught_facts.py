@@ -41,6 +41,14 @@ from sleepcore.tasks.metrics import normalize_answer
 STAGES = ("seeding", "dreaming")
 
 
+def facts_taught(people, question: str, answer: str) -> set[tuple[str, str]]:
+    """The ``(person, attribute)`` facts one question item teaches: the question names the person
+    (their first name) and the normalised answer contains the fact's normalised value."""
+    answer = normalize_answer(answer)
+    return {(person.name, fact.attribute) for person in people for fact in person.facts
+            if person.name.split()[0] in question and normalize_answer(fact.value) in answer}
+
+
 def taught_by(items: list[dict], tokenizer, people) -> tuple[dict, int, int]:
     """``(facts taught -> the normalised questions that taught them, fixed items, fixed items teaching
     no fact)`` of one stage's checkpointed items."""
@@ -50,9 +58,7 @@ def taught_by(items: list[dict], tokenizer, people) -> tuple[dict, int, int]:
             continue
         fixed += 1
         question = tokenizer.decode(item["student_prompt"], skip_special_tokens=True)
-        answer = normalize_answer(tokenizer.decode(item["response"], skip_special_tokens=True))
-        facts = {(person.name, fact.attribute) for person in people for fact in person.facts
-                 if person.name.split()[0] in question and normalize_answer(fact.value) in answer}
+        facts = facts_taught(people, question, tokenizer.decode(item["response"], skip_special_tokens=True))
         for fact in facts:
             taught.setdefault(fact, []).append(normalize_answer(question))
         untaught += not facts
