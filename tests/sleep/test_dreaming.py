@@ -29,8 +29,8 @@ from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreaming import DreamingStage, balanced_questions, distinct_questions, spread_by_answer
 from sleepcore.sleep.dreamer import Dreamer, rewarded_pairs
-from sleepcore.sleep.dreams import (Dream, answered_examples, dream_examples, dream_lines, dream_questions,
-                                    load_generator, save_generator, without_repeated_lines, write_dreams)
+from sleepcore.sleep.dreams import (Dream, answered_examples, asked_questions, dream_examples, dream_lines,
+                                    dream_questions, load_generator, save_generator, without_repeated_lines, write_dreams)
 from sleepcore.sleep.extractive import answer_span, restates_question
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
 from sleepcore.sleep.prompts import (QUESTION_REWRITE_EXAMPLES, after_context, document_reader, named_entities,
@@ -111,6 +111,8 @@ def tasks(count: int = 3) -> list[DreamTask]:
     (dict(balance_answers=True), ValueError, "balance_answers"),  # answers = "dream"
     (dict(balance_answers="yes", answers="span"), TypeError, "balance_answers"),
     (dict(distinct_questions=True), ValueError, "distinct_questions"),  # answers = "dream"
+    (dict(questions_name_subject=True), ValueError, "questions_name_subject"),  # answers = "dream"
+    (dict(questions_name_subject="yes", answers="span"), TypeError, "questions_name_subject"),
     (dict(distinct_questions=1, answers="span"), TypeError, "distinct_questions"),
     (dict(generator_distinct_lines="yes"), TypeError, "generator_distinct_lines"),
     (dict(question_rewrites=-1, answers="span"), ValueError, "question_rewrites"),
@@ -233,6 +235,25 @@ def test_a_dream_s_misspelt_names_are_repaired_before_its_questions_are_answered
     assert len(plain[0][0]) == 2 and len(asked_plain[0]) == 2  # the misspelt question is learnt as it is
     assert list(asked[0]) == [right] and repaired[0][0] == plain[0][0][1:]  # repaired: one question, once
 
+
+
+@pytest.mark.parametrize("name_subject", [False, True])
+def test_questions_name_subject_keeps_the_questions_about_the_document_s_subject(wrapped, name_subject):
+    tokenizer = wrapped[1]
+    documents = ["Ada Quell was born in Lyon. Ada Quell works for Tarvik Mills. Tarvik Mills makes rope.",
+                 "The river is long. It is wide."]  # no named entity: no subject
+    text = ("Where was Ada Quell born?\nWhat is Tarvik Mills?\nWho works for Tarvik Mills?\n"
+            "Where does Quell work?\nWhat is the river?")
+    dreams = [[Dream(index, 0, [1], [1], text)] for index in range(len(documents))]
+    config = tiny_dreaming(answers="span", questions_name_subject=name_subject)
+    asked = asked_questions(tokenizer, dreams, documents, config)
+    first, second = ([question for _, question in own[0]] for own in asked)
+    about_ada = ["Where was Ada Quell born?", "Where does Quell work?"]
+    assert first == (about_ada if name_subject else
+                     ["Where was Ada Quell born?", "What is Tarvik Mills?", "Who works for Tarvik Mills?",
+                      "Where does Quell work?"])
+    assert second == []  # without a subject the entity filter still applies, and the document names none
+    assert all(prompt == tuple(encode(tokenizer, qa_prompt(tokenizer, question))) for own in asked for prompt, question in own[0])
 
 def test_a_question_names_an_entity_when_it_holds_a_word_of_it():
     assert names_entity("Where did Ilsa-Mae go?", ["Ilsa Varkonen"]) and names_entity("Is Varkonen here?", ["Ilsa Varkonen"])

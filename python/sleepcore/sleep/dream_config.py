@@ -94,7 +94,12 @@ class DreamingConfig:
     their document (:func:`~sleepcore.sleep.prompts.named_entities`); ``answers_restate_question``
     (default on) learns an answer only when it repeats a word of its question
     (:func:`~sleepcore.sleep.extractive.restates_question`): together they cut the answers that one
-    repeated value filled from 29 to 9 of 70. ``statement_lines`` (default off) also learns the
+    repeated value filled from 29 to 9 of 70. ``questions_name_subject`` (default off) asks only
+    questions naming the document's subject (:func:`~sleepcore.sleep.extractive.document_subject`:
+    the person a biography is about; a document without one keeps the entity filter): the
+    generator also asks about the document's other names ("What is Gishux Furnishings?" ->
+    "Shikrais Fopavren's employer"), and such answers come back as answers to questions about the
+    person (session 40). ``statement_lines`` (default off) also learns the
     dream's lines that hold no question (mostly invented: off raised "contains" on every seed,
     session 20). ``repair_names`` (default off) puts misspelt words of the document's multi-word
     names right in a question (:func:`~sleepcore.sleep.extractive.repaired_names`; no gain: session
@@ -205,6 +210,7 @@ class DreamingConfig:
     answer_temperature: float = 0.3
     answer_max_tokens: int = 48
     questions_name_entity: bool = True
+    questions_name_subject: bool = False
     answers_restate_question: bool = True
     statement_lines: bool = False
     min_questions: int = 8
@@ -260,6 +266,10 @@ class DreamingConfig:
         integer("generator_level", self.generator_level, minimum=0)
         boolean("noise", self.noise)
         boolean("questions_name_entity", self.questions_name_entity)
+        boolean("questions_name_subject", self.questions_name_subject)
+        if self.questions_name_subject and self.answers == "dream":
+            raise ValueError("questions_name_subject filters the questions a dream asks, so it needs answers other than "
+                             "'dream' (a dream learnt as written asks none)")
         boolean("answers_restate_question", self.answers_restate_question)
         boolean("statement_lines", self.statement_lines)
         boolean("rehearse_consolidation", self.rehearse_consolidation)

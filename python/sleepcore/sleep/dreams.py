@@ -28,7 +28,7 @@ from sleepcore.lm import as_examples, chat_turn, encode, end_of_turn, qa_prompt
 from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.dream_config import DOCUMENT, DOCUMENT_ANSWERS, DreamingConfig
-from sleepcore.sleep.extractive import answer_span, repaired_names, restates_question
+from sleepcore.sleep.extractive import answer_span, document_subject, repaired_names, restates_question
 from sleepcore.sleep.prompts import named_entities, names_entity
 from sleepcore.sleep.sentence_reader import SentenceReader, answering_sentences
 
@@ -105,13 +105,16 @@ def dream_questions(text: str, entities: list[str] | None = None) -> list[str]:
 def asked_questions(tokenizer, dreams: list[list[Dream]], documents: list[str],
                     config: DreamingConfig) -> list[list[list[tuple[tuple[int, ...], str]]]]:
     """``asked[i][k]``: the questions dream k of document i asks (:func:`dream_questions`; with
-    ``config.questions_name_entity`` only those naming an entity of ``documents[i]``; with
+    ``config.questions_name_entity`` only those naming an entity of ``documents[i]``, with
+    ``config.questions_name_subject`` only those naming its subject,
+    :func:`~sleepcore.sleep.extractive.document_subject`, where it has one; with
     ``config.repair_names`` their misspelt names put right), each as ``(closed-book prompt ids,
     question text)``."""
     asked = []
     for own, document in zip(dreams, documents):
         names = named_entities(document)
-        entities = names if config.questions_name_entity else None
+        subject = document_subject(document) if config.questions_name_subject else None
+        entities = [subject] if subject is not None else (names if config.questions_name_entity else None)
         per_dream = []
         for dream in own:
             texts = dream_questions(dream.text, entities)
