@@ -16,7 +16,7 @@ from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.knowledge_dreaming import (DREAMING_METHODS, DreamingRow, DreamTraining, dreaming_targets,
-                                                row_dreaming, training_tasks)
+                                                row_dreaming, seal_dreaming, training_tasks)
 from sleepcore.tasks.knowledge_report import check_targets, format_table
 from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig
 
@@ -230,3 +230,16 @@ def test_issue_12_targets():
              "sleep generator ReST-EM reward rises (round 0 -> 2)")
     assert [checks[t]["met"] for t in names] == [False, False, False, False]
     assert dreaming_targets({"results": {"ks": {"sleeps": [{"one_hop": {"contains": 0.1}}]}}}) == []
+
+
+def test_seal_s_variant_turns_off_every_option_of_ours_that_needs_answers_from_the_document():
+    ours = DreamingConfig(answers="span", objective="distill", hard_label_weight=4.0, rehearse_earlier_dreams=0.5,
+                          rehearse_earlier_seeding=True, rehearse_draw="answers", balance_answers=True,
+                          distinct_questions=True, generator_distinct_lines=True, repair_names=True,
+                          question_rewrites=2, questions_name_subject=True)
+    seal = seal_dreaming(ours)  # a valid config: each of these would raise with answers = "dream"
+    assert (seal.answers, seal.objective, seal.prompts, seal.noise, seal.selection) == (
+        "dream", "sft", (IMPLICATIONS,), False, "random")
+    assert not (seal.hard_label_weight or seal.rehearse_earlier_dreams or seal.rehearse_earlier_seeding
+                or seal.balance_answers or seal.distinct_questions or seal.generator_distinct_lines
+                or seal.repair_names or seal.question_rewrites or seal.questions_name_subject)

@@ -123,8 +123,9 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
     questions by answer (``balance_answers``: ours, and it needs answers from the document) nor of
     repeated questions (``distinct_questions``) or of the lines its generator learns
     (``generator_distinct_lines``; both ours), no repair
-    of the questions' names (``repair_names``: ours; a dream learnt as written asks none) and no
-    rewrites of them (``question_rewrites``: ours, for the same reason). The prompt
+    of the questions' names (``repair_names``: ours; a dream learnt as written asks none), no
+    rewrites of them (``question_rewrites``: ours, for the same reason) and no filter on whom they
+    name (``questions_name_subject``: ours, likewise). The prompt
     is SEAL's whatever the suite's: a dream learnt as written must say its facts, which a list of
     questions (``QUESTIONS``) does not."""
     return dataclasses.replace(dreaming, prompts=(IMPLICATIONS,), noise=False, selection="random",
@@ -132,7 +133,7 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
                                hard_label_weight=0.0, reward_score="metric", reward_baseline="unadapted",
                                rehearse_earlier_dreams=0.0, rehearse_earlier_seeding=False, rehearse_draw="uniform",
                                balance_answers=False, distinct_questions=False, generator_distinct_lines=False,
-                               repair_names=False, question_rewrites=0)
+                               repair_names=False, question_rewrites=0, questions_name_subject=False)
 
 
 def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
