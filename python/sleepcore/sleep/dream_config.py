@@ -96,10 +96,11 @@ class DreamingConfig:
     (:func:`~sleepcore.sleep.extractive.restates_question`): together they cut the answers that one
     repeated value filled from 29 to 9 of 70. ``questions_name_subject`` (default off) asks only
     questions naming the document's subject (:func:`~sleepcore.sleep.extractive.document_subject`:
-    the person a biography is about; a document without one keeps the entity filter): the
-    generator also asks about the document's other names ("What is Gishux Furnishings?" ->
-    "Shikrais Fopavren's employer": 27-29% of a Sleep row's Dreaming items in session 40, none
-    teaching a fact). ``statement_lines`` (default off) also learns the
+    the person a biography is about; a document without one keeps the entity filter), as
+    Knowledge Seeding's option of that name does. Few of the dreams' own questions name no one (2-4
+    of about 75 on seed 1, session 40); the many such items in a Sleep row's Dreaming stage ("What
+    is Gishux Furnishings?" -> "Shikrais Fopavren's employer") are Knowledge Seeding's, rehearsed
+    (``rehearse_consolidation``). ``statement_lines`` (default off) also learns the
     dream's lines that hold no question (mostly invented: off raised "contains" on every seed,
     session 20). ``repair_names`` (default off) puts misspelt words of the document's multi-word
     names right in a question (:func:`~sleepcore.sleep.extractive.repaired_names`; no gain: session
