@@ -268,9 +268,6 @@ class DreamingConfig:
         boolean("noise", self.noise)
         boolean("questions_name_entity", self.questions_name_entity)
         boolean("questions_name_subject", self.questions_name_subject)
-        if self.questions_name_subject and self.answers == "dream":
-            raise ValueError("questions_name_subject filters the questions a dream asks, so it needs answers other than "
-                             "'dream' (a dream learnt as written asks none)")
         boolean("answers_restate_question", self.answers_restate_question)
         boolean("statement_lines", self.statement_lines)
         boolean("rehearse_consolidation", self.rehearse_consolidation)
@@ -280,13 +277,12 @@ class DreamingConfig:
                              f"document's answer to them), got answers = {self.answers!r}")
         boolean("distinct_questions", self.distinct_questions)
         boolean("generator_distinct_lines", self.generator_distinct_lines)
-        if self.distinct_questions and self.answers == "dream":
-            raise ValueError("distinct_questions acts on the questions a dream asks, so it needs answers other than "
-                             "'dream' (a dream learnt as written asks none)")
         boolean("repair_names", self.repair_names)
-        if self.repair_names and self.answers == "dream":
-            raise ValueError("repair_names corrects the questions a dream asks, so it needs answers other than "
-                             "'dream' (a dream learnt as written asks none)")
+        for name, verb in (("questions_name_subject", "filters"), ("distinct_questions", "acts on"),
+                           ("repair_names", "corrects")):
+            if getattr(self, name) and self.answers == "dream":
+                raise ValueError(f"{name} {verb} the questions a dream asks, so it needs answers other than 'dream' "
+                                 "(a dream learnt as written asks none)")
         integer("question_rewrites", self.question_rewrites, minimum=0)
         if self.question_rewrites and self.answers not in DOCUMENT_ANSWERS:
             raise ValueError(f"question_rewrites keeps a rewrite when the document answers it as it answers its "
