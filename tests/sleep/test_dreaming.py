@@ -28,7 +28,7 @@ from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
 from sleepcore.sleep.dreaming import DreamingStage, balanced_questions, distinct_questions, spread_by_answer
-from sleepcore.sleep.dreamer import Dreamer, rewarded_pairs
+from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.dreams import (Dream, answered_examples, asked_questions, dream_examples, dream_lines,
                                     dream_questions, load_generator, save_generator, without_repeated_lines, write_dreams)
 from sleepcore.sleep.extractive import answer_span, restates_question
@@ -36,6 +36,7 @@ from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_
 from sleepcore.sleep.prompts import (QUESTION_REWRITE_EXAMPLES, after_context, document_reader, named_entities,
                                      names_entity, split_sentences, with_context)
 from sleepcore.sleep.replay import ReplaySample
+from sleepcore.sleep.rest_em import rewarded_pairs
 from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext
 from sleepcore.train import OptimizerConfig
@@ -1211,13 +1212,13 @@ def test_rest_em_learns_each_rewarded_dream_without_lines_an_earlier_one_wrote(w
 
 
 def test_dreamer_fit_trains_the_generator_on_distinct_lines_when_configured(wrapped, tmp_path, monkeypatch):
-    import sleepcore.sleep.dreamer as dreamer_module
+    import sleepcore.sleep.rest_em as rest_em_module
     calls = []
 
     def spy(records, tokenizer, **options):
         calls.append((options, rewarded_pairs(records, tokenizer, **options)))
         return calls[-1][1]
-    monkeypatch.setattr(dreamer_module, "rewarded_pairs", spy)
+    monkeypatch.setattr(rest_em_module, "rewarded_pairs", spy)
     _, result = _fit(wrapped, tmp_path, 1, generator_distinct_lines=True)
     assert [options for options, _ in calls] == [{"distinct_lines": True}]
     pairs = calls[0][1]

@@ -130,7 +130,7 @@ class DreamingConfig:
     the generator's own expert on (dream prompt, rewarded dream): epochs, since a fixed step count
     trained one or two rewarded dreams 40 times each and the generator collapsed onto them.
     ``generator_distinct_lines`` (default off) drops the lines an earlier rewarded dream of the same
-    document wrote (:func:`~sleepcore.sleep.dreamer.rewarded_pairs`; no gain: session 35).
+    document wrote (:func:`~sleepcore.sleep.rest_em.rewarded_pairs`; no gain: session 35).
 
     **Learning at sleep time.** The kept dreams train the ``expert``: ``"consolidated"`` (default:
     the sleep's expert, after consolidation) or ``"new"`` (a new expert of the same level), for at

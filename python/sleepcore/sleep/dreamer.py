@@ -18,7 +18,7 @@ A task is a training document with its questions and gold answers
 5. **ReST-EM**: next-token training of the generator's expert on (dream prompt, rewarded dream),
    through :class:`~sleepcore.sleep.sft.NextTokenStage` and :func:`~sleepcore.sleep.stage.run_stage`
    (with ``generator_distinct_lines``, each rewarded dream without the lines an earlier rewarded
-   dream of its document wrote: :func:`rewarded_pairs`).
+   dream of its document wrote: :mod:`~sleepcore.sleep.rest_em`).
 
 The generator keeps training from round to round (SEAL continues from the previous round's model).
 Resumable: a round's dreams, selection and rewards are written atomically to
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -55,20 +54,18 @@ from tqdm.auto import tqdm
 
 from sleepcore.distributed import world
 from sleepcore.distributed.checkpoint import load_checkpoint, save_checkpoint
-from sleepcore.lm import as_examples, encode, pad_id, qa_examples, qa_prompt
+from sleepcore.lm import as_examples, pad_id, qa_examples, qa_prompt
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.rollout import Engine
-from sleepcore.sleep.config import NextTokenConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_selection import select_dreams
 from sleepcore.sleep.dream_tasks import DreamTask, assign_rewards, check_tasks
-from sleepcore.sleep.dreams import (Dream, answered_examples, expert_weights, save_generator,
-                                    without_repeated_lines, write_dreams)
+from sleepcore.sleep.dreams import Dream, answered_examples, expert_weights, save_generator, write_dreams
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters, train_adapters
 from sleepcore.sleep.prompts import document_reader
 from sleepcore.sleep.sentence_reader import reader_for
-from sleepcore.sleep.sft import NextTokenStage
-from sleepcore.sleep.stage import StageContext, run_stage
+from sleepcore.sleep.rest_em import update_generator
+from sleepcore.sleep.stage import StageContext
 from sleepcore.train import OptimizerConfig, atomic_write_text, latest_checkpoint
 from sleepcore.train.batched import BatchedRuntime
 from sleepcore.validation import instance, integer
@@ -319,50 +316,9 @@ class Dreamer:
 
     # ------------------------------------------------------------------ ReST-EM
     def _rest_em(self, round_dir: Path, measured: dict, index: int, progress: bool) -> dict:
-        """Trains the generator on the round's rewarded (prompt, dream) pairs (the same on every rank)
-        with :class:`NextTokenStage`, whose training runtime normalises the loss by the token count
-        summed over ranks (see the module docstring); returns its steps and last loss."""
-        pairs = rewarded_pairs(measured["dreams"], self.tokenizer, distinct_lines=self.config.generator_distinct_lines)
-        if not pairs:
-            return {"generator_steps": 0, "generator_loss": None}
-        c = self.config
-        steps = min(c.generator_steps, math.ceil(c.generator_epochs * len(pairs) / c.generator_batch_size))
-        loop = NextTokenConfig(steps=steps, batch_size=c.generator_batch_size, optimizer=OptimizerConfig(
-            learning_rate=c.generator_learning_rate, compute_dtype=c.optimizer.compute_dtype))
+        """Round ``index``'s generator update on its rewarded dreams (:func:`~sleepcore.sleep.rest_em.update_generator`)."""
         context = StageContext(self.model, self.tokenizer, self.memory, self.engine, self.level, self.slot,
                                seed=self.seed * 1000 + index)
         with self.generator_on():
-            stage = NextTokenStage(context, loop)
-            summary = run_stage(stage, pairs, memory=self.memory, root=round_dir / "generator", seed=context.seed,
-                                progress=progress, desc=f"round {index} generator", log_fields={"round": index})
-        self.memory.deactivate(self.level, self.slot)
-        history = summary["history"]
-        return {"generator_steps": summary["steps"], "generator_loss": history[-1]["loss"] if history else None}
-
-
-def rewarded_pairs(records: list[list[dict]], tokenizer, *, distinct_lines: bool = False
-                   ) -> list[tuple[list[int], list[int]]]:
-    """ReST-EM's training pairs ``(dream prompt ids, dream token ids)``: every rewarded dream of
-    ``records`` (per document, dict records with ``reward``, ``prompt_ids``, ``token_ids`` and
-    ``text``), in order. With ``distinct_lines`` a document's rewarded dreams are read in order and
-    each loses the lines an earlier one wrote (:func:`~sleepcore.sleep.dreams.without_repeated_lines`):
-    a changed dream is its remaining text re-encoded, followed by its stop token when it had one (a
-    special token ending ``token_ids``), and a dream with no new line is left out.
-
-    Why: the generator trained on its rewarded dreams learns to ask the same questions in all of a
-    document's dreams (distinct questions over a document's dreams 0.93 -> 0.74 on seed 4 and
-    0.80 -> 0.58 on seed 1 from round 0 to round 1; README, Dreaming, session 34): SFT on n dreams
-    that share a line trains that line n times."""
-    special = set(getattr(tokenizer, "all_special_ids", None) or [])
-    pairs = []
-    for own in records:
-        rewarded = [r for r in own if r["reward"]]
-        texts = [r["text"] for r in rewarded]
-        for r, text in zip(rewarded, without_repeated_lines(texts) if distinct_lines else texts):
-            if text is None:
-                continue
-            ids = r["token_ids"]
-            if text is not r["text"]:
-                ids = encode(tokenizer, text) + (ids[-1:] if ids and ids[-1] in special else [])
-            pairs.append((r["prompt_ids"], ids))
-    return pairs
+            return update_generator(context, self.config, measured["dreams"], round_dir / "generator", index=index,
+                                    progress=progress)
