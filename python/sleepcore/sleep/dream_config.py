@@ -147,8 +147,9 @@ class DreamingConfig:
     answered questions, counted as selected (a 1-person sleep's 1-5 questions became every answer
     of the person: session 21). With ``token_budget`` set, ``optimizer.schedule = "cosine"`` decays
     the rate over the stage's budget: at lr 1e-2 on the biographies task it raised the Sleep row
-    from 0.505 to 0.576 over three seeds and halved its drift; with a constant rate Dreaming lost
-    more of the facts Knowledge Seeding had taught (session 41; ``bench/configs/issue12-dreaming.toml``).
+    from 0.505 to 0.576 over three seeds and halved its drift; at a constant 1e-2 Dreaming lost
+    more of the facts Knowledge Seeding had taught, and a constant 3e-3 did as well as the cosine
+    on one seed (session 41; ``bench/configs/issue12-dreaming.toml``).
 
     **What the stage's items hold** (answers other than ``"dream"`` unless said):
     ``rehearse_consolidation`` (any answers) adds the sleep's earlier stages' replay samples
