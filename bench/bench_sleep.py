@@ -19,10 +19,10 @@ KL against SFT's (add sft to ``--methods`` for that one); each generator's ReST-
 after the last round than at round 0. The CSV gets one row per generator and round too
 (``case = rest-em``). ``--dreaming`` runs the settings of ``bench/configs/issue12-dreaming.toml``
 (the best measured so far; ``--config`` another ``sleepcore eval knowledge`` TOML, ``--set`` one
-field). Budget: the whole run under 2 hours on the 2-core machine; measured in sessions 26-27 (two
-threads, alone): about 3 hours with the shipped config's ``final_measurement = false`` (3 h 20
-min with it), the two generators' meta-training about 45 minutes of it, the training steps
-compute-bound at the CPU's fp32 peak (README, Dreaming).
+field). Budget: the whole run under 2 hours on the 2-core machine; measured as one job in session
+42 (two threads, alone): 93 minutes on an Intel Xeon with AMX in bf16, the two generators'
+meta-training 19 of them; on an AMD EPYC in fp32 it took about 3 hours (sessions 26-27, an
+older config), the training steps compute-bound at the CPU's fp32 peak (README, Dreaming).
 
 Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--dreaming] [--tiny]
 [--config FILE.toml] [--set KEY.PATH=VALUE] [--resume]`` (``--resume``: keep the rows and
