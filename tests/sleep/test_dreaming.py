@@ -33,8 +33,9 @@ from sleepcore.sleep.dreams import (Dream, answered_examples, asked_questions, d
                                     dream_questions, load_generator, save_generator, without_repeated_lines, write_dreams)
 from sleepcore.sleep.extractive import answer_span, restates_question
 from sleepcore.sleep.inner_loop import answer_with_adapters, gold_logprobs_with_adapters
-from sleepcore.sleep.prompts import (QUESTION_REWRITE_EXAMPLES, after_context, document_reader, named_entities,
-                                     names_entity, split_sentences, with_context)
+from sleepcore.sleep.paraphrases import QUESTION_REWRITE_EXAMPLES
+from sleepcore.sleep.prompts import (after_context, document_reader, named_entities, names_entity, split_sentences,
+                                     with_context)
 from sleepcore.sleep.replay import ReplaySample
 from sleepcore.sleep.rest_em import rewarded_pairs
 from sleepcore.sleep.sft import NextTokenStage

@@ -9,9 +9,10 @@ import pytest
 from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.extractive import answer_span
-from sleepcore.sleep.prompts import (PARAPHRASE_EXAMPLES, SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities,
-                                     paraphrase_prompts, paraphrase_requests, replay_coverage,
-                                     round_trip_confirmed, round_trip_requests, sentence_question_prompts, sentence_question_requests, split_sentences)
+from sleepcore.sleep.paraphrases import PARAPHRASE_EXAMPLES, paraphrase_prompts, paraphrase_requests
+from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities, replay_coverage,
+                                     round_trip_confirmed, round_trip_requests, sentence_question_prompts,
+                                     sentence_question_requests, split_sentences)
 from _sleepers import DATASET, make_sleeper, seeding
 
 

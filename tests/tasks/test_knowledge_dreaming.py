@@ -15,8 +15,9 @@ from sleepcore.sleep.dream_config import IMPLICATIONS, QUESTIONS, DreamingConfig
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
-from sleepcore.tasks.knowledge_dreaming import (DREAMING_METHODS, DreamingRow, DreamTraining, dreaming_targets,
-                                                row_dreaming, seal_dreaming, training_tasks)
+from sleepcore.tasks.knowledge_dreaming import (DREAMING_METHODS, DreamingRow, DreamTraining, row_dreaming,
+                                                seal_dreaming, training_tasks)
+from sleepcore.tasks.knowledge_dreaming_report import dreaming_targets
 from sleepcore.tasks.knowledge_report import check_targets, format_table
 from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig
 

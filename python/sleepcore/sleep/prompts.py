@@ -28,14 +28,15 @@ student's prompt does not. Builders:
   zero-shot ("Write one question that the sentence above answers") it wrote questions about
   nothing in the sentence ("What is the base of the femur?"); with the examples most questions
   name the sentence's person, company or place ("Who attended University of Vubaron?").
-* ``wake_paraphrases``: each wake question asked again in the teacher's own words (several
-  phrasings of one fact are what makes a stored fact answerable to a new phrasing: Physics of
-  Language Models 3.1). The teacher, after three worked examples (:data:`PARAPHRASE_EXAMPLES`,
-  about no document), rewrites the question; a rewrite is kept when it is a question, differs
-  from the original and every rewrite kept so far, and names every named entity of the original
-  (so that it still asks about the same person; SmolLM2-135M-Instruct misspells invented names
-  in some samples and drifts to another subject in others). The teacher answers it with the
-  document in context, the student learns the answer without it.
+* ``wake_paraphrases`` (:mod:`sleepcore.sleep.paraphrases`): each wake question asked again in
+  the teacher's own words (several phrasings of one fact are what makes a stored fact answerable
+  to a new phrasing: Physics of Language Models 3.1). The teacher, after three worked examples
+  (:data:`~sleepcore.sleep.paraphrases.PARAPHRASE_EXAMPLES`, about no document), rewrites the
+  question; a rewrite is kept when it is a question, differs from the original and every rewrite
+  kept so far, and names every named entity of the original (so that it still asks about the same
+  person; SmolLM2-135M-Instruct misspells invented names in some samples and drifts to another
+  subject in others). The teacher answers it with the document in context, the student learns the
+  answer without it.
 * ``rehearsal``: student prompts that earlier sleeps replayed (``WakeBuffer.earlier``: texts, no
   answers), asked of both selves without any document. The teacher (the smaller self) answers
   from the weights that earlier sleeps left, so the new expert is trained to keep those answers
@@ -45,7 +46,6 @@ student's prompt does not. Builders:
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 from sleepcore.lm import chat_turn, encode, qa_prompt
@@ -61,20 +61,6 @@ SENTENCE_QUESTION_EXAMPLES = (
     "Question: Whose company designed the Eiffel Tower?\n\n"
     "Sentence: Tom's favourite food is lasagne.\nQuestion: What is Tom's favourite food?\n\n"
     "Sentence: {sentence}\nQuestion:")
-#: The few-shot request of ``wake_paraphrases`` (generic examples; ``{question}`` is filled in).
-PARAPHRASE_EXAMPLES = (
-    "Question: Where was Marie Curie born?\nThe same question, asked differently: In which city was Marie Curie "
-    "born?\n\nQuestion: Who designed the Eiffel Tower?\nThe same question, asked differently: The Eiffel Tower was "
-    "designed by whom?\n\nQuestion: What is Tom's favourite food?\nThe same question, asked differently: Which "
-    "food does Tom like best?\n\nQuestion: {question}\nThe same question, asked differently:")
-#: The few-shot request of ``DreamingConfig.question_rewrites`` (``{question}`` is filled in). Unlike
-#: ``PARAPHRASE_EXAMPLES`` its examples ask about no person's birth, work or study, so no rewrite is
-#: copied from a phrasing that the biographies task's evaluation questions share.
-QUESTION_REWRITE_EXAMPLES = (
-    "Question: When did the Titanic sink?\nThe same question, asked differently: In what year did the Titanic go "
-    "down?\n\nQuestion: Who painted the Mona Lisa?\nThe same question, asked differently: The Mona Lisa was "
-    "painted by whom?\n\nQuestion: What does Tom keep in his garage?\nThe same question, asked differently: What "
-    "is kept in Tom's garage?\n\nQuestion: {question}\nThe same question, asked differently:")
 ENTITY_REQUEST = "What do you know about {entity}?"
 #: What the teacher reads before a ``sentence_questions`` prompt: the whole document, or only the
 #: sentence the question was written about.
@@ -164,7 +150,7 @@ def self_question_prompts(documents: list[str], questions: list[list[str]], toke
     prompts = []
     for index, (document, asked) in enumerate(zip(documents, questions)):
         for question in asked:
-            question = _first_line(question)
+            question = first_line(question)
             if len(question) < 8:  # an empty or broken sample is no question
                 continue
             prompts.append(ReplayPrompt(qa_prompt(tokenizer, question), qa_prompt(tokenizer, question, document),
@@ -216,7 +202,7 @@ def sentence_question_prompts(documents: list[str], requests: list[tuple[int, in
         entities, subject = named_entities(sentence), subjects[index]
         read = documents[index] if context == "document" else sentence
         for question in questions:
-            question = _first_line(question)
+            question = first_line(question)
             if len(question) < 8 or (index, question) in seen:
                 continue
             if entities and not any(entity in question for entity in entities):
@@ -251,55 +237,9 @@ def round_trip_confirmed(documents: list[str], prompts: list[ReplayPrompt], answ
             if confirms_answer(answer, prompt.question, split_sentences(documents[prompt.document])[prompt.sentence])]
 
 
-def paraphrase_requests(questions: list[list[str]]) -> list[tuple[int, str, str]]:
-    """``(document, question, request)`` for every wake question (``questions[i]``: about document
-    i), asking the teacher to rewrite it (``wake_paraphrases``)."""
-    return [(index, question, PARAPHRASE_EXAMPLES.format(question=question.strip()))
-            for index, asked in enumerate(questions) for question in asked]
-
-
-def paraphrase_prompts(documents: list[str], requests: list[tuple[int, str, str]], rewritten: list[list[str]],
-                       tokenizer=None) -> list[ReplayPrompt]:
-    """Replay prompts from the rewrites of :func:`paraphrase_requests` (``rewritten[i]``: the samples
-    for request i): each sample's first line up to its first question mark, kept when it is a new
-    question (not the original, not a rewrite kept before, case and spacing ignored) that names
-    every named entity of the original; the teacher reads the document before it."""
-    prompts, seen = [], {}
-    for (index, original, _), samples in zip(requests, rewritten):
-        for question in kept_rewrites(original, samples, seen.setdefault(index, set())):
-            prompts.append(ReplayPrompt(qa_prompt(tokenizer, question),
-                                        qa_prompt(tokenizer, question, documents[index]), index, "wake_paraphrases"))
-    return prompts
-
-
-def kept_rewrites(original: str, samples: list[str], seen: set[str]) -> list[str]:
-    """The sampled rewrites of question ``original`` worth asking: each sample's first line up to
-    its first question mark, when it is 8 characters or longer, names every named entity of the
-    original, and is new (neither the original nor in ``seen``, case, punctuation and spacing
-    ignored). ``seen`` (normalised questions) is updated, so one set shared across the questions of
-    a document keeps each rewrite once."""
-    entities, kept = named_entities(original), []
-    seen.add(_normalised(original))
-    for sample in samples:
-        question = _first_line(sample)
-        if "?" not in question:
-            continue
-        question = question[:question.index("?") + 1].strip()
-        key = _normalised(question)
-        if len(question) < 8 or key in seen or not all(entity in question for entity in entities):
-            continue
-        seen.add(key)
-        kept.append(question)
-    return kept
-
-
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     """A sampled text's first line, without surrounding whitespace."""
     return text.strip().split("\n")[0].strip()
-
-
-def _normalised(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def entity_prompts(documents: list[str], tokenizer=None, *, per_document: int) -> list[ReplayPrompt]:

@@ -25,10 +25,10 @@ from sleepcore.lm import end_of_turn, encode, response_hidden
 from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
-from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, paraphrase_prompts,
-                                     paraphrase_requests, question_requests, rehearsal_prompts, self_question_prompts,
-                                     round_trip_confirmed, round_trip_requests, sentence_question_prompts,
-                                     sentence_question_requests)
+from sleepcore.sleep.paraphrases import paraphrase_prompts, paraphrase_requests
+from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, question_requests,
+                                     rehearsal_prompts, self_question_prompts, round_trip_confirmed,
+                                     round_trip_requests, sentence_question_prompts, sentence_question_requests)
 
 
 

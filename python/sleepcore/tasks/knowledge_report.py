@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleepcore.tasks.knowledge_dreaming import dreaming_targets, plot_rewards, reward_lines
+from sleepcore.tasks.knowledge_dreaming_report import dreaming_targets, plot_rewards, reward_lines
 from sleepcore.tasks.knowledge_plots import plot_budgets, plot_report
 
 #: Ratio targets (issue 5 on EM; issue 11 on contains): (name, metric, method, baseline, factor).
