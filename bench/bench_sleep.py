@@ -20,9 +20,10 @@ after the last round than at round 0. The CSV gets one row per generator and rou
 (``case = rest-em``). ``--dreaming`` runs the settings of ``bench/configs/issue12-dreaming.toml``
 (the best measured so far; ``--config`` another ``sleepcore eval knowledge`` TOML, ``--set`` one
 field). Budget: the whole run under 2 hours on the 2-core machine; measured as one job in session
-42 (two threads, alone): 93 minutes on an Intel Xeon with AMX in bf16, the two generators'
-meta-training 19 of them; on an AMD EPYC in fp32 it took about 3 hours (sessions 26-27, an
-older config), the training steps compute-bound at the CPU's fp32 peak (README, Dreaming).
+42 (two threads, alone, with two ReST-EM updates; session 43 ships one, which saves one generator
+update): 93 minutes on an Intel Xeon with AMX in bf16, the two generators' meta-training 19 of
+them; on an AMD EPYC in fp32 it took about 3 hours (sessions 26-27, an older config), the training
+steps compute-bound at the CPU's fp32 peak (README, Dreaming).
 
 Usage: ``python bench/bench_sleep.py [--sleeps 1,50] [--tokens-per-document 200] [--dreaming] [--tiny]
 [--config FILE.toml] [--set KEY.PATH=VALUE] [--resume]`` (``--resume``: keep the rows and
