@@ -6,14 +6,14 @@ taught it and almost always when eight or more did, and more often when an item 
 the evaluation's wording (0.88 against 0.60). A fact stored under one phrasing is not recalled
 under another (Physics of Language Models 3.1). So after selection each kept question is asked
 again in other words: the base model (every memory expert off) rewrites it ``question_rewrites``
-times from a few-shot request (:data:`~sleepcore.sleep.paraphrases.QUESTION_REWRITE_EXAMPLES`, whose
-examples share no phrasing with the task's questions); a rewrite's misspelt names of the document
+times from a few-shot request (:data:`~sleepcore.sleep.paraphrases.QUESTION_REWRITE_EXAMPLES`,
+whose examples share no phrasing with the task's questions); a rewrite's misspelt names of the document
 are put right (:func:`~sleepcore.sleep.extractive.repaired_names`: the 135M model misspells about
 a third of them), and it is kept when it names every named entity of the question, is new
 (:func:`~sleepcore.sleep.paraphrases.kept_rewrites`) and the document's words answer it as they
-answer the question (the same sentence, and the same span with ``answers = "span"``): that drops a rewrite
-asking for another kind of answer (a date for a place) but not one that asks something else of the
-same sentence ("How does X's employer die?" -> the employer). Each becomes an item with its
+answer the question (the same sentence, and the same span with ``answers = "span"``): that drops
+a rewrite asking for another kind of answer (a date for a place) but not one that asks something
+else of the same sentence ("How does X's employer die?" -> the employer). Each becomes an item with its
 question's answer, right after it. The training budget is unchanged: the stage cycles over more
 differently worded items instead of repeating the same ones.
 
