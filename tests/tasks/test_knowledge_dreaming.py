@@ -15,8 +15,8 @@ from sleepcore.sleep.dream_config import IMPLICATIONS, QUESTIONS, DreamingConfig
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
-from sleepcore.tasks.knowledge_dreaming import (DREAMING_METHODS, DreamingRow, DreamTraining, row_dreaming,
-                                                seal_dreaming, training_tasks)
+from sleepcore.tasks.knowledge_dreaming import (DREAMING_ALONE, DREAMING_METHODS, DreamingRow, DreamTraining,
+                                                row_dreaming, seal_dreaming, training_tasks)
 from sleepcore.tasks.knowledge_dreaming_report import dreaming_targets
 from sleepcore.tasks.knowledge_report import check_targets, format_table
 from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig
@@ -59,7 +59,7 @@ def test_every_dreaming_row_runs_each_sleep_at_the_budget(run):
                 budget = round(TINY_CONFIG.tokens_per_document * run_["budget"] * documents)
                 assert sleep["budget"] == budget and sleep["tokens"] >= budget, (method, sleep)
                 stages = sleep["dreaming"]["stages"]
-                assert list(stages) == (["dreaming"] if method == "seal" else ["seeding", "dreaming"])
+                assert list(stages) == (["dreaming"] if method in DREAMING_ALONE else ["seeding", "dreaming"])
                 assert all(stage["steps"] >= 1 for stage in stages.values())
                 assert sum(stage["tokens"] for stage in stages.values()) == sleep["tokens"]
                 dreams_per_document = TINY_CONFIG.dreaming.dreams_per_document
@@ -114,8 +114,8 @@ def test_sleep_time_configs_of_the_rows():
     dreaming = DreamingConfig(dreams_per_document=4, top_k=1, random_kept=1, reward_score="gold_log_prob",
                               reward_baseline="document", answers="span", prompts=(QUESTIONS,),
                               hard_label_weight=4.0, rehearse_earlier_dreams=0.5, rehearse_earlier_seeding=True,
-                              rehearse_draw="answers", balance_answers=True, distinct_questions=True, generator_distinct_lines=True,
-                              repair_names=True, question_rewrites=3)
+                              rehearse_draw="answers", balance_answers=True, distinct_questions=True,
+                              generator_distinct_lines=True, repair_names=True, question_rewrites=3)
     seal = row_dreaming(dreaming, "seal", "seal.safetensors")
     assert seal.prompts == (IMPLICATIONS,)  # SEAL's self-edit prompt, whatever the suite's
     assert (seal.noise, seal.selection, seal.kept, seal.generator_path) == (False, "random", 4, "seal.safetensors")
@@ -136,6 +136,7 @@ def test_sleep_time_configs_of_the_rows():
     assert sleep.repair_names and sleep.question_rewrites == 3
     assert row_dreaming(dreaming, "sleep-no-selection", "g").selection == "random"
     assert row_dreaming(dreaming, "sleep-no-noise", "g").noise is False
+    assert row_dreaming(dreaming, "sleep-no-seeding", "g") == sleep  # Sleep's dreams; only its stages differ
     assert row_dreaming(dreaming, "dreaming-round0", None).generator_path is None
 
 

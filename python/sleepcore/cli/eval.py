@@ -34,8 +34,8 @@ ceilings oracle, paraphrase-oracle and sentence-oracle (SFT on the gold answers)
 model, a local model folder or (--tiny) a tiny random model. Prints the table (closed-book contains first, gold-answer
 log-prob, teachable subset, gap closure, costs) and writes knowledge.json (with per-step history),
 knowledge.png and knowledge_budgets.png (contains against trained tokens and seconds). Issue 12's
-Dreaming rows (seal, sleep, sleep-no-selection, sleep-no-noise, dreaming-round0) see documents only
-and dream with generators meta-trained once per run (ReST-EM, on training people disjoint from the
+Dreaming rows (seal, sleep, sleep-no-selection, sleep-no-noise, sleep-no-seeding, dreaming-round0) see
+documents only and dream with generators meta-trained once per run (ReST-EM, on training people disjoint from the
 evaluated ones); their reward per round is in the table, knowledge.json and knowledge_dreaming.png.
 """
 
@@ -47,7 +47,8 @@ resume = false                    # true: keep the rows and generators a run of 
 [suite]                           # KnowledgeSuiteConfig fields
 sleeps = [1, 50]                  # people per sleep, in order
 methods = ["base", "in-context", "sft", "gkd", "ks"]  # also ks-lti, ks-memory, the oracles, and
-                                  # seal, sleep, sleep-no-selection, sleep-no-noise, dreaming-round0
+                                  # seal, sleep, sleep-no-selection, sleep-no-noise, sleep-no-seeding,
+                                  # dreaming-round0
 tokens_per_document = 200         # the sleep budget
 budgets = [1.0]                   # multipliers of it: one run of each trained row per multiplier
 [suite.seeding]                   # KnowledgeSeedingConfig fields
@@ -123,7 +124,8 @@ def add_knowledge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sleeps", help="people per sleep, in order, e.g. 1,50 (suite.sleeps)")
     parser.add_argument("--methods", help="comma-separated subset of base,in-context,sft,gkd,ks,ks-lti,ks-memory,"
                                           "oracle,paraphrase-oracle,sentence-oracle and issue 12's seal,sleep,"
-                                          "sleep-no-selection,sleep-no-noise,dreaming-round0 (suite.methods)")
+                                          "sleep-no-selection,sleep-no-noise,sleep-no-seeding,dreaming-round0 "
+                                          "(suite.methods)")
     parser.add_argument("--tokens-per-document", type=int, help="the sleep budget (suite.tokens_per_document)")
     parser.add_argument("--budgets", help="multipliers of the sleep budget, e.g. 1,4,16: each trained row runs once "
                                           "per multiplier (suite.budgets)")

@@ -20,10 +20,13 @@ awake in these rows).
   same with ``selection = "random"``; ``sleep-no-noise`` with ``noise = False`` (both ablations
   switch the component off at sleep time; the generator is Sleep's); ``dreaming-round0`` the same
   as ``sleep`` with the untrained generator (SEAL reports its base model's self-edits the same
-  way); ``seal`` = Dreaming alone with SEAL's generator, without noise or selection.
+  way); ``seal`` = Dreaming alone with SEAL's generator, without noise or selection;
+  ``sleep-no-seeding`` = Dreaming alone with Sleep's generator, noise and selection (Sleep without
+  its consolidation stage: SEAL's shape with Sleep's dreams, so the two rows part what SEAL's
+  dreams lack from what Knowledge Seeding adds).
 * **Budget**: the other rows' rule, ``tokens_per_document * multiplier * documents`` trained tokens
   per sleep. A Sleep row gives ``dream_training.share`` of it to the dreaming stage and the rest to
-  Knowledge Seeding; ``seal`` gives it all to dreaming. Each stage stops at the first step that
+  Knowledge Seeding; ``seal`` and ``sleep-no-seeding`` give it all to dreaming. Each stage stops at the first step that
   reaches its share (so a sleep may pass the budget by one batch per stage, as the other rows pass
   it by one batch); the step caps scale with the multiplier as the other rows' do, so the budget,
   not the cap, ends a sleep. Dream writing and selection are forward-only: not in the budget, and
@@ -49,10 +52,12 @@ from sleepcore.tasks.metrics import contains_match
 from sleepcore.train import OptimizerConfig
 from sleepcore.validation import instance, integer, number
 
-DREAMING_METHODS = ("seal", "sleep", "sleep-no-selection", "sleep-no-noise", "dreaming-round0")
+DREAMING_METHODS = ("seal", "sleep", "sleep-no-selection", "sleep-no-noise", "sleep-no-seeding", "dreaming-round0")
+#: The rows whose sleep is the dreaming stage alone, at the whole budget (no Knowledge Seeding).
+DREAMING_ALONE = ("seal", "sleep-no-seeding")
 #: The generator each row dreams with (None: the untrained model).
 GENERATOR_OF = {"seal": "seal", "sleep": "sleep", "sleep-no-selection": "sleep", "sleep-no-noise": "sleep",
-                "dreaming-round0": None}
+                "sleep-no-seeding": "sleep", "dreaming-round0": None}
 #: ``--tiny``'s Dreaming: a few short dreams, one ReST-EM round (seconds on the tiny model).
 TINY_DREAMING = DreamingConfig(dreams_per_document=2, top_k=1, random_kept=0, max_new_tokens=16, inner_rank=4,
                                inner_epochs=1, rounds=1, generator_steps=1, generator_batch_size=2, batch_size=4,
@@ -68,7 +73,7 @@ class DreamTraining:
         seed: their biography seed (the suite's evaluation people use ``KnowledgeSuiteConfig.seed``).
         share: the fraction of a Sleep row's budget for the dreaming stage (the rest: Knowledge Seeding).
         dreaming_first: a Sleep row dreams before Knowledge Seeding instead of after it (both train
-            the sleep's expert; SEAL's row has no seeding stage).
+            the sleep's expert; the rows of ``DREAMING_ALONE`` have no seeding stage).
         final_measurement: measure each trained generator once more after its last round (the
             reward after R updates); False needs ``dreaming.rounds >= 2`` (a reward curve of two points).
     """
@@ -138,7 +143,7 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
 def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
     """The sleep-time Dreaming config of ``method``."""
     changes = {"seal": {}, "sleep": {}, "sleep-no-selection": {"selection": "random"},
-               "sleep-no-noise": {"noise": False}, "dreaming-round0": {}}[method]
+               "sleep-no-noise": {"noise": False}, "sleep-no-seeding": {}, "dreaming-round0": {}}[method]
     base = seal_dreaming(dreaming) if method == "seal" else dreaming
     return dataclasses.replace(base, generator_path=generator_path, **changes)
 
@@ -232,11 +237,11 @@ class DreamingRow(TrainedRow):
         c, method = self.suite.config, self.method
         name = GENERATOR_OF[method]
         path = self.suite.dreaming["generators"][name]["path"] if name else None
-        dreaming_budget = budget if method == "seal" else max(1, round(budget * c.dream_training.share))
+        dreaming_budget = budget if method in DREAMING_ALONE else max(1, round(budget * c.dream_training.share))
         dreaming = dataclasses.replace(row_dreaming(c.dreaming, method, path), token_budget=dreaming_budget,
                                        steps=step_cap(c, self.multiplier))
         seeding = super().sleep_config(max(1, budget - dreaming_budget))  # Knowledge Seeding as the ks row's
-        stages = ("dreaming",) if method == "seal" else \
+        stages = ("dreaming",) if method in DREAMING_ALONE else \
             ("dreaming", "seeding") if c.dream_training.dreaming_first else ("seeding", "dreaming")
         return dataclasses.replace(seeding, stages=stages, dreaming=dreaming)
 
