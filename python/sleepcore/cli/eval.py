@@ -13,7 +13,6 @@ from typing import Callable, NamedTuple
 
 from sleepcore import validation
 from sleepcore.cli.options import add_config_arguments, by_tiny, configure, describe, floats, integers, names
-from sleepcore.configuration import with_overrides
 from sleepcore.models import DEFAULT_MODEL, load_model_or_tiny
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.tasks.knowledge_dreaming import TINY_DREAMING, DreamTraining

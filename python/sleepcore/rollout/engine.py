@@ -24,7 +24,7 @@ from sleepcore.rollout.kv_cache import PagedKVCache, default_kv_memory_bytes
 from sleepcore.rollout.model_runner import ForwardBatch, ModelRunner, model_geometry
 from sleepcore.rollout.params import CompletionOutput, RequestOutput, SamplingParams
 from sleepcore.rollout.prompts import eos_token_ids, prompt_token_ids, request_params
-from sleepcore.rollout.scheduler import ScheduledChunk, Scheduler
+from sleepcore.rollout.scheduler import Scheduler
 from sleepcore.rollout.sequence import Sequence, request_seed
 
 __all__ = ["Engine"]

@@ -31,11 +31,11 @@ def check_tasks(tasks) -> list[DreamTask]:
         text(f"tasks[{index}].document", task.document)
         if not task.questions:
             raise ValueError(f"tasks[{index}].questions must not be empty (the reward asks them)")
-        for number, pair in enumerate(task.questions):
+        for position, pair in enumerate(task.questions):
             if not (isinstance(pair, tuple) and len(pair) == 2):
-                raise TypeError(f"tasks[{index}].questions[{number}] must be a (question, answer) pair")
-            text(f"tasks[{index}].questions[{number}] question", pair[0])
-            text(f"tasks[{index}].questions[{number}] answer", pair[1])
+                raise TypeError(f"tasks[{index}].questions[{position}] must be a (question, answer) pair")
+            text(f"tasks[{index}].questions[{position}] question", pair[0])
+            text(f"tasks[{index}].questions[{position}] answer", pair[1])
     return list(tasks)
 
 
