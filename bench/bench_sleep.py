@@ -8,7 +8,8 @@ knowledge.json/.png to ``--output-dir`` and appends one row per method and sleep
 ``bench/results/sleep-knowledge-<device>.csv``.
 
 Issue 12 (Dreaming; ``--dreaming``): the methods base, in-context, ks (= Sleep without Dreaming),
-seal, sleep, sleep-no-selection, sleep-no-noise and dreaming-round0, every row from documents alone
+seal, sleep, sleep-no-selection, sleep-no-noise, sleep-no-seeding (Sleep's Dreaming alone) and
+dreaming-round0, every row from documents alone
 (``wake_questions`` off, so ks sees no question either), on held-out people; the generators are
 meta-trained once by ReST-EM on ``dream_training.people`` training people of another seed (6 in the
 shipped config; names disjoint). Targets
@@ -44,7 +45,7 @@ from sleepcore.tasks.knowledge_report import check_targets, retention_delta
 
 #: Issue 12's table (``--dreaming``).
 DREAMING_TABLE = ("base", "in-context", "ks", "seal", "sleep", "sleep-no-selection", "sleep-no-noise",
-                  "dreaming-round0")
+                  "sleep-no-seeding", "dreaming-round0")
 #: ``--dreaming``'s config unless ``--config`` is given.
 DREAMING_CONFIG = Path(__file__).parent / "configs" / "issue12-dreaming.toml"
 
