@@ -20,18 +20,58 @@ import typing
 from pathlib import Path
 
 
+#: The top-level key that makes a TOML file extend another (see :func:`load_toml`).
+EXTENDS = "extends"
+#: An ``extends`` path starting with it names a file of the installed package.
+PACKAGE_PREFIX = "sleepcore:"
+
+
 def load_toml(path: str | os.PathLike) -> dict:
-    """The TOML file at ``path`` as a dict; ``ValueError`` when it is missing or malformed."""
+    """The TOML file at ``path`` as a dict; ``ValueError`` when it is missing or malformed.
+
+    A file may start from another: ``extends = "other.toml"`` (relative to the file's folder, or
+    ``"sleepcore:cli/demo.toml"`` for a file shipped in the package) loads that file first and lays
+    this one over it, table by table (:func:`merged`: a key this file sets replaces the other's, a
+    sub-table merges key by key); the ``extends`` key itself is dropped. Chains are allowed; a cycle
+    raises ``ValueError``."""
+    return _load_extending(Path(path), ())
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on it: tables present in both merge recursively, any other key of
+    ``over`` replaces ``base``'s (arrays are replaced, not appended). Neither input is changed."""
+    result = dict(base)
+    for key, value in over.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) \
+            else value
+    return result
+
+
+def _load_extending(path: Path, chain: tuple[Path, ...]) -> dict:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     try:
-        return tomllib.loads(Path(path).read_text())
+        values = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    if EXTENDS not in values:
+        return values
+    parent = values.pop(EXTENDS)
+    if not isinstance(parent, str) or not parent:
+        raise ValueError(f"{EXTENDS} in {str(path)!r} must be a file path, got {parent!r}")
+    if parent.startswith(PACKAGE_PREFIX):
+        parent_path = Path(__file__).parent / parent[len(PACKAGE_PREFIX):]
+    else:
+        parent_path = path.parent / parent
+    here = path.resolve()
+    if parent_path.resolve() in chain + (here,):
+        names = " -> ".join(str(p) for p in chain + (here, parent_path.resolve()))
+        raise ValueError(f"{EXTENDS} in {str(path)!r} makes a cycle: {names}")
+    return merged(_load_extending(parent_path, chain + (here,)), values)
 
 
 def from_dict(cls, values, *, where: str = "", base=None):

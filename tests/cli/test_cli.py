@@ -116,6 +116,7 @@ def test_the_shipped_bench_configs_load(name):
     assert config.model == DEFAULT_MODEL and config.suite.dreaming.distinct_questions
     if name == "issue12-retention":
         assert config.suite.sleeps == (5, 10) and config.suite.dreaming.rehearse_draw == "answers"
+        assert config.suite.seeding.questions_per_sentence == 8  # extended from issue12-dreaming and the demo
         assert config.suite.dreaming.rehearse_earlier_dreams == 1.0 and config.suite.dreaming.rehearse_earlier_seeding
 
 

@@ -5,6 +5,7 @@ the demo's packaged settings, which must stay those of issue 12's shipped table.
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 from sleepcore import cli, models
@@ -44,6 +45,8 @@ def test_missing_model_package_is_one_clear_line(tmp_path, monkeypatch, capsys):
 
 
 def test_the_demo_sleeps_at_the_shipped_tables_settings():
+    own = tomllib.loads(SHIPPED_TABLE.read_text())
+    assert own["extends"] == "sleepcore:cli/demo.toml" and set(own["suite"]) == {"sleeps", "methods"}
     shipped = load_toml(SHIPPED_TABLE)["suite"]
     del shipped["sleeps"], shipped["methods"]
     assert load_toml(DEMO_SETTINGS)["suite"] == shipped
