@@ -8,10 +8,11 @@ import random
 import pytest
 import torch
 
-from sleepcore.lm import as_examples, pad_id
+from sleepcore.lm import as_examples, encode, pad_id
 from sleepcore.memory.batched import batched_adapters
 from sleepcore.sleep.dream_selection import dream_gradient_scores, keep, select_dreams
-from sleepcore.sleep.dreams import write_dreams
+from sleepcore.sleep.dreams import dream_prompt, prompt_counts, write_dreams
+from sleepcore.sleep.extractive import split_sentences
 from sleepcore.train.batched import BatchedRuntime
 
 from _dreamers import FP32, tiny_dreaming
@@ -32,6 +33,34 @@ def test_noise_is_an_engine_step_hook_and_is_removed(wrapped):
     assert [d.token_ids for own in noisy for d in own] != [d.token_ids for own in quiet for d in own]
     again = write_dreams(engine, tokenizer, memory, documents, tiny_dreaming(noise_scale=200.0), seed=3)
     assert [d.token_ids for own in again for d in own] == [d.token_ids for own in noisy for d in own]
+
+
+def test_a_sentence_prompt_spreads_a_documents_dreams_over_its_sentences(wrapped):
+    _, tokenizer, memory, engine = wrapped
+    template = "About {document} ask of {sentence}:"
+    document = "Ann was born in Oslo. She works at Acme. Her dog is Rex."
+    assert prompt_counts(template, document, 7) == [("Ann was born in Oslo.", 3), ("She works at Acme.", 2),
+                                                    ("Her dog is Rex.", 2)]
+    assert prompt_counts(template, document, 2) == [("Ann was born in Oslo.", 1), ("She works at Acme.", 1)]
+    assert prompt_counts("About {document}", document, 7) == [(None, 7)]
+    assert prompt_counts("About {document}", document, 0) == prompt_counts(template, document, 0) == []
+    assert prompt_counts(template, "no break", 2) == [("no break", 2)]
+    text = dream_prompt(tokenizer, "{document}|{sentence}", "A {sentence} B.", "C {document}.")
+    assert "A {sentence} B.|C {document}." in text
+    with pytest.raises(ValueError, match="sentence"):
+        dream_prompt(tokenizer, template, document)
+    documents = DATASET.passages[:2]
+    config = tiny_dreaming(prompts=("Passage: {document}\nSentence: {sentence}\nQuestions:", "Passage: {document}"),
+                           dreams_per_document=6)
+    dreams = write_dreams(engine, tokenizer, memory, documents, config, seed=3)
+    assert [len(own) for own in dreams] == [6, 6]
+    for document, own in zip(documents, dreams):
+        focused = [dream for dream in own if dream.prompt == 0]
+        sentences = split_sentences(document)
+        expected = [sentence for sentence, count in prompt_counts(config.prompts[0], document, 3) for _ in range(count)]
+        assert len(focused) == 3 and len(sentences) >= 3
+        assert [dream.prompt_ids for dream in focused] == [
+            encode(tokenizer, dream_prompt(tokenizer, config.prompts[0], document, sentence)) for sentence in expected]
 
 
 def _dream_sets(tokenizer):

@@ -13,6 +13,9 @@ from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, instance, integer, number, positive, text
 
 DOCUMENT = "{document}"
+#: A dream prompt holding it is written once per sentence of the document, the sentence in its place
+#: (the document stays in ``{document}``), so that the dreams spread over every sentence.
+SENTENCE = "{sentence}"
 
 #: The default dream prompts (our wording; SEAL's "implications" prompt is the model for the first).
 IMPLICATIONS = ("Read the passage below and write a list of implications that follow from it, directly or "
@@ -70,7 +73,11 @@ class DreamingConfig:
     **Writing.** For each document ``dreams_per_document`` (m) dreams are sampled from ``prompts``
     (each holds ``{document}``; dream i uses prompt ``i % len(prompts)``) at ``temperature``, at most
     ``max_new_tokens`` tokens each, with random-expert ``noise`` of ``noise_scale``, redrawn every
-    engine step (``noise_resample = "step"``) or once per generate call (``"call"``). The noise
+    engine step (``noise_resample = "step"``) or once per generate call (``"call"``). A prompt that
+    also holds ``{sentence}`` gives its j-th dream of a document the document's sentence
+    ``j % sentences``, so that its dreams spread over the whole document (with SmolLM2-135M-Instruct
+    they reach fewer facts before selection: 0.400 of 70 against the shipped whole-document
+    prompt's 0.700, session 45). The noise
     expert's ``A`` and ``B`` are both ``N(0, (init_std * noise_scale)^2)``, so its effect grows as the
     square of the scale: KL(base || noisy) per token 3e-4 nats at scale 1, 0.065 at the default 4,
     5.0 (gibberish) at 10. A dream is split into lines, each its own example, the document last

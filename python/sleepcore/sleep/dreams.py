@@ -27,8 +27,9 @@ from safetensors.torch import save_file
 from sleepcore.lm import as_examples, chat_turn, encode, end_of_turn, qa_prompt
 from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
-from sleepcore.sleep.dream_config import DOCUMENT, DOCUMENT_ANSWERS, DreamingConfig
-from sleepcore.sleep.extractive import answer_span, document_subject, repaired_names, restates_question
+from sleepcore.sleep.dream_config import DOCUMENT, DOCUMENT_ANSWERS, SENTENCE, DreamingConfig
+from sleepcore.sleep.extractive import (answer_span, document_subject, repaired_names, restates_question,
+                                        split_sentences)
 from sleepcore.sleep.prompts import named_entities, names_entity
 from sleepcore.sleep.sentence_reader import SentenceReader, answering_sentences
 
@@ -50,11 +51,27 @@ class Dream:
         return asdict(self)
 
 
-def dream_prompt(tokenizer, template: str, document: str) -> str:
-    """``template`` with the document in place of ``{document}``, as one chat turn when the tokenizer
-    has a template (else the plain text followed by a blank line)."""
-    content = template.replace(DOCUMENT, document.strip())
+def dream_prompt(tokenizer, template: str, document: str, sentence: str | None = None) -> str:
+    """``template`` with the document in place of ``{document}`` (and ``sentence`` in place of
+    ``{sentence}``), as one chat turn when the tokenizer has a template (else the plain text followed
+    by a blank line)."""
+    if SENTENCE in template and sentence is None:
+        raise ValueError(f"the dream prompt holds {SENTENCE}, so dream_prompt needs a sentence")
+    fills = {DOCUMENT: document.strip(), SENTENCE: (sentence or "").strip()}
+    content = re.sub("|".join(map(re.escape, fills)), lambda match: fills[match.group()], template)
     return chat_turn(tokenizer, content) or content + "\n\n"
+
+
+def prompt_counts(template: str, document: str, count: int) -> list[tuple[str | None, int]]:
+    """How ``count`` dreams of ``document`` from ``template`` are asked: ``[(sentence, dreams)]``, one
+    item (sentence None) for a prompt without ``{sentence}``, else the j-th dream on the document's
+    sentence ``j % sentences`` (items with no dream left out, so ``count = 0`` gives none; a document
+    without a sentence break is one sentence)."""
+    if SENTENCE not in template:
+        return [(None, count)] if count else []
+    sentences = split_sentences(document) or [document.strip()]
+    return [(sentence, len(range(position, count, len(sentences)))) for position, sentence in enumerate(sentences)
+            if position < count]
 
 
 def dream_lines(text: str) -> list[str]:
@@ -218,15 +235,17 @@ def dreaming_noise(memory, engine, config: DreamingConfig, *, seed: int) -> Iter
 def write_dreams(engine, tokenizer, memory, documents: list[str], config: DreamingConfig, *, seed: int,
                  progress: bool = False) -> list[list[Dream]]:
     """``config.dreams_per_document`` dreams of every document (dream ``i`` from prompt
-    ``i % len(config.prompts)``), in one engine call under :func:`dreaming_noise`. Returns one list
-    per document, ordered by prompt then sample. Deterministic given ``seed`` and the weights."""
+    ``i % len(config.prompts)``; a prompt with ``{sentence}`` spread over the document's sentences,
+    :func:`prompt_counts`), in one engine call under :func:`dreaming_noise`. Returns one list per
+    document, ordered by prompt, then sentence, then sample. Deterministic given ``seed`` and the
+    weights."""
     prompts, params, owners = [], [], []
     variants = len(config.prompts)
     for index, document in enumerate(documents):
         for variant, template in enumerate(config.prompts):
-            count = len(range(variant, config.dreams_per_document, variants))
-            if count:
-                prompts.append(encode(tokenizer, dream_prompt(tokenizer, template, document)))
+            for sentence, count in prompt_counts(template, document,
+                                                 len(range(variant, config.dreams_per_document, variants))):
+                prompts.append(encode(tokenizer, dream_prompt(tokenizer, template, document, sentence)))
                 params.append(SamplingParams(n=count, temperature=config.temperature, max_tokens=config.max_new_tokens,
                                              seed=seed))
                 owners.append((index, variant))
