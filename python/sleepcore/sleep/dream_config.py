@@ -13,8 +13,8 @@ from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, instance, integer, number, positive, text
 
 DOCUMENT = "{document}"
-#: A dream prompt holding it is written once per sentence of the document, the sentence in its place
-#: (the document stays in ``{document}``), so that the dreams spread over every sentence.
+#: A dream prompt holding it spreads a document's dreams over the document's sentences, one
+#: sentence in its place per dream (the document stays in ``{document}``; ``dreams.prompt_counts``).
 SENTENCE = "{sentence}"
 
 #: The default dream prompts (our wording; SEAL's "implications" prompt is the model for the first).
