@@ -22,8 +22,7 @@ from sleepcore.sleep.sft import NextTokenStage
 from sleepcore.sleep.stage import StageContext, run_stage
 from sleepcore.tasks.biographies import BiographyConfig, Fact, Question, generate_biographies
 from sleepcore.tasks.knowledge_eval import (attribute_values, binding_scores, choice_scores, dominant_value,
-                                            sentence_choice_scores,
-                                            swapped_rate)
+                                            error_modes, sentence_choice_scores, swapped_rate)
 from sleepcore.tasks.knowledge_methods import documents_of, oracle_examples, wake_questions_of
 from sleepcore.tasks.knowledge_metrics import (add_derived, compact_history, gap_closure, logprob_scores, sleep_costs,
                                                teachable)
@@ -93,6 +92,8 @@ def test_scores_hold_the_gold_log_probability_and_each_answer(report):
             assert one["logp_token"] < 0 and one["logp_answer"] <= one["logp_token"]
             assert one["teachable"]["count"] == sum(ceiling[index]["one_hop"]["contains_each"])
             assert 0 <= one["swapped"] <= 1 - one["contains"] and 0 <= one["dominant_share"] <= 1
+            assert one["errors"]["other_person"] == one["swapped"]
+            assert one["contains"] + sum(one["errors"].values()) == pytest.approx(1)
             assert (one["dominant"] is None) == (one["dominant_share"] == 0)
             assert 0 <= one["unique_contains"] <= 1 and 0 <= one["prior_contains"] <= 1
             assert 0 <= one["choice_accuracy"] <= 1 and 0 < one["choice_chance"] <= 1
@@ -107,6 +108,25 @@ def test_swapped_answers_give_another_persons_value_of_the_same_attribute():
     answers = ["A was born in Oslet.", "B was born in Oslet.", "A works in Tarvik.", "Nobody."]
     # 1: B's city for A; 2: right; 3: a city, not an employer; 4: nothing
     assert swapped_rate(answers, questions) == 0.25
+
+
+def test_error_modes_say_whose_value_a_wrong_answer_holds():
+    questions = [Question("Where was A born?", "Tarvik", "A", "birth_city", 1),
+                 Question("Where was B born?", "Oslet", "B", "birth_city", 1),
+                 Question("Who employs A?", "Quell Press", "A", "employer", 1),
+                 Question("Who employs B?", "Oslet Works", "B", "employer", 1),
+                 Question("What is A's hobby?", "chess", "A", "hobby", 1)]
+    answers = ["A was born in Oslet.",   # B's city: another person's value
+               "B was born in Oslet.",   # right
+               "A works in Tarvik.",     # A's own city for the employer question
+               "Nobody.",                # neither
+               "A plays chess."]         # right
+    assert error_modes(answers, questions) == {"other_person": 0.2, "other_attribute": 0.2, "other": 0.2}
+    # another person's value of the same attribute counts first, even if the answer also holds one of the person's own
+    assert error_modes(["Oslet, near Quell Press.", "No idea.", "Tarvik"], questions[:3]) == {
+        "other_person": 1 / 3, "other_attribute": 1 / 3, "other": 1 / 3}
+    with pytest.raises(ValueError, match="predictions has 1 answers for 2 questions"):
+        error_modes(["Oslet"], questions[:2])
 
 
 def test_the_dominant_value_is_the_gold_answer_the_most_answers_contain():

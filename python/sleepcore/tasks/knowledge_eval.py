@@ -9,11 +9,12 @@ Per question set (1-hop, 2-hop): EM, token F1 and "contains" (:mod:`sleepcore.ta
 contains is the primary score, since a small model answers in sentences), each question's contains
 (``contains_each``, for the teachable subset), the greedy answers themselves (``answers``: a score
 of 0 can be a wrong fact or a right one said too slowly for ``ANSWER_TOKENS``), the gold answer's teacher-forced
-log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`), and ``swapped``:
+log-probability after the same prompt (:mod:`sleepcore.tasks.knowledge_metrics`), ``swapped``:
 the fraction of answers that miss their gold but contain another person's value of the same
 attribute (a fact stored without its owner: after a sleep, many answers give one value, such as
-the same occupation, to every person), and ``dominant`` / ``dominant_share``: the gold value that
-the most answers contain, of any question of the set, and the fraction that do (measured after
+the same occupation, to every person), ``errors``: the wrong answers by what they hold (another
+person's value, the same person's value of another attribute, or neither), and ``dominant`` /
+``dominant_share``: the gold value that the most answers contain, of any question of the set, and the fraction that do (measured after
 dreaming on SmolLM2-135M: one company name in 29 of 70 answers, against 7 for the in-context
 teacher, whose repeats are right answers shared by several people).
 
@@ -44,16 +45,50 @@ def answer(engine: Engine, tokenizer, prompts: list[str], *, progress: bool = Fa
     return [(output.completions[0].text or "").strip() for output in outputs]
 
 
-def swapped_rate(predictions: list[str], questions: list) -> float:
-    """Fraction of ``predictions`` that miss their question's gold answer but contain the gold of
-    another question with the same ``attribute`` and a different answer."""
+ERROR_KINDS = ("other_person", "other_attribute", "other")
+
+
+def answer_kinds(predictions: list[str], questions: list) -> list[str]:
+    """Per prediction, ``"right"`` (it contains its question's gold answer) or what the wrong answer
+    holds (the first kind that fits): ``"other_person"``, another person's gold of the same
+    ``attribute`` (a value stored without its owner); ``"other_attribute"``, the same person's gold
+    of another attribute (the right person's fact told for the wrong question, e.g. the occupation
+    for "which company"); ``"other"``, neither (a value no one has, a near miss such as a wrong
+    day, or an echo of the question). The other questions of ``questions`` stand for the people's
+    facts, so pass a whole question set."""
+    if len(predictions) != len(questions):
+        raise ValueError(f"predictions has {len(predictions)} answers for {len(questions)} questions")
     by_attribute: dict[str, set[str]] = {}
+    by_person: dict[str, dict[str, str]] = {}
     for question in questions:
         by_attribute.setdefault(question.attribute, set()).add(question.answer)
-    swapped = [not contains_match(prediction, q.answer)
-               and any(contains_match(prediction, other) for other in by_attribute[q.attribute] - {q.answer})
-               for prediction, q in zip(predictions, questions)]
-    return sum(swapped) / max(len(swapped), 1)
+        by_person.setdefault(question.person, {})[question.attribute] = question.answer
+
+    def kind(prediction: str, q) -> str:
+        if contains_match(prediction, q.answer):
+            return "right"
+        if any(contains_match(prediction, other) for other in by_attribute[q.attribute] - {q.answer}):
+            return "other_person"
+        if any(contains_match(prediction, value) for attribute, value in by_person[q.person].items()
+               if attribute != q.attribute and value != q.answer):
+            return "other_attribute"
+        return "other"
+
+    return [kind(prediction, q) for prediction, q in zip(predictions, questions)]
+
+
+def error_modes(predictions: list[str], questions: list) -> dict[str, float]:
+    """The wrong answers by kind (:func:`answer_kinds`), each as a fraction of all ``predictions``;
+    with the right answers' fraction they sum to 1."""
+    kinds = answer_kinds(predictions, questions)
+    return {name: kinds.count(name) / max(len(kinds), 1) for name in ERROR_KINDS}
+
+
+def swapped_rate(predictions: list[str], questions: list) -> float:
+    """Fraction of ``predictions`` that miss their question's gold answer but contain the gold of
+    another question with the same ``attribute`` and a different answer (:func:`error_modes`'
+    ``other_person``)."""
+    return error_modes(predictions, questions)["other_person"]
 
 
 def dominant_value(predictions: list[str], questions: list) -> tuple[str | None, float]:
@@ -146,7 +181,7 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
              progress: bool = False) -> dict:
     """Per question set (``one_hop``, ``two_hop``): ``contains``, ``em``, ``f1``, ``count``,
     ``contains_each``, ``answers`` (the greedy answers, in question order), ``swapped``
-    (:func:`swapped_rate`), ``dominant`` and ``dominant_share`` (:func:`dominant_value`),
+    (:func:`swapped_rate`), ``errors`` (:func:`error_modes`), ``dominant`` and ``dominant_share`` (:func:`dominant_value`),
     ``unique_contains`` / ``unique_count`` / ``prior_contains`` (:func:`binding_scores`),
     ``choice_accuracy`` / ``choice_chance`` (:func:`choice_scores`), for the 1-hop set
     ``sentence_choice_accuracy`` (:func:`sentence_choice_scores`) and the gold answer's
@@ -173,6 +208,7 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
                                                   [dataset.fact_of(q).answer_sentence for q in questions])
                            if name == "one_hop" else {}),
                         "swapped": swapped_rate(predictions, questions),
+                        "errors": error_modes(predictions, questions),
                         **dict(zip(("dominant", "dominant_share"), dominant_value(predictions, questions))),
                         "answers": predictions}
     return scores
