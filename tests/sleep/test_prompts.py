@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import dataclasses
+from contextlib import contextmanager, nullcontext
 
 import pytest
 
 from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig
-from sleepcore.sleep.extractive import answer_span
+from sleepcore.sleep.extractive import answer_span, candidate_sentences
 from sleepcore.sleep.paraphrases import PARAPHRASE_EXAMPLES, paraphrase_prompts, paraphrase_requests
-from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities, replay_coverage,
-                                     round_trip_confirmed, round_trip_requests, sentence_question_prompts,
-                                     sentence_question_requests, split_sentences)
+from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities, reader_confirmed,
+                                     replay_coverage, round_trip_confirmed, round_trip_requests,
+                                     sentence_question_prompts, sentence_question_requests, split_sentences)
 from _sleepers import DATASET, make_sleeper, seeding
 
 
@@ -126,6 +127,75 @@ def test_round_trip_asks_the_teacher_greedily_and_drops_what_it_does_not_confirm
     assert DATASET.people[0].facts[0].value in prompts[0].response
 
 
+def test_the_reader_check_keeps_questions_whose_likeliest_sentence_is_the_one_they_were_written_about():
+    passage, person = DATASET.passages[0], DATASET.people[0]
+    sentences = split_sentences(passage)
+    requests = sentence_question_requests([passage])
+    asked = [[f"What about {person.name}, part {chr(ord('a') + position)}?"] for _, position, _ in requests]
+    prompts = sentence_question_prompts([passage], requests, asked, answers="span")
+    assert [p.sentence for p in prompts] == list(range(len(sentences)))
+    seen = []
+
+    def reader(requests):  # reads every question as about the document's second sentence
+        seen.extend(requests)
+        return [candidates.index(sentences[1]) for _, candidates in requests]
+
+    assert [p.sentence for p in reader_confirmed([passage], prompts, reader)] == [1]
+    assert [question for question, _ in seen] == [p.question for p in prompts]
+    assert all(candidates == candidate_sentences(question, passage) for question, candidates in seen)
+    # a sentence that is no candidate (a "when" question about a sentence without a date) is dropped
+    # unread, and the only candidate is kept unread
+    when = [dataclasses.replace(p, question=f"When was {person.name} born?") for p in prompts]
+    own = candidate_sentences(when[0].question, passage)
+    assert len(own) == 1
+    assert [sentences[p.sentence] for p in reader_confirmed([passage], when, lambda requests: 1 / 0)] == own
+
+
+def test_the_reader_check_reads_under_the_teacher_in_the_replay_builder():
+    config = seeding(prompt_builders=("sentence_questions",), prompts_per_document=20, max_new_tokens=4,
+                     samples_per_prompt=1)
+    config = KnowledgeSeedingConfig(**{**config.__dict__, "max_prompts": None, "sentence_answers": "span",
+                                       "questions_per_sentence": 1, "reader_confirms_questions": True})
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages[:1])
+    name, sentences = DATASET.people[0].name, split_sentences(DATASET.passages[0])
+
+    def generate(prompts, params, progress=True):  # one question per sentence, each its own
+        return [type("Output", (), {"completions": [type("Completion", (), {"text": f"What about {name}, "
+                                                                                  f"part {chr(ord('a') + i)}?"})()]})()
+                for i in range(len(prompts))]
+
+    sleeper.engine.generate = generate
+    entered, read = [], []
+
+    @contextmanager
+    def teacher():
+        entered.append(True)
+        yield
+
+    original = replay.model_reader
+
+    def spy(model, tokenizer, reading):
+        inner = original(model, tokenizer, reading)
+        def read_and_record(requests):
+            choices = inner(requests)
+            read.append([(question, candidates[choice]) for (question, candidates), choice in zip(requests, choices)])
+            return choices
+        return read_and_record
+
+    replay.model_reader = spy
+    try:
+        prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, teacher, seed=0)
+    finally:
+        replay.model_reader = original
+    written = [f"What about {name}, part {chr(ord('a') + i)}?" for i in range(len(sentences))]
+    assert [[question for question, _ in call] for call in read] == [written]
+    assert len(entered) == 2  # written, then read, both as the teacher
+    # kept: the questions the model read in the sentence they were written about
+    assert sorted(p.question for p in prompts) == [question for question, picked in read[0]
+                                                   if picked == sentences[written.index(question)]]
+
+
 def sentence_replay(**fields) -> tuple[set[str], list]:
     """The questions of a ``sentence_questions``-only replay set of two people's passages, whose
     writer asks, about each sentence, "Who is <person>?" and "Where was <person> born?"; and the
@@ -237,6 +307,10 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(questions_say_relation=1)
     with pytest.raises(ValueError, match="round_trip_questions.*'sentence_questions'"):
         KnowledgeSeedingConfig(round_trip_questions=True, prompt_builders=("entity_questions",))
+    with pytest.raises(ValueError, match="reader_confirms_questions.*'sentence_questions'"):
+        KnowledgeSeedingConfig(reader_confirms_questions=True, prompt_builders=("entity_questions",))
+    with pytest.raises((TypeError, ValueError), match="reader_confirms_questions"):
+        KnowledgeSeedingConfig(reader_confirms_questions="yes")
     with pytest.raises(ValueError, match="hard_label_items"):
         KnowledgeSeedingConfig(hard_label_items="answers")
     with pytest.raises(ValueError, match="paraphrases_per_question"):

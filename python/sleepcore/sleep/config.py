@@ -89,7 +89,13 @@ class KnowledgeSeedingConfig:
     question), since the 135M teacher writes many questions that ask another sentence's fact
     ("What is Ada's occupation?" about her hobby); measured in session 18 it halved the replay and
     its coverage and did not help (seed 1 0.257-0.286 within the recipe's 0.257-0.343 run-to-run
-    range, seed 0 0.214 -> 0.086), so it is off by default. Measured from the
+    range, seed 0 0.214 -> 0.086), so it is off by default; with ``reader_confirms_questions``
+    only when the teacher's sentence reader (:func:`~sleepcore.sleep.sentence_reader.likeliest_sentences`:
+    among the document's sentences that could answer the question, the one under which the
+    teacher finds the question likeliest, one teacher-forced forward per candidate and no
+    generation) picks the sentence the question was written about (session 46: of seed 1's fixed
+    items whose answer holds another attribute than the question asks, 22 of 23 are dropped, of
+    those that match 6 of 91). Measured from the
     documents alone (sentence questions only, 16 per document, x8, 10 people after a 1-person
     sleep, one run per seed): ``"sentence"`` took contains from 0.057 to 0.143 (seed 1) and from
     0.100 to 0.143 (seed 0), sentence multiple choice 0.243 -> 0.443 and 0.257 -> 0.343, at about
@@ -169,6 +175,7 @@ class KnowledgeSeedingConfig:
     questions_name_subject: bool = False
     questions_say_relation: bool = False
     round_trip_questions: bool = False
+    reader_confirms_questions: bool = False
     questions_per_sentence: int = 2
     paraphrases_per_question: int = 3
     rehearsal_share: float = 0.1
@@ -201,6 +208,7 @@ class KnowledgeSeedingConfig:
         boolean("questions_name_subject", self.questions_name_subject)
         boolean("questions_say_relation", self.questions_say_relation)
         boolean("round_trip_questions", self.round_trip_questions)
+        boolean("reader_confirms_questions", self.reader_confirms_questions)
         for name in ("temperature", "sample_temperature", "clip_eps"):
             positive(name, getattr(self, name))
         choice("judge", self.judge, ("exact_match", "model"))
@@ -215,9 +223,10 @@ class KnowledgeSeedingConfig:
         if set(self.prompt_builders) == {"rehearsal"}:
             raise ValueError("prompt_builders must hold a builder besides 'rehearsal' (it replays earlier sleeps' "
                              "prompts in proportion to this sleep's own)")
-        if self.round_trip_questions and "sentence_questions" not in self.prompt_builders:
-            raise ValueError("round_trip_questions checks the questions of the 'sentence_questions' builder, "
-                             "which prompt_builders does not hold")
+        for check in ("round_trip_questions", "reader_confirms_questions"):
+            if getattr(self, check) and "sentence_questions" not in self.prompt_builders:
+                raise ValueError(f"{check} checks the questions of the 'sentence_questions' builder, "
+                                 "which prompt_builders does not hold")
         number("rehearsal_share", self.rehearsal_share, above=0.0, maximum=1.0)
         _loop_fields(self)
 

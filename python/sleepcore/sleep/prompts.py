@@ -49,8 +49,9 @@ import random
 from dataclasses import dataclass
 
 from sleepcore.lm import chat_turn, encode, qa_prompt
-from sleepcore.sleep.extractive import (answer_span, confirms_answer, document_subject, named_entities, names_entity,
-                                        relation_words, split_sentences)
+from sleepcore.sleep.extractive import (answer_span, candidate_sentences, confirms_answer, document_subject,
+                                        named_entities, names_entity, relation_words, split_sentences)
+from sleepcore.sleep.sentence_reader import SentenceReader
 from sleepcore.validation import choice
 
 QUESTION_REQUEST = "Write one short question about a fact in the text above."
@@ -235,6 +236,21 @@ def round_trip_confirmed(documents: list[str], prompts: list[ReplayPrompt], answ
         raise ValueError(f"answers: expected one per prompt ({len(prompts)}), got {len(answers)}")
     return [prompt for prompt, answer in zip(prompts, answers)
             if confirms_answer(answer, prompt.question, split_sentences(documents[prompt.document])[prompt.sentence])]
+
+
+def reader_confirmed(documents: list[str], prompts: list[ReplayPrompt], reader: SentenceReader) -> list[ReplayPrompt]:
+    """The prompts of :func:`sentence_question_prompts` whose question ``reader`` answers from the
+    sentence it was written about: among the document's
+    :func:`~sleepcore.sleep.extractive.candidate_sentences` for the question (naming its entity,
+    holding an answer of the kind it asks), the reader's choice is that sentence. A question whose
+    sentence is no candidate (a "when" question written about a sentence without a date) is
+    dropped, and one whose sentence is the only candidate is kept without reading."""
+    candidates = [candidate_sentences(prompt.question, documents[prompt.document]) for prompt in prompts]
+    written = [split_sentences(documents[prompt.document])[prompt.sentence] for prompt in prompts]
+    ask = [index for index, (own, sentence) in enumerate(zip(candidates, written)) if len(own) > 1 and sentence in own]
+    choices = dict(zip(ask, reader([(prompts[index].question, candidates[index]) for index in ask]) if ask else []))
+    return [prompt for index, (prompt, own, sentence) in enumerate(zip(prompts, candidates, written))
+            if sentence in own and (len(own) == 1 or own[choices[index]] == sentence)]
 
 
 def first_line(text: str) -> str:

@@ -27,8 +27,9 @@ from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.paraphrases import paraphrase_prompts, paraphrase_requests
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, question_requests,
-                                     rehearsal_prompts, self_question_prompts, round_trip_confirmed,
+                                     reader_confirmed, rehearsal_prompts, self_question_prompts, round_trip_confirmed,
                                      round_trip_requests, sentence_question_prompts, sentence_question_requests)
+from sleepcore.sleep.sentence_reader import model_reader
 
 
 
@@ -96,6 +97,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
             read = teacher_texts(engine, teacher, round_trip_requests(documents, written, tokenizer),
                                  SamplingParams(n=1, temperature=0.0, max_tokens=32, seed=seed))
             written = round_trip_confirmed(documents, written, [texts[0] for texts in read])
+        if config.reader_confirms_questions:
+            written = reader_confirmed(documents, written, model_reader(engine.model, tokenizer, teacher))
         generated += written
     rng.shuffle(generated)
     taken, prompts = Counter(), []
