@@ -30,6 +30,7 @@ import argparse
 import collections
 import glob
 import json
+import re
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -39,6 +40,18 @@ from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig, sleep_groups
 from sleepcore.tasks.metrics import normalize_answer
 
 STAGES = ("seeding", "dreaming")
+#: The attribute a question asks about, guessed from its words (the first pattern that matches; a
+#: heuristic for the biographies' seven attributes, and None when no pattern matches).
+ASKED = (("first_pet", r"\bpet\b"), ("hobby", r"hobby|hobbies|weekend|free time|spare time|pastime|passion"),
+         ("university", r"universit|college|polytechnic|institute|studied|graduat|school|attend"),
+         ("employer", r"company|employ|work for|works for|firm"),
+         ("occupation", r"occupation|profession|career|work as|works as"),
+         ("birth_date", r"\bwhen\b|date|year|birthday"), ("birth_city", r"city|where .*born|hometown|birthplace"))
+
+
+def asked_attribute(question: str) -> str | None:
+    """The attribute ``question`` asks about by :data:`ASKED`, or None."""
+    return next((name for name, pattern in ASKED if re.search(pattern, question.lower())), None)
 
 
 def facts_taught(people, question: str, answer: str) -> set[tuple[str, str]]:
@@ -49,20 +62,25 @@ def facts_taught(people, question: str, answer: str) -> set[tuple[str, str]]:
             if person.name.split()[0] in question and normalize_answer(fact.value) in answer}
 
 
-def taught_by(items: list[dict], tokenizer, people) -> tuple[dict, int, int]:
-    """``(facts taught -> the normalised questions that taught them, fixed items, fixed items teaching
-    no fact)`` of one stage's checkpointed items."""
-    taught, fixed, untaught = {}, 0, 0
+def taught_by(items: list[dict], tokenizer, people) -> tuple[dict, dict]:
+    """``(facts taught -> the normalised questions that taught them, counts)`` of one stage's
+    checkpointed items; ``counts``: ``fixed_items``, ``untaught_items`` (fixed items teaching no fact)
+    and ``other_attribute_items``: fixed items teaching a fact whose question asks, by
+    :func:`asked_attribute`, about another attribute ("What is Ada's occupation?" answered with her
+    hobby; such an item still counts as teaching the hobby)."""
+    taught, counts = {}, {"fixed_items": 0, "untaught_items": 0, "other_attribute_items": 0}
     for item in items:
         if not item["fixed"]:
             continue
-        fixed += 1
+        counts["fixed_items"] += 1
         question = tokenizer.decode(item["student_prompt"], skip_special_tokens=True)
         facts = facts_taught(people, question, tokenizer.decode(item["response"], skip_special_tokens=True))
         for fact in facts:
             taught.setdefault(fact, []).append(normalize_answer(question))
-        untaught += not facts
-    return taught, fixed, untaught
+        counts["untaught_items"] += not facts
+        asked = asked_attribute(question.split("Question:")[-1])
+        counts["other_attribute_items"] += bool(facts) and asked is not None and asked not in {a for _, a in facts}
+    return taught, counts
 
 
 def by_teaching(group, right: list[int], questions: dict) -> dict:
@@ -134,12 +152,13 @@ def main() -> None:
         if not steps:
             continue
         items = json.loads((Path(steps[-1]) / "state.json").read_text())["stage"]["replay"]
-        facts, fixed, untaught = taught_by(items, tokenizer, group.people)
-        stages[stage] = {"fixed_items": fixed, "untaught_items": untaught, "facts": len(facts)}
+        facts, counts = taught_by(items, tokenizer, group.people)
+        stages[stage] = {**counts, "facts": len(facts)}
         for fact, asked in facts.items():
             taught.setdefault(fact, set()).add(stage)
             questions.setdefault(fact, []).extend(asked)
-        print(f"{stage:9s} fixed items {fixed:3d}, teaching no fact {untaught:3d}, facts taught {len(facts):3d}")
+        print(f"{stage:9s} fixed items {counts['fixed_items']:3d}, teaching no fact {counts['untaught_items']:3d}, "
+              f"asking another attribute {counts['other_attribute_items']:3d}, facts taught {len(facts):3d}")
     found = {"run": str(run), "method": args.method, "budget": budget, "sleep": index, "stages": stages}
     if args.retention:
         retained = runs[budget]["retention"][0]["one_hop"]["contains_each"]
