@@ -151,7 +151,11 @@ def main() -> None:
         steps = sorted(glob.glob(str(run / args.method / f"x{budget:g}" / f"sleep-{index:03d}" / stage / "step-*")))
         if not steps:
             continue
-        items = json.loads((Path(steps[-1]) / "state.json").read_text())["stage"]["replay"]
+        state = json.loads((Path(steps[-1]) / "state.json").read_text())["stage"]
+        if "replay" not in state:  # next-token training on the dreams as written (objective "sft", SEAL's row)
+            print(f"{stage:9s} keeps no question items with fixed answers (its dreams are learnt as written)")
+            continue
+        items = state["replay"]
         facts, counts = taught_by(items, tokenizer, group.people)
         stages[stage] = {**counts, "facts": len(facts)}
         for fact, asked in facts.items():
