@@ -53,7 +53,8 @@ def main() -> None:
     print(f"{'run':34s} {'row':20s} {'x':>4s} {'right':>5s} {'other person':>12s} {'other attribute':>15s} "
           f"{'other':>5s}  other attribute asked about")
     for row in rows:
-        print(f"{Path(row['run']).name[:34]:34s} {row['method']:20s} {'-' if row['budget'] is None else format(row['budget'], 'g'):>4s} {row['right']:5d} "
+        budget = "-" if row["budget"] is None else format(row["budget"], "g")
+        print(f"{Path(row['run']).name[:34]:34s} {row['method']:20s} {budget:>4s} {row['right']:5d} "
               f"{row['other_person']:12d} {row['other_attribute']:15d} {row['other']:5d}  "
               + ", ".join(f"{k} {v}" for k, v in sorted(row["other_attribute_asked"].items())))
     if args.out:

@@ -14,9 +14,10 @@ the fraction of answers that miss their gold but contain another person's value 
 attribute (a fact stored without its owner: after a sleep, many answers give one value, such as
 the same occupation, to every person), ``errors``: the wrong answers by what they hold (another
 person's value, the same person's value of another attribute, or neither), and ``dominant`` /
-``dominant_share``: the gold value that the most answers contain, of any question of the set, and the fraction that do (measured after
-dreaming on SmolLM2-135M: one company name in 29 of 70 answers, against 7 for the in-context
-teacher, whose repeats are right answers shared by several people).
+``dominant_share``: the gold value that the most answers contain, of any question of the set, and
+the fraction that do (measured after dreaming on SmolLM2-135M: one company name in 29 of 70
+answers, against 7 for the in-context teacher, whose repeats are right answers shared by several
+people).
 
 Binding (a value told to its owner's question, not just learnt): several people share a birth
 city, employer or university, so answering each attribute's most common value scores
@@ -181,8 +182,8 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
              progress: bool = False) -> dict:
     """Per question set (``one_hop``, ``two_hop``): ``contains``, ``em``, ``f1``, ``count``,
     ``contains_each``, ``answers`` (the greedy answers, in question order), ``swapped``
-    (:func:`swapped_rate`), ``errors`` (:func:`error_modes`), ``dominant`` and ``dominant_share`` (:func:`dominant_value`),
-    ``unique_contains`` / ``unique_count`` / ``prior_contains`` (:func:`binding_scores`),
+    (:func:`swapped_rate`), ``errors`` (:func:`error_modes`), ``dominant`` and ``dominant_share``
+    (:func:`dominant_value`), ``unique_contains`` / ``unique_count`` / ``prior_contains`` (:func:`binding_scores`),
     ``choice_accuracy`` / ``choice_chance`` (:func:`choice_scores`), for the 1-hop set
     ``sentence_choice_accuracy`` (:func:`sentence_choice_scores`) and the gold answer's
     ``logp_token`` / ``logp_answer``, all under ``engine.model`` as it is (its active experts)."""
