@@ -201,6 +201,7 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
         logprobs = gold_logprobs(engine.model, tokenizer, qa_examples(tokenizer, prompts, golds))
         gold_totals = [sum(row) for row in logprobs]
         matched = aggregate(predictions, golds)
+        errors = error_modes(predictions, questions)
         contains_each = [int(contains_match(p, g)) for p, g in zip(predictions, golds)]
         scores[name] = {"contains": matched.pop("contains"), **matched, **logprob_scores(logprobs),
                         "contains_each": contains_each, **binding_scores(contains_each, questions),
@@ -208,8 +209,7 @@ def evaluate(engine: Engine, tokenizer, dataset: BiographyDataset, *, in_context
                         **(sentence_choice_scores(engine.model, tokenizer, prompts, questions,
                                                   [dataset.fact_of(q).answer_sentence for q in questions])
                            if name == "one_hop" else {}),
-                        "swapped": swapped_rate(predictions, questions),
-                        "errors": error_modes(predictions, questions),
+                        "swapped": errors["other_person"], "errors": errors,
                         **dict(zip(("dominant", "dominant_share"), dominant_value(predictions, questions))),
                         "answers": predictions}
     return scores
