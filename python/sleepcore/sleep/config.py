@@ -99,8 +99,8 @@ class KnowledgeSeedingConfig:
     to 224 and the facts they teach from 64 to 56; Sleep 0.757 against 0.771. With
     ``questions_per_sentence = 12`` instead of 8, so that as many items remain, Sleep answered
     0.857, 0.786 and 0.843 on seeds 1, 4 and 5 against 0.771, 0.800 and 0.800, its answers giving
-    the person's other attribute 8 times against 20: within a row's noise per seed, and the 12
-    questions alone gave 0.871 and 0.671 on seeds 1 and 4, so it is off by default). Measured from the
+    the person's other attribute 8 times against 20: within a row's noise per seed; the 12
+    questions alone gave 0.871, 0.671 and 0.829, so it is off by default). Measured from the
     documents alone (sentence questions only, 16 per document, x8, 10 people after a 1-person
     sleep, one run per seed): ``"sentence"`` took contains from 0.057 to 0.143 (seed 1) and from
     0.100 to 0.143 (seed 0), sentence multiple choice 0.243 -> 0.443 and 0.257 -> 0.343, at about
