@@ -13,6 +13,8 @@ batch with the same samples and completions, interleaved in time):
 * ``shared``: fp32, the batch as one token tree: the prompts' common head (system turn, question
   prefix) computed once, the completions inside their prefix's branch (one student forward);
 * ``bf16``: bf16 autocast of the frozen base, unshared;
+* ``eager``: bf16 autocast and shared, the student's training forward through transformers' eager
+  attention instead of the model's own (``OptimizerConfig.train_attention = "eager"``, off by default);
 * ``after``: bf16 autocast and shared (the defaults on hardware with native bf16).
 
 All four draw the on-policy samples and LTI completions in one engine call and reuse the loss as
@@ -57,8 +59,9 @@ from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.knowledge_suite import KnowledgeSuiteConfig, documents_of, wake_questions_of
 
 MODEL = "smollm2-135m-instruct"
-VARIANTS = {"before": ("float32", False), "shared": ("float32", True), "bf16": ("bfloat16", False),
-            "after": ("bfloat16", True)}
+VARIANTS = {"before": ("float32", False, "model"), "shared": ("float32", True, "model"),
+            "bf16": ("bfloat16", False, "model"), "eager": ("bfloat16", True, "eager"),
+            "after": ("bfloat16", True, "model")}
 PHASES = ("sampling", "teacher_forward", "student_forward", "losses", "backward", "optimizer", "other")
 
 
@@ -154,8 +157,9 @@ def run(args) -> list[dict]:
     context = StageContext(model, tokenizer, memory, engine, 0, slot, seed=args.seed)
 
     def stage(name):
-        dtype, share = VARIANTS[name]
-        config = dataclasses.replace(seeding, optimizer=dataclasses.replace(seeding.optimizer, compute_dtype=dtype))
+        dtype, share, attention = VARIANTS[name]
+        optimizer = dataclasses.replace(seeding.optimizer, compute_dtype=dtype, train_attention=attention)
+        config = dataclasses.replace(seeding, optimizer=optimizer)
         return KnowledgeSeeding(context, config, share_prefixes=share)
 
     reference = stage("shared")
@@ -210,7 +214,8 @@ def report(metrics, clocks, rates, args, load) -> list[dict]:
         cosine = min(float(torch.nn.functional.cosine_similarity(m["grads"], b["grads"], dim=0))
                      for m, b in zip(steps, base))
         row = {"bench": "sleep-step", "case": "smollm2-135m-b8-n40-c4", "model": MODEL, "provider": name,
-               "compute_dtype": dtype, "share_prefixes": VARIANTS[name][1], "threads": torch.get_num_threads(),
+               "compute_dtype": dtype, "share_prefixes": VARIANTS[name][1], "train_attention": VARIANTS[name][2],
+               "threads": torch.get_num_threads(),
                "load_average": round(load, 2), "reps": len(steps),
                "tokens": sum(m["tokens"] for m in steps) / len(steps),
                "forward_tokens": sum(m["forward_tokens"] for m in steps) / len(steps),
@@ -224,6 +229,9 @@ def report(metrics, clocks, rates, args, load) -> list[dict]:
               f"{cosine:7.4f}  " + " ".join(f"{row['share_' + p]:9.2f}" for p in PHASES))
     speedup = rows[-1]["tokens_per_s"] / rows[0]["tokens_per_s"]
     print(f"after / before: {speedup:.2f}x tokens/s at batch {KnowledgeSuiteConfig().seeding.batch_size}")
+    by_name = {row["provider"]: row for row in rows}
+    print(f"eager / after (the training attention alone): "
+          f"{by_name['eager']['tokens_per_s'] / by_name['after']['tokens_per_s']:.2f}x tokens/s")
     rows += [{"bench": "sleep-step", "case": "matmul", "model": MODEL, "provider": dtype,
               "threads": torch.get_num_threads(), "load_average": round(load, 2), "gflops": rate / 1e9}
              for dtype, rate in rates.items()]

@@ -198,3 +198,53 @@ def test_forward_pads_the_width_and_cuts_it_back():
         got, want = runtime.forward(model, ids, mask), final_hidden(model, ids, mask)
     assert seen == [(3, WIDTH_MULTIPLE)] and got.shape == want.shape == (3, 12, model.config.hidden_size)
     torch.testing.assert_close(got * mask[..., None], want * mask[..., None], rtol=1e-5, atol=1e-5)
+
+
+def test_train_attention_switches_only_forwards_with_a_gradient(monkeypatch):
+    """``train_attention``: a forward whose backward runs (trees with their prepared mask, and padded
+    batches) calls the chosen attention and gives SDPA's values and gradients; a no-grad forward (a
+    cached teacher) keeps the model's own; the config is restored afterwards; an unknown name is
+    refused."""
+    from _tiny_models import random_prompts, tiny_model
+    from sleepcore.lm import Branch
+    from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama import modeling_llama
+
+    model = tiny_model("llama")
+    assert model.config._attn_implementation == "sdpa"
+    memory = ContinuumMemory.wrap(model, MemoryConfig(levels=(LevelConfig(rank=4, slots=1),)))
+    expert = memory.trainable(0, memory.new_expert(0))
+    with torch.no_grad():
+        for parameter in expert:
+            parameter.normal_(0, 0.1)
+    called = []
+
+    def spy(name, real):
+        return lambda *args, **kwargs: called.append(name) or real(*args, **kwargs)
+    monkeypatch.setattr(modeling_llama, "eager_attention_forward", spy("eager", modeling_llama.eager_attention_forward))
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", spy("sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"]))
+    prompts, responses = random_prompts([6, 3]), random_prompts([4, 5], seed=2)
+    trees = [[Branch(random_prompts([5])[0]), Branch(random_prompts([3], seed=3)[0], parent=0),
+              Branch(random_prompts([2], seed=4)[0], parent=0)]]
+    results = {}
+    for choice in ("eager", "model"):
+        runtime = LocalRuntime(model, expert, OptimizerConfig(compute_dtype="float32", train_attention=choice))
+        called.clear()
+        hidden = runtime.response_hidden(prompts, responses, 0)
+        tree_hidden, _ = runtime.tree_hidden(trees, 0)
+        (hidden.square().sum() + tree_hidden.square().sum()).backward()
+        assert set(called) == {"eager" if choice == "eager" else "sdpa"}
+        results[choice] = [hidden, tree_hidden, *(p.grad.clone() for p in expert)]
+        runtime.zero_grad()
+        called.clear()
+        with torch.no_grad():
+            runtime.response_hidden(prompts, responses, 0)
+            runtime.tree_hidden(trees, 0)
+        assert set(called) == {"sdpa"}
+        assert model.config._attn_implementation == "sdpa"
+    for got, want in zip(results["eager"], results["model"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    with pytest.raises(ValueError, match="train_attention"):
+        OptimizerConfig(train_attention="flash")

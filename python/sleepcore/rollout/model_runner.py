@@ -29,6 +29,24 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3_tex
 ATTENTION_NAME = "sleepcore_paged"
 
 
+@contextlib.contextmanager
+def attention_implementation(model, name: str | None):
+    """A context in which ``model``'s attention layers call transformers' attention function
+    ``name`` (``"eager"``, ``"sdpa"`` or a name registered with ``AttentionInterface``) instead of
+    the config's own; None leaves the model as it is. A prepared mask (:mod:`sleepcore.lm.tree`)
+    must be built inside the context, as its form follows the implementation."""
+    if name is None:
+        yield
+        return
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
 @dataclass
 class ForwardBatch:
     """The packed tokens of one step. ``input_ids``, ``positions``, ``slot_mapping``: ``[total]``
@@ -139,7 +157,7 @@ class ModelRunner:
         """``(logits [S, V], hidden [S, H])`` of the ``sample_rows``: the logits (fp32 if the model
         computes in fp32, else the model's dtype) and the final hidden states they come from (after
         the final norm, before the head)."""
-        with self._paged_attention():
+        with attention_implementation(self.model, ATTENTION_NAME):
             hidden = self.model.base_model(input_ids=batch.input_ids[None], position_ids=batch.positions[None],
                                            use_cache=False, sleepcore_batch=batch).last_hidden_state
         hidden = hidden[0].index_select(0, batch.sample_rows)
@@ -147,13 +165,3 @@ class ModelRunner:
         if self.final_logit_softcap:
             logits = torch.tanh(logits / self.final_logit_softcap) * self.final_logit_softcap
         return logits, hidden
-
-    @contextlib.contextmanager
-    def _paged_attention(self):
-        config = self.model.config
-        previous = config._attn_implementation
-        config._attn_implementation = ATTENTION_NAME
-        try:
-            yield
-        finally:
-            config._attn_implementation = previous

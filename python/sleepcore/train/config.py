@@ -8,6 +8,7 @@ from sleepcore.validation import choice, fraction, integer, number, positive
 
 SCHEDULES = ("constant", "cosine")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+TRAIN_ATTENTIONS = ("model", "eager", "sdpa")
 
 
 @dataclass
@@ -31,6 +32,12 @@ class OptimizerConfig:
             or a CPU with ``avx512_bf16``/``amx_bf16``; else float32). A model loaded in bf16/fp16
             computes in its own dtype whatever this says. The rollout engine (sampling) is not
             affected.
+        train_attention: the attention of the runtime's forwards whose backward runs (gradient
+            enabled; no-grad forwards such as a cached teacher keep the model's own): ``"model"``
+            (the default: the model config's, usually ``"sdpa"``), or transformers' ``"eager"`` or
+            ``"sdpa"``. Under bf16 on a CPU, SDPA's backward is slow for many short rows and eager
+            is faster there, slower for long ones (``bench/bench_train_attention.py``); both are
+            as close to fp32. Not the default: the shipped results were measured without it.
     """
 
     learning_rate: float = 1e-3
@@ -42,6 +49,7 @@ class OptimizerConfig:
     min_learning_rate_ratio: float = 0.0
     max_grad_norm: float | None = None
     compute_dtype: str = "auto"
+    train_attention: str = "model"
 
     def __post_init__(self):
         positive("learning_rate", self.learning_rate)
@@ -53,3 +61,4 @@ class OptimizerConfig:
         fraction("min_learning_rate_ratio", self.min_learning_rate_ratio)
         positive("max_grad_norm", self.max_grad_norm, optional=True)
         choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        choice("train_attention", self.train_attention, TRAIN_ATTENTIONS)

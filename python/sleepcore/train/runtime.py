@@ -31,7 +31,8 @@ import math
 
 import torch
 
-from sleepcore.lm import TreeBatch, final_hidden, response_hidden, tree_attention_mask, tree_batch
+from sleepcore.lm import (TreeBatch, attention_implementation, final_hidden, response_hidden, tree_attention_mask,
+                          tree_batch)
 from sleepcore.train.config import OptimizerConfig
 from sleepcore.train.precision import autocast, autocast_dtype
 from sleepcore.validation import integer
@@ -83,15 +84,23 @@ class LocalRuntime:
                       ) -> torch.Tensor:
         """The model body's final hidden states ``[B, T, H]`` (fp32 under autocast). ``attention_mask``
         is a ``[B, T]`` padding mask or a prepared 4D mask with its ``position_ids``."""
-        with autocast(self.autocast_dtype, self.device):
+        with self.attention(), autocast(self.autocast_dtype, self.device):
             hidden = final_hidden(self.model, input_ids, attention_mask, position_ids)
         return hidden if self.autocast_dtype is None else hidden.float()
+
+    def attention(self):
+        """The context the forwards run in: ``OptimizerConfig.train_attention``'s implementation
+        while gradients are enabled, the model's own otherwise (and for ``"model"``)."""
+        choice = self.config.train_attention
+        return attention_implementation(self.model, None if choice == "model" or not torch.is_grad_enabled()
+                                        else choice)
 
     def tree_hidden(self, trees, pad_id: int) -> tuple[torch.Tensor, TreeBatch]:
         """Final hidden states ``[B * L, H]`` of token trees (:mod:`sleepcore.lm.tree`) and their
         layout; ``batch.rows(tree, branch)`` index the rows that predict a branch's tokens."""
         batch = tree_batch(trees, pad_id, self.device, width_multiple=WIDTH_MULTIPLE)
-        hidden = self.hidden_states(batch.input_ids, tree_attention_mask(self.model, batch), batch.position_ids)
+        with self.attention():  # the prepared mask's form follows the implementation
+            hidden = self.hidden_states(batch.input_ids, tree_attention_mask(self.model, batch), batch.position_ids)
         return hidden.reshape(-1, hidden.shape[-1]), batch
 
     def forward(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
