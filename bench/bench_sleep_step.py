@@ -17,7 +17,7 @@ batch with the same samples and completions, interleaved in time):
   attention instead of the model's own (``OptimizerConfig.train_attention = "eager"``, off by default);
 * ``after``: bf16 autocast and shared (the defaults on hardware with native bf16).
 
-All four draw the on-policy samples and LTI completions in one engine call and reuse the loss as
+All variants draw the on-policy samples and LTI completions in one engine call and reuse the loss as
 the KL at ``beta = 0`` (sleepcore before this benchmark made two calls and a second KL pass, so its
 steps were a little slower than ``before``).
 

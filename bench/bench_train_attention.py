@@ -16,7 +16,8 @@ Each case runs ``--reps`` times per implementation, alternating which goes first
 the median seconds and ``model / eager``, the speed-up of eager. Load from other processes slows
 both sides of a pair alike, but compare ratios of one run only.
 
-Usage: ``python bench/bench_train_attention.py [--reps 5] [--dtype bfloat16] [--shapes 16x64,16x128,8x224,1x416]``
+Usage: ``python bench/bench_train_attention.py [--reps 5] [--dtype bfloat16]
+[--shapes 16x64,16x128,32x96,8x224,1x416] [--no-inner-loop]``
 """
 
 from __future__ import annotations
