@@ -5,13 +5,14 @@ ReST-EM reward per round (JSON, table, PNG) and issue 12's targets; bad names ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from sleepcore.cli import main
 from sleepcore.cli.eval import TINY_CONFIG
-from sleepcore.sleep.dream_config import IMPLICATIONS, QUESTIONS, DreamingConfig
+from sleepcore.sleep.dream_config import IMPLICATIONS, QUESTION_ANSWERS, QUESTIONS, REWRITE, DreamingConfig
 from sleepcore.sleep.dreamer import Dreamer
 from sleepcore.sleep.sleeper import Sleeper
 from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
@@ -147,6 +148,27 @@ def test_a_new_expert_per_dreaming_sleep_has_its_slots(tmp_path):
     assert [s["dreaming"]["stages"]["dreaming"]["steps"] >= 1 for s in report["results"]["sleep"]["sleeps"]] == [1, 1]
 
 
+def test_seal_prompt_reaches_seal_s_generator_and_its_sleep(tmp_path):
+    prompts = []
+    dreamer_init, sleep = Dreamer.__init__, Sleeper.sleep
+
+    def recording_init(self, model, tokenizer, memory, config, **kwargs):
+        prompts.append(("generator", config.prompts))
+        dreamer_init(self, model, tokenizer, memory, config, **kwargs)
+
+    def recording_sleep(self, *, progress=False):
+        prompts.append(("sleep", self.config.dreaming.prompts))
+        return sleep(self, progress=progress)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Dreamer, "__init__", recording_init)
+        patch.setattr(Sleeper, "sleep", recording_sleep)
+        assert main(["eval", "knowledge", "--tiny", "--sleeps", "1", "--methods", "seal", "--set",
+                     'suite.dream_training.seal_prompt="question_answers"', "--output-dir", str(tmp_path)]) == 0
+    assert ("generator", (QUESTION_ANSWERS,)) in prompts and ("sleep", (QUESTION_ANSWERS,)) in prompts
+    assert all(p == (QUESTION_ANSWERS,) for _, p in prompts)
+
+
 def test_dreaming_first_dreams_before_knowledge_seeding(tmp_path):
     assert main(["eval", "knowledge", "--tiny", "--sleeps", "1", "--methods", "dreaming-round0", "--set",
                  "suite.dream_training.dreaming_first=true", "--output-dir", str(tmp_path)]) == 0
@@ -245,3 +267,15 @@ def test_seal_s_variant_turns_off_every_option_of_ours_that_needs_answers_from_t
     assert not (seal.hard_label_weight or seal.rehearse_earlier_dreams or seal.rehearse_earlier_seeding
                 or seal.balance_answers or seal.distinct_questions or seal.generator_distinct_lines
                 or seal.repair_names or seal.question_rewrites or seal.questions_name_subject)
+
+
+def test_seal_prompt_picks_the_seal_row_s_self_edit_prompt_and_nothing_else():
+    ours = DreamingConfig(answers="span", prompts=(QUESTIONS,))
+    for name, prompt in (("implications", IMPLICATIONS), ("rewrite", REWRITE), ("question_answers", QUESTION_ANSWERS)):
+        seal = row_dreaming(ours, "seal", "g", name)
+        assert seal.prompts == (prompt,) and (seal.answers, seal.objective) == ("dream", "sft")
+        assert seal == dataclasses.replace(row_dreaming(ours, "seal", "g"), prompts=(prompt,))
+        assert row_dreaming(ours, "sleep", "g", name).prompts == (QUESTIONS,)  # only SEAL's row
+    assert DreamTraining().seal_prompt == "implications"
+    with pytest.raises(ValueError, match="dream_training.seal_prompt"):
+        DreamTraining(seal_prompt="self-qa")

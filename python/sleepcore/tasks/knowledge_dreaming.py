@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 
 from sleepcore.sleep.config import SleepConfig
-from sleepcore.sleep.dream_config import IMPLICATIONS, DreamingConfig
+from sleepcore.sleep.dream_config import IMPLICATIONS, QUESTION_ANSWERS, REWRITE, DreamingConfig
 from sleepcore.sleep.dream_tasks import DreamTask
 from sleepcore.sleep.dreamer import GENERATOR_FILE, Dreamer
 from sleepcore.sleep.sleeper import Sleeper
@@ -50,7 +50,7 @@ from sleepcore.tasks.biographies import BiographyConfig, generate_biographies
 from sleepcore.tasks.knowledge_methods import FAST_LEVEL, TrainedRow, documents_of, step_cap
 from sleepcore.tasks.metrics import contains_match
 from sleepcore.train import OptimizerConfig
-from sleepcore.validation import instance, integer, number
+from sleepcore.validation import choice, instance, integer, number
 
 DREAMING_METHODS = ("seal", "sleep", "sleep-no-selection", "sleep-no-noise", "sleep-no-seeding", "dreaming-round0")
 #: The rows whose sleep is the dreaming stage alone, at the whole budget (no Knowledge Seeding).
@@ -58,6 +58,10 @@ DREAMING_ALONE = ("seal", "sleep-no-seeding")
 #: The generator each row dreams with (None: the untrained model).
 GENERATOR_OF = {"seal": "seal", "sleep": "sleep", "sleep-no-selection": "sleep", "sleep-no-noise": "sleep",
                 "sleep-no-seeding": "sleep", "dreaming-round0": None}
+#: The self-edit prompts the ``seal`` row may write with: SEAL's own (a list of implications) and the
+#: variants its paper also compares (a rewrite of the passage, question-answer pairs), each learnt
+#: as written.
+SEAL_PROMPTS = {"implications": IMPLICATIONS, "rewrite": REWRITE, "question_answers": QUESTION_ANSWERS}
 #: ``--tiny``'s Dreaming: a few short dreams, one ReST-EM round (seconds on the tiny model).
 TINY_DREAMING = DreamingConfig(dreams_per_document=2, top_k=1, random_kept=0, max_new_tokens=16, inner_rank=4,
                                inner_epochs=1, rounds=1, generator_steps=1, generator_batch_size=2, batch_size=4,
@@ -76,6 +80,8 @@ class DreamTraining:
             the sleep's expert; the rows of ``DREAMING_ALONE`` have no seeding stage).
         final_measurement: measure each trained generator once more after its last round (the
             reward after R updates); False needs ``dreaming.rounds >= 2`` (a reward curve of two points).
+        seal_prompt: the ``seal`` row's self-edit prompt, a key of ``SEAL_PROMPTS`` (default
+            ``"implications"``, SEAL's own); its generator is meta-trained with the same prompt.
     """
 
     people: int = 20
@@ -83,6 +89,7 @@ class DreamTraining:
     share: float = 0.5
     dreaming_first: bool = False
     final_measurement: bool = True
+    seal_prompt: str = "implications"
 
     def __post_init__(self):
         integer("dream_training.people", self.people, minimum=1)
@@ -92,6 +99,7 @@ class DreamTraining:
             raise ValueError(f"dream_training.share must be strictly between 0 and 1, got {self.share!r}")
         instance("dream_training.dreaming_first", self.dreaming_first, bool)
         instance("dream_training.final_measurement", self.final_measurement, bool)
+        choice("dream_training.seal_prompt", self.seal_prompt, tuple(SEAL_PROMPTS))
 
 
 def check_suite_dreaming(dreaming: DreamingConfig, training: DreamTraining) -> None:
@@ -109,7 +117,7 @@ def check_suite_dreaming(dreaming: DreamingConfig, training: DreamTraining) -> N
         raise ValueError(f"dream_training.final_measurement = false needs dreaming.rounds >= 2 (the reward of "
                          f"round 0 and a later one), got rounds = {dreaming.rounds}")
     for method in DREAMING_METHODS:
-        row_dreaming(dreaming, method, None)
+        row_dreaming(dreaming, method, None, training.seal_prompt)
 
 
 def experts_per_sleep(config) -> int:
@@ -118,8 +126,9 @@ def experts_per_sleep(config) -> int:
     return 2 if dreams and config.dreaming.expert == "new" else 1
 
 
-def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
-    """SEAL's variant: its own self-edit prompt (a list of implications), no noise, no selection,
+def seal_dreaming(dreaming: DreamingConfig, prompt: str = "implications") -> DreamingConfig:
+    """SEAL's variant: the self-edit prompt ``SEAL_PROMPTS[prompt]`` (SEAL's own by default: a list
+    of implications), no noise, no selection,
     every dream kept and learnt as written (its own answers, next-token training alone: no
     ``hard_label_weight``), rewarded by the task's metric against the unadapted model, no
     rehearsal of earlier sleeps' questions (``rehearse_earlier_dreams``, ``rehearse_earlier_seeding``
@@ -132,7 +141,7 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
     name (``questions_name_subject``: ours, likewise). The prompt
     is SEAL's whatever the suite's: a dream learnt as written must say its facts, which a list of
     questions (``QUESTIONS``) does not."""
-    return dataclasses.replace(dreaming, prompts=(IMPLICATIONS,), noise=False, selection="random",
+    return dataclasses.replace(dreaming, prompts=(SEAL_PROMPTS[prompt],), noise=False, selection="random",
                                top_k=dreaming.dreams_per_document, random_kept=0, answers="dream", objective="sft",
                                hard_label_weight=0.0, reward_score="metric", reward_baseline="unadapted",
                                rehearse_earlier_dreams=0.0, rehearse_earlier_seeding=False, rehearse_draw="uniform",
@@ -140,11 +149,13 @@ def seal_dreaming(dreaming: DreamingConfig) -> DreamingConfig:
                                repair_names=False, question_rewrites=0, questions_name_subject=False)
 
 
-def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None) -> DreamingConfig:
-    """The sleep-time Dreaming config of ``method``."""
+def row_dreaming(dreaming: DreamingConfig, method: str, generator_path: str | None,
+                 seal_prompt: str = "implications") -> DreamingConfig:
+    """The sleep-time Dreaming config of ``method`` (``seal_prompt``: the ``seal`` row's, see
+    ``DreamTraining.seal_prompt``)."""
     changes = {"seal": {}, "sleep": {}, "sleep-no-selection": {"selection": "random"},
                "sleep-no-noise": {"noise": False}, "sleep-no-seeding": {}, "dreaming-round0": {}}[method]
-    base = seal_dreaming(dreaming) if method == "seal" else dreaming
+    base = seal_dreaming(dreaming, seal_prompt) if method == "seal" else dreaming
     return dataclasses.replace(base, generator_path=generator_path, **changes)
 
 
@@ -187,7 +198,7 @@ def train_generator(suite, name: str, tasks: list[DreamTask]) -> dict:
     resumed = suite.results.resume and folder.is_dir()
     if not suite.results.resume:
         shutil.rmtree(folder, ignore_errors=True)
-    config = seal_dreaming(c.dreaming) if name == "seal" else c.dreaming
+    config = seal_dreaming(c.dreaming, c.dream_training.seal_prompt) if name == "seal" else c.dreaming
     dreamer = Dreamer(suite.model, suite.tokenizer, suite.memory, config, metric=contains_match,
                       output_dir=folder, engine=suite.engine, seed=c.seed)
     fitted = dreamer.fit(tasks, progress=suite.progress)
@@ -238,7 +249,7 @@ class DreamingRow(TrainedRow):
         name = GENERATOR_OF[method]
         path = self.suite.dreaming["generators"][name]["path"] if name else None
         dreaming_budget = budget if method in DREAMING_ALONE else max(1, round(budget * c.dream_training.share))
-        dreaming = dataclasses.replace(row_dreaming(c.dreaming, method, path), token_budget=dreaming_budget,
+        dreaming = dataclasses.replace(row_dreaming(c.dreaming, method, path, c.dream_training.seal_prompt), token_budget=dreaming_budget,
                                        steps=step_cap(c, self.multiplier))
         seeding = super().sleep_config(max(1, budget - dreaming_budget))  # Knowledge Seeding as the ks row's
         stages = ("dreaming",) if method in DREAMING_ALONE else \
