@@ -15,7 +15,7 @@ from sleepcore.sleep.config import SleepConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.sleep.dream_tasks import DreamTask, check_tasks
 from sleepcore.sleep.dreams import (Dream, answered_examples, asked_questions, dream_examples, dream_lines,
-                                    dream_questions)
+                                    dream_questions, with_answers_joined)
 from sleepcore.sleep.extractive import answer_span, restates_question
 from sleepcore.sleep.prompts import (after_context, document_reader, named_entities, names_entity, split_sentences,
                                      with_context)
@@ -113,6 +113,19 @@ def test_a_dream_is_split_into_lines_with_the_document_last(wrapped):
     examples = dream_examples(tokenizer, "First line here.\nSecond line here.", "The document.")
     decoded = [tokenizer.decode(p + r) for p, r in examples]
     assert decoded == ["First line here.", "Second line here.", "The document."]
+
+
+def test_a_question_and_the_line_that_answers_it_are_one_example(wrapped):
+    _, tokenizer, _, _ = wrapped
+    lines = dream_lines("1. Question: Where was Ada born?\nAnswer: In Lyon.\nQ: Who is Ada?\nA: A poet.\n"
+                        "Where did she work?\nShe moved.\nAnswer: to Paris.\nWhat?\nWhy?\nanswer : no reason.")
+    assert with_answers_joined(lines) == ["Question: Where was Ada born?\nAnswer: In Lyon.", "Q: Who is Ada?\nA: A poet.",
+                                          "Where did she work?", "She moved.", "Answer: to Paris.", "What?",
+                                          "Why?\nanswer : no reason."]
+    assert with_answers_joined(["Ada was born in Lyon.", "She moved."]) == ["Ada was born in Lyon.", "She moved."]
+    examples = dream_examples(tokenizer, "Question: Where was Ada born?\nAnswer: In Lyon.\nAda likes tea.")
+    decoded = [tokenizer.decode(p + r) for p, r in examples]
+    assert decoded == ["Question: Where was Ada born?\nAnswer: In Lyon.", "Ada likes tea."]
 
 def test_a_dream_s_questions_are_its_lines_cut_after_the_question_mark():
     text = "1. Where was Ada born? In Lyon.\nAda likes tea.\n- Who? Ada.\nWhere was Ada born? Lyon again."

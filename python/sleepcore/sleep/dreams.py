@@ -34,6 +34,8 @@ from sleepcore.sleep.prompts import named_entities, names_entity
 from sleepcore.sleep.sentence_reader import SentenceReader, answering_sentences
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+#: A dream line that answers the question line before it ("Answer: ...", "A: ...").
+_ANSWER_LINE = re.compile(r"^(?:answer|a)\s*:", re.IGNORECASE)
 
 
 @dataclass
@@ -100,10 +102,25 @@ def without_repeated_lines(texts: list[str]) -> list[str | None]:
     return kept
 
 
+def with_answers_joined(lines: list[str]) -> list[str]:
+    """``lines`` with each line that answers a question ("Answer: ...", "A: ...") joined, after a
+    newline, to the question line (ending in "?") just before it. SmolLM2-135M-Instruct writes a
+    question-answer dream as "Question: ...?" and "Answer: ..." on two lines (session 48), and split
+    line by line an answer would be learnt without its question."""
+    joined: list[str] = []
+    for line in lines:
+        if joined and joined[-1].endswith("?") and _ANSWER_LINE.match(line):
+            joined[-1] += "\n" + line
+        else:
+            joined.append(line)
+    return joined
+
+
 def dream_examples(tokenizer, text: str, document: str | None = None) -> list[tuple[list[int], list[int]]]:
-    """Next-token examples of a dream: each line its own example, then ``document`` (when given).
-    Lines of fewer than 2 tokens are dropped; an empty list when nothing is left."""
-    texts = dream_lines(text) + ([document] if document else [])
+    """Next-token examples of a dream: each line its own example (a question and the line that
+    answers it one: :func:`with_answers_joined`), then ``document`` (when given). Lines of fewer
+    than 2 tokens are dropped; an empty list when nothing is left."""
+    texts = with_answers_joined(dream_lines(text)) + ([document] if document else [])
     texts = [t for t in texts if len(encode(tokenizer, t)) >= 2]
     return as_examples(tokenizer, texts) if texts else []
 
