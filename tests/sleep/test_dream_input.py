@@ -119,8 +119,8 @@ def test_a_question_and_the_line_that_answers_it_are_one_example(wrapped):
     _, tokenizer, _, _ = wrapped
     lines = dream_lines("1. Question: Where was Ada born?\nAnswer: In Lyon.\nQ: Who is Ada?\nA: A poet.\n"
                         "Where did she work?\nShe moved.\nAnswer: to Paris.\nWhat?\nWhy?\nanswer : no reason.")
-    assert with_answers_joined(lines) == ["Question: Where was Ada born?\nAnswer: In Lyon.", "Q: Who is Ada?\nA: A poet.",
-                                          "Where did she work?", "She moved.", "Answer: to Paris.", "What?",
+    assert with_answers_joined(lines) == ["Question: Where was Ada born?\nAnswer: In Lyon.",
+                                          "Q: Who is Ada?\nA: A poet.", "Where did she work?", "She moved.", "Answer: to Paris.", "What?",
                                           "Why?\nanswer : no reason."]
     assert with_answers_joined(["Ada was born in Lyon.", "She moved."]) == ["Ada was born in Lyon.", "She moved."]
     examples = dream_examples(tokenizer, "Question: Where was Ada born?\nAnswer: In Lyon.\nAda likes tea.")

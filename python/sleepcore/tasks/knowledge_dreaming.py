@@ -249,8 +249,8 @@ class DreamingRow(TrainedRow):
         name = GENERATOR_OF[method]
         path = self.suite.dreaming["generators"][name]["path"] if name else None
         dreaming_budget = budget if method in DREAMING_ALONE else max(1, round(budget * c.dream_training.share))
-        dreaming = dataclasses.replace(row_dreaming(c.dreaming, method, path, c.dream_training.seal_prompt), token_budget=dreaming_budget,
-                                       steps=step_cap(c, self.multiplier))
+        dreaming = dataclasses.replace(row_dreaming(c.dreaming, method, path, c.dream_training.seal_prompt),
+                                       token_budget=dreaming_budget, steps=step_cap(c, self.multiplier))
         seeding = super().sleep_config(max(1, budget - dreaming_budget))  # Knowledge Seeding as the ks row's
         stages = ("dreaming",) if method in DREAMING_ALONE else \
             ("dreaming", "seeding") if c.dream_training.dreaming_first else ("seeding", "dreaming")
