@@ -18,6 +18,9 @@ CONFIGS = {
                                                                "sliding_attention"]),
 }
 KV_BYTES = 1 << 21
+#: A ChatML template (add its two special tokens to a tokenizer before setting it).
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def tiny_model(family: str, seed: int = 0):

@@ -9,7 +9,7 @@ import torch
 from sleepcore.lm import (Branch, as_examples, encode, end_of_turn, final_hidden, gold_logprobs, next_token_loss,
                           next_token_sum, pad_id, response_hidden, tree_attention_mask, tree_batch)
 from sleepcore.models import tiny_model
-from _tiny_models import CONFIGS, random_prompts, tiny_model as family_model
+from _tiny_models import CHATML, CONFIGS, random_prompts, tiny_model as family_model
 
 CORPUS = ["Ada Lovelace wrote the first program.", "The river runs north to the sea.", "Bread needs flour and time."]
 
@@ -39,10 +39,6 @@ def test_encode_adds_no_second_bos():
 
     assert encode(Tokenizer(), "hi") == [1, ord("h"), ord("i")]
     assert encode(Tokenizer(), "<s>hi") == [1, ord("h"), ord("i")]
-
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def test_end_of_turn_is_what_closes_an_answer():

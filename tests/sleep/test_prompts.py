@@ -7,14 +7,16 @@ from contextlib import contextmanager, nullcontext
 
 import pytest
 
+from sleepcore.lm import qa_prompt
 from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.extractive import answer_span, candidate_sentences
 from sleepcore.sleep.paraphrases import PARAPHRASE_EXAMPLES, paraphrase_prompts, paraphrase_requests
-from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, entity_prompts, named_entities, reader_confirmed,
-                                     replay_coverage, round_trip_confirmed, round_trip_requests,
+from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, entity_prompts, instruction_opening, named_entities,
+                                     reader_confirmed, replay_coverage, self_instruction_prompts, round_trip_confirmed, round_trip_requests,
                                      sentence_question_prompts, sentence_question_requests, split_sentences)
 from _sleepers import DATASET, make_sleeper, seeding
+from _tiny_models import CHATML
 
 
 def test_named_entities_skip_sentence_openers_and_keep_names():
@@ -319,3 +321,86 @@ def test_bad_replay_options_are_refused():
         KnowledgeSeedingConfig(prompt_builders=("rehearsal",))
     with pytest.raises(ValueError, match="rehearsal_share"):
         KnowledgeSeedingConfig(rehearsal_share=0.0)
+    with pytest.raises(ValueError, match="besides 'rehearsal' and 'self_instructions'"):
+        KnowledgeSeedingConfig(prompt_builders=("rehearsal", "self_instructions"))
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="self_instruction_share"):
+            KnowledgeSeedingConfig(self_instruction_share=share)
+    with pytest.raises(ValueError, match="self_instruction_kind"):
+        KnowledgeSeedingConfig(self_instruction_kind="statements")
+
+
+def chat_tokenizer(tokenizer):
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def test_a_self_instruction_is_a_request_the_model_writes_after_a_user_turn_s_opening():
+    sleeper = make_sleeper(seeding())
+    plain, chat = sleeper.tokenizer, chat_tokenizer(make_sleeper(seeding()).tokenizer)
+    assert instruction_opening(plain) == "Question:"
+    assert instruction_opening(chat) == "<|im_start|>user\n"
+    written = [" Tell me about cats.\n\nSure, here", "tell me  about CATS.", "Hi there", "",
+               "What is the tallest mountain?\nAnswer: Everest", "Name a colour please"]
+    asked = self_instruction_prompts(written, chat, 2)  # cut at a blank line; repeats and short ones dropped
+    assert [p.student for p in asked] == [chat.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                                   add_generation_prompt=True)
+                                          for text in ("Tell me about cats.",
+                                                       "What is the tallest mountain?\nAnswer: Everest")]
+    assert all(p.teacher == p.student and p.document == -1 and p.builder == "self_instructions" for p in asked)
+    asked = self_instruction_prompts(written, plain, 10)  # without a template: the first line, as a question
+    assert [p.student for p in asked] == ["Question: Tell me about cats.\nAnswer:",
+                                          "Question: What is the tallest mountain?\nAnswer:",
+                                          "Question: Name a colour please\nAnswer:"]
+    # short-answer questions: written after the question format's opening, cut at the question mark
+    assert instruction_opening(plain, "questions") == "Question:"
+    assert instruction_opening(chat, "questions") == qa_prompt(chat, "Why?").split(" Why?")[0]
+    asked = self_instruction_prompts([" Who wrote Hamlet? And why", "Tell me about cats.", "Who wrote hamlet?",
+                                      "Where is Rome?"], chat, 5, "questions")
+    assert [p.student for p in asked] == [qa_prompt(chat, "Who wrote Hamlet?"), qa_prompt(chat, "Where is Rome?")]
+    with pytest.raises(ValueError, match="kind"):
+        instruction_opening(chat, "statements")
+
+
+@pytest.mark.parametrize("kind", ["requests", "questions"])
+def test_self_instructions_are_sampled_from_the_teacher_in_proportion_to_the_sleep_s_prompts(kind):
+    config = seeding(prompt_builders=("wake_questions", "self_instructions"), max_new_tokens=4, samples_per_prompt=1,
+                     self_instruction_share=0.5, self_instruction_kind=kind)
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages, questions=[[f"Which fact is number {i}?"] for i in range(3)])
+    requested, entered = [], []
+
+    def generate(prompts, params, progress=True):
+        requested.append((prompts, params.n, params.temperature))
+        completion = lambda text: type("Completion", (), {"text": text})()  # noqa: E731
+        return [type("Output", (), {"completions": [completion(f"Which topic is number {i}?")
+                                                    for i in range(params.n)]})() for _ in prompts]
+
+    @contextmanager
+    def teacher():
+        entered.append(True)
+        yield
+
+    sleeper.engine.generate = generate
+    prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, teacher, seed=0)
+    assert requested == [(["Question:"], 4, 1.0)] and entered == [True]  # twice ceil(0.5 x 3), written as the teacher
+    generic = sorted(p.student for p in prompts if p.builder == "self_instructions")
+    assert generic == ["Question: Which topic is number 0?\nAnswer:", "Question: Which topic is number 1?\nAnswer:"]
+    assert sum(p.builder == "wake_questions" for p in prompts) == 3
+
+
+def test_a_sleep_distils_the_teacher_s_answers_to_its_own_requests(monkeypatch):
+    config = seeding(alpha=1.0, steps=1, batch_size=2, max_new_tokens=4, samples_per_prompt=1,
+                     prompt_builders=("wake_questions", "self_instructions"), self_instruction_share=1.0)
+    sleeper = make_sleeper(config)
+    seen = []
+    real_sample = replay.sample_replay
+    monkeypatch.setattr("sleepcore.sleep.knowledge_seeding.sample_replay",
+                        lambda tokenizer, engine, prompts, *a, **k: seen.append(prompts)
+                        or real_sample(tokenizer, engine, prompts, *a, **k))
+    sleeper.wake(DATASET.passages, questions=[[f"What about fact {i}?"] for i in range(3)])
+    sleeper.sleep(progress=False)
+    reading, recalling = seen  # the prompts that read a document, then the generic requests (no document)
+    assert {p.builder for p in reading} == {"wake_questions"}
+    assert recalling and {p.builder for p in recalling} == {"self_instructions"} and len(recalling) <= 3

@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sleepcore.sleep.dream_config import DreamingConfig
-from sleepcore.sleep.prompts import HARD_LABEL_ITEMS, SENTENCE_ANSWERS, SENTENCE_CONTEXTS
+from sleepcore.sleep.prompts import HARD_LABEL_ITEMS, INSTRUCTION_KINDS, SENTENCE_ANSWERS, SENTENCE_CONTEXTS
 from sleepcore.train import OptimizerConfig
 from sleepcore.validation import boolean, choice, fraction, instance, integer, number, positive
 
 #: Replay prompt builders (:mod:`sleepcore.sleep.prompts`).
 PROMPT_BUILDERS = ("continuation", "self_question", "wake_questions", "wake_paraphrases", "entity_questions",
-                   "sentence_questions", "rehearsal")
+                   "sentence_questions", "rehearsal", "self_instructions")
 #: Stages a sleep can run, in the order they may appear (consolidation before dreaming).
 STAGE_NAMES = ("seeding", "sft", "dreaming")
 
@@ -118,6 +118,14 @@ class KnowledgeSeedingConfig:
     the new expert learns to leave its answers as they were (needs another builder for this sleep's
     own prompts); ``rehearsal_capacity`` bounds how many earlier prompts a ``Sleeper`` keeps (a
     uniform sample of all it has replayed, so a long-lived deployment's buffer stays bounded);
+    ``self_instructions`` (off by default; session 49) adds ``self_instruction_share`` times as many
+    generic requests as this sleep's own prompts (before rehearsal), written by the teacher itself
+    from the opening of a user's turn (:func:`~sleepcore.sleep.prompts.instruction_opening`) and
+    answered by it from its weights like the student (``self_instruction_kind``: ``"requests"``,
+    user turns, or ``"questions"``, short-answer questions in the format of the sleep's own
+    questions): without them the new expert also changes the
+    model's answers to requests that have nothing to do with the documents (after the shipped
+    Sleep, SmolLM2-135M-Instruct answered "What is the capital of France?" with a made-up city);
     ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each at ``replay_temperature``
     (None: ``sample_temperature``, the temperature of the student's on-policy and LTI samples).
     The teacher reads a document (any prompt whose teacher text holds more than the student's)
@@ -185,6 +193,8 @@ class KnowledgeSeedingConfig:
     paraphrases_per_question: int = 3
     rehearsal_share: float = 0.1
     rehearsal_capacity: int = 4096
+    self_instruction_share: float = 0.1
+    self_instruction_kind: str = "requests"
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
     teacher_reads_with_earlier_experts: bool = False
@@ -225,14 +235,16 @@ class KnowledgeSeedingConfig:
             raise ValueError("prompt_builders must not be empty")
         for builder in self.prompt_builders:
             choice("prompt_builders item", builder, PROMPT_BUILDERS)
-        if set(self.prompt_builders) == {"rehearsal"}:
-            raise ValueError("prompt_builders must hold a builder besides 'rehearsal' (it replays earlier sleeps' "
-                             "prompts in proportion to this sleep's own)")
+        if set(self.prompt_builders) <= {"rehearsal", "self_instructions"}:
+            raise ValueError("prompt_builders must hold a builder besides 'rehearsal' and 'self_instructions' "
+                             "(they add prompts in proportion to this sleep's own)")
         for check in ("round_trip_questions", "reader_confirms_questions"):
             if getattr(self, check) and "sentence_questions" not in self.prompt_builders:
                 raise ValueError(f"{check} checks the questions of the 'sentence_questions' builder, "
                                  "which prompt_builders does not hold")
         number("rehearsal_share", self.rehearsal_share, above=0.0, maximum=1.0)
+        number("self_instruction_share", self.self_instruction_share, above=0.0, maximum=1.0)
+        choice("self_instruction_kind", self.self_instruction_kind, INSTRUCTION_KINDS)
         _loop_fields(self)
 
 

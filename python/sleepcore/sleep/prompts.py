@@ -165,6 +165,50 @@ def rehearsal_prompts(earlier: list[str], count: int, rng: random.Random) -> lis
     return [ReplayPrompt(text, text, -1, "rehearsal") for text in rng.sample(earlier, min(count, len(earlier)))]
 
 
+#: Where the user's words go in :func:`instruction_opening` (a character pair no request holds).
+REQUEST_MARKER = "\u2063request\u2063"
+#: What the teacher writes for ``self_instructions``: user requests, or short-answer questions in
+#: the format of the sleep's own questions (:func:`~sleepcore.lm.qa_prompt`).
+INSTRUCTION_KINDS = ("requests", "questions")
+
+
+def instruction_opening(tokenizer, kind: str = "requests") -> str:
+    """The text that opens a user's turn, so that the teacher writes the request itself (Magpie's
+    idea: an instruction-tuned model asked nothing writes what users ask it): the chat template's
+    prompt up to where the user's words go (``"questions"``: the short-answer question format up
+    to its question), or ``"Question:"`` without a template."""
+    choice("kind", kind, INSTRUCTION_KINDS)
+    opened = qa_prompt(tokenizer, REQUEST_MARKER) if kind == "questions" else chat_turn(tokenizer, REQUEST_MARKER)
+    return opened.split(REQUEST_MARKER)[0].rstrip(" ") if opened is not None else "Question:"
+
+
+def self_instruction_prompts(texts: list[str], tokenizer, count: int, kind: str = "requests") -> list[ReplayPrompt]:
+    """The first ``count`` distinct requests among the teacher's ``texts`` written after
+    :func:`instruction_opening` (at least 3 words), each asked as it was written, the teacher's
+    words in the user's place (``"Question: ...\\nAnswer:"`` without a template). A request is cut
+    at its first blank line, or its first line without a chat template; a question (``kind``
+    ``"questions"``) at its first line and its first question mark, and dropped without one. The
+    teacher answers them from its weights, like the student: generic rehearsal that keeps the new
+    expert from changing answers that have nothing to do with the documents."""
+    choice("kind", kind, INSTRUCTION_KINDS)
+    chat = getattr(tokenizer, "chat_template", None) is not None
+    prompts, seen = [], set()
+    for text in texts:
+        request = text.split("\n\n")[0].strip() if chat and kind == "requests" else first_line(text)
+        if kind == "questions":
+            request = request[:request.index("?") + 1] if "?" in request else ""
+        key = " ".join(request.lower().split())
+        if len(request.split()) < 3 or key in seen:
+            continue
+        seen.add(key)
+        turn = (qa_prompt(tokenizer, request) if kind == "questions"
+                else chat_turn(tokenizer, request) or f"Question: {request}\nAnswer:")
+        prompts.append(ReplayPrompt(turn, turn, -1, "self_instructions"))
+        if len(prompts) == count:
+            break
+    return prompts
+
+
 def sentence_question_requests(documents: list[str], *, context: str = "sentence") -> list[tuple[int, int, str]]:
     """``(document, sentence, request)`` for every sentence of every document (``sentence_questions``):
     the worked examples then the sentence (``context="sentence"``), or the whole document first

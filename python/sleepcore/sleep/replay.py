@@ -26,9 +26,10 @@ from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.paraphrases import paraphrase_prompts, paraphrase_requests
-from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, question_requests,
-                                     reader_confirmed, rehearsal_prompts, self_question_prompts, round_trip_confirmed,
-                                     round_trip_requests, sentence_question_prompts, sentence_question_requests)
+from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, instruction_opening,
+                                     question_requests, reader_confirmed, rehearsal_prompts, self_instruction_prompts,
+                                     self_question_prompts, round_trip_confirmed, round_trip_requests,
+                                     sentence_question_prompts, sentence_question_requests)
 from sleepcore.sleep.sentence_reader import model_reader
 
 
@@ -69,7 +70,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     """Prompts from ``config.prompt_builders`` over the buffer: at most ``prompts_per_document``
     generated prompts (continuation, self_question, entity_questions, sentence_questions) per
     document, plus every wake question and every kept rewrite of one (``wake_paraphrases``), plus
-    ``rehearsal_share`` times as many of the earlier sleeps' prompts (``rehearsal``), shuffled,
+    ``rehearsal_share`` times as many of the earlier sleeps' prompts (``rehearsal``), plus
+    ``self_instruction_share`` times as many generic requests the teacher writes (``self_instructions``), shuffled,
     then at most ``max_prompts`` in all when that is set. ``teacher`` is a context
     manager factory under which the engine samples as the teacher (the questions of
     ``self_question``, ``sentence_questions`` and ``wake_paraphrases``). Without
@@ -114,8 +116,15 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
                                   SamplingParams(n=config.paraphrases_per_question, temperature=0.7, max_tokens=32,
                                                  seed=seed))
         prompts += paraphrase_prompts(documents, requests, rewritten, tokenizer)
+    own = len(prompts)
     if "rehearsal" in builders:
-        prompts += rehearsal_prompts(buffer.earlier, math.ceil(config.rehearsal_share * len(prompts)), rng)
+        prompts += rehearsal_prompts(buffer.earlier, math.ceil(config.rehearsal_share * own), rng)
+    if "self_instructions" in builders and own:
+        count = math.ceil(config.self_instruction_share * own)
+        kind = config.self_instruction_kind
+        written = teacher_texts(engine, teacher, [instruction_opening(tokenizer, kind)],
+                                SamplingParams(n=2 * count, temperature=1.0, max_tokens=48, seed=seed))[0]
+        prompts += self_instruction_prompts(written, tokenizer, count, kind)
     rng.shuffle(prompts)
     if not teacher_reads_documents:
         prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]
