@@ -5,9 +5,11 @@ The suite's drift (a KL on generic prompts) says how far the answers moved, not 
 This loads each row's memory as its last sleep saved it (the last stage's latest checkpoint of
 ``<row>/x<budget>/sleep-<last>``) and, with every memory expert off (the base model) and as saved:
 
-* ``general``: greedy closed-book answers to :data:`GENERAL_QUESTIONS` (common knowledge that no
-  biography holds, in the suite's short-answer format); ``base_right``, ``right`` and ``kept``: how
-  many of the base model's right answers the slept model still gives (a word-boundary match);
+* ``general``: greedy closed-book answers to
+  :data:`~sleepcore.tasks.general_knowledge.GENERAL_QUESTIONS` (common knowledge that no biography
+  holds, in the suite's short-answer format); ``base_right``, ``right`` and ``kept``: how many of
+  the base model's right answers the slept model still gives (the suite's ``general_kept`` of
+  runs made before it reported it);
 * ``generic``: greedy answers (48 tokens) to the suite's drift prompts: mean length in tokens
   with the memory off and on, how many start with the base model's first 8 tokens, and the answers;
 * ``asked_in_sleep``: how many of those questions and prompts a sleep's replay held as a prompt
@@ -20,47 +22,20 @@ Runs the model on the CPU (SmolLM2-135M-Instruct, a few minutes per row on 2 cor
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from sleepcore.lm import chat_turn, encode, qa_prompt
+from sleepcore.lm import chat_turn, encode
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import load_model
 from sleepcore.rollout import Engine, SamplingParams
+from sleepcore.tasks.general_knowledge import GENERAL_QUESTIONS, general_answers, right_answers
 from sleepcore.tasks.knowledge_suite import DRIFT_PROMPTS
 
-#: (question, accepted answers separated by "|"), common knowledge SmolLM2-135M-Instruct mostly
-#: answers right closed-book (31 of 40 on 2026-12-07); only its right ones are counted as kept.
-GENERAL_QUESTIONS = (
-    ("What is the capital of France?", "paris"), ("What is the capital of Japan?", "tokyo"),
-    ("What is the capital of Italy?", "rome"), ("What is the capital of Germany?", "berlin"),
-    ("What is the capital of Spain?", "madrid"), ("What is the capital of England?", "london"),
-    ("What is the capital of Russia?", "moscow"), ("What is the capital of China?", "beijing"),
-    ("What is the capital of Egypt?", "cairo"), ("What is the capital of Canada?", "ottawa"),
-    ("What is the capital of Australia?", "canberra"), ("Which planet is known as the Red Planet?", "mars"),
-    ("What is the largest planet in the solar system?", "jupiter"), ("Who wrote Romeo and Juliet?", "shakespeare"),
-    ("Who painted the Mona Lisa?", "vinci"), ("Who developed the theory of relativity?", "einstein"),
-    ("What is the chemical symbol for water?", "h2o"), ("What gas do plants absorb from the air?", "carbon dioxide"),
-    ("What is the boiling point of water in degrees Celsius?", "100"), ("How many days are in a week?", "7|seven"),
-    ("How many legs does a spider have?", "8|eight"), ("What colour is the sky on a clear day?", "blue"),
-    ("What is the largest ocean on Earth?", "pacific"), ("What is the longest river in Africa?", "nile"),
-    ("On which continent is Brazil?", "south america"), ("What language is spoken in Brazil?", "portuguese"),
-    ("What is the tallest mountain in the world?", "everest"), ("What is the currency of the United States?", "dollar"),
-    ("What is the main language of Mexico?", "spanish"), ("Which organ pumps blood through the body?", "heart"),
-    ("What do bees make?", "honey"), ("What is the opposite of hot?", "cold"),
-    ("Which animal is known as the king of the jungle?", "lion"), ("What is the largest mammal?", "whale"),
-    ("Who was the first president of the United States?", "washington"),
-    ("In which country are the pyramids of Giza?", "egypt"),
-)
 STAGES = ("dreaming", "seeding", "sft")  # a sleep's last stage first
 PREFIX_TOKENS = 8
-
-
-def right(text: str, accepted: str) -> bool:
-    return any(re.search(rf"\b{re.escape(answer)}\b", text.lower()) for answer in accepted.split("|"))
 
 
 def last_checkpoint(row: Path) -> Path:
@@ -91,14 +66,11 @@ def greedy(engine, tokenizer, prompts: list[str], tokens: int) -> list[list[int]
 
 def measure(engine, tokenizer, memory, generic_prompts: list[str]) -> dict:
     """Answers with the memory as loaded: ``general`` (texts) and ``generic`` (token ids)."""
-    texts = [tokenizer.decode(ids, skip_special_tokens=True)
-             for ids in greedy(engine, tokenizer, [qa_prompt(tokenizer, q) for q, _ in GENERAL_QUESTIONS], 24)]
-    return {"general": texts, "generic": greedy(engine, tokenizer, generic_prompts, 48)}
+    return {"general": general_answers(engine, tokenizer), "generic": greedy(engine, tokenizer, generic_prompts, 48)}
 
 
 def row_report(base: dict, slept: dict, tokenizer, asked: set[str]) -> dict:
-    base_right = [right(text, accepted) for text, (_, accepted) in zip(base["general"], GENERAL_QUESTIONS)]
-    now_right = [right(text, accepted) for text, (_, accepted) in zip(slept["general"], GENERAL_QUESTIONS)]
+    base_right, now_right = right_answers(base["general"]), right_answers(slept["general"])
     lengths = lambda answers: sum(len(a) for a in answers) / len(answers)  # noqa: E731
     return {
         "general": {"questions": len(GENERAL_QUESTIONS), "base_right": sum(base_right), "right": sum(now_right),

@@ -11,6 +11,7 @@ import pytest
 
 from sleepcore.cli import build_parser, main
 from sleepcore.cli.eval import TINY_CONFIG, knowledge_config
+from sleepcore.tasks.general_knowledge import GENERAL_QUESTIONS, kept_share, right_answers
 from sleepcore.tasks.knowledge_methods import ROW_SEEDING, TrainedRow
 from sleepcore.tasks.knowledge_report import check_targets, format_table, retention_delta
 from sleepcore.tasks.knowledge_suite import DEFAULT_METHODS, KnowledgeSuiteConfig, documents_of, sleep_groups
@@ -34,6 +35,7 @@ def test_every_method_and_sleep_is_reported(report):
             assert sleep["two_hop"]["count"] == people
         if method in ("sft", "gkd", "ks"):
             assert len(entry["retention"]) == len(TINY_CONFIG.sleeps) - 1 and entry["drift_kl"] >= 0.0
+            assert "general_kept" in entry and (entry["general_kept"] is None or 0 <= entry["general_kept"] <= 1)
 
 
 def test_trained_methods_meet_the_same_budget(report):
@@ -118,3 +120,15 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     assert "methods" in capsys.readouterr().err
     args = build_parser().parse_args(["eval", "knowledge", "--tiny", "--sleeps", "2", "--methods", "base,ks"])
     assert knowledge_config(args).suite.sleeps == (2,)
+
+
+def test_general_knowledge_counts_the_base_model_s_right_answers_still_right():
+    answers = [f"It is {accepted.split('|')[-1].title()}." for _, accepted in GENERAL_QUESTIONS]
+    assert all(right_answers(answers))
+    wrong = ["The capital of Shikrais Fopavren"] * len(GENERAL_QUESTIONS)
+    assert not any(right_answers(wrong))
+    base = [True, True, False, True] + [False] * (len(GENERAL_QUESTIONS) - 4)
+    now = [True, False, True, False] + [True] * (len(GENERAL_QUESTIONS) - 4)
+    assert kept_share(base, now) == 1 / 3 and kept_share([False] * 3, [True] * 3) is None
+    with pytest.raises(ValueError):
+        right_answers(answers[:-1])  # one answer per question

@@ -126,13 +126,15 @@ def format_table(report: dict) -> str:
     contains on the answers a person owns alone and multiple-choice accuracy, bare and in a
     sentence (binding), 2-hop contains, gold log-prob per token and per answer, contains on the
     teachable subset (and its size), gap closure, trained and forward-only tokens, seconds; on a run's last line its retention
-    (worst earlier group, contains points) and drift. Then the targets (on the largest budget)."""
+    (worst earlier group, contains points), drift and ``general_kept`` (the base model's right answers
+    to common-knowledge questions still right: :mod:`~sleepcore.tasks.general_knowledge`). Then the
+    targets (on the largest budget)."""
     groups = ", ".join(f"sleep {index} ({people} people)" for index, people in enumerate(report["groups"]))
     header = f"{'method':<18}{'budget':>7}{'sleep':>6}" + "".join(name.rjust(width) for name, width, _ in COLUMNS)
     lines = [f"closed-book 1-hop scores after {groups}; uniq: contains on answers no other person shares, MC: "
              "gold answer ranked first by log-prob among the people's answers (MC-s: said in a sentence); "
              "teach: contains on the facts in-context answers (n), gap: (row - base) / (in-context - base)",
-             header + f"{'ret dcont':>10}{'drift KL':>10}"]
+             header + f"{'ret dcont':>10}{'drift KL':>10}{'general':>9}"]
     for method, entry in report["results"].items():
         for run in runs_of(entry):
             budget = f"x{run['budget']:g}" if "budget" in run else "-"
@@ -141,7 +143,8 @@ def format_table(report: dict) -> str:
                 last = index == len(run["sleeps"]) - 1
                 deltas = _retention(run, "contains") if last else []
                 tail = _cell(min(deltas) if deltas else None, "+.1f", 10) + _cell(
-                    run.get("drift_kl") if last else None, ".4f", 10)
+                    run.get("drift_kl") if last else None, ".4f", 10) + _cell(
+                    run.get("general_kept") if last else None, ".3f", 9)
                 lines.append(f"{method:<18}{budget:>7}{index:>6}{cells}{tail}")
     lines += prior_lines(report)
     lines += reward_lines(report)

@@ -56,6 +56,7 @@ from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.dream_config import DreamingConfig
 from sleepcore.tasks.biographies import BiographyConfig, BiographyDataset, generate_biographies
+from sleepcore.tasks.general_knowledge import general_answers, kept_share, right_answers
 from sleepcore.tasks.knowledge_dreaming import (DREAMING_METHODS, DreamingRow, DreamTraining, check_suite_dreaming,
                                                 experts_per_sleep, train_generators)
 from sleepcore.tasks.knowledge_eval import evaluate
@@ -179,6 +180,7 @@ class KnowledgeSuite:
         self.engine = Engine(model, tokenizer, kv_memory_bytes=kv_memory_bytes)
         self.groups = sleep_groups(config)
         self.dreaming = None  # the Dreaming rows' generators (train_generators), once per run
+        self.general_base: list[bool] = []  # the base model's right general answers, once per run
         self.results = SuiteResults(self.output_dir, to_dict(config), resume=resume,
                                     defaults=to_dict(type(config)()))
 
@@ -191,6 +193,9 @@ class KnowledgeSuite:
                    for method in methods if method in UNTRAINED_METHODS}
         trained = [method for method in methods if method in TRAINED_METHODS]
         drift_set = self._drift_set() if trained else []
+        if trained:
+            with self.memory.switched_off():
+                self.general_base = right_answers(general_answers(self.engine, self.tokenizer))
         if any(method in DREAMING_METHODS for method in trained):
             self.dreaming = train_generators(self)
         for method in trained:
@@ -235,6 +240,8 @@ class KnowledgeSuite:
         retention = [{"group": index, **self._scores(group)} for index, group in enumerate(self.groups[:-1])]
         return {"budget": multiplier, "tokens_per_document": self.config.tokens_per_document * multiplier,
                 "sleeps": sleeps, "retention": retention, "drift_kl": self._drift(drift_set),
+                "general_kept": kept_share(self.general_base, right_answers(general_answers(self.engine,
+                                                                                            self.tokenizer))),
                 "seconds": time.perf_counter() - started, "history": history}
 
     def _scores(self, group: BiographyDataset, *, in_context: bool = False) -> dict:
