@@ -363,7 +363,7 @@ def test_a_self_instruction_is_a_request_the_model_writes_after_a_user_turn_s_op
         instruction_opening(chat, "statements")
 
 
-@pytest.mark.parametrize("kind", ["requests", "questions"])
+@pytest.mark.parametrize("kind", ["requests", "questions", "both"])
 def test_self_instructions_are_sampled_from_the_teacher_in_proportion_to_the_sleep_s_prompts(kind):
     config = seeding(prompt_builders=("wake_questions", "self_instructions"), max_new_tokens=4, samples_per_prompt=1,
                      self_instruction_share=0.5, self_instruction_kind=kind)
@@ -384,9 +384,11 @@ def test_self_instructions_are_sampled_from_the_teacher_in_proportion_to_the_sle
 
     sleeper.engine.generate = generate
     prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, teacher, seed=0)
-    assert requested == [(["Question:"], 4, 1.0)] and entered == [True]  # twice ceil(0.5 x 3), written as the teacher
+    kinds = 2 if kind == "both" else 1  # half of ceil(0.5 x 3) prompts of each kind, twice as many written
+    assert requested == [(["Question:"] * kinds, 4 // kinds, 1.0)] and entered == [True]  # written as the teacher
     generic = sorted(p.student for p in prompts if p.builder == "self_instructions")
-    assert generic == ["Question: Which topic is number 0?\nAnswer:", "Question: Which topic is number 1?\nAnswer:"]
+    assert generic == (["Question: Which topic is number 0?\nAnswer:"] * 2 if kind == "both" else
+                       ["Question: Which topic is number 0?\nAnswer:", "Question: Which topic is number 1?\nAnswer:"])
     assert sum(p.builder == "wake_questions" for p in prompts) == 3
 
 

@@ -122,8 +122,8 @@ class KnowledgeSeedingConfig:
     generic requests as this sleep's own prompts (before rehearsal), written by the teacher itself
     from the opening of a user's turn (:func:`~sleepcore.sleep.prompts.instruction_opening`) and
     answered by it from its weights like the student (``self_instruction_kind``: ``"requests"``,
-    user turns, or ``"questions"``, short-answer questions in the format of the sleep's own
-    questions): without them the new expert also changes the
+    user turns, ``"questions"``, short-answer questions in the format of the sleep's own
+    questions, or ``"both"``, half of each): without them the new expert also changes the
     model's answers to requests that have nothing to do with the documents (after the shipped
     Sleep, SmolLM2-135M-Instruct answered "What is the capital of France?" with a made-up city);
     ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each at ``replay_temperature``
@@ -244,7 +244,7 @@ class KnowledgeSeedingConfig:
                                  "which prompt_builders does not hold")
         number("rehearsal_share", self.rehearsal_share, above=0.0, maximum=1.0)
         number("self_instruction_share", self.self_instruction_share, above=0.0, maximum=1.0)
-        choice("self_instruction_kind", self.self_instruction_kind, INSTRUCTION_KINDS)
+        choice("self_instruction_kind", self.self_instruction_kind, (*INSTRUCTION_KINDS, "both"))
         _loop_fields(self)
 
 

@@ -26,7 +26,8 @@ from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.paraphrases import paraphrase_prompts, paraphrase_requests
-from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, instruction_opening,
+from sleepcore.sleep.prompts import (INSTRUCTION_KINDS, ReplayPrompt, continuation_prompts, entity_prompts,
+                                     instruction_opening,
                                      question_requests, reader_confirmed, rehearsal_prompts, self_instruction_prompts,
                                      self_question_prompts, round_trip_confirmed, round_trip_requests,
                                      sentence_question_prompts, sentence_question_requests)
@@ -120,11 +121,12 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     if "rehearsal" in builders:
         prompts += rehearsal_prompts(buffer.earlier, math.ceil(config.rehearsal_share * own), rng)
     if "self_instructions" in builders and own:
-        count = math.ceil(config.self_instruction_share * own)
-        kind = config.self_instruction_kind
-        written = teacher_texts(engine, teacher, [instruction_opening(tokenizer, kind)],
-                                SamplingParams(n=2 * count, temperature=1.0, max_tokens=48, seed=seed))[0]
-        prompts += self_instruction_prompts(written, tokenizer, count, kind)
+        kinds = INSTRUCTION_KINDS if config.self_instruction_kind == "both" else (config.self_instruction_kind,)
+        count = math.ceil(config.self_instruction_share * own / len(kinds))
+        written = teacher_texts(engine, teacher, [instruction_opening(tokenizer, kind) for kind in kinds],
+                                SamplingParams(n=2 * count, temperature=1.0, max_tokens=48, seed=seed))
+        for kind, texts in zip(kinds, written):
+            prompts += self_instruction_prompts(texts, tokenizer, count, kind)
     rng.shuffle(prompts)
     if not teacher_reads_documents:
         prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]
