@@ -328,6 +328,8 @@ def test_bad_replay_options_are_refused():
             KnowledgeSeedingConfig(self_instruction_share=share)
     with pytest.raises(ValueError, match="self_instruction_kind"):
         KnowledgeSeedingConfig(self_instruction_kind="statements")
+    with pytest.raises(ValueError, match="self_instruction_minimum"):
+        KnowledgeSeedingConfig(self_instruction_minimum=-1)
 
 
 def chat_tokenizer(tokenizer):
@@ -390,6 +392,10 @@ def test_self_instructions_are_sampled_from_the_teacher_in_proportion_to_the_sle
     assert generic == (["Question: Which topic is number 0?\nAnswer:"] * 2 if kind == "both" else
                        ["Question: Which topic is number 0?\nAnswer:", "Question: Which topic is number 1?\nAnswer:"])
     assert sum(p.builder == "wake_questions" for p in prompts) == 3
+    config = dataclasses.replace(config, self_instruction_minimum=4)  # a small sleep still gets as many
+    requested.clear()
+    replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, teacher, seed=0)
+    assert requested == [(["Question:"] * kinds, 8 // kinds, 1.0)]
 
 
 def test_a_sleep_distils_the_teacher_s_answers_to_its_own_requests(monkeypatch):

@@ -123,7 +123,8 @@ class KnowledgeSeedingConfig:
     from the opening of a user's turn (:func:`~sleepcore.sleep.prompts.instruction_opening`) and
     answered by it from its weights like the student (``self_instruction_kind``: ``"requests"``,
     user turns, ``"questions"``, short-answer questions in the format of the sleep's own
-    questions, or ``"both"``, half of each): without them the new expert also changes the
+    questions, or ``"both"``, half of each; at least ``self_instruction_minimum`` in all, since a
+    sleep of one person has few prompts of its own): without them the new expert also changes the
     model's answers to requests that have nothing to do with the documents (after the shipped
     Sleep, SmolLM2-135M-Instruct answered "What is the capital of France?" with a made-up city);
     ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each at ``replay_temperature``
@@ -195,6 +196,7 @@ class KnowledgeSeedingConfig:
     rehearsal_capacity: int = 4096
     self_instruction_share: float = 0.1
     self_instruction_kind: str = "requests"
+    self_instruction_minimum: int = 0
     samples_per_prompt: int = 2
     max_new_tokens: int = 64
     teacher_reads_with_earlier_experts: bool = False
@@ -217,6 +219,7 @@ class KnowledgeSeedingConfig:
         for name in ("completions", "samples_per_prompt", "max_new_tokens", "prompts_per_document",
                      "paraphrases_per_question", "questions_per_sentence", "rehearsal_capacity"):
             integer(name, getattr(self, name), minimum=1)
+        integer("self_instruction_minimum", self.self_instruction_minimum, minimum=0)
         integer("max_prompts", self.max_prompts, minimum=1, optional=True)
         number("replay_temperature", self.replay_temperature, minimum=0.0, optional=True)
         boolean("teacher_reads_with_earlier_experts", self.teacher_reads_with_earlier_experts)

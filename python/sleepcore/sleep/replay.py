@@ -72,7 +72,8 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     generated prompts (continuation, self_question, entity_questions, sentence_questions) per
     document, plus every wake question and every kept rewrite of one (``wake_paraphrases``), plus
     ``rehearsal_share`` times as many of the earlier sleeps' prompts (``rehearsal``), plus
-    ``self_instruction_share`` times as many generic requests the teacher writes (``self_instructions``), shuffled,
+    ``self_instruction_share`` times as many generic requests the teacher writes, at least
+    ``self_instruction_minimum`` (``self_instructions``), shuffled,
     then at most ``max_prompts`` in all when that is set. ``teacher`` is a context
     manager factory under which the engine samples as the teacher (the questions of
     ``self_question``, ``sentence_questions`` and ``wake_paraphrases``). Without
@@ -122,7 +123,7 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
         prompts += rehearsal_prompts(buffer.earlier, math.ceil(config.rehearsal_share * own), rng)
     if "self_instructions" in builders and own:
         kinds = INSTRUCTION_KINDS if config.self_instruction_kind == "both" else (config.self_instruction_kind,)
-        count = math.ceil(config.self_instruction_share * own / len(kinds))
+        count = math.ceil(max(config.self_instruction_share * own, config.self_instruction_minimum) / len(kinds))
         written = teacher_texts(engine, teacher, [instruction_opening(tokenizer, kind) for kind in kinds],
                                 SamplingParams(n=2 * count, temperature=1.0, max_tokens=48, seed=seed))
         for kind, texts in zip(kinds, written):
