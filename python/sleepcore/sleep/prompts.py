@@ -191,7 +191,7 @@ def self_instruction_prompts(texts: list[str], tokenizer, count: int, kind: str 
     teacher answers them from its weights, like the student: generic rehearsal that keeps the new
     expert from changing answers that have nothing to do with the documents."""
     choice("kind", kind, INSTRUCTION_KINDS)
-    chat = getattr(tokenizer, "chat_template", None) is not None
+    chat = bool(getattr(tokenizer, "chat_template", None))  # as chat_turn decides
     prompts, seen = [], set()
     for text in texts:
         request = text.split("\n\n")[0].strip() if chat and kind == "requests" else first_line(text)
