@@ -121,7 +121,7 @@ def test_the_shipped_bench_configs_load(name):
     if name == "issue12-keep-general":
         seeding = config.suite.seeding
         assert "self_instructions" in seeding.prompt_builders and seeding.self_instruction_kind == "questions"
-        assert seeding.self_instruction_minimum == 32
+        assert seeding.self_instruction_share == 0.1 and seeding.self_instruction_minimum == 0
         assert seeding.questions_per_sentence == 8 and config.suite.sleeps == (1, 10)
 
 
