@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from sleepcore.lm import chat_turn, encode
+from sleepcore.lm import encode
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
 from sleepcore.models import load_model
 from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.tasks.general_knowledge import GENERAL_QUESTIONS, general_answers, right_answers
-from sleepcore.tasks.knowledge_suite import DRIFT_PROMPTS
+from sleepcore.tasks.knowledge_suite import DRIFT_PROMPTS, drift_prompts
 
 STAGES = ("dreaming", "seeding", "sft")  # a sleep's last stage first
 PREFIX_TOKENS = 8
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer = load_model()[:2]
     engine, memory, base, report = None, None, None, []
-    generic_prompts = [chat_turn(tokenizer, text) or f"{text}\n" for text in DRIFT_PROMPTS]
+    generic_prompts = drift_prompts(tokenizer)
     for run in args.runs:
         for row in args.rows:
             folder = run / row / f"x{args.budget}"

@@ -81,6 +81,12 @@ DRIFT_PROMPTS = (
     "What should I pack for a beach trip?", "Summarise the plot of Cinderella.")
 
 
+def drift_prompts(tokenizer, count: int = len(DRIFT_PROMPTS)) -> list[str]:
+    """The first ``count`` of :data:`DRIFT_PROMPTS` as the model is asked them: a chat turn, or
+    the text and a line break without a chat template."""
+    return [chat_turn(tokenizer, text) or f"{text}\n" for text in DRIFT_PROMPTS[:count]]
+
+
 @dataclass
 class KnowledgeSuiteConfig:
     """What ``sleepcore eval knowledge`` runs.
@@ -251,8 +257,7 @@ class KnowledgeSuite:
     # ------------------------------------------------------------------ drift
     def _drift_set(self) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, the original model's greedy answer ids) per generic prompt."""
-        prompts = [chat_turn(self.tokenizer, text) or f"{text}\n" for text in DRIFT_PROMPTS[:self.config.drift_prompts]]
-        ids = [encode(self.tokenizer, prompt) for prompt in prompts]
+        ids = [encode(self.tokenizer, prompt) for prompt in drift_prompts(self.tokenizer, self.config.drift_prompts)]
         params = SamplingParams(temperature=0.0, max_tokens=self.config.drift_tokens)
         with self.memory.switched_off():
             outputs = self.engine.generate(ids, params, progress=False)
