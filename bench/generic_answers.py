@@ -55,7 +55,7 @@ def memory_levels(path: Path) -> tuple[LevelConfig, ...]:
     with safe_open(str(path), "pt") as handle:
         saved = json.loads(handle.metadata()["config"])
     return tuple(LevelConfig(rank=level["rank"], slots=level["slots"], period=level.get("period"),
-                             alpha=level["alpha"]) for level in saved["levels"])
+                             alpha=level["alpha"], router=level.get("router", "sum")) for level in saved["levels"])
 
 
 def greedy(engine, tokenizer, prompts: list[str], tokens: int) -> list[list[int]]:

@@ -8,9 +8,10 @@ import json
 import types
 
 import pytest
+from safetensors import safe_open
 
 from sleepcore.cli import build_parser, main
-from sleepcore.cli.eval import TINY_CONFIG, knowledge_config
+from sleepcore.cli.eval import TINY_CONFIG, knowledge_config, run_knowledge_eval
 from sleepcore.tasks.general_knowledge import GENERAL_QUESTIONS, kept_share, right_answers
 from sleepcore.tasks.knowledge_methods import ROW_SEEDING, TrainedRow
 from sleepcore.tasks.knowledge_report import check_targets, format_table, retention_delta
@@ -64,6 +65,19 @@ def test_the_memory_teacher_method_runs(tmp_path):
     assert entry["drift_kl"] >= 0.0
 
 
+def test_a_gated_router_trains_and_saves_the_sleeps_gates(tmp_path):
+    """``router = "gate"`` gates the sleeps' level only: the saved experts carry trained gates."""
+    config = dataclasses.replace(TINY_CONFIG, methods=("ks",), router="gate")
+    report = run_knowledge_eval("tiny", config, output_dir=tmp_path, progress=False)
+    assert report["results"]["ks"]["sleeps"][-1]["tokens"] >= report["results"]["ks"]["sleeps"][-1]["budget"]
+    saved = sorted(tmp_path.glob("ks/x*/sleep-001/seeding/step-*/memory.safetensors"))[-1]
+    with safe_open(str(saved), "pt") as handle:
+        levels = json.loads(handle.metadata()["config"])["levels"]
+        gates = [handle.get_tensor(name) for name in handle.keys() if ".levels.1.gate_bias." in name]
+    assert [level["router"] for level in levels] == ["sum", "gate"]
+    assert gates and any(gate.abs().sum() > 0 for gate in gates)
+
+
 def test_groups_are_disjoint_people_with_their_companies():
     config = dataclasses.replace(TINY_CONFIG, sleeps=(2, 3))
     first, second = sleep_groups(config)
@@ -107,7 +121,8 @@ def test_a_zero_baseline_makes_a_ratio_target_undefined_not_met():
 @pytest.mark.parametrize("changes, field", [({"sleeps": ()}, "sleeps"), ({"sleeps": (1, 0)}, "sleeps"),
                                             ({"methods": ("ks", "rlhf")}, "methods"),
                                             ({"tokens_per_document": 0}, "tokens_per_document"),
-                                            ({"drift_prompts": 99}, "drift_prompts")])
+                                            ({"drift_prompts": 99}, "drift_prompts"),
+                                            ({"router": "mixture"}, "router")])
 def test_config_errors_name_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
         KnowledgeSuiteConfig(**changes)

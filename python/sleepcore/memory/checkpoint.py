@@ -1,7 +1,7 @@
 """One-file safetensors persistence of a ContinuumMemory.
 
 Layout: tensors ``layers.<layer>.levels.<level>.A.<slot>`` (``[r, d]``) and ``...B.<slot>`` (``[d, r]``)
-in the model's dtype, and ``levels.<level>.active`` (bool ``[slots]``, the mask shared by all layers);
+(a gated level also ``...gate_weight.<slot>`` ``[d]`` and ``...gate_bias.<slot>`` ``[1]``) in the model's dtype, and ``levels.<level>.active`` (bool ``[slots]``, the mask shared by all layers);
 metadata ``format``, ``config`` (the resolved :class:`MemoryConfig` as JSON) and ``state`` (JSON).
 A save writes ``<path>.tmp-<pid>``, flushes it to disk and renames it over ``path``, so a crash
 leaves either the old file or the new one, never a partial one.
@@ -24,8 +24,8 @@ def _parameters(memory) -> dict[str, torch.nn.Parameter]:
     for layer, mlp in memory.layers.items():
         for level_index, level in enumerate(mlp.levels):
             for slot in range(len(level.active)):
-                parameters[f"layers.{layer}.levels.{level_index}.A.{slot}"] = level.A[slot]
-                parameters[f"layers.{layer}.levels.{level_index}.B.{slot}"] = level.B[slot]
+                for name, parameter in zip(("A", "B", "gate_weight", "gate_bias"), level.parameters_of(slot)):
+                    parameters[f"layers.{layer}.levels.{level_index}.{name}.{slot}"] = parameter
     return parameters
 
 
@@ -66,6 +66,8 @@ def load(memory, path) -> None:
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a sleepcore memory file (format {metadata.get('format')!r})")
         saved = json.loads(metadata["config"])
+        for level in saved.get("levels", []):  # files written before LevelConfig.router existed
+            level.setdefault("router", "sum")
         current = json.loads(json.dumps(memory.config.to_json_dict()))
         if saved != current:
             raise ValueError(f"memory config mismatch: {path} holds {saved}, this memory has {current}")

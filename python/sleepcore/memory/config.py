@@ -11,6 +11,8 @@ from sleepcore import validation
 LARGE_MODEL_PARAMETERS = 1_000_000_000
 LARGE_MODEL_RANK = 64
 SMALL_MODEL_RANK = 16
+#: ``LevelConfig.router`` choices.
+ROUTERS = ("sum", "gate")
 
 
 @dataclass(frozen=True)
@@ -23,12 +25,19 @@ class LevelConfig:
         period: ``C_l``, the number of tokens between this level's scheduled updates.
         alpha: LoRA-style scale numerator: an expert's output is scaled by ``alpha / rank``.
             None means ``2 * rank`` (the paper's r=64, alpha=128).
+        router: ``g_e(x)`` of METHOD.md §1, how much of each expert a token gets: ``"sum"`` (1 for
+            every token: a plain sum) or ``"gate"`` (a learnt per-token gate ``2 * sigmoid(w_e . x /
+            sqrt(d) + b_e)`` per expert, ``w_e`` and ``b_e`` zero when the expert is created, so the
+            gate starts at exactly 1 and a new expert is the plain sum's until it trains; the gate
+            trains with ``A`` and ``B``, so it can learn to switch the expert off on inputs it should
+            not change).
     """
 
     rank: int | None = None
     slots: int = 4
     period: int = 1024
     alpha: float | None = None
+    router: str = "sum"
 
     def __post_init__(self):
         set_field = object.__setattr__
@@ -36,6 +45,7 @@ class LevelConfig:
         set_field(self, "slots", validation.integer("slots", self.slots, minimum=1))
         set_field(self, "period", validation.integer("period", self.period, minimum=1))
         set_field(self, "alpha", validation.positive("alpha", self.alpha, optional=True))
+        validation.choice("router", self.router, ROUTERS)
 
     def resolved(self, num_parameters: int) -> "LevelConfig":
         """This level with ``rank`` and ``alpha`` made concrete for a model of ``num_parameters``."""

@@ -91,7 +91,8 @@ class ContinuumMemory:
 
     def new_expert(self, level: int, *, seed: int | None = None) -> int:
         """Initialise the lowest inactive slot of ``level`` in every wrapped layer (``A ~ N(0, init_std)``,
-        ``B = 0``, so the function is unchanged), activate it and return its index.
+        ``B = 0``, a gated level's router weights and bias 0, so the function is unchanged), activate it
+        and return its index.
 
         ``seed`` draws every layer's ``A`` (in layer order) from a CPU generator seeded with it, so the
         new expert, and whatever is trained from it, is the same on every run and every rank; None
@@ -109,23 +110,24 @@ class ContinuumMemory:
         draws = None if seed is None else torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for layer in sorted(self.layers):
-                A, B = self.layers[layer].levels[level].A, self.layers[layer].levels[level].B
+                down, *rest = self.layers[layer].levels[level].parameters_of(slot)
                 if draws is None:
-                    A[slot].normal_(0.0, self.config.init_std)
+                    down.normal_(0.0, self.config.init_std)
                 else:
-                    A[slot].copy_(torch.randn(A[slot].shape, generator=draws).mul_(self.config.init_std))
-                B[slot].zero_()
+                    down.copy_(torch.randn(down.shape, generator=draws).mul_(self.config.init_std))
+                for parameter in rest:  # B, then a gated level's router weights and bias
+                    parameter.zero_()
         self.activate(level, slot)
         return slot
 
     def reset(self, level: int) -> None:
-        """Deactivate and zero every expert of ``level``."""
+        """Deactivate and zero every expert of ``level`` (router weights included)."""
         self._check_level(level)
         with torch.no_grad():
             for mlp in self.layers.values():
                 for slot in range(len(mlp.levels[level].active)):
-                    mlp.levels[level].A[slot].zero_()
-                    mlp.levels[level].B[slot].zero_()
+                    for parameter in mlp.levels[level].parameters_of(slot):
+                        parameter.zero_()
                     mlp.set_active(level, slot, False)
 
     def activate(self, level: int, slot: int) -> None:
@@ -142,7 +144,8 @@ class ContinuumMemory:
         return [slot for slot, active in enumerate(self._slots(level).active) if active]
 
     def trainable(self, level: int, slot: int) -> list[nn.Parameter]:
-        """Expert ``(level, slot)``'s parameters across layers (``[A, B]`` per layer, layers ascending).
+        """Expert ``(level, slot)``'s parameters across layers (``[A, B]`` per layer, then the router's
+        ``[gate_weight, gate_bias]`` for a gated level; layers ascending).
 
         They become the only memory parameters with ``requires_grad=True`` (every other slot of every
         level is set to False; base parameters stay frozen), so a backward pass or an optimizer over
@@ -154,7 +157,7 @@ class ContinuumMemory:
                 parameter.requires_grad_(False)
         chosen = []
         for mlp in self.layers.values():
-            chosen += [mlp.levels[level].A[slot], mlp.levels[level].B[slot]]
+            chosen += mlp.levels[level].parameters_of(slot)
         for parameter in chosen:
             parameter.requires_grad_(True)
         return chosen
@@ -165,7 +168,7 @@ class ContinuumMemory:
         d = hidden_size(self.model)
         counts = {}
         for index, level in enumerate(self.config.levels):
-            per_expert = 2 * level.rank * d * len(self.layers)
+            per_expert = (2 * level.rank * d + (d + 1 if level.router == "gate" else 0)) * len(self.layers)
             active = len(self.active_slots(index))
             counts[index] = {"active_experts": active, "active_parameters": active * per_expert,
                              "allocated_parameters": level.slots * per_expert}

@@ -48,9 +48,11 @@ from pathlib import Path
 
 import torch
 
+from sleepcore import validation
 from sleepcore.configuration import to_dict
 from sleepcore.lm import chat_turn, encode, head_weight, pad_id, response_hidden
 from sleepcore.memory import ContinuumMemory, LevelConfig, MemoryConfig
+from sleepcore.memory.config import ROUTERS
 from sleepcore.ops import fused_linear_jsd
 from sleepcore.rollout import Engine, SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
@@ -110,6 +112,9 @@ class KnowledgeSuiteConfig:
         fast_period, fast_steps, fast_learning_rate: ``ks-memory``'s fast level (``C_1`` in tokens,
             AdamW steps per update, learning rate).
         rank: the experts' rank (None: the memory's default for the model's size).
+        router: the sleeps' experts' ``LevelConfig.router`` (``"sum"`` or ``"gate"``: a learnt
+            per-token gate on each expert; the fast level, which also holds the Dreaming
+            generators, is always a plain sum).
         drift_prompts, drift_tokens: how many generic prompts (of :data:`DRIFT_PROMPTS`) and the
             length of the original model's answers that drift is measured on.
         dreaming, dream_training: the Dreaming rows' config (their generators are meta-trained with it
@@ -129,6 +134,7 @@ class KnowledgeSuiteConfig:
     fast_steps: int = 4
     fast_learning_rate: float = 3e-3
     rank: int | None = None
+    router: str = "sum"
     drift_prompts: int = len(DRIFT_PROMPTS)
     drift_tokens: int = 48
     seed: int = 0
@@ -154,6 +160,7 @@ class KnowledgeSuiteConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.drift_prompts > len(DRIFT_PROMPTS):
             raise ValueError(f"drift_prompts must be at most {len(DRIFT_PROMPTS)}, got {self.drift_prompts}")
+        validation.choice("router", self.router, ROUTERS)
         check_suite_dreaming(self.dreaming, self.dream_training)
 
 
@@ -181,7 +188,8 @@ class KnowledgeSuite:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.output_dir, self.progress = Path(output_dir), progress
         levels = (LevelConfig(rank=config.rank, slots=1, period=config.fast_period),
-                  LevelConfig(rank=config.rank, slots=len(config.sleeps) * experts_per_sleep(config)))
+                  LevelConfig(rank=config.rank, slots=len(config.sleeps) * experts_per_sleep(config),
+                              router=config.router))
         self.memory = ContinuumMemory.wrap(model, MemoryConfig(levels=levels))
         self.engine = Engine(model, tokenizer, kv_memory_bytes=kv_memory_bytes)
         self.groups = sleep_groups(config)
