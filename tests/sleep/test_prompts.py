@@ -12,7 +12,8 @@ from sleepcore.sleep import replay
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.extractive import answer_span, candidate_sentences
 from sleepcore.sleep.paraphrases import PARAPHRASE_EXAMPLES, paraphrase_prompts, paraphrase_requests
-from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, entity_prompts, instruction_opening, named_entities,
+from sleepcore.sleep.prompts import (SENTENCE_QUESTION_EXAMPLES, ReplayPrompt, entity_prompts, instruction_opening,
+                                     named_entities, question_openings,
                                      reader_confirmed, replay_coverage, self_instruction_prompts, round_trip_confirmed, round_trip_requests,
                                      sentence_question_prompts, sentence_question_requests, split_sentences)
 from _sleepers import DATASET, make_sleeper, seeding
@@ -412,3 +413,37 @@ def test_a_sleep_distils_the_teacher_s_answers_to_its_own_requests(monkeypatch):
     reading, recalling = seen  # the prompts that read a document, then the generic requests (no document)
     assert {p.builder for p in reading} == {"wake_questions"}
     assert recalling and {p.builder for p in recalling} == {"self_instructions"} and len(recalling) <= 3
+
+
+def test_question_openings_are_the_first_words_of_the_sleep_s_questions_most_frequent_first():
+    chat = chat_tokenizer(make_sleeper(seeding()).tokenizer)
+    asked = [qa_prompt(chat, q) for q in ("Where was Ada born?", "What is Ada's job?", "Where was Bo born?",
+                                          "Who?", "What is Bo's pet?", "Where was Cy raised?")]
+    prompts = [ReplayPrompt(text, text, 0, "sentence_questions") for text in asked]
+    prompts.append(ReplayPrompt("Passage: Ada was born in Oslo.", "Passage: Ada was born in Oslo.", 0, "continuation"))
+    assert question_openings(chat, prompts) == ["Where was", "What is"]  # "Who?" has no two words to open with
+    assert question_openings(chat, prompts, words=3) == ["Where was Ada", "What is Ada's", "Where was Bo",
+                                                         "What is Bo's", "Where was Cy"]
+
+
+def test_opening_self_instructions_continue_the_sleep_s_question_openings():
+    config = seeding(prompt_builders=("wake_questions", "self_instructions"), max_new_tokens=4, samples_per_prompt=1,
+                     self_instruction_share=1.0, self_instruction_kind="openings")
+    sleeper = make_sleeper(config)
+    sleeper.wake(DATASET.passages, questions=[[f"Which fact is number {i}?"] for i in range(2)] + [["Who founded it?"]])
+    requested = []
+
+    def generate(prompts, params, progress=True):
+        requested.append((prompts, params.n, params.temperature))
+        completion = lambda text: type("Completion", (), {"text": text})()  # noqa: E731
+        return [type("Output", (), {"completions": [completion(f" continued {i} by {prompt.split()[-1]}?")
+                                                    for i in range(params.n)]})() for prompt in prompts]
+
+    sleeper.engine.generate = generate
+    prompts = replay.replay_prompts(sleeper.buffer, config, sleeper.tokenizer, sleeper.engine, nullcontext, seed=0)
+    # 3 own prompts -> 3 generic ones, 6 written: 3 continuations of each of the two openings, taken in turn
+    assert requested == [(["Question: Which fact", "Question: Who founded"], 3, 1.0)]
+    generic = [p.student for p in prompts if p.builder == "self_instructions"]
+    assert sorted(generic) == sorted(["Question: Which fact continued 0 by fact?\nAnswer:",
+                                      "Question: Who founded continued 0 by founded?\nAnswer:",
+                                      "Question: Which fact continued 1 by fact?\nAnswer:"])

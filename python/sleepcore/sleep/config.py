@@ -123,7 +123,10 @@ class KnowledgeSeedingConfig:
     from the opening of a user's turn (:func:`~sleepcore.sleep.prompts.instruction_opening`) and
     answered by it from its weights like the student (``self_instruction_kind``: ``"requests"``,
     user turns, ``"questions"``, short-answer questions in the format of the sleep's own
-    questions, or ``"both"``, half of each; at least ``self_instruction_minimum`` in all, since a
+    questions, ``"both"``, half of each, or ``"openings"``, questions that start with the first two
+    words of the sleep's own questions, the teacher choosing the rest, so that their form is the
+    sleep's and their subjects are not the documents' (session 50); at least
+    ``self_instruction_minimum`` in all, since a
     sleep of one person has few prompts of its own): without them the new expert also changes the
     model's answers to requests that have nothing to do with the documents (after the shipped
     Sleep, SmolLM2-135M-Instruct answered "What is the capital of France?" with a made-up city and

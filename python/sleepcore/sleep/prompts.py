@@ -46,6 +46,7 @@ student's prompt does not. Builders:
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from sleepcore.lm import chat_turn, encode, qa_prompt
@@ -167,19 +168,37 @@ def rehearsal_prompts(earlier: list[str], count: int, rng: random.Random) -> lis
 
 #: Where the user's words go in :func:`instruction_opening` (a character pair no request holds).
 REQUEST_MARKER = "\u2063request\u2063"
-#: What the teacher writes for ``self_instructions``: user requests, or short-answer questions in
-#: the format of the sleep's own questions (:func:`~sleepcore.lm.qa_prompt`).
-INSTRUCTION_KINDS = ("requests", "questions")
+#: What the teacher writes for ``self_instructions``: user requests, short-answer questions in the
+#: format of the sleep's own questions (:func:`~sleepcore.lm.qa_prompt`), or such questions that
+#: open with the first words of the sleep's own questions (:func:`question_openings`).
+INSTRUCTION_KINDS = ("requests", "questions", "openings")
 
 
 def instruction_opening(tokenizer, kind: str = "requests") -> str:
     """The text that opens a user's turn, so that the teacher writes the request itself (Magpie's
     idea: an instruction-tuned model asked nothing writes what users ask it): the chat template's
-    prompt up to where the user's words go (``"questions"``: the short-answer question format up
-    to its question), or ``"Question:"`` without a template."""
+    prompt up to where the user's words go (``"questions"`` and ``"openings"``: the short-answer
+    question format up to its question), or ``"Question:"`` without a template."""
     choice("kind", kind, INSTRUCTION_KINDS)
-    opened = qa_prompt(tokenizer, REQUEST_MARKER) if kind == "questions" else chat_turn(tokenizer, REQUEST_MARKER)
+    opened = qa_prompt(tokenizer, REQUEST_MARKER) if kind != "requests" else chat_turn(tokenizer, REQUEST_MARKER)
     return opened.split(REQUEST_MARKER)[0].rstrip(" ") if opened is not None else "Question:"
+
+
+def question_openings(tokenizer, prompts: list[ReplayPrompt], words: int = 2) -> list[str]:
+    """The distinct first ``words`` words ("Where was", "What is") of the questions that
+    ``prompts`` ask in the short-answer format (:func:`~sleepcore.lm.qa_prompt`; other prompts are
+    skipped), most frequent first. The ``"openings"`` kind of ``self_instructions`` has the teacher
+    continue each, so that its generic questions have the forms of the sleep's own questions about
+    subjects of its own choosing: the form of a question alone should not call up the documents."""
+    head, _, tail = qa_prompt(tokenizer, REQUEST_MARKER).partition(REQUEST_MARKER)
+    counts: Counter = Counter()
+    for prompt in prompts:
+        text = prompt.student
+        if text.startswith(head) and text.endswith(tail):
+            question = text[len(head):len(text) - len(tail)].split()
+            if len(question) > words:
+                counts[" ".join(question[:words])] += 1
+    return [opening for opening, _ in counts.most_common()]
 
 
 def self_instruction_prompts(texts: list[str], tokenizer, count: int, kind: str = "requests") -> list[ReplayPrompt]:
@@ -187,7 +206,8 @@ def self_instruction_prompts(texts: list[str], tokenizer, count: int, kind: str 
     :func:`instruction_opening` (at least 3 words), each asked as it was written, the teacher's
     words in the user's place (``"Question: ...\\nAnswer:"`` without a template). A request is cut
     at its first blank line, or its first line without a chat template; a question (``kind``
-    ``"questions"``) at its first line and its first question mark, and dropped without one. The
+    ``"questions"`` or ``"openings"``, whose texts start with the opening the teacher continued) at
+    its first line and its first question mark, and dropped without one. The
     teacher answers them from its weights, like the student: generic rehearsal that keeps the new
     expert from changing answers that have nothing to do with the documents."""
     choice("kind", kind, INSTRUCTION_KINDS)
@@ -195,13 +215,13 @@ def self_instruction_prompts(texts: list[str], tokenizer, count: int, kind: str 
     prompts, seen = [], set()
     for text in texts:
         request = text.split("\n\n")[0].strip() if chat and kind == "requests" else first_line(text)
-        if kind == "questions":
+        if kind != "requests":
             request = request[:request.index("?") + 1] if "?" in request else ""
         key = " ".join(request.lower().split())
         if len(request.split()) < 3 or key in seen:
             continue
         seen.add(key)
-        turn = (qa_prompt(tokenizer, request) if kind == "questions"
+        turn = (qa_prompt(tokenizer, request) if kind != "requests"
                 else chat_turn(tokenizer, request) or f"Question: {request}\nAnswer:")
         prompts.append(ReplayPrompt(turn, turn, -1, "self_instructions"))
         if len(prompts) == count:

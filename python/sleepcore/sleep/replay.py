@@ -26,9 +26,8 @@ from sleepcore.lm.answers import answer_ids
 from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.paraphrases import paraphrase_prompts, paraphrase_requests
-from sleepcore.sleep.prompts import (INSTRUCTION_KINDS, ReplayPrompt, continuation_prompts, entity_prompts,
-                                     instruction_opening,
-                                     question_requests, reader_confirmed, rehearsal_prompts, self_instruction_prompts,
+from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, instruction_opening,
+                                     question_openings, question_requests, reader_confirmed, rehearsal_prompts, self_instruction_prompts,
                                      self_question_prompts, round_trip_confirmed, round_trip_requests,
                                      sentence_question_prompts, sentence_question_requests)
 from sleepcore.sleep.sentence_reader import model_reader
@@ -122,16 +121,38 @@ def replay_prompts(buffer, config: KnowledgeSeedingConfig, tokenizer, engine, te
     if "rehearsal" in builders:
         prompts += rehearsal_prompts(buffer.earlier, math.ceil(config.rehearsal_share * own), rng)
     if "self_instructions" in builders and own:
-        kinds = INSTRUCTION_KINDS if config.self_instruction_kind == "both" else (config.self_instruction_kind,)
-        count = math.ceil(max(config.self_instruction_share * own, config.self_instruction_minimum) / len(kinds))
-        written = teacher_texts(engine, teacher, [instruction_opening(tokenizer, kind) for kind in kinds],
-                                SamplingParams(n=2 * count, temperature=1.0, max_tokens=48, seed=seed))
-        for kind, texts in zip(kinds, written):
-            prompts += self_instruction_prompts(texts, tokenizer, count, kind)
+        prompts += self_instructions(prompts, config, tokenizer, engine, teacher, own=own, seed=seed)
     rng.shuffle(prompts)
     if not teacher_reads_documents:
         prompts = [dataclasses.replace(prompt, teacher=prompt.student) for prompt in prompts]
     return prompts[:config.max_prompts] if config.max_prompts is not None else prompts
+
+
+def self_instructions(prompts: list[ReplayPrompt], config: KnowledgeSeedingConfig, tokenizer, engine, teacher, *,
+                      own: int, seed: int) -> list[ReplayPrompt]:
+    """The ``self_instructions`` builder's generic prompts: ``self_instruction_share * own`` (at
+    least ``self_instruction_minimum``) requests or questions the teacher writes after
+    :func:`~sleepcore.sleep.prompts.instruction_opening` (``"both"``: half requests, half
+    questions), or, for ``"openings"``, after that opening and the first words of the sleep's own
+    questions in ``prompts`` (:func:`~sleepcore.sleep.prompts.question_openings`), as many
+    continuations of each, taken in turn. Twice the count is sampled, since some samples are no
+    request."""
+    kind = config.self_instruction_kind
+    kinds = ("requests", "questions") if kind == "both" else (kind,)
+    count = math.ceil(max(config.self_instruction_share * own, config.self_instruction_minimum) / len(kinds))
+    if kind != "openings":
+        written = teacher_texts(engine, teacher, [instruction_opening(tokenizer, k) for k in kinds],
+                                SamplingParams(n=2 * count, temperature=1.0, max_tokens=48, seed=seed))
+        return [prompt for k, texts in zip(kinds, written) for prompt in self_instruction_prompts(texts, tokenizer, count, k)]
+    openings = question_openings(tokenizer, prompts)
+    if not openings:
+        return []
+    opening = instruction_opening(tokenizer, kind)
+    written = teacher_texts(engine, teacher, [f"{opening} {words}" for words in openings],
+                            SamplingParams(n=math.ceil(2 * count / len(openings)), temperature=1.0, max_tokens=32,
+                                           seed=seed))
+    texts = [f"{words} {text.lstrip()}" for column in zip(*written) for words, text in zip(openings, column)]
+    return self_instruction_prompts(texts, tokenizer, count, kind)
 
 
 def sample_replay(tokenizer, engine, prompts: list[ReplayPrompt], config: KnowledgeSeedingConfig, teacher,
