@@ -12,10 +12,12 @@ This loads each row's memory as its last sleep saved it (the last stage's latest
   runs made before it reported it);
 * ``generic``: greedy answers (48 tokens) to the suite's drift prompts: mean length in tokens
   with the memory off and on, how many start with the base model's first 8 tokens, and the answers;
+* ``stages`` (``--stages``): how many of those right answers are kept after each stage of each
+  sleep (session 50: where a sleep loses them);
 * ``asked_in_sleep``: how many of those questions and prompts a sleep's replay held as a prompt
   (its ``student_prompts``; the self-written requests of ``self_instructions`` could hit one).
 
-    python bench/generic_answers.py RUN_DIR [RUN_DIR ...] [--rows ks sleep] [--budget 16] [--out OUT.json]
+    python bench/generic_answers.py RUN_DIR [RUN_DIR ...] [--rows ks sleep] [--budget 16] [--stages] [--out OUT.json]
 
 Runs the model on the CPU (SmolLM2-135M-Instruct, a few minutes per row on 2 cores).
 """
@@ -51,6 +53,19 @@ def replayed_prompts(row: Path) -> set[str]:
     return set(json.loads(states[-1].read_text())["stage"]["student_prompts"]) if states else set()
 
 
+def stage_kept(engine, tokenizer, row: Path, base: dict, load) -> list[dict]:
+    """``general`` kept after each stage of each sleep of a row (the stage's latest checkpoint,
+    loaded by ``load``; a row's checkpoints share one memory config, so ``engine`` stays valid)."""
+    base_right, kept = right_answers(base["general"]), []
+    for sleep in sorted(row.glob("sleep-*")):
+        for stage in reversed(STAGES):  # in the order a sleep runs them
+            if (sleep / stage / "LATEST").exists():
+                load(sleep / stage / (sleep / stage / "LATEST").read_text().strip() / "memory.safetensors")
+                now = right_answers(general_answers(engine, tokenizer))
+                kept.append({"sleep": sleep.name, "stage": stage, "kept": sum(b and n for b, n in zip(base_right, now))})
+    return kept
+
+
 def memory_levels(path: Path) -> tuple[LevelConfig, ...]:
     with safe_open(str(path), "pt") as handle:
         saved = json.loads(handle.metadata()["config"])
@@ -64,7 +79,7 @@ def greedy(engine, tokenizer, prompts: list[str], tokens: int) -> list[list[int]
     return [list(output.completions[0].token_ids) for output in outputs]
 
 
-def measure(engine, tokenizer, memory, generic_prompts: list[str]) -> dict:
+def measure(engine, tokenizer, generic_prompts: list[str]) -> dict:
     """Answers with the memory as loaded: ``general`` (texts) and ``generic`` (token ids)."""
     return {"general": general_answers(engine, tokenizer), "generic": greedy(engine, tokenizer, generic_prompts, 48)}
 
@@ -95,30 +110,43 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=["ks", "sleep"])
     parser.add_argument("--budget", default="16")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--stages", action="store_true", help="also the general answers kept after every stage")
     args = parser.parse_args()
     model, tokenizer = load_model()[:2]
-    engine, memory, base, report = None, None, None, []
+    engine, memory, levels, base, report = None, None, None, None, []
     generic_prompts = drift_prompts(tokenizer)
+
+    def load(path: Path) -> None:  # (re)wraps the model when a run's memory has other levels
+        nonlocal engine, memory, levels, base
+        saved = memory_levels(path)
+        if saved != levels:
+            if memory is not None:
+                memory.unwrap()
+            memory, levels = ContinuumMemory.wrap(model, MemoryConfig(levels=saved)), saved
+            engine = Engine(model, tokenizer)
+        if base is None:
+            base = measure(engine, tokenizer, generic_prompts)  # no expert active yet: the base model
+        memory.load(path)
+
     for run in args.runs:
         for row in args.rows:
             folder = run / row / f"x{args.budget}"
             if not folder.is_dir():
                 raise SystemExit(f"{folder} does not exist: is {row!r} a trained row of {run} at x{args.budget}?")
             checkpoint = last_checkpoint(folder)
-            if memory is None:
-                memory = ContinuumMemory.wrap(model, MemoryConfig(levels=memory_levels(checkpoint / "memory.safetensors")))
-                engine = Engine(model, tokenizer)
-                with memory.switched_off():
-                    base = measure(engine, tokenizer, memory, generic_prompts)
-            memory.load(checkpoint / "memory.safetensors")
-            slept = measure(engine, tokenizer, memory, generic_prompts)
+            load(checkpoint / "memory.safetensors")
+            slept = measure(engine, tokenizer, generic_prompts)
             asked = replayed_prompts(folder)
             entry = {"run": str(run), "row": row, "checkpoint": str(checkpoint), **row_report(base, slept, tokenizer, asked)}
+            if args.stages:
+                entry["stages"] = stage_kept(engine, tokenizer, folder, base, load)
             report.append(entry)
             g, n = entry["general"], entry["generic"]
             print(f"{run.name:32s} {row:10s} general kept {g['kept']}/{g['base_right']} (right {g['right']}/"
                   f"{g['questions']})  generic tokens {n['base_tokens']:.1f} -> {n['tokens']:.1f}, same start "
                   f"{n['same_start']}/{n['prompts']}  asked in sleep {entry['asked_in_sleep']}")
+            for stage in entry.get("stages", []):
+                print(f"    after {stage['sleep']} {stage['stage']:9s} general kept {stage['kept']}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 
