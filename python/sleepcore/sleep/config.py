@@ -131,7 +131,8 @@ class KnowledgeSeedingConfig:
     model's answers to requests that have nothing to do with the documents (after the shipped
     Sleep, SmolLM2-135M-Instruct answered "What is the capital of France?" with a made-up city and
     kept 0-5 of 31 right common-knowledge answers over five seeds; with short-answer questions at
-    0.1, 6-15 on three, at about the same closed-book accuracy: README, Dreaming, session 49);
+    0.1, 3-15, at about the same closed-book accuracy, so the demo uses them: README, Dreaming,
+    sessions 49-50);
     ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each at ``replay_temperature``
     (None: ``sample_temperature``, the temperature of the student's on-policy and LTI samples).
     The teacher reads a document (any prompt whose teacher text holds more than the student's)
