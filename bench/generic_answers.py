@@ -62,7 +62,8 @@ def stage_kept(engine, tokenizer, row: Path, base: dict, load) -> list[dict]:
             if (sleep / stage / "LATEST").exists():
                 load(sleep / stage / (sleep / stage / "LATEST").read_text().strip() / "memory.safetensors")
                 now = right_answers(general_answers(engine, tokenizer))
-                kept.append({"sleep": sleep.name, "stage": stage, "kept": sum(b and n for b, n in zip(base_right, now))})
+                kept.append({"sleep": sleep.name, "stage": stage,
+                             "kept": sum(b and n for b, n in zip(base_right, now))})
     return kept
 
 

@@ -72,7 +72,8 @@ def main() -> None:
     slept = mean_gates(model, tokenizer, memory, [question.text for question in people.questions])
     print("layer  mean gate per expert (first sleep's, last sleep's): general questions | the slept people's")
     for layer in sorted(general):
-        print(f"{layer:5d}  {' '.join(f'{g:.2f}' for g in general[layer])} | {' '.join(f'{g:.2f}' for g in slept[layer])}")
+        gates = [" ".join(f"{g:.2f}" for g in values[layer]) for values in (general, slept)]
+        print(f"{layer:5d}  {gates[0]} | {gates[1]}")
     if args.out:
         args.out.write_text(json.dumps({"run": str(args.run), "checkpoint": str(checkpoint), "general": general,
                                         "people": slept}, indent=1) + "\n")

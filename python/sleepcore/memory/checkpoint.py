@@ -1,7 +1,8 @@
 """One-file safetensors persistence of a ContinuumMemory.
 
-Layout: tensors ``layers.<layer>.levels.<level>.A.<slot>`` (``[r, d]``) and ``...B.<slot>`` (``[d, r]``)
-(a gated level also ``...gate_weight.<slot>`` ``[d]`` and ``...gate_bias.<slot>`` ``[1]``) in the model's dtype, and ``levels.<level>.active`` (bool ``[slots]``, the mask shared by all layers);
+Layout: tensors ``layers.<layer>.levels.<level>.A.<slot>`` (``[r, d]``) and ``...B.<slot>`` (``[d, r]``),
+for a gated level also ``...gate_weight.<slot>`` (``[d]``) and ``...gate_bias.<slot>`` (``[1]``), in
+the model's dtype, and ``levels.<level>.active`` (bool ``[slots]``, the mask shared by all layers);
 metadata ``format``, ``config`` (the resolved :class:`MemoryConfig` as JSON) and ``state`` (JSON).
 A save writes ``<path>.tmp-<pid>``, flushes it to disk and renames it over ``path``, so a crash
 leaves either the old file or the new one, never a partial one.

@@ -118,20 +118,20 @@ class KnowledgeSeedingConfig:
     the new expert learns to leave its answers as they were (needs another builder for this sleep's
     own prompts); ``rehearsal_capacity`` bounds how many earlier prompts a ``Sleeper`` keeps (a
     uniform sample of all it has replayed, so a long-lived deployment's buffer stays bounded);
-    ``self_instructions`` (off by default; session 49) adds ``self_instruction_share`` times as many
-    generic requests as this sleep's own prompts (before rehearsal), written by the teacher itself
-    from the opening of a user's turn (:func:`~sleepcore.sleep.prompts.instruction_opening`) and
-    answered by it from its weights like the student (``self_instruction_kind``: ``"requests"``,
-    user turns, ``"questions"``, short-answer questions in the format of the sleep's own
-    questions, ``"both"``, half of each, or ``"openings"``, questions that start with the first two
-    words of the sleep's own questions, the teacher choosing the rest, so that their form is the
-    sleep's and their subjects are not the documents' (session 50); at least
-    ``self_instruction_minimum`` in all, since a
-    sleep of one person has few prompts of its own): without them the new expert also changes the
-    model's answers to requests that have nothing to do with the documents (after the shipped
-    Sleep, SmolLM2-135M-Instruct answered "What is the capital of France?" with a made-up city and
-    kept 0-5 of 31 right common-knowledge answers over five seeds; with short-answer questions at
-    0.1, 3-15, at about the same closed-book accuracy, so the demo uses them: README, Dreaming,
+    ``self_instructions`` (off by default, on in the demo since session 50; session 49) adds
+    ``self_instruction_share`` times as many generic requests as this sleep's own prompts (before
+    rehearsal), written by the teacher itself from the opening of a user's turn
+    (:func:`~sleepcore.sleep.prompts.instruction_opening`) and answered by it from its weights
+    like the student (``self_instruction_kind``: ``"requests"``, user turns, ``"questions"``,
+    short-answer questions in the format of the sleep's own questions, ``"both"``, half of each,
+    or ``"openings"``, questions that start with the first two words of the sleep's questions,
+    the teacher choosing the rest, so that their form is the sleep's and their subjects are not
+    the documents' (session 50); at least ``self_instruction_minimum`` in all, since a sleep of
+    one person has few prompts of its own): without them the new expert also changes the model's
+    answers to requests that have nothing to do with the documents (after the shipped Sleep,
+    SmolLM2-135M-Instruct answered "What is the capital of France?" with a made-up city and kept
+    0-5 of 31 right common-knowledge answers over five seeds; with short-answer questions at 0.1,
+    3-15, at about the same closed-book accuracy, so the demo uses them: README, Dreaming,
     sessions 49-50);
     ``samples_per_prompt`` teacher samples of ``max_new_tokens`` each at ``replay_temperature``
     (None: ``sample_temperature``, the temperature of the student's on-policy and LTI samples).

@@ -27,8 +27,8 @@ from sleepcore.rollout import SamplingParams
 from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.paraphrases import paraphrase_prompts, paraphrase_requests
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, instruction_opening,
-                                     question_openings, question_requests, reader_confirmed, rehearsal_prompts, self_instruction_prompts,
-                                     self_question_prompts, round_trip_confirmed, round_trip_requests,
+                                     question_openings, question_requests, reader_confirmed, rehearsal_prompts,
+                                     self_instruction_prompts, self_question_prompts, round_trip_confirmed, round_trip_requests,
                                      sentence_question_prompts, sentence_question_requests)
 from sleepcore.sleep.sentence_reader import model_reader
 
@@ -133,8 +133,9 @@ def self_instructions(prompts: list[ReplayPrompt], config: KnowledgeSeedingConfi
     """The ``self_instructions`` builder's generic prompts: ``self_instruction_share * own`` (at
     least ``self_instruction_minimum``) requests or questions the teacher writes after
     :func:`~sleepcore.sleep.prompts.instruction_opening` (``"both"``: half requests, half
-    questions), or, for ``"openings"``, after that opening and the first words of the sleep's own
-    questions in ``prompts`` (:func:`~sleepcore.sleep.prompts.question_openings`), as many
+    questions), or, for ``"openings"``, after that opening and the first words of the questions in
+    ``prompts`` (the sleep's own and the rehearsed earlier sleeps':
+    :func:`~sleepcore.sleep.prompts.question_openings`), as many
     continuations of each, taken in turn. Twice the count is sampled, since some samples are no
     request."""
     kind = config.self_instruction_kind
@@ -143,7 +144,8 @@ def self_instructions(prompts: list[ReplayPrompt], config: KnowledgeSeedingConfi
     if kind != "openings":
         written = teacher_texts(engine, teacher, [instruction_opening(tokenizer, k) for k in kinds],
                                 SamplingParams(n=2 * count, temperature=1.0, max_tokens=48, seed=seed))
-        return [prompt for k, texts in zip(kinds, written) for prompt in self_instruction_prompts(texts, tokenizer, count, k)]
+        return [prompt for k, texts in zip(kinds, written)
+                for prompt in self_instruction_prompts(texts, tokenizer, count, k)]
     openings = question_openings(tokenizer, prompts)
     if not openings:
         return []
