@@ -165,10 +165,9 @@ class ContinuumMemory:
     def parameter_count(self) -> dict[int, dict[str, int]]:
         """Per level: ``{"active_experts", "active_parameters", "allocated_parameters"}`` over all wrapped layers."""
         self._check_wrapped()
-        d = hidden_size(self.model)
         counts = {}
         for index, level in enumerate(self.config.levels):
-            per_expert = (2 * level.rank * d + (d + 1 if level.router == "gate" else 0)) * len(self.layers)
+            per_expert = sum(p.numel() for mlp in self.layers.values() for p in mlp.levels[index].parameters_of(0))
             active = len(self.active_slots(index))
             counts[index] = {"active_experts": active, "active_parameters": active * per_expert,
                              "allocated_parameters": level.slots * per_expert}

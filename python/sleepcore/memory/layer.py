@@ -102,7 +102,8 @@ class MemoryMLP(nn.Module):
         self._num_terms = sum(sum(level.active) for level in self.levels) + (self.noise is not None)
         self._scales = self._gate_rows = None
 
-    def _terms(self) -> tuple[list[Tensor], list[Tensor], list[tuple[float, int]], list[tuple[Tensor, Tensor] | None]]:
+    def _terms(self) -> tuple[list[Tensor], list[Tensor], list[tuple[float, int]],
+                              list[tuple[Tensor, Tensor] | None]]:
         """The active experts' ``A``s, ``B``s, ``(scale, rank)``s and ``(w, b)`` gates (None: ungated),
         the noise expert last."""
         downs, ups, scales, gates = [], [], [], []

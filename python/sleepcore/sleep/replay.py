@@ -28,8 +28,8 @@ from sleepcore.sleep.config import KnowledgeSeedingConfig
 from sleepcore.sleep.paraphrases import paraphrase_prompts, paraphrase_requests
 from sleepcore.sleep.prompts import (ReplayPrompt, continuation_prompts, entity_prompts, instruction_opening,
                                      question_openings, question_requests, reader_confirmed, rehearsal_prompts,
-                                     self_instruction_prompts, self_question_prompts, round_trip_confirmed, round_trip_requests,
-                                     sentence_question_prompts, sentence_question_requests)
+                                     self_instruction_prompts, self_question_prompts, round_trip_confirmed,
+                                     round_trip_requests, sentence_question_prompts, sentence_question_requests)
 from sleepcore.sleep.sentence_reader import model_reader
 
 
